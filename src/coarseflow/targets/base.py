@@ -1,0 +1,49 @@
+"""The Target interface: a reduced energy u(x), its split into X and Y, and optional references."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from coarseflow.partition import Partition
+
+
+class AbstractTarget(eqx.Module):
+    """A Boltzmann target p_beta(x) ∝ exp(-beta u(x)) over x in R^n, split by a Partition.
+
+    Subclasses set ``partition`` and implement ``energy`` (one configuration -> scalar, reduced
+    units, i.e. U / k_B T at the target temperature; beta = 1 is the target). ``x_bounds`` is the
+    box in which the flow over X lives: it must hold essentially all the mass of p(X).
+    """
+
+    partition: eqx.AbstractVar[Partition]
+
+    def energy(self, x: Float[Array, " n"]) -> Float[Array, ""]:
+        raise NotImplementedError
+
+    def x_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(lower, upper), each (n_x,): the box of the flow's support over X."""
+        raise NotImplementedError
+
+    @property
+    def n(self) -> int:
+        return self.partition.n
+
+    def y_init(self, X: Float[Array, " n_x"]) -> Float[Array, " n_y"]:
+        """A starting point for Y given X (before the warm-start minimisation)."""
+        del X
+        return jnp.zeros(self.partition.n_y)
+
+    def y_mass(self) -> Float[Array, " n_y"]:
+        """Per-coordinate masses for Langevin / HMC on Y (ones unless a target knows better)."""
+        return jnp.ones(self.partition.n_y)
+
+    def conditional_gaussian(self, X: Float[Array, " n_x"], beta) -> tuple[Array, Array] | None:
+        """Exact p_beta(Y|X) as (mean (n_y,), std (n_y,)) if it is a diagonal Gaussian, else None."""
+        del X, beta
+        return None
+
+    def energy_xy(self, X: Float[Array, " n_x"], Y: Float[Array, " n_y"]) -> Float[Array, ""]:
+        return self.energy(self.partition.merge(X, Y))
