@@ -1,0 +1,164 @@
+"""TOML config -> typed settings. Every key is checked; errors name the section and key.
+
+Sections: [target] (kind + its options), [model], [chains], [training], [tempering],
+[prediction]. See README.md's config reference for every key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import tomllib
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from coarseflow.errors import ConfigError
+from coarseflow.model.flow import FlowSettings
+from coarseflow.predict import PredictionSettings
+from coarseflow.samplers.conditional import ChainSettings
+from coarseflow.tempering import AbstractSchedule, schedule_from_config
+from coarseflow.training import TrainingSettings
+
+SECTIONS = ("target", "model", "chains", "training", "tempering", "prediction")
+
+
+@dataclass(frozen=True)
+class Config:
+    target: dict[str, Any]  # raw [target] table; build_target turns it into a Target
+    model: FlowSettings
+    chains: ChainSettings
+    training: TrainingSettings
+    tempering: AbstractSchedule
+    prediction: PredictionSettings
+    raw: dict[str, Any]  # the parsed TOML, written back into the run directory
+
+
+def _check_value(section: str, key: str, value, annotation):
+    """Return value converted to ``annotation`` (int, float, str, bool, tuple[...]) or raise."""
+    where = f"[{section}] {key}"
+    origin = typing.get_origin(annotation)
+    if origin in (tuple, list):
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        inner = typing.get_args(annotation)[0]
+        return tuple(_check_value(section, key, v, inner) for v in value)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None and len(args) < len(typing.get_args(annotation)):
+            return None
+        return _check_value(section, key, value, args[0])
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def settings_from_table(cls, table: dict, section: str):
+    """Build the settings dataclass / equinox Module ``cls`` from a TOML table, checking keys."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{section}]: expected a table, got {table!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = sorted(set(table) - set(names))
+    if unknown:
+        raise ConfigError(f"[{section}] unknown key {unknown[0]!r}; expected one of: "
+                          + ", ".join(names))
+    kwargs = {k: _check_value(section, k, v, hints.get(k, Any)) for k, v in table.items()}
+    return cls(**kwargs)
+
+
+def parse_config(raw: dict) -> Config:
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise ConfigError(f"config: unknown section [{unknown[0]}]; expected: "
+                          + ", ".join(SECTIONS))
+    if "target" not in raw or "kind" not in raw.get("target", {}):
+        raise ConfigError("config: [target] kind is required (double_well, gaussian_mixture, "
+                          "molecule)")
+    config = Config(
+        target=dict(raw["target"]),
+        model=settings_from_table(FlowSettings, raw.get("model", {}), "model"),
+        chains=settings_from_table(ChainSettings, raw.get("chains", {}), "chains"),
+        training=settings_from_table(TrainingSettings, raw.get("training", {}), "training"),
+        tempering=schedule_from_config(raw.get("tempering", {"kind": "adaptive"})),
+        prediction=settings_from_table(PredictionSettings, raw.get("prediction", {}),
+                                       "prediction"),
+        raw=raw,
+    )
+    build_target(config.target)  # validate the target table now, not after training starts
+    return config
+
+
+def load_config(path) -> Config:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path}: not found")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path}: not valid TOML ({e})") from None
+    return parse_config(raw)
+
+
+def _target_classes() -> dict[str, type]:
+    from coarseflow.targets import DoubleWell, GaussianMixture
+
+    kinds = {"double_well": DoubleWell, "gaussian_mixture": GaussianMixture}
+    try:
+        from coarseflow.targets.molecule import Molecule
+    except ImportError:  # openmm / mdtraj not installed: molecules unavailable
+        return kinds
+    return {**kinds, "molecule": Molecule.from_config}
+
+
+def build_target(table: dict):
+    """A Target from a [target] table: ``kind`` plus the keyword arguments of that target."""
+    table = dict(table)
+    kind = table.pop("kind")
+    classes = _target_classes()
+    if kind not in classes:
+        raise ConfigError(f"[target] kind: expected one of {sorted(classes)}, got {kind!r}")
+    factory = classes[kind]
+    params = inspect.signature(factory).parameters
+    hints = typing.get_type_hints(factory.__init__ if inspect.isclass(factory) else factory)
+    unknown = sorted(set(table) - set(params))
+    if unknown:
+        raise ConfigError(f"[target] unknown key {unknown[0]!r} for kind {kind!r}; expected one "
+                          "of: " + ", ".join(["kind", *params]))
+    kwargs = {k: _check_value("target", k, v, hints.get(k, Any)) for k, v in table.items()}
+    return factory(**kwargs)
+
+
+def to_toml(raw: dict) -> str:
+    """Write a config dict (tables of scalars and lists) back as TOML."""
+
+    def value(v):
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        if isinstance(v, list | tuple):
+            return "[" + ", ".join(value(i) for i in v) + "]"
+        return repr(v)
+
+    lines = []
+    for section, table in raw.items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {value(v)}" for k, v in table.items()]
+        lines.append("")
+    return "\n".join(lines)

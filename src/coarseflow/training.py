@@ -1,0 +1,230 @@
+"""The tempering loop: train q(X) by reverse KL at each beta of a ladder, checkpoint every beta."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+from coarseflow.errors import ConfigError
+from coarseflow.model.flow import sample_with_log_det, split_trainable
+from coarseflow.runs import RunDir
+from coarseflow.objectives import surrogate_loss
+from coarseflow.optim import adam_with_skip_clip, skip_clip_info
+from coarseflow.samplers.conditional import ChainSettings, mean_force
+from coarseflow.targets.base import AbstractTarget
+from coarseflow.tempering import AbstractSchedule
+
+
+@dataclass(frozen=True)
+class TrainingSettings:
+    """How long and how hard to train at each beta.
+
+    ``lr_final_fraction``: the learning rate decays linearly within each beta from
+    ``learning_rate`` to ``learning_rate * lr_final_fraction`` (1 keeps it constant). Late in a
+    beta the Monte Carlo noise of the mean force, not the bias, dominates the error of each
+    update; a smaller step averages it out instead of letting mode weights random-walk.
+    """
+
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    updates_per_beta: int = 100
+    first_beta_updates: int = 500
+    lr_final_fraction: float = 0.1
+    tempering_samples: int = 512
+    skip_window: int = 50
+    skip_factor: float = 10.0
+    clip_factor: float = 3.0
+    seed: int = 0
+
+    def __post_init__(self):
+        positive = ["batch_size", "learning_rate", "updates_per_beta", "first_beta_updates",
+                    "tempering_samples", "skip_window"]
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"[training] {name}: expected a number > 0, "
+                                  f"got {getattr(self, name)!r}")
+        if not 0 < self.lr_final_fraction <= 1:
+            raise ConfigError("[training] lr_final_fraction: expected a number in (0, 1], "
+                              f"got {self.lr_final_fraction!r}")
+        if not self.skip_factor > self.clip_factor > 1:
+            raise ConfigError("[training] need skip_factor > clip_factor > 1, got "
+                              f"{self.skip_factor!r} and {self.clip_factor!r}")
+
+    def optimizer(self) -> optax.GradientTransformation:
+        return adam_with_skip_clip(
+            self.learning_rate,
+            window=self.skip_window,
+            skip_factor=self.skip_factor,
+            clip_factor=self.clip_factor,
+        )
+
+
+class StepInfo(NamedTuple):
+    loss: jax.Array
+    grad_norm: jax.Array
+    skipped: jax.Array
+    n_used: jax.Array  # samples with a finite mean force
+    acceptance: jax.Array
+    mean_energy: jax.Array  # mean reduced energy u of the last chain states (not times beta)
+
+
+def chain_states(key, target: AbstractTarget, X, beta, chains: ChainSettings):
+    """Mean forces for a batch X (S, n_x): MeanForce with leading batch axis."""
+    keys = jr.split(key, X.shape[0])
+    y0 = jax.vmap(target.y_init)(X)
+    mass = target.y_mass()
+
+    def one(k, x, y):
+        return mean_force(k, target.energy_xy, x, beta, y, chains, mass)
+
+    return jax.vmap(one)(keys, X, y0)
+
+
+@eqx.filter_jit
+def update_step(params, static, opt_state, key, beta, lr_factor, target, chains, optimizer,
+                batch_size: int):
+    """One reverse-KL update at inverse temperature ``beta`` (traced: no recompiling per beta)."""
+    flow = eqx.combine(params, static)
+    z = flow.base_dist.sample(jr.fold_in(key, 0), (batch_size,))
+    X = jax.lax.stop_gradient(sample_with_log_det(flow, z)[0])
+    mf = chain_states(jr.fold_in(key, 1), target, X, beta, chains)
+    (loss, n_used), grads = eqx.filter_value_and_grad(surrogate_loss, has_aux=True)(
+        params, static, z, mf.force
+    )
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    updates = jax.tree.map(lambda u: lr_factor * u, updates)
+    params = eqx.apply_updates(params, updates)
+    energies = jax.vmap(target.energy_xy)(X, mf.y_last[:, 0])
+    skipped, _ = skip_clip_info(opt_state)
+    info = StepInfo(
+        loss=loss,
+        grad_norm=optax.global_norm(grads),
+        skipped=skipped,
+        n_used=n_used,
+        acceptance=jnp.mean(mf.acceptance),
+        mean_energy=jnp.mean(energies),
+    )
+    return params, opt_state, info
+
+
+@eqx.filter_jit
+def _energies_of_samples(flow, key, beta, target, chains, n: int):
+    X = flow.sample(jr.fold_in(key, 0), (n,))
+    mf = chain_states(jr.fold_in(key, 1), target, X, beta, chains)
+    return jax.vmap(target.energy_xy)(X, mf.y_last[:, 0])
+
+
+def model_energies(flow, key, beta, target, chains, n: int, batch_size: int) -> np.ndarray:
+    """Reduced energies u(X, Y) (n,) with X ~ q(X) and Y from the conditional chains."""
+    out = []
+    for i, start in enumerate(range(0, n, batch_size)):
+        m = min(batch_size, n - start)
+        out.append(np.asarray(_energies_of_samples(flow, jr.fold_in(key, i), beta, target,
+                                                   chains, m)))
+    return np.concatenate(out)
+
+
+def check_energy_finite(flow, target: AbstractTarget, key) -> None:
+    """Refuse, with one line, a target whose energy is not finite where training starts."""
+    X = flow.sample(key, (8,))
+    u = jax.vmap(target.energy_xy)(X, jax.vmap(target.y_init)(X))
+    if not bool(jnp.any(jnp.isfinite(u))):
+        raise ConfigError(f"target energy: not finite at any of 8 starting points (got {u[0]}); "
+                          "check the energy function and the box [target] bounds")
+
+
+class TrainResult(NamedTuple):
+    flow: eqx.Module
+    betas: list[float]
+
+
+def train(
+    target: AbstractTarget,
+    flow,
+    schedule: AbstractSchedule,
+    training: TrainingSettings,
+    chains: ChainSettings,
+    run: RunDir | None = None,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    max_betas: int | None = None,
+) -> TrainResult:
+    """Train ``flow`` along the ladder of ``schedule`` and return it with the betas reached.
+
+    With ``run``, every beta reached is checkpointed (flow + optimiser state + metadata) and
+    every update appends one line to metrics.jsonl. ``resume=True`` continues from the last
+    checkpoint and gives exactly the result of an uninterrupted run: the random keys of each
+    beta are derived from (seed, index of the beta), not from how far a previous process got.
+    ``max_betas`` stops after that many betas (for tests and budgets).
+    """
+    optimizer = training.optimizer()
+    params, static = split_trainable(flow)
+    opt_state = optimizer.init(params)
+    root_key = jr.key(training.seed)
+    beta, index, step, betas = schedule.first_beta(), 0, 0, []
+
+    if resume and run is not None and run.checkpoints():
+        meta = run.find_checkpoint()
+        params, opt_state = run.load_checkpoint((params, opt_state), meta)
+        betas = [m["beta"] for m in run.checkpoints()]
+        step, index = meta["step"], meta["index"] + 1
+        run.truncate_metrics(step)
+        if meta["next_beta"] is None:
+            return TrainResult(eqx.combine(params, static), betas)
+        beta = meta["next_beta"]
+    else:
+        check_energy_finite(flow, target, jr.fold_in(root_key, -1 % 2**31))
+
+    bar = tqdm(total=1.0, disable=not progress, desc="beta", unit="", leave=True,
+               bar_format="{l_bar}{bar}| beta {n:.4f}/1 [{elapsed}<{remaining}]")
+    bar.update(beta if index == 0 else betas[-1])
+    t0 = time.perf_counter()
+    while True:
+        n_updates = training.first_beta_updates if index == 0 else training.updates_per_beta
+        beta_key = jr.fold_in(root_key, index)
+        records = []
+        for i in range(n_updates):
+            frac = i / max(n_updates - 1, 1)
+            lr_factor = 1.0 - (1.0 - training.lr_final_fraction) * frac
+            params, opt_state, info = update_step(
+                params, static, opt_state, jr.fold_in(beta_key, i), jnp.asarray(beta),
+                jnp.asarray(lr_factor), target, chains, optimizer, training.batch_size,
+            )
+            info = jax.device_get(info)
+            records.append({
+                "step": step, "beta": float(beta), "loss": float(info.loss),
+                "grad_norm": float(info.grad_norm), "skipped": bool(info.skipped),
+                "n_used": int(info.n_used), "acceptance": float(info.acceptance),
+                "mean_energy": float(info.mean_energy),
+                "lr": training.learning_rate * lr_factor,
+                "wall_time": time.perf_counter() - t0,
+            })
+            step += 1
+        flow_now = eqx.combine(params, static)
+        energies = model_energies(flow_now, jr.fold_in(root_key, 2**20 + index), beta, target,
+                                  chains, training.tempering_samples, training.batch_size)
+        next_beta = schedule.next_beta(beta, energies)
+        if run is not None:
+            run.append_metrics(records)
+            run.save_checkpoint(beta, (params, opt_state), {
+                "index": index, "step": step, "next_beta": next_beta,
+                "n_updates": n_updates, "wall_time": time.perf_counter() - t0,
+                "mean_energy": float(np.nanmean(energies)),
+            })
+        betas.append(float(beta))
+        bar.update(float(beta) - bar.n)
+        if next_beta is None or (max_betas is not None and index + 1 >= max_betas):
+            break
+        beta, index = float(next_beta), index + 1
+    bar.close()
+    return TrainResult(eqx.combine(params, static), betas)

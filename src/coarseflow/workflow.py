@@ -1,0 +1,87 @@
+"""What the CLI does, as functions: train from a config, load a checkpoint, sample, evaluate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax.random as jr
+import numpy as np
+
+from coarseflow.config import Config, build_target, load_config, to_toml
+from coarseflow.errors import ConfigError
+from coarseflow.model.flow import make_flow, split_trainable
+from coarseflow.predict import Samples, draw_samples
+from coarseflow.runs import RunDir, atomic_write_text
+from coarseflow.training import TrainResult, train
+
+
+def build_flow(config: Config, target):
+    lower, upper = target.x_bounds()
+    return make_flow(jr.key(config.model.seed), lower=lower, upper=upper, settings=config.model)
+
+
+def train_from_config(config: Config, out, *, resume: bool = False, progress: bool = True,
+                      max_betas: int | None = None) -> TrainResult:
+    """Train into run directory ``out`` (created; refused if it holds checkpoints, unless resuming)."""
+    run = RunDir(out)
+    if run.checkpoints() and not resume:
+        raise ConfigError(f"run directory {run.root} already has checkpoints; "
+                          "pass --resume to continue it or choose another --out")
+    if resume and run.config_path.exists():
+        if load_config(run.config_path).raw != config.raw:
+            raise ConfigError(f"--resume: the config differs from {run.config_path}; "
+                              "resume with the same config")
+    run.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run.config_path, to_toml(config.raw))
+    target = build_target(config.target)
+    return train(target, build_flow(config, target), config.tempering, config.training,
+                 config.chains, run, resume=resume, progress=progress, max_betas=max_betas)
+
+
+def load_run(path, beta: float | None = None):
+    """(config, target, flow, checkpoint metadata) of the checkpoint of ``beta`` (default: last)."""
+    run = RunDir(path).require_existing()
+    config = load_config(run.config_path)
+    target = build_target(config.target)
+    flow = build_flow(config, target)
+    params, static = split_trainable(flow)
+    opt_state = config.training.optimizer().init(params)
+    meta = run.find_checkpoint(beta)
+    params, _ = run.load_checkpoint((params, opt_state), meta)
+    import equinox as eqx
+
+    return config, target, eqx.combine(params, static), meta
+
+
+def sample_run(path, *, n: int | None = None, beta: float | None = None, seed: int = 0):
+    """(target, Samples, beta) drawn from the checkpoint of ``beta`` of run ``path``."""
+    config, target, flow, meta = load_run(path, beta)
+    samples = draw_samples(jr.key(seed), flow, target, meta["beta"], config.prediction, n=n)
+    return target, samples, meta["beta"]
+
+
+def write_samples(path, target, samples: Samples, beta: float) -> Path:
+    """Write samples as .npz (x, log_weights, X, energy, beta); molecules also as .pdb/.dcd."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        x = samples.x
+        if hasattr(target, "full_positions"):
+            x = np.asarray(target.full_positions(x))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(path, x=x, log_weights=samples.log_weights, X=samples.X, energy=samples.energy,
+                 beta=np.float64(beta))
+        return path
+    if suffix in (".pdb", ".dcd"):
+        if not hasattr(target, "write_trajectory"):
+            raise ConfigError(f"-o {path}: {suffix} is for molecules; "
+                              f"{type(target).__name__} samples go to .npz")
+        target.write_trajectory(path, samples.x)
+        return path
+    raise ConfigError(f"-o {path}: expected a .npz, .pdb or .dcd file name")
+
+
+def write_summary(run: RunDir, summary: dict) -> Path:
+    atomic_write_text(run.summary_path, json.dumps(summary, indent=1, default=float))
+    return run.summary_path
