@@ -46,16 +46,16 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_demo(args) -> int:
+    import tomllib
+
     from coarseflow.analysis.evaluation import evaluate_run
     from coarseflow.config import parse_config
     from coarseflow.workflow import train_from_config
 
-    import tomllib
-
     text = importlib.resources.files("coarseflow").joinpath("configs/double_well.toml").read_text()
     out = Path(args.out)
     config = parse_config(tomllib.loads(text))
-    print(f"coarseflow demo: the double well of the paper, trained along a tempering ladder -> {out}")
+    print(f"coarseflow demo: the paper's double well along a tempering ladder -> {out}")
     train_from_config(config, out, resume=args.resume, progress=not args.quiet)
     summary = evaluate_run(out, progress=not args.quiet)
     _print_summary(summary)

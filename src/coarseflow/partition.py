@@ -58,11 +58,13 @@ class Partition:
     def n_y(self) -> int:
         return len(self.y_indices)
 
-    def split(self, x: Float[Array, "... n"]) -> tuple[Float[Array, "... n_x"], Float[Array, "... n_y"]]:
+    def split(self, x: Float[Array, "... n"]) -> tuple[Float[Array, "... n_x"], Array]:
+        """(X (..., n_x), Y (..., n_y)) of x (..., n)."""
         x = jnp.asarray(x)
         return x[..., np.asarray(self.x_indices)], x[..., np.asarray(self.y_indices)]
 
-    def merge(self, X: Float[Array, "... n_x"], Y: Float[Array, "... n_y"]) -> Float[Array, "... n"]:
+    def merge(self, X: Float[Array, "... n_x"], Y: Float[Array, "... n_y"]) -> Array:
+        """x (..., n) with X and Y put back at their indices."""
         X, Y = jnp.asarray(X), jnp.asarray(Y)
         order = np.argsort(np.asarray(self.x_indices + self.y_indices))
         return jnp.concatenate([X, Y], axis=-1)[..., order]

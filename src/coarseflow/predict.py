@@ -122,7 +122,11 @@ def _batch(flow, target, key, beta, n: int, conditional: str, settings: Predicti
 
 
 def draw_samples(
-    key, flow, target: AbstractTarget, beta: float, settings: PredictionSettings = PredictionSettings(),
+    key,
+    flow,
+    target: AbstractTarget,
+    beta: float,
+    settings: PredictionSettings = PredictionSettings(),
     n: int | None = None,
 ) -> Samples:
     """N = ``n`` (default settings.n_samples) one-shot samples at ``beta`` with log-weights."""

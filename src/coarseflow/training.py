@@ -16,9 +16,9 @@ from tqdm.auto import tqdm
 
 from coarseflow.errors import ConfigError
 from coarseflow.model.flow import sample_with_log_det, split_trainable
-from coarseflow.runs import RunDir
 from coarseflow.objectives import surrogate_loss
-from coarseflow.optim import adam_with_skip_clip, skip_clip_info
+from coarseflow.optim import adam_with_skip_clip, find_skip_clip_state, global_norm
+from coarseflow.runs import RunDir
 from coarseflow.samplers.conditional import ChainSettings, mean_force
 from coarseflow.targets.base import AbstractTarget
 from coarseflow.tempering import AbstractSchedule
@@ -104,10 +104,10 @@ def update_step(params, static, opt_state, key, beta, lr_factor, target, chains,
     updates = jax.tree.map(lambda u: lr_factor * u, updates)
     params = eqx.apply_updates(params, updates)
     energies = jax.vmap(target.energy_xy)(X, mf.y_last[:, 0])
-    skipped, _ = skip_clip_info(opt_state)
+    skipped = find_skip_clip_state(opt_state).last_skipped
     info = StepInfo(
         loss=loss,
-        grad_norm=optax.global_norm(grads),
+        grad_norm=global_norm(grads),
         skipped=skipped,
         n_used=n_used,
         acceptance=jnp.mean(mf.acceptance),

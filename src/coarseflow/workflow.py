@@ -23,7 +23,7 @@ def build_flow(config: Config, target):
 
 def train_from_config(config: Config, out, *, resume: bool = False, progress: bool = True,
                       max_betas: int | None = None) -> TrainResult:
-    """Train into run directory ``out`` (created; refused if it holds checkpoints, unless resuming)."""
+    """Train into run directory ``out``; refused if it has checkpoints, unless resuming."""
     run = RunDir(out)
     if run.checkpoints() and not resume:
         raise ConfigError(f"run directory {run.root} already has checkpoints; "
