@@ -76,8 +76,9 @@ class RunDir:
 
     # checkpoints -----------------------------------------------------------------------------
     def checkpoint_paths(self, beta: float) -> tuple[Path, Path]:
-        stem = self.checkpoint_dir / f"beta_{ladder_label(beta)}"
-        return stem.with_suffix(".eqx"), stem.with_suffix(".json")
+        # the label has a decimal point, so build names by string, not with_suffix
+        stem = f"beta_{ladder_label(beta)}"
+        return self.checkpoint_dir / f"{stem}.eqx", self.checkpoint_dir / f"{stem}.json"
 
     def save_checkpoint(self, beta: float, tree, meta: dict) -> Path:
         """Write the pytree ``tree`` and ``meta`` (JSON-able; gets 'beta') for this beta."""
@@ -91,7 +92,7 @@ class RunDir:
         """Metadata of every complete checkpoint, in increasing beta, with 'path' added."""
         found = []
         for json_path in sorted(self.checkpoint_dir.glob("beta_*.json")):
-            eqx_path = json_path.with_suffix(".eqx")
+            eqx_path = json_path.parent / (json_path.name[: -len(".json")] + ".eqx")
             if eqx_path.exists():
                 meta = json.loads(json_path.read_text())
                 found.append({**meta, "path": str(eqx_path)})

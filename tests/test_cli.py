@@ -1,0 +1,93 @@
+"""Bad input at the command line: one clear line on stderr, exit status 2, no traceback."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from coarseflow.cli import main
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "coarseflow.cli", *args], capture_output=True,
+                          text=True, timeout=600)
+
+
+def assert_user_error(result, fragment):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert fragment in lines[0]
+
+
+def test_missing_config_file(tmp_path):
+    assert_user_error(run_cli("train", str(tmp_path / "nope.toml")), "not found")
+
+
+def test_misspelt_key(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[target]\nkind = "double_well"\n[training]\nlearning_rat = 0.1\n')
+    assert_user_error(run_cli("train", str(cfg), "--out", str(tmp_path / "r")),
+                      "unknown key 'learning_rat'")
+
+
+def test_not_a_run(tmp_path):
+    assert_user_error(run_cli("sample", str(tmp_path)), "no config.toml")
+    assert_user_error(run_cli("evaluate", str(tmp_path)), "no config.toml")
+
+
+def test_bad_sample_count(tmp_path, capsys):
+    assert main(["sample", str(tmp_path), "-n", "0"]) == 2
+    assert "-n" in capsys.readouterr().err
+
+
+def test_nan_energy_target(tmp_path, monkeypatch, capsys):
+    """A target whose energy is NaN everywhere is refused with one line."""
+    import jax.numpy as jnp
+
+    from coarseflow.targets import DoubleWell
+
+    monkeypatch.setattr(DoubleWell, "energy", lambda self, x: jnp.nan * x[0])
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[target]\nkind = "double_well"\n')
+    assert main(["train", str(cfg), "--out", str(tmp_path / "r"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not finite" in err[0]
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    cfg = root / "tiny.toml"
+    cfg.write_text(
+        '[target]\nkind = "double_well"\n'
+        "[model]\nknots = 4\nlayers = 1\nnn_width = 8\n"
+        "[chains]\nn_chains = 1\nn_burn = 2\nn_keep = 2\nwarm_start_steps = 1\n"
+        "[training]\nbatch_size = 16\nfirst_beta_updates = 5\nupdates_per_beta = 3\n"
+        "tempering_samples = 32\n"
+        '[tempering]\nkind = "explicit"\nbetas = [0.2, 1.0]\n'
+        "[prediction]\nn_samples = 200\n"
+    )
+    out = root / "out"
+    assert main(["train", str(cfg), "--out", str(out), "--quiet"]) == 0
+    return out
+
+
+def test_train_sample_evaluate(tiny_run, tmp_path):
+    assert (tiny_run / "summary.json").exists()
+    assert (tiny_run / "figures" / "training.png").stat().st_size > 0
+    out = tmp_path / "s.npz"
+    assert main(["sample", str(tiny_run), "-n", "50", "--beta", "0.2", "-o", str(out)]) == 0
+    with np.load(out) as f:
+        assert f["x"].shape == (50, 2) and f["log_weights"].shape == (50,)
+        assert float(f["beta"]) == 0.2
+    assert main(["evaluate", str(tiny_run), "-n", "100", "--quiet"]) == 0
+
+
+def test_sample_unknown_beta_and_bad_suffix(tiny_run, tmp_path):
+    r = run_cli("sample", str(tiny_run), "--beta", "0.5")
+    assert_user_error(r, "no checkpoint for that beta")
+    r = run_cli("sample", str(tiny_run), "-o", str(tmp_path / "s.dcd"))
+    assert_user_error(r, ".dcd is for molecules")

@@ -1,0 +1,65 @@
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from coarseflow.errors import ConfigError
+from coarseflow.runs import RunDir
+
+
+def test_checkpoint_round_trip_and_order(tmp_path):
+    run = RunDir(tmp_path)
+    trees = {b: (jnp.arange(3.0) * b, {"w": jnp.ones((2, 2)) * b}) for b in (0.5, 0.01, 1.0)}
+    for b, tree in trees.items():
+        run.save_checkpoint(b, tree, {"index": 0, "step": 1, "next_beta": None})
+    metas = run.checkpoints()
+    assert [m["beta"] for m in metas] == [0.01, 0.5, 1.0]
+    template = (jnp.zeros(3), {"w": jnp.zeros((2, 2))})
+    for meta in metas:
+        loaded = run.load_checkpoint(template, meta)
+        np.testing.assert_array_equal(loaded[0], trees[meta["beta"]][0])
+        np.testing.assert_array_equal(loaded[1]["w"], trees[meta["beta"]][1]["w"])
+    assert run.find_checkpoint()["beta"] == 1.0
+    assert run.find_checkpoint(0.5)["beta"] == 0.5
+    with pytest.raises(ConfigError, match="no checkpoint for that beta"):
+        run.find_checkpoint(0.3)
+
+
+def test_close_betas_do_not_collide(tmp_path):
+    run = RunDir(tmp_path)
+    for b in (0.1, 0.1 + 1e-9):
+        run.save_checkpoint(b, jnp.ones(1) * b, {"index": 0, "step": 0, "next_beta": None})
+    assert len(run.checkpoints()) == 2
+
+
+def test_checkpoint_without_metadata_is_ignored(tmp_path):
+    run = RunDir(tmp_path)
+    run.save_checkpoint(0.2, jnp.ones(1), {"index": 0, "step": 0, "next_beta": None})
+    eqx_path, json_path = run.checkpoint_paths(0.2)
+    json_path.unlink()  # as if the process died between the two writes
+    assert run.checkpoints() == []
+    with pytest.raises(ConfigError, match="no checkpoints"):
+        run.find_checkpoint()
+
+
+def test_no_temporary_files_left(tmp_path):
+    run = RunDir(tmp_path)
+    run.save_checkpoint(1.0, jnp.ones(4), {"index": 0, "step": 0, "next_beta": None})
+    names = sorted(p.name for p in run.checkpoint_dir.iterdir())
+    assert names == ["beta_1.000000000000.eqx", "beta_1.000000000000.json"]
+    assert json.loads((run.checkpoint_dir / names[1]).read_text())["beta"] == 1.0
+
+
+def test_metrics_append_and_truncate(tmp_path):
+    run = RunDir(tmp_path)
+    run.append_metrics([{"step": i, "loss": float(i)} for i in range(5)])
+    run.append_metrics([{"step": 5, "loss": 5.0}])
+    assert [r["step"] for r in run.read_metrics()] == [0, 1, 2, 3, 4, 5]
+    run.truncate_metrics(3)
+    assert [r["step"] for r in run.read_metrics()] == [0, 1, 2]
+
+
+def test_not_a_run_directory(tmp_path):
+    with pytest.raises(ConfigError, match="no config.toml"):
+        RunDir(tmp_path).require_existing()
