@@ -41,7 +41,7 @@ class AbstractTarget(eqx.Module):
         return jnp.ones(self.partition.n_y)
 
     def conditional_gaussian(self, X: Float[Array, " n_x"], beta) -> tuple[Array, Array] | None:
-        """Exact p_beta(Y|X) as (mean (n_y,), std (n_y,)) if it is a diagonal Gaussian, else None."""
+        """Exact p_beta(Y|X) as (mean (n_y,), std (n_y,)) when a diagonal Gaussian, else None."""
         del X, beta
         return None
 

@@ -1,0 +1,115 @@
+"""Metrics: ESS, TV, mode masses, KL and JS against values known in closed form."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy import stats
+
+from coarseflow.analysis.metrics import (
+    ess,
+    ess_fraction,
+    histogram_kl_js,
+    histogram_tv,
+    kl_from_log_densities,
+    log_mean_exp,
+    mode_masses,
+    normalized_weights,
+)
+
+
+def test_ess_uniform_one_hot_and_two_level():
+    n = 1000
+    assert float(ess(jnp.full(n, -3.7))) == pytest.approx(n, rel=1e-12)
+    assert float(ess_fraction(jnp.zeros(n))) == pytest.approx(1.0, rel=1e-12)
+    one_hot = jnp.full(n, -jnp.inf).at[17].set(5.0)
+    assert float(ess(one_hot)) == pytest.approx(1.0, rel=1e-12)
+    # half the samples with weight 1, half with weight 3: ESS = (sum w)^2 / sum w^2 = n * 16/20
+    log_w = jnp.log(jnp.concatenate([jnp.ones(n // 2), 3 * jnp.ones(n // 2)]))
+    assert float(ess(log_w + 800.0)) == pytest.approx(n * 16 / 20, rel=1e-10)  # no overflow
+    w = normalized_weights(log_w)
+    assert float(w.sum()) == pytest.approx(1.0, abs=1e-12)
+    assert float(w[-1] / w[0]) == pytest.approx(3.0, rel=1e-12)
+    # jit-able with traced input
+    assert float(jax.jit(ess_fraction)(log_w)) == pytest.approx(0.8, rel=1e-10)
+
+
+def test_log_mean_exp():
+    a = jnp.log(jnp.array([1.0, 2.0, 3.0, 6.0])) - 1000.0
+    assert float(log_mean_exp(a)) == pytest.approx(math.log(3.0) - 1000.0, rel=1e-12)
+
+
+def test_kl_from_log_densities_gaussians():
+    # q = N(0, 1), p = N(0.5, 0.8^2) (bounded p/q, so the log Z estimate is well behaved):
+    # KL(q||p) = log(0.8) + (1 + 0.5^2) / (2 * 0.8^2) - 1/2
+    exact = math.log(0.8) + 1.25 / 1.28 - 0.5
+    x = np.random.default_rng(0).normal(size=200_000)
+    log_q = stats.norm.logpdf(x)
+    log_p = stats.norm.logpdf(x, loc=0.5, scale=0.8)
+    assert float(kl_from_log_densities(log_q, log_p)) == pytest.approx(exact, abs=3e-3)
+    # unnormalised p: an additive constant is removed by normalize=True
+    est = float(kl_from_log_densities(log_q, log_p + 12.3, normalize=True))
+    assert est == pytest.approx(exact, abs=5e-3)
+    assert float(kl_from_log_densities(log_q, log_q + 4.0, normalize=True)) == pytest.approx(
+        0.0, abs=1e-9
+    )
+
+
+def test_histogram_tv_identical_disjoint_and_density():
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=5000)
+    assert histogram_tv(a, a, bins=40, range=(-4, 4)) == 0.0
+    assert histogram_tv(a, a + 100.0, bins=40) == pytest.approx(1.0)
+    # two-bin example: p = (0.25, 0.75), r = (0.5, 0.5) -> TV = 0.25
+    s = np.array([0.1, 0.6, 0.7, 0.8])
+    r = np.array([0.2, 0.3, 0.6, 0.9])
+    assert histogram_tv(s, r, bins=2, range=(0.0, 1.0)) == pytest.approx(0.25)
+    # weights: move mass so p = (0.5, 0.5) -> TV = 0
+    assert histogram_tv(s, r, bins=2, range=(0, 1), weights=[3, 1, 1, 1]) == pytest.approx(0.0)
+    # exact density callable: uniform on [0, 1] (1/4 per bin) vs all samples in the first bin
+    assert histogram_tv(
+        np.full(10, 0.2), lambda g: np.ones_like(g), 4, (0.0, 1.0)
+    ) == pytest.approx(0.75)
+    # a large normal sample against the normal pdf: small but positive
+    big = rng.normal(size=200_000)
+    tv = histogram_tv(big, stats.norm.pdf, bins=30, range=(-5, 5))
+    assert 0.0 < tv < 0.01
+    with pytest.raises(ValueError, match="range"):
+        histogram_tv(a, stats.norm.pdf, bins=10)
+
+
+def test_mode_masses():
+    labels = np.array([0, 0, 1, 2, 2, 2])
+    np.testing.assert_allclose(mode_masses(labels, 4), [2 / 6, 1 / 6, 3 / 6, 0.0])
+    np.testing.assert_allclose(
+        mode_masses(labels, 3, weights=[1, 1, 4, 0, 0, 2]), [0.25, 0.5, 0.25]
+    )
+    with pytest.raises(ValueError, match="labels"):
+        mode_masses(labels, 2)
+
+
+def test_histogram_kl_js_known_values():
+    # a: all mass in bin (0, 0); b: half in (0, 0), half in (1, 1) (2x2 bins on the unit square)
+    a = np.array([[0.25, 0.25]] * 4)
+    b = np.array([[0.25, 0.25], [0.25, 0.25], [0.75, 0.75], [0.75, 0.75]])
+    rng = ((0.0, 1.0), (0.0, 1.0))
+    kl, js = histogram_kl_js(a, b, bins=2, range=rng, smoothing=0.0)
+    assert kl == pytest.approx(math.log(2.0))
+    # m = (3/4, 1/4): JS = 1/2 log(4/3) + 1/2 (1/2 log(2/3) + 1/2 log 2)
+    want_js = 0.5 * math.log(4 / 3) + 0.5 * (0.5 * math.log(2 / 3) + 0.5 * math.log(2.0))
+    assert js == pytest.approx(want_js)
+    kl_ba, _ = histogram_kl_js(b, a, bins=2, range=rng, smoothing=0.0)
+    assert kl_ba == math.inf
+    # with one pseudo-count per bin: a -> (5, 1, 1, 1)/8, b -> (3, 1, 1, 3)/8
+    kl_s, _ = histogram_kl_js(b, a, bins=2, range=rng, smoothing=1.0)
+    p, q = np.array([3, 1, 1, 3]) / 8, np.array([5, 1, 1, 1]) / 8
+    assert kl_s == pytest.approx(float(np.sum(p * np.log(p / q))))
+    # identical sets: zero; disjoint: JS = log 2
+    assert histogram_kl_js(b, b, bins=2, range=rng) == (0.0, 0.0)
+    _, js_dis = histogram_kl_js(a, a + 0.5, bins=2, range=rng, smoothing=0.0)
+    assert js_dis == pytest.approx(math.log(2.0))
+    # weights act as counts: weighting b's second half to zero makes it equal to a
+    kl_w, js_w = histogram_kl_js(a, b, bins=2, range=rng, smoothing=0.0, weights_b=[1, 1, 0, 0])
+    assert kl_w == pytest.approx(0.0, abs=1e-15) and js_w == pytest.approx(0.0, abs=1e-15)
