@@ -1,7 +1,7 @@
 """TOML config -> typed settings. Every key is checked; errors name the section and key.
 
 Sections: [target] (kind + its options), [model], [chains], [training], [tempering],
-[prediction]. See README.md's config reference for every key.
+[prediction], [reference] (for `coarseflow reference`, molecules only). See README.md's config reference for every key.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from coarseflow.samplers.conditional import ChainSettings
 from coarseflow.tempering import AbstractSchedule, schedule_from_config
 from coarseflow.training import TrainingSettings
 
-SECTIONS = ("target", "model", "chains", "training", "tempering", "prediction")
+SECTIONS = ("target", "model", "chains", "training", "tempering", "prediction", "reference")
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,11 @@ class Config:
     tempering: AbstractSchedule
     prediction: PredictionSettings
     raw: dict[str, Any]  # the parsed TOML, written back into the run directory
+
+    @property
+    def reference(self) -> dict[str, Any]:
+        """The raw [reference] table (settings of `coarseflow reference`, parsed there)."""
+        return dict(self.raw.get("reference", {}))
 
 
 def _check_value(section: str, key: str, value, annotation):
