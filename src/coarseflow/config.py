@@ -1,7 +1,8 @@
 """TOML config -> typed settings. Every key is checked; errors name the section and key.
 
 Sections: [target] (kind + its options), [model], [chains], [training], [tempering],
-[prediction], [reference] (for `coarseflow reference`, molecules only). See README.md's config reference for every key.
+[prediction], [reference] (for `coarseflow reference`, molecules only).
+See README.md for every key.
 """
 
 from __future__ import annotations

@@ -1,0 +1,36 @@
+"""OpenMM System -> pure-JAX energy terms (kJ/mol, nm).
+
+``build_system`` and ``forcefield_from_system`` import OpenMM when called; importing this package
+needs only JAX.
+"""
+
+from coarseflow.forcefield.build import DEFAULT_FORCEFIELD_FILES, build_system
+from coarseflow.forcefield.energy import ForceField
+from coarseflow.forcefield.openmm_reader import forcefield_from_system
+from coarseflow.forcefield.terms import (
+    GBSAOBC,
+    ONE_4PI_EPS0,
+    AbstractTerm,
+    HarmonicAngles,
+    HarmonicBonds,
+    Nonbonded,
+    PeriodicTorsions,
+    angles,
+    dihedrals,
+)
+
+__all__ = [
+    "DEFAULT_FORCEFIELD_FILES",
+    "GBSAOBC",
+    "ONE_4PI_EPS0",
+    "AbstractTerm",
+    "ForceField",
+    "HarmonicAngles",
+    "HarmonicBonds",
+    "Nonbonded",
+    "PeriodicTorsions",
+    "angles",
+    "build_system",
+    "dihedrals",
+    "forcefield_from_system",
+]

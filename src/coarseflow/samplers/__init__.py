@@ -1,0 +1,19 @@
+"""Samplers: conditional MCMC on Y | X (MALA, HMC, BAOAB) and the conditional mean force."""
+
+from coarseflow.samplers.conditional import (
+    KERNELS,
+    ChainSettings,
+    MeanForce,
+    mean_force,
+    minimize_y,
+    sample_conditional,
+)
+
+__all__ = [
+    "KERNELS",
+    "ChainSettings",
+    "MeanForce",
+    "mean_force",
+    "minimize_y",
+    "sample_conditional",
+]
