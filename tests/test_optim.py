@@ -62,13 +62,14 @@ def test_spike_is_skipped_and_adam_state_untouched():
     updates, new_state = jit_update(opt)(grads_with_norm(20.1), state, params)  # > 10 * 2
     assert all(np.all(np.asarray(u) == 0.0) for u in jax.tree.leaves(updates))
     assert leaves_identical(new_state.inner_state, state.inner_state)
-    assert leaves_identical(new_state.norms, state.norms)
-    assert int(new_state.count) == 4 and int(new_state.n_skipped) == 1
+    # the skipped (finite) norm still enters the history
+    np.testing.assert_allclose(new_state.norms, [1.0, 2.0, 3.0, 2.0, 20.1], rtol=1e-14)
+    assert int(new_state.count) == 5 and int(new_state.n_skipped) == 1
     assert bool(new_state.last_skipped) and float(new_state.last_norm) == pytest.approx(20.1)
     new_params = optax.apply_updates(params, updates)
     assert leaves_identical(new_params, params)
     # just under the skip threshold: accepted (and clipped), Adam's count moves
-    _, state2 = jit_update(opt)(grads_with_norm(19.9), new_state, params)
+    _, state2 = jit_update(opt)(grads_with_norm(19.9), state, params)
     assert not bool(state2.last_skipped) and bool(state2.last_clipped)
     assert int(state2.inner_state[0].count) == int(state.inner_state[0].count) + 1
 
@@ -122,11 +123,32 @@ def test_no_skip_or_clip_before_min_history():
     for n, out in zip([1.0, 1000.0, 1e-3], outs, strict=True):
         assert float(global_norm(out)) == pytest.approx(n, rel=1e-14)
     assert int(state.n_skipped) == 0 and int(state.n_clipped) == 0 and int(state.count) == 3
-    # now active: median of (1, 1000, 1e-3) is 1 -> 5 is skipped (> 4), 3 is clipped to 2
+    # now active: median of (1, 1000, 1e-3) is 1 -> 5 is skipped (> 4) and recorded;
+    # median of (1, 1000, 1e-3, 5) is 3 -> 7 is clipped to 6
     out, state = jit_update(opt)(grads_with_norm(5.0), state, PARAMS)
     assert bool(state.last_skipped)
-    out, state = jit_update(opt)(grads_with_norm(3.0), state, PARAMS)
-    assert bool(state.last_clipped) and float(global_norm(out)) == pytest.approx(2.0)
+    out, state = jit_update(opt)(grads_with_norm(7.0), state, PARAMS)
+    assert bool(state.last_clipped) and float(global_norm(out)) == pytest.approx(6.0)
+
+
+def test_lasting_change_of_scale_is_adopted():
+    """A persistent 100x jump is skipped at first, then accepted once it fills the history."""
+    opt = skip_or_clip(optax.identity(), window=10, skip_factor=10.0, clip_factor=3.0,
+                       min_history=5)
+    state = opt.init(PARAMS)
+    _, state = feed(opt, state, [1.0] * 10)
+    skipped = []
+    for _ in range(12):
+        _, state = jit_update(opt)(grads_with_norm(100.0), state, PARAMS)
+        skipped.append(bool(state.last_skipped))
+    assert skipped[:5] == [True] * 5 and not any(skipped[6:])
+
+
+def test_nonfinite_norm_is_not_recorded():
+    opt = skip_or_clip(optax.identity(), window=4, min_history=1)
+    state = opt.init(PARAMS)
+    _, state = feed(opt, state, [1.0, float("nan")])
+    assert int(state.count) == 1 and bool(state.last_skipped)
 
 
 def test_ring_buffer_keeps_last_window_and_even_median():

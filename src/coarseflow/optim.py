@@ -9,9 +9,10 @@ a ring buffer. Once at least ``min_history`` norms are recorded, with m their me
 * otherwise the gradient goes to ``inner`` unchanged.
 
 A gradient with a NaN or inf anywhere (non-finite global norm) is always skipped, also before
-``min_history``. Accepted updates (clipped ones included) record their raw norm; skipped ones
-record nothing. Everything is jnp (no Python branching on values): ``update`` jits, scans
-and vmaps.
+``min_history``. Every finite raw norm is recorded, skipped ones included, so that a lasting
+change of scale is adopted after about window / 2 updates instead of being skipped for ever;
+non-finite norms are never recorded. Everything is jnp (no Python branching on values):
+``update`` jits, scans and vmaps.
 """
 
 from __future__ import annotations
@@ -150,12 +151,15 @@ def skip_or_clip(
         inner_state = jax.tree.map(
             lambda new, old: jnp.where(skip, old, new), proposed_state, state.inner_state
         )
+        # Every finite norm enters the history, skipped or not: a lasting change of gradient
+        # scale (a new beta, a sharper model) is then adopted after about window / 2 updates
+        # instead of being skipped for ever. Non-finite norms never enter it.
         slot = state.count % window
-        norms = jnp.where(skip, state.norms, state.norms.at[slot].set(norm))
+        norms = jnp.where(finite, state.norms.at[slot].set(norm), state.norms)
         new_state = SkipClipState(
             inner_state=inner_state,
             norms=norms,
-            count=state.count + jnp.where(skip, 0, 1).astype(jnp.int32),
+            count=state.count + finite.astype(jnp.int32),
             n_skipped=state.n_skipped + skip.astype(jnp.int32),
             last_skipped=skip,
             last_norm=norm,
