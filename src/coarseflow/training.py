@@ -19,7 +19,7 @@ from coarseflow.model.flow import sample_with_log_det, split_trainable
 from coarseflow.objectives import surrogate_loss
 from coarseflow.optim import adam_with_skip_clip, find_skip_clip_state, global_norm
 from coarseflow.runs import RunDir
-from coarseflow.samplers.conditional import ChainSettings, mean_force
+from coarseflow.samplers.conditional import ChainSettings, control_variate_forces, mean_force
 from coarseflow.targets.base import AbstractTarget
 from coarseflow.tempering import AbstractSchedule
 
@@ -97,8 +97,9 @@ def update_step(params, static, opt_state, key, beta, lr_factor, target, chains,
     z = flow.base_dist.sample(jr.fold_in(key, 0), (batch_size,))
     X = jax.lax.stop_gradient(sample_with_log_det(flow, z)[0])
     mf = chain_states(jr.fold_in(key, 1), target, X, beta, chains)
+    force = control_variate_forces(mf) if chains.control_variate else mf.force
     (loss, n_used), grads = eqx.filter_value_and_grad(surrogate_loss, has_aux=True)(
-        params, static, z, mf.force
+        params, static, z, force
     )
     updates, opt_state = optimizer.update(grads, opt_state, params)
     updates = jax.tree.map(lambda u: lr_factor * u, updates)

@@ -73,6 +73,8 @@ class ChainSettings(eqx.Module):
     friction: BAOAB friction gamma (1 / time, same time unit).
     warm_start_steps: descent steps on u over Y before the chains (0 = none).
     warm_start_lr: initial step of that descent, scaled by 1 / mass (see :func:`minimize_y`).
+    control_variate: subtract the zero-mean control variate beta grad_Y u from the mean force
+        (:func:`control_variate_forces`); same expectation, often far less noise.
 
     Each step of MALA or BAOAB costs one energy + gradient evaluation; an HMC step costs
     ``hmc_leapfrog`` of them. A call costs ``n_chains * (n_burn + n_keep * thin)`` steps after
@@ -89,8 +91,12 @@ class ChainSettings(eqx.Module):
     friction: float = eqx.field(default=1.0, static=True)
     warm_start_steps: int = eqx.field(default=20, static=True)
     warm_start_lr: float = eqx.field(default=0.01, static=True)
+    control_variate: bool = eqx.field(default=True, static=True)
 
     def __check_init__(self):
+        if not isinstance(self.control_variate, bool):
+            raise ConfigError("[chains] control_variate: expected true or false, "
+                              f"got {self.control_variate!r}")
         if not isinstance(self.kernel, str) or self.kernel not in KERNELS:
             raise ConfigError(
                 f"[chains] kernel: expected one of {', '.join(KERNELS)}, got {self.kernel!r}"
@@ -118,21 +124,52 @@ class ChainSettings(eqx.Module):
 
 
 class MeanForce(NamedTuple):
-    """Result of :func:`mean_force` for one X.
+    """Result of :func:`mean_force` for one X (vmapped: a leading batch axis on every field).
 
     force (n_x,): mean over the kept states of all chains of beta grad_X u(X, Y), i.e. minus the
-        score of p_beta(X). States whose energy or X-gradient is not finite are left out; if all
+        score of p_beta(X). States whose energy or gradients are not finite are left out; if all
         are, force is NaN.
     y_last (n_chains, n_y): final chain states (can seed the next call).
     acceptance (): mean acceptance probability over all steps and chains. BAOAB has no Metropolis
         test: it reports the fraction of steps not undone for a non-finite energy (1.0 normally).
     n_nonfinite () int: kept states left out of the mean.
+    grad_y_mean (n_y,): mean of beta grad_Y u over the same states; zero in expectation under
+        p(Y|X), so it is a control variate for the force (:func:`control_variate_forces`).
+    cov_xy (n_x, n_y), cov_yy (n_y, n_y): centred sums of products of beta grad_X u and
+        beta grad_Y u over the same states (covariance times the number of states).
     """
 
     force: Float[Array, " n_x"]
     y_last: Float[Array, "n_chains n_y"]
     acceptance: Float[Array, ""]
     n_nonfinite: Array
+    grad_y_mean: Float[Array, " n_y"]
+    cov_xy: Float[Array, "n_x n_y"]
+    cov_yy: Float[Array, "n_y n_y"]
+
+
+def control_variate_forces(mf: MeanForce, ridge: float = 1e-8) -> Float[Array, "S n_x"]:
+    """Mean forces (S, n_x) with the zero-mean control variate beta grad_Y u subtracted.
+
+    Under p(Y|X), E[grad_Y u] = 0 (integrate the Y-derivative of exp(-beta u) by parts), so
+    F_cv = mean(beta grad_X u) - C mean(beta grad_Y u) has the mean of the plain estimate for
+    any fixed C (n_x, n_y). C = S_xy S_yy^-1, pooled over the batch (within-X covariances), is
+    the least-squares choice: it removes the part of the force noise that moves with the fast
+    variables (for a molecule: bond and angle forces shared by a coarse-grained atom and its
+    fast neighbours; for the Gaussian mixture all of the noise). ``mf`` is a batched MeanForce
+    (leading axis S); rows whose force is not finite are left out of C and stay NaN.
+    """
+    ok = jnp.all(jnp.isfinite(mf.force), axis=-1)
+    ok = ok & jnp.all(jnp.isfinite(mf.cov_yy), axis=(-2, -1)) & jnp.all(
+        jnp.isfinite(mf.cov_xy), axis=(-2, -1))
+    s_xy = jnp.sum(jnp.where(ok[:, None, None], mf.cov_xy, 0.0), axis=0)
+    s_yy = jnp.sum(jnp.where(ok[:, None, None], mf.cov_yy, 0.0), axis=0)
+    n_y = s_yy.shape[0]
+    scale = jnp.trace(s_yy) / n_y
+    # solve C S_yy = S_xy with a small ridge so an (almost) singular S_yy stays harmless
+    c = jnp.linalg.solve(s_yy + ridge * jnp.maximum(scale, 1e-30) * jnp.eye(n_y), s_xy.T).T
+    c = jnp.where(jnp.all(jnp.isfinite(c)), c, 0.0)
+    return mf.force - jnp.einsum("ij,sj->si", c, jnp.where(ok[:, None], mf.grad_y_mean, 0.0))
 
 
 def _inv_mass(mass, n_y: int, dtype) -> Array:
@@ -264,22 +301,19 @@ def _run_chains(key, energy_xy, X, beta, y0, settings: ChainSettings, mass, with
                 return (state, acc_sum, force_sum, n_finite), kernel.position(state)
             kept = (i >= n_burn) & ((i - n_burn) % thin == thin - 1)
 
-            def add(force_sum, n_finite):
-                u, grad_x = kernel.observe(state)
-                finite = jnp.isfinite(u) & jnp.all(jnp.isfinite(grad_x))
-                force_sum = force_sum + jnp.where(finite, grad_x, 0.0)
-                return force_sum, n_finite + finite.astype(jnp.int32)
-
-            force_sum, n_finite = jax.lax.cond(
-                kept, add, lambda f, n: (f, n), force_sum, n_finite
-            )
-            return (state, acc_sum, force_sum, n_finite), None
+            u, grad_x, grad_y = kernel.observe(state)
+            finite = (kept & jnp.isfinite(u) & jnp.all(jnp.isfinite(grad_x))
+                      & jnp.all(jnp.isfinite(grad_y)))
+            grad_x = jnp.where(finite, grad_x, 0.0)
+            grad_y = jnp.where(finite, grad_y, 0.0)
+            n_finite = n_finite + finite.astype(jnp.int32)
+            return (state, acc_sum, force_sum + grad_x, n_finite), (grad_x, grad_y, finite)
 
         carry = (state, jnp.zeros((), dtype), jnp.zeros(X.shape, dtype), jnp.zeros((), jnp.int32))
         steps = jnp.arange(settings.n_steps)
         (state, acc_sum, force_sum, n_finite), ys = jax.lax.scan(body, carry, steps)
         if with_force:
-            out = (force_sum, n_finite)
+            out = (force_sum, n_finite, ys)
         else:
             out = ys[n_burn + thin - 1 :: thin]
         return kernel.position(state), acc_sum / settings.n_steps, out
@@ -287,7 +321,9 @@ def _run_chains(key, energy_xy, X, beta, y0, settings: ChainSettings, mass, with
     keys = jax.random.split(key, settings.n_chains)
     y_last, acceptance, out = jax.vmap(chain)(keys, starts)
     if with_force:
-        out = (jnp.sum(out[0], axis=0), jnp.sum(out[1]))
+        force_sum, n_finite, (gx, gy, finite) = out
+        out = (jnp.sum(force_sum, axis=0), jnp.sum(n_finite),
+               gx.reshape(-1, gx.shape[-1]), gy.reshape(-1, gy.shape[-1]), finite.reshape(-1))
     return y_last, jnp.mean(acceptance), out
 
 
@@ -310,13 +346,19 @@ def mean_force(
     gradient evaluation as the chain's grad_Y; with HMC it costs one extra evaluation per kept
     state. Pure JAX: jit and vmap it (over key, X, y0) from the caller.
     """
-    y_last, acceptance, (force_sum, n_finite) = _run_chains(
+    y_last, acceptance, (force_sum, n_finite, gx, gy, finite) = _run_chains(
         key, energy_xy, X, beta, y0, settings, mass, with_force=True
     )
     n_kept = settings.n_chains * settings.n_keep
     beta = jax.lax.stop_gradient(jnp.asarray(beta, force_sum.dtype))
-    force = jnp.where(n_finite > 0, beta * force_sum / jnp.maximum(n_finite, 1), jnp.nan)
-    return MeanForce(force, y_last, acceptance, n_kept - n_finite)
+    n = jnp.maximum(n_finite, 1)
+    force = jnp.where(n_finite > 0, beta * force_sum / n, jnp.nan)
+    # gradient rows of all steps (zeros where not kept or not finite): centre over kept rows
+    w = finite.astype(gx.dtype)[:, None]
+    gx, gy = beta * gx, beta * gy
+    mean_x, mean_y = jnp.sum(gx, 0) / n, jnp.sum(gy, 0) / n
+    dx, dy = (gx - mean_x) * w, (gy - mean_y) * w
+    return MeanForce(force, y_last, acceptance, n_kept - n_finite, mean_y, dx.T @ dy, dy.T @ dy)
 
 
 def sample_conditional(

@@ -47,13 +47,14 @@ class Kernel(NamedTuple):
     """A Markov kernel on Y for one fixed X.
 
     init(key, y (n_y,)) -> state; step(key, state) -> (state, acceptance probability ());
-    position(state) -> y (n_y,); observe(state) -> (u (), d u / d X (n_x,)) at the state.
+    position(state) -> y (n_y,); observe(state) -> (u (), d u / d X (n_x,), d u / d Y (n_y,))
+    at the state.
     """
 
     init: Callable[[PRNGKeyArray, Array], Any]
     step: Callable[[PRNGKeyArray, Any], tuple[Any, Array]]
     position: Callable[[Any], Array]
-    observe: Callable[[Any], tuple[Array, Array]]
+    observe: Callable[[Any], tuple[Array, Array, Array]]
 
 
 class LangevinState(NamedTuple):
@@ -90,8 +91,8 @@ def _langevin_position(state: LangevinState) -> Array:
     return state.y
 
 
-def _langevin_observe(state: LangevinState) -> tuple[Array, Array]:
-    return state.u, state.grad_x
+def _langevin_observe(state: LangevinState) -> tuple[Array, Array, Array]:
+    return state.u, state.grad_x, state.grad_y
 
 
 def mala_kernel(
@@ -219,6 +220,7 @@ def hmc_kernel(
         return state.position
 
     def observe(state):
-        return jax.value_and_grad(energy_xy, argnums=0)(X, state.position)
+        u, (grad_x, grad_y) = jax.value_and_grad(energy_xy, argnums=(0, 1))(X, state.position)
+        return u, grad_x, grad_y
 
     return Kernel(init, step, position, observe)

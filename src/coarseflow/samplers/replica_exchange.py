@@ -1,0 +1,418 @@
+"""All-atom reference sampling: BAOAB Langevin dynamics and replica exchange, in pure JAX.
+
+Units (OpenMM's): positions in nm, velocities in nm/ps, time in ps, masses in amu (g/mol),
+energies and k_B T in kJ/mol, forces (-dU/dx) in kJ/mol/nm. Since 1 kJ/mol = 1 amu nm^2/ps^2,
+the acceleration F / m comes out in nm/ps^2 with no conversion factor.
+
+* :func:`baoab_step`: one step of underdamped Langevin dynamics with the B-A-O-A-B splitting
+  (Leimkuhler and Matthews 2013): half kick, half drift, exact Ornstein-Uhlenbeck velocity
+  update, half drift, new force, half kick. One energy+force evaluation per step. It samples
+  exp(-U / k_B T) up to an O(dt^2) bias in configurational averages, exact for a harmonic
+  potential. A step that lands on a non-finite energy or force is undone and the velocities
+  redrawn from Maxwell-Boltzmann (counted in ``MDState.n_reverted``).
+* :func:`exchange`: one round of replica-exchange swap attempts between neighbouring rungs of a
+  temperature ladder (even pairs (0,1), (2,3), ... or odd pairs (1,2), (3,4), ...), independently
+  for every chain. A swap of the configurations at inverse temperatures b_i, b_j with energies
+  U_i, U_j is accepted with probability min(1, exp((b_i - b_j)(U_i - U_j))); velocities are
+  rescaled by sqrt(T_new / T_old) so that they stay Maxwell-Boltzmann at their new temperature.
+* :func:`run_replica_exchange`: R rungs x C chains (walkers laid out as (R, C, ...)), each chain
+  an independent replica-exchange simulation across the R rungs; jit-compiled blocks of
+  ``lax.scan`` steps driven by one host loop with a tqdm progress bar. Only rung 0 (the lowest,
+  target temperature) is recorded, every ``record_every`` steps, through a user ``observe``
+  function, so long runs never hold trajectories of positions. R = 1 is plain Langevin dynamics.
+
+Everything per walker is written for one configuration and batched with ``jax.vmap``; a walker's
+positions may have any shape (``(n_atoms, 3)`` for a molecule, ``(d,)`` for a toy potential) with
+masses of the leading shape (``(n_atoms,)`` or ``(d,)``). Runs unchanged on CPU and GPU.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float, PRNGKeyArray
+
+EnergyFn = Callable[[Array], Array]
+ObserveFn = Callable[[Array], Any]
+
+BOLTZMANN_KJ_PER_MOL_K = 8.314462618e-3  # k_B in kJ/mol/K (molar gas constant R)
+
+
+def kT_from_kelvin(temperature):
+    """k_B T in kJ/mol for a temperature (or array of temperatures) in K."""
+    return BOLTZMANN_KJ_PER_MOL_K * np.asarray(temperature, dtype=np.float64)
+
+
+def temperature_ladder(t_min: float, t_max: float, n: int) -> np.ndarray:
+    """Geometric temperature ladder (n,) in K from t_min to t_max; [t_min] when n == 1."""
+    if n < 1:
+        raise ValueError(f"temperature_ladder: n must be >= 1, got {n}")
+    if n == 1:
+        return np.array([float(t_min)])
+    if not 0 < t_min < t_max:
+        raise ValueError(f"temperature_ladder: need 0 < t_min < t_max, got {t_min}, {t_max}")
+    return t_min * (t_max / t_min) ** (np.arange(n) / (n - 1))
+
+
+class MDState(NamedTuple):
+    """One walker of Langevin dynamics (batched walkers carry leading axes on every field).
+
+    positions: (*shape) nm; velocities: (*shape) nm/ps; energy: () kJ/mol at positions;
+    forces: (*shape) kJ/mol/nm = -dU/dx at positions; n_reverted: () int32, steps undone because
+    they reached a non-finite energy or force.
+    """
+
+    positions: Array
+    velocities: Array
+    energy: Array
+    forces: Array
+    n_reverted: Array
+
+
+def _broadcast_masses(masses: Array, positions: Array) -> Array:
+    """masses (*lead) -> (*lead, 1, ...) broadcastable against positions (*shape)."""
+    masses = jnp.asarray(masses, positions.dtype)
+    return masses.reshape(masses.shape + (1,) * (positions.ndim - masses.ndim))
+
+
+def maxwell_boltzmann(
+    key: PRNGKeyArray, masses: Float[Array, "*lead"], kT, like: Array
+) -> Array:
+    """Velocities (like.shape) in nm/ps drawn from N(0, kT / m); kT () in kJ/mol, m in amu."""
+    m = _broadcast_masses(masses, like)
+    noise = jax.random.normal(key, like.shape, like.dtype)
+    return noise * jnp.sqrt(jnp.asarray(kT, like.dtype) / m)
+
+
+def _energy_and_forces(energy_fn: EnergyFn, positions: Array) -> tuple[Array, Array]:
+    energy, grad = jax.value_and_grad(energy_fn)(positions)
+    return energy, -grad
+
+
+def md_init(energy_fn: EnergyFn, positions: Array, velocities: Array) -> MDState:
+    """State of one walker at ``positions`` (nm) with ``velocities`` (nm/ps); one evaluation."""
+    energy, forces = _energy_and_forces(energy_fn, positions)
+    return MDState(positions, velocities, energy, forces, jnp.zeros((), jnp.int32))
+
+
+def baoab_step(
+    energy_fn: EnergyFn,
+    state: MDState,
+    key: PRNGKeyArray,
+    *,
+    masses: Array,
+    kT,
+    time_step: float,
+    friction: float,
+) -> MDState:
+    """One BAOAB Langevin step of one walker.
+
+    energy_fn: positions (*shape) nm -> U () kJ/mol; masses (*lead) amu; kT () kJ/mol;
+    time_step in ps; friction in 1/ps. One energy+force evaluation.
+    """
+    dtype = state.positions.dtype
+    m = _broadcast_masses(masses, state.positions)
+    dt = jnp.asarray(time_step, dtype)
+    kT = jnp.asarray(kT, dtype)
+    c1 = jnp.exp(-jnp.asarray(friction, dtype) * dt)
+    c2 = jnp.sqrt(1.0 - c1 * c1)
+    sigma = jnp.sqrt(kT / m)
+    key_o, key_redraw = jax.random.split(key)
+
+    v = state.velocities + 0.5 * dt * state.forces / m  # B
+    x = state.positions + 0.5 * dt * v  # A
+    v = c1 * v + c2 * sigma * jax.random.normal(key_o, v.shape, dtype)  # O
+    x = x + 0.5 * dt * v  # A
+    energy, forces = _energy_and_forces(energy_fn, x)
+    v = v + 0.5 * dt * forces / m  # B
+
+    ok = jnp.isfinite(energy) & jnp.all(jnp.isfinite(forces))
+    redrawn = sigma * jax.random.normal(key_redraw, v.shape, dtype)
+    return MDState(
+        positions=jnp.where(ok, x, state.positions),
+        velocities=jnp.where(ok, v, redrawn),
+        energy=jnp.where(ok, energy, state.energy),
+        forces=jnp.where(ok, forces, state.forces),
+        n_reverted=state.n_reverted + jnp.where(ok, 0, 1).astype(jnp.int32),
+    )
+
+
+class ReplicaState(NamedTuple):
+    """Replica-exchange state of R rungs x C chains.
+
+    md: MDState with fields (R, C, *shape) (energy, n_reverted: (R, C)); rung r holds the
+    configurations at temperature ladder[r]. step: () int32 steps done; n_rounds: () int32 swap
+    rounds done; accept_sum: (R-1,) summed acceptance probabilities of pair (r, r+1) over chains
+    and rounds; attempts: (R-1,) number of attempts of each pair (chains x rounds).
+    """
+
+    md: MDState
+    step: Array
+    n_rounds: Array
+    accept_sum: Array
+    attempts: Array
+
+
+def exchange(
+    md: MDState, key: PRNGKeyArray, *, kT: Float[Array, " R"], parity
+) -> tuple[MDState, Float[Array, " R-1"], Float[Array, " R-1"]]:
+    """One round of swap attempts between rungs (r, r+1) with r % 2 == parity, every chain.
+
+    md: fields (R, C, *shape); kT (R,) in kJ/mol, increasing. Returns the new state, the
+    acceptance probabilities summed over chains (R-1,) and the attempts per pair (R-1,)
+    (C for the pairs tried this round, 0 for the others).
+    """
+    n_rungs, n_chains = md.energy.shape
+    dtype = md.positions.dtype
+    kT = jnp.asarray(kT, dtype)
+    if n_rungs == 1:
+        empty = jnp.zeros((0,), dtype)
+        return md, empty, empty
+    beta = 1.0 / kT
+    pair = jnp.arange(n_rungs - 1)
+    active = (pair % 2) == parity  # (R-1,)
+    log_acc = (beta[:-1, None] - beta[1:, None]) * (md.energy[:-1] - md.energy[1:])  # (R-1, C)
+    log_acc = jnp.where(jnp.isfinite(log_acc), log_acc, -jnp.inf)
+    prob = jnp.exp(jnp.minimum(log_acc, 0.0))
+    u = jax.random.uniform(key, log_acc.shape, dtype)
+    accept = active[:, None] & (u < prob)  # (R-1, C)
+
+    # source rung of each destination rung; active pairs never overlap
+    rung = jnp.arange(n_rungs)[:, None]
+    up = jnp.concatenate([accept, jnp.zeros((1, n_chains), bool)], axis=0)  # r takes r+1
+    down = jnp.concatenate([jnp.zeros((1, n_chains), bool), accept], axis=0)  # r takes r-1
+    source = jnp.where(up, rung + 1, jnp.where(down, rung - 1, rung))  # (R, C)
+    chain = jnp.arange(n_chains)[None, :]
+
+    def take(a):
+        return a[source, chain]
+
+    scale = jnp.sqrt(kT[:, None] / kT[source])  # (R, C): sqrt(T_new / T_old)
+    velocities = take(md.velocities) * scale.reshape(scale.shape + (1,) * (md.velocities.ndim - 2))
+    new = MDState(
+        positions=take(md.positions),
+        velocities=velocities,
+        energy=take(md.energy),
+        forces=take(md.forces),
+        n_reverted=md.n_reverted,  # counts stay with the rung
+    )
+    prob_sum = jnp.where(active, prob.sum(axis=1), 0.0)
+    attempts = jnp.where(active, n_chains, 0).astype(dtype)
+    return new, prob_sum, attempts
+
+
+def replica_exchange_init(
+    energy_fn: EnergyFn,
+    positions: Array,
+    masses: Array,
+    kT: Float[Array, " R"],
+    n_chains: int,
+    key: PRNGKeyArray,
+) -> ReplicaState:
+    """Every walker of R = len(kT) rungs x ``n_chains`` chains at ``positions`` (*shape) nm with
+    Maxwell-Boltzmann velocities at its rung's kT (kJ/mol). One evaluation per walker."""
+    positions = jnp.asarray(positions)
+    kT = jnp.asarray(kT, positions.dtype)
+    n_rungs = kT.shape[0]
+    x = jnp.broadcast_to(positions, (n_rungs, n_chains, *positions.shape))
+    keys = jax.random.split(key, n_rungs * n_chains).reshape(n_rungs, n_chains)
+
+    def one(k, xi, kTi):
+        return md_init(energy_fn, xi, maxwell_boltzmann(k, masses, kTi, xi))
+
+    md = jax.jit(jax.vmap(jax.vmap(one, in_axes=(0, 0, None))))(keys, x, kT)
+    zeros = jnp.zeros((max(n_rungs - 1, 0),), positions.dtype)
+    return ReplicaState(md, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), zeros, zeros)
+
+
+def make_block(
+    energy_fn: EnergyFn,
+    observe: ObserveFn,
+    *,
+    masses: Array,
+    kT: Float[Array, " R"],
+    time_step: float,
+    friction: float,
+    exchange_every: int,
+    record_every: int,
+    n_records: int,
+):
+    """A jitted ``block(state, key) -> (state, records)``: ``n_records * record_every`` BAOAB steps
+    of every walker, a swap round after every ``exchange_every`` steps (parity alternating), and a
+    record of rung 0 after every ``record_every`` steps.
+
+    records: ``{"energy": (n_records, C) kJ/mol, **observe}`` where ``observe(positions)`` of one
+    configuration returns a dict of arrays, stacked to (n_records, C, ...).
+    """
+    kT = jnp.asarray(kT)
+
+    def md_step(md: MDState, key):
+        n_rungs, n_chains = md.energy.shape
+        keys = jax.random.split(key, n_rungs * n_chains).reshape(n_rungs, n_chains)
+        kTs = kT.astype(md.positions.dtype)
+
+        def one(state, k, kTi):
+            return baoab_step(
+                energy_fn, state, k, masses=masses, kT=kTi, time_step=time_step,
+                friction=friction,
+            )
+
+        return jax.vmap(jax.vmap(one, in_axes=(0, 0, None)))(md, keys, kTs)
+
+    def step(state: ReplicaState, key):
+        key_md, key_swap = jax.random.split(key)
+        md = md_step(state.md, key_md)
+        n = state.step + 1
+
+        def do_swap(args):
+            md, n_rounds, accept_sum, attempts = args
+            md, prob, tried = exchange(md, key_swap, kT=kT, parity=n_rounds % 2)
+            return md, n_rounds + 1, accept_sum + prob, attempts + tried
+
+        args = (md, state.n_rounds, state.accept_sum, state.attempts)
+        if kT.shape[0] > 1:
+            args = jax.lax.cond(n % exchange_every == 0, do_swap, lambda a: a, args)
+        return ReplicaState(args[0], n, *args[1:]), None
+
+    def record(state: ReplicaState, key):
+        state, _ = jax.lax.scan(step, state, jax.random.split(key, record_every))
+        x0 = state.md.positions[0]  # (C, *shape): rung 0 only
+        obs = jax.vmap(observe)(x0)
+        return state, {"energy": state.md.energy[0], **obs}
+
+    @jax.jit
+    def block(state: ReplicaState, key):
+        return jax.lax.scan(record, state, jax.random.split(key, n_records))
+
+    return block
+
+
+class ReplicaExchangeResult(NamedTuple):
+    """Output of :func:`run_replica_exchange`.
+
+    records: dict of numpy arrays (n_frames, C, ...) of rung 0, frame k taken after
+    (k + 1) * record_every production steps (``"energy"`` in kJ/mol plus the ``observe`` keys);
+    temperatures: (R,) K; swap_acceptance: (R-1,) mean acceptance probability of pair (r, r+1)
+    over production; n_energy_evals: energy+force evaluations in total (all walkers, burn-in
+    included); wall_time_s: seconds (compilation included); n_reverted: steps undone for a
+    non-finite energy, all walkers; state: the final ReplicaState.
+    """
+
+    records: dict[str, np.ndarray]
+    temperatures: np.ndarray
+    swap_acceptance: np.ndarray
+    n_energy_evals: int
+    wall_time_s: float
+    n_reverted: int
+    state: ReplicaState
+
+
+def run_replica_exchange(
+    energy_fn: EnergyFn,
+    observe: ObserveFn,
+    positions: Array,
+    masses: Array,
+    temperatures: Float[np.ndarray, " R"],
+    *,
+    n_chains: int,
+    time_step: float,
+    friction: float,
+    n_steps: int,
+    burn_in_steps: int,
+    record_every: int,
+    exchange_every: int,
+    key: PRNGKeyArray,
+    progress: bool = True,
+    records_per_block: int = 100,
+) -> ReplicaExchangeResult:
+    """Replica exchange over ``temperatures`` (K, increasing; length 1 = plain Langevin).
+
+    energy_fn: positions (*shape) nm -> U () kJ/mol (jit-able, differentiable); observe:
+    positions (*shape) -> dict of arrays recorded at rung 0; positions: (*shape) start of every
+    walker, in the dtype to simulate in; masses: (*lead) amu. ``burn_in_steps`` (not recorded)
+    then ``n_steps`` production steps of every walker; both multiples of ``record_every``.
+    Swap acceptance counts production only. The host loop runs jit-compiled blocks of up to
+    ``records_per_block`` records (one size for both phases, so one compilation), updating the
+    progress bar after each.
+    """
+    temperatures = np.asarray(temperatures, dtype=np.float64)
+    if np.any(np.diff(temperatures) <= 0):
+        raise ValueError(f"temperatures must increase, got {temperatures}")
+    for name, value in (("n_steps", n_steps), ("burn_in_steps", burn_in_steps)):
+        if value % record_every:
+            raise ValueError(f"{name} ({value}) must be a multiple of record_every "
+                             f"({record_every})")
+    positions = jnp.asarray(positions)
+    kT = jnp.asarray(kT_from_kelvin(temperatures), positions.dtype)
+    n_walkers = len(temperatures) * n_chains
+    start = time.perf_counter()
+    key_init, key_burn, key_run = jax.random.split(key, 3)
+    state = replica_exchange_init(energy_fn, positions, masses, kT, n_chains, key_init)
+
+    # one block size for both phases, so that the block compiles once
+    n_burn_records, n_records = burn_in_steps // record_every, n_steps // record_every
+    common = math.gcd(n_burn_records, n_records)
+    size = max(d for d in range(1, min(common, records_per_block) + 1) if common % d == 0)
+    block = make_block(
+        energy_fn, observe, masses=masses, kT=kT, time_step=time_step, friction=friction,
+        exchange_every=exchange_every, record_every=record_every, n_records=size,
+    )
+
+    def phase(n_phase_records, key_phase, keep):
+        nonlocal state
+        for key_b in jax.random.split(key_phase, n_phase_records // size):
+            state, records = block(state, key_b)
+            if keep:
+                out.append(jax.device_get(records))
+            else:
+                jax.block_until_ready(state.md.energy)
+            bar.update(size * record_every)
+
+    from tqdm.auto import tqdm
+
+    out: list[dict] = []
+    bar = tqdm(total=burn_in_steps + n_steps, unit="step", disable=not progress,
+               desc=f"replica exchange {len(temperatures)}x{n_chains}")
+    phase(n_burn_records, key_burn, keep=False)
+    state = state._replace(accept_sum=jnp.zeros_like(state.accept_sum),
+                           attempts=jnp.zeros_like(state.attempts))
+    phase(n_records, key_run, keep=True)
+    bar.close()
+    jax.block_until_ready(state.md.energy)
+    wall = time.perf_counter() - start
+    records = {k: np.concatenate([o[k] for o in out]) for k in out[0]} if out else {}
+    attempts = np.asarray(state.attempts, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acceptance = np.where(attempts > 0, np.asarray(state.accept_sum) / attempts, np.nan)
+    return ReplicaExchangeResult(
+        records=records,
+        temperatures=temperatures,
+        swap_acceptance=acceptance,
+        n_energy_evals=int(n_walkers * (1 + burn_in_steps + n_steps)),
+        wall_time_s=float(wall),
+        n_reverted=int(np.sum(np.asarray(state.md.n_reverted))),
+        state=state,
+    )
+
+
+__all__ = [
+    "BOLTZMANN_KJ_PER_MOL_K",
+    "MDState",
+    "ReplicaExchangeResult",
+    "ReplicaState",
+    "baoab_step",
+    "exchange",
+    "kT_from_kelvin",
+    "make_block",
+    "maxwell_boltzmann",
+    "md_init",
+    "replica_exchange_init",
+    "run_replica_exchange",
+    "temperature_ladder",
+]
