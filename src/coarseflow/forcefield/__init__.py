@@ -6,6 +6,7 @@ needs only JAX.
 
 from coarseflow.forcefield.build import DEFAULT_FORCEFIELD_FILES, build_system
 from coarseflow.forcefield.energy import ForceField
+from coarseflow.forcefield.geometry import angles, dihedrals
 from coarseflow.forcefield.openmm_reader import forcefield_from_system
 from coarseflow.forcefield.terms import (
     GBSAOBC,
@@ -15,8 +16,6 @@ from coarseflow.forcefield.terms import (
     HarmonicBonds,
     Nonbonded,
     PeriodicTorsions,
-    angles,
-    dihedrals,
 )
 
 __all__ = [
