@@ -1,4 +1,7 @@
-"""coarseflow train | sample | evaluate | demo. User errors: one line on stderr, exit status 2."""
+"""coarseflow train | sample | evaluate | reference | demo.
+
+User errors: one line on stderr, exit status 2.
+"""
 
 from __future__ import annotations
 
@@ -62,6 +65,13 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_reference(args) -> int:
+    from coarseflow.reference import reference_main
+
+    reference_main(args.config, args.output, quick=args.quick)
+    return 0
+
+
 def _print_summary(summary: dict) -> None:
     final = summary["final"]
     keys = [k for k in final if not isinstance(final[k], list | dict)]
@@ -99,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("-n", type=int, default=None, help="samples per checkpoint")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=_cmd_evaluate)
+
+    r = sub.add_parser("reference", help="ground truth for a molecule by replica-exchange MD")
+    r.add_argument("config", help="molecule config TOML ([target] kind = 'molecule')")
+    r.add_argument("-o", "--output", help="output .npz (default: <config>_reference.npz)")
+    r.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
+    r.set_defaults(func=_cmd_reference)
 
     d = sub.add_parser("demo", help="the double well end to end (about a minute on a laptop)")
     d.add_argument("--out", default="demo-run", help="run directory (default: demo-run)")
