@@ -1,0 +1,255 @@
+"""Molecular observables from positions: dihedrals, (phi, psi), Rg, RMSD, Ramachandran basins.
+
+Every function takes positions in nanometres with any leading batch shape, ``(..., n_atoms, 3)``,
+and works on NumPy and on JAX arrays: NumPy in gives NumPy out (computed in float64), a JAX
+array (or tracer) in gives a JAX array out, so the geometric functions jit, vmap and
+differentiate. They agree with mdtraj (``compute_dihedrals``, ``compute_phi`` / ``compute_psi``,
+``compute_rg``, ``rmsd``; the tests check it) but need no Trajectory and no unit cell.
+
+Angles are in radians in (-pi, pi], lengths in nm.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import ArrayLike, Float, Int
+
+__all__ = [
+    "BASINS",
+    "BASIN_RECTANGLES",
+    "basin_labels",
+    "basin_populations",
+    "dihedral",
+    "phi_psi",
+    "phi_psi_indices",
+    "radius_of_gyration",
+    "rmsd",
+]
+
+
+def _xp(*arrays):
+    """jax.numpy if any argument is a JAX array (or tracer), else numpy."""
+    return jnp if any(isinstance(a, jax.Array) for a in arrays) else np
+
+
+def _positions(positions, xp):
+    pos = xp.asarray(positions)
+    if xp is np:
+        pos = pos.astype(np.float64)
+    if pos.ndim < 2 or pos.shape[-1] != 3:
+        raise ValueError(f"positions: expected shape (..., n_atoms, 3) in nm, got {pos.shape}")
+    return pos
+
+
+# ---- dihedrals ---------------------------------------------------------------------------------
+
+
+def dihedral(
+    positions: Float[ArrayLike, "*batch n_atoms 3"], quad: Int[ArrayLike, "m 4"]
+) -> Float[ArrayLike, "*batch m"]:
+    """Dihedral angle(s) of the atoms ``quad`` = (i, j, k, l) in radians, in (-pi, pi].
+
+    IUPAC sign convention (as mdtraj.compute_dihedrals): looking along j -> k, the angle is
+    positive when the bond k -> l is rotated clockwise from i -> j. ``quad`` is (4,) for one
+    angle (result shape (...)) or (m, 4) for several (result (..., m)).
+    """
+    xp = _xp(positions)
+    pos = _positions(positions, xp)
+    q = np.asarray(quad, dtype=np.int64)
+    if q.shape[-1] != 4 or q.ndim > 2:
+        raise ValueError(f"quad: expected 4 atom indices (or (m, 4)), got shape {q.shape}")
+    n_atoms = pos.shape[-2]
+    if q.size and (q.min() < -n_atoms or q.max() >= n_atoms):
+        raise ValueError(f"quad: atom indices {q.tolist()} outside [0, {n_atoms})")
+    p0, p1, p2, p3 = (pos[..., q[..., i], :] for i in range(4))
+    b1, b2, b3 = p1 - p0, p2 - p1, p3 - p2
+    c1 = xp.cross(b2, b3)
+    c2 = xp.cross(b1, b2)
+    y = xp.sum(b1 * c1, axis=-1) * xp.sqrt(xp.sum(b2 * b2, axis=-1))
+    x = xp.sum(c1 * c2, axis=-1)
+    angle = xp.arctan2(y, x)
+    # arctan2 gives -pi for y = -0.0; the documented range is (-pi, pi]
+    return xp.where(angle <= -math.pi, math.pi, angle)
+
+
+def phi_psi_indices(topology) -> tuple[np.ndarray, np.ndarray]:
+    """Atom quadruplets of the backbone dihedrals of every residue that has both phi and psi.
+
+    ``topology`` is an mdtraj.Topology. Residue i (in chain order) qualifies if it has atoms N,
+    CA and C, the residue before it in the same chain has a C and the one after it an N:
+    phi_i = (C_{i-1}, N_i, CA_i, C_i), psi_i = (N_i, CA_i, C_i, N_{i+1}) -- the same quadruplets
+    as mdtraj.compute_phi / compute_psi for those residues. Capping groups (ACE, NME) have no
+    CA and so contribute only the neighbouring atoms. Returns (phi (m, 4), psi (m, 4)) int64, m
+    possibly 0.
+    """
+    phi, psi = [], []
+    for chain in topology.chains:
+        residues = list(chain.residues)
+        names = [{a.name: a.index for a in r.atoms} for r in residues]
+        for i in range(1, len(residues) - 1):
+            prev, cur, nxt = names[i - 1], names[i], names[i + 1]
+            if all(k in cur for k in ("N", "CA", "C")) and "C" in prev and "N" in nxt:
+                phi.append((prev["C"], cur["N"], cur["CA"], cur["C"]))
+                psi.append((cur["N"], cur["CA"], cur["C"], nxt["N"]))
+    return np.asarray(phi, np.int64).reshape(-1, 4), np.asarray(psi, np.int64).reshape(-1, 4)
+
+
+def phi_psi(
+    positions: Float[ArrayLike, "*batch n_atoms 3"], topology
+) -> tuple[Float[ArrayLike, "*batch m"], Float[ArrayLike, "*batch m"]]:
+    """(phi (..., m), psi (..., m)) in radians for the residues of :func:`phi_psi_indices`."""
+    phi_q, psi_q = phi_psi_indices(topology)
+    return dihedral(positions, phi_q), dihedral(positions, psi_q)
+
+
+# ---- size and shape ----------------------------------------------------------------------------
+
+
+def radius_of_gyration(
+    positions: Float[ArrayLike, "*batch n 3"], masses: Float[ArrayLike, " n"] | None = None
+) -> Float[ArrayLike, "*batch"]:
+    """Radius of gyration in nm of the n atoms given, per configuration.
+
+    Without ``masses`` every atom counts equally: sqrt(mean_i |r_i - mean r|^2), exactly
+    mdtraj.compute_rg's default. With ``masses`` (n,) (amu) it is mass-weighted about the centre
+    of mass. For a subset (heavy atoms, backbone), pass ``positions[..., indices, :]``.
+    """
+    xp = _xp(positions, masses)
+    pos = _positions(positions, xp)
+    if masses is None:
+        w = xp.full(pos.shape[-2], 1.0 / pos.shape[-2], dtype=pos.dtype)
+    else:
+        m = xp.asarray(masses, dtype=pos.dtype)
+        if m.shape != (pos.shape[-2],):
+            raise ValueError(f"masses: expected shape ({pos.shape[-2]},), got {m.shape}")
+        w = m / xp.sum(m)
+    centre = xp.sum(w[:, None] * pos, axis=-2, keepdims=True)
+    return xp.sqrt(xp.sum(w * xp.sum((pos - centre) ** 2, axis=-1), axis=-1))
+
+
+def rmsd(
+    positions: Float[ArrayLike, "*batch n_atoms 3"],
+    reference: Float[ArrayLike, "n_atoms 3"],
+    atom_indices: Int[ArrayLike, " k"] | None = None,
+) -> Float[ArrayLike, "*batch"]:
+    """Root-mean-square deviation in nm from ``reference`` after optimal superposition.
+
+    Both structures are centred (unweighted centroid of the atoms used) and the best rotation is
+    found by the Kabsch method (SVD of the 3x3 correlation matrix, reflections excluded), as in
+    mdtraj.rmsd. ``atom_indices`` restricts both the fit and the deviation to those atoms.
+    """
+    xp = _xp(positions, reference)
+    pos = _positions(positions, xp)
+    ref = _positions(reference, xp)
+    if ref.ndim != 2 or ref.shape != pos.shape[-2:]:
+        raise ValueError(
+            f"reference: expected shape {pos.shape[-2:]} (one structure), got {ref.shape}"
+        )
+    if atom_indices is not None:
+        idx = np.asarray(atom_indices, dtype=np.int64)
+        pos, ref = pos[..., idx, :], ref[idx]
+    n = pos.shape[-2]
+    p = pos - xp.mean(pos, axis=-2, keepdims=True)
+    r = ref - xp.mean(ref, axis=0)
+    corr = xp.einsum("...ni,nj->...ij", p, r)
+    sv = xp.linalg.svd(corr, compute_uv=False)
+    d = xp.sign(xp.linalg.det(corr))
+    d = xp.where(d == 0, 1.0, d)
+    s = sv[..., 0] + sv[..., 1] + d * sv[..., 2]
+    msd = (xp.sum(p * p, axis=(-2, -1)) + xp.sum(r * r) - 2.0 * s) / n
+    return xp.sqrt(xp.maximum(msd, 0.0))
+
+
+# ---- Ramachandran basins -----------------------------------------------------------------------
+
+BASINS: tuple[str, ...] = ("C5", "C7eq/PII", "alpha_R", "alpha_L", "C7ax")
+"""Names of the alanine-dipeptide Ramachandran basins; label len(BASINS) is "other".
+
+Each basin is a union of rectangles [phi_lo, phi_hi) x [psi_lo, psi_hi) in degrees, angles
+wrapped to [-180, 180) (``BASIN_RECTANGLES``). The left half of the plane is phi in [-180, 0)
+together with [120, 180) (the beta region wraps over phi = 180); the right half is phi in
+[0, 120):
+
+============  ========================================  ==========================================
+basin          phi (deg)                                 psi (deg)
+============  ========================================  ==========================================
+C5             [-180, -120) or [120, 180)                [50, 180) or [-180, -150)
+C7eq/PII       [-120, 0)                                 [50, 180) or [-180, -150)
+alpha_R        [-180, 0) or [120, 180)                   [-150, 50)
+alpha_L        [0, 120)                                  [-10, 150)
+C7ax           [0, 120)                                  [-150, -10)
+other          [0, 120)                                  [150, 180) or [-180, -150)
+============  ========================================  ==========================================
+
+The boundaries follow the barriers of the (phi, psi) free-energy surface of alanine dipeptide in
+implicit solvent (Amber99SB-ILDN + OBC): the beta region splits at phi = -120 into extended C5
+and polyproline/C7eq; the phi > 0 states (reached only over the phi ~ 0 and phi ~ 120 barriers)
+split at psi = -10 into alpha_L and C7ax. Every point of the plane is in exactly one basin or in
+"other".
+"""
+
+_LEFT = ((-180.0, 0.0), (120.0, 180.0))
+_UPPER = ((50.0, 180.0), (-180.0, -150.0))
+
+
+def _product(phis, psis):
+    return tuple((a, b) for a in phis for b in psis)
+
+
+BASIN_RECTANGLES: dict[str, tuple[tuple[tuple[float, float], tuple[float, float]], ...]] = {
+    "C5": _product(((-180.0, -120.0), (120.0, 180.0)), _UPPER),
+    "C7eq/PII": _product(((-120.0, 0.0),), _UPPER),
+    "alpha_R": _product(_LEFT, ((-150.0, 50.0),)),
+    "alpha_L": _product(((0.0, 120.0),), ((-10.0, 150.0),)),
+    "C7ax": _product(((0.0, 120.0),), ((-150.0, -10.0),)),
+}
+"""Each basin's rectangles ((phi_lo, phi_hi), (psi_lo, psi_hi)) in degrees, half-open."""
+
+
+def _wrap_degrees(angle_rad) -> np.ndarray:
+    deg = np.degrees(np.asarray(angle_rad, dtype=np.float64))
+    return (deg + 180.0) % 360.0 - 180.0
+
+
+def basin_labels(phi: Float[ArrayLike, "*batch"], psi: Float[ArrayLike, "*batch"]) -> np.ndarray:
+    """Basin index (into BASINS) of each (phi, psi) in radians; len(BASINS) means "other".
+
+    NumPy int64 array of the broadcast shape of phi and psi. Non-finite angles are "other".
+    """
+    phi_d, psi_d = np.broadcast_arrays(_wrap_degrees(phi), _wrap_degrees(psi))
+    labels = np.full(phi_d.shape, len(BASINS), dtype=np.int64)
+    for k, name in enumerate(BASINS):
+        inside = np.zeros(phi_d.shape, dtype=bool)
+        for (a0, a1), (b0, b1) in BASIN_RECTANGLES[name]:
+            inside |= (phi_d >= a0) & (phi_d < a1) & (psi_d >= b0) & (psi_d < b1)
+        labels = np.where(inside & (labels == len(BASINS)), k, labels)
+    return labels
+
+
+def basin_populations(
+    phi: Float[ArrayLike, " N"],
+    psi: Float[ArrayLike, " N"],
+    weights: Float[ArrayLike, " N"] | None = None,
+) -> dict[str, float]:
+    """Fraction of samples (or of the weight) in each basin of BASINS, plus "other".
+
+    ``phi``, ``psi``: (N,) radians; ``weights``: (N,) non-negative (e.g. normalised importance
+    weights), None for equal weights. The values sum to 1.
+    """
+    labels = basin_labels(phi, psi).reshape(-1)
+    if labels.size == 0:
+        raise ValueError("phi, psi: expected at least one sample")
+    if weights is None:
+        w = np.ones(labels.size)
+    else:
+        w = np.asarray(weights, dtype=np.float64).reshape(-1)
+        if w.shape != labels.shape:
+            raise ValueError(f"weights: expected {labels.size} weights, got shape {w.shape}")
+        if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
+            raise ValueError("weights: expected finite non-negative weights with a positive sum")
+    mass = np.bincount(labels, weights=w, minlength=len(BASINS) + 1) / w.sum()
+    return {name: float(m) for name, m in zip((*BASINS, "other"), mass, strict=True)}
