@@ -9,8 +9,8 @@ from coarseflow.model.flow import make_flow
 from coarseflow.partition import Partition
 from coarseflow.predict import (
     PredictionSettings,
-    _exact,
-    _laplace,
+    conditional_exact,
+    conditional_laplace,
     draw_samples,
     log_partition_estimate,
 )
@@ -37,11 +37,11 @@ def test_laplace_fit_is_exact_for_a_gaussian_conditional(beta):
     target = GaussianMixture(n_x=2, seed=1)
     X = jnp.array([0.3, -0.2])
     settings = PredictionSettings(minimize_steps=20, newton_steps=3)
-    Y, log_q = _laplace(target, X, beta, jr.key(0), settings)
+    Y, log_q = conditional_laplace(target, X, beta, jr.key(0), settings)
     mean, std = target.conditional_gaussian(X, beta)
     exact = np.sum(stats.norm.logpdf(np.asarray(Y), np.asarray(mean), np.asarray(std)))
     np.testing.assert_allclose(log_q, exact, rtol=1e-8)
-    Y2, log_q2 = _exact(target, X, beta, jr.key(0))
+    Y2, log_q2 = conditional_exact(target, X, beta, jr.key(0))
     exact2 = np.sum(stats.norm.logpdf(np.asarray(Y2), np.asarray(mean), np.asarray(std)))
     np.testing.assert_allclose(log_q2, exact2, rtol=1e-10)
 

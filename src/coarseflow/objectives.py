@@ -30,3 +30,17 @@ def surrogate_loss(
     per_sample = -log_det + jnp.sum(force * X, axis=-1)
     n_ok = jnp.sum(ok)
     return jnp.sum(jnp.where(ok, per_sample, 0.0)) / jnp.maximum(n_ok, 1), n_ok
+
+
+def forward_kl_loss(params, static, X: Float[Array, "S n_x"], weights: Float[Array, " S"]):
+    """-sum_i w_i log q(X_i): an importance-weighted estimate of KL(p || q) up to a constant.
+
+    ``X`` are held fixed (stop-gradient) and ``weights`` are the self-normalised importance
+    weights of the all-atom samples (summing to 1). Its gradient pulls q toward the reweighted
+    distribution, in particular every mode's weight toward its importance-weighted estimate.
+    """
+    flow = eqx.combine(params, static)
+    log_q = flow.log_prob(jax.lax.stop_gradient(X))
+    weights = jax.lax.stop_gradient(weights)
+    use = (weights > 0) & jnp.isfinite(log_q)
+    return -jnp.sum(jnp.where(use, weights * log_q, 0.0))

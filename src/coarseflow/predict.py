@@ -65,7 +65,7 @@ class Samples(NamedTuple):
     log_weights: np.ndarray  # (N,) -beta u - log_q, unnormalised
 
 
-def _laplace(target: AbstractTarget, X, beta, key, settings: PredictionSettings):
+def conditional_laplace(target: AbstractTarget, X, beta, key, settings: PredictionSettings):
     """Y ~ N(Y*, (beta H)^-1) and its log density, for one X (n_x,)."""
     y = minimize_y(target.energy_xy, X, beta, target.y_init(X), settings.minimize_steps,
                    settings.minimize_lr, target.y_mass())
@@ -90,7 +90,7 @@ def _laplace(target: AbstractTarget, X, beta, key, settings: PredictionSettings)
     return Y, log_q
 
 
-def _exact(target: AbstractTarget, X, beta, key):
+def conditional_exact(target: AbstractTarget, X, beta, key):
     mean, std = target.conditional_gaussian(X, beta)
     eps = jr.normal(key, mean.shape, dtype=mean.dtype)
     log_q = jnp.sum(-0.5 * eps**2 - 0.5 * jnp.log(2 * jnp.pi) - jnp.log(std))
@@ -107,14 +107,19 @@ def resolve_conditional(target: AbstractTarget, conditional: str) -> str:
     return conditional
 
 
+def sample_q_y(key, target, X: Float[Array, "S n_x"], beta, conditional: str,
+               settings: PredictionSettings) -> tuple[Float[Array, "S n_y"], Float[Array, " S"]]:
+    """Y ~ q(Y|X) for each row of X and log q(Y|X); ``conditional`` is 'exact' or 'laplace'."""
+    keys = jr.split(key, X.shape[0])
+    if conditional == "exact":
+        return jax.vmap(lambda x, k: conditional_exact(target, x, beta, k))(X, keys)
+    return jax.vmap(lambda x, k: conditional_laplace(target, x, beta, k, settings))(X, keys)
+
+
 @eqx.filter_jit
 def _batch(flow, target, key, beta, n: int, conditional: str, settings: PredictionSettings):
     X, log_qX = flow.sample_and_log_prob(jr.fold_in(key, 0), (n,))
-    keys = jr.split(jr.fold_in(key, 1), n)
-    if conditional == "exact":
-        Y, log_qY = jax.vmap(lambda x, k: _exact(target, x, beta, k))(X, keys)
-    else:
-        Y, log_qY = jax.vmap(lambda x, k: _laplace(target, x, beta, k, settings))(X, keys)
+    Y, log_qY = sample_q_y(jr.fold_in(key, 1), target, X, beta, conditional, settings)
     x = target.partition.merge(X, Y)
     u = jax.vmap(target.energy)(x)
     log_q = log_qX + log_qY

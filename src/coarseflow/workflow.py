@@ -36,7 +36,8 @@ def train_from_config(config: Config, out, *, resume: bool = False, progress: bo
     atomic_write_text(run.config_path, to_toml(config.raw))
     target = build_target(config.target)
     return train(target, build_flow(config, target), config.tempering, config.training,
-                 config.chains, run, resume=resume, progress=progress, max_betas=max_betas)
+                 config.chains, run, prediction=config.prediction, resume=resume,
+                 progress=progress, max_betas=max_betas)
 
 
 def load_run(path, beta: float | None = None):
