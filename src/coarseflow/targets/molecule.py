@@ -44,6 +44,7 @@ BUILTIN_MOLECULES: dict[str, tuple[str, str]] = {
 """Built-in ``pdb`` names -> (file in coarseflow/data, default cg_selection)."""
 
 DEFAULT_SELECTION = "backbone"
+GAUGE_MARGIN = 0.05  # nm: box half-width for the free coordinates of gauge atoms b and c
 """cg_selection for a user's PDB file when none is given: mdtraj's backbone (N, CA, C, O of every
 protein residue, capping groups included)."""
 
@@ -495,9 +496,19 @@ class Molecule(AbstractTarget):
         return self.forcefield.energy(self.full_positions(x)) / self.kT
 
     def x_bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        """Reference free CG coordinates -+ box_margin nm, each (n_x,)."""
-        ref = np.asarray(self.reference_x, dtype=np.float64)[np.asarray(self.partition.x_indices)]
-        return ref - self.box_margin, ref + self.box_margin
+        """Reference free CG coordinates -+ box_margin nm, each (n_x,).
+
+        The three free coordinates of the gauge atoms b and c (b's z, c's x and z) only follow
+        the vibrations of the a-b and b-c bonds and the a-b-c angle, so their margin is
+        GAUGE_MARGIN (0.05 nm) when that is smaller: the flow then never proposes broken bonds.
+        """
+        x_idx = np.asarray(self.partition.x_indices)
+        ref = np.asarray(self.reference_x, dtype=np.float64)[x_idx]
+        flat = np.asarray(self.free_indices)[x_idx]  # flat xyz index of each X coordinate
+        _, b, c = self.fixed_atoms
+        gauge = np.isin(flat // 3, [b, c])
+        margin = np.where(gauge, min(GAUGE_MARGIN, self.box_margin), self.box_margin)
+        return ref - margin, ref + margin
 
     def y_init(self, X: Float[Array, " n_x"]) -> Float[Array, " n_y"]:
         """Fast-atom coordinates (n_y,) grafted onto the CG atoms of X (n_x,).
