@@ -69,3 +69,17 @@ def test_shipped_configs_parse(name):
 
     path = Path(coarseflow.__file__).parent / "configs" / f"{name}.toml"
     load_config(path)
+
+
+def test_relative_file_paths_become_absolute(tmp_path, monkeypatch):
+    pdb = tmp_path / "mol.pdb"
+    pdb.write_text("")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[target]\nkind = "double_well"\n')
+    monkeypatch.chdir(tmp_path)
+    from coarseflow.config import _absolute_paths
+
+    raw = _absolute_paths({"target": {"kind": "molecule", "pdb": "mol.pdb",
+                                      "reference": "alanine_dipeptide"}})
+    assert raw["target"]["pdb"] == str(pdb.resolve())
+    assert raw["target"]["reference"] == "alanine_dipeptide"  # a built-in name, not a file

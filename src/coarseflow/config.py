@@ -118,7 +118,22 @@ def load_config(path) -> Config:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path}: not valid TOML ({e})") from None
-    return parse_config(raw)
+    return parse_config(_absolute_paths(raw))
+
+
+PATH_KEYS = ("pdb", "reference")  # [target] keys that may name files
+
+
+def _absolute_paths(raw: dict) -> dict:
+    """[target] file paths made absolute (relative ones are relative to the working directory),
+    so that the copy of the config in a run directory works from anywhere. Built-in names
+    (e.g. pdb = "alanine_dipeptide") are not files and stay as they are."""
+    target = dict(raw.get("target", {}))
+    for key in PATH_KEYS:
+        value = target.get(key)
+        if isinstance(value, str) and Path(value).is_file():
+            target[key] = str(Path(value).resolve())
+    return {**raw, "target": target} if "target" in raw else raw
 
 
 def _target_classes() -> dict[str, type]:

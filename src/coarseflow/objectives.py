@@ -33,14 +33,16 @@ def surrogate_loss(
 
 
 def forward_kl_loss(params, static, X: Float[Array, "S n_x"], weights: Float[Array, " S"]):
-    """-sum_i w_i log q(X_i): an importance-weighted estimate of KL(p || q) up to a constant.
+    """-sum_i (w_i - 1/S) log q(X_i): the gradient of KL(p || q), importance-weighted.
 
-    ``X`` are held fixed (stop-gradient) and ``weights`` are the self-normalised importance
-    weights of the all-atom samples (summing to 1). Its gradient pulls q toward the reweighted
-    distribution, in particular every mode's weight toward its importance-weighted estimate.
+    ``X`` (S, n_x) are q's own samples, held fixed, and ``weights`` (S,) their self-normalised
+    importance weights (summing to 1). -sum_i w_i grad log q(X_i) estimates grad KL(p || q);
+    subtracting (1/S) sum_i grad log q(X_i), whose expectation under q is zero, leaves that
+    expectation and removes the noise of q's own score: the gradient is driven by how far the
+    weights are from uniform, i.e. by where q and p differ (mode weights above all).
     """
     flow = eqx.combine(params, static)
     log_q = flow.log_prob(jax.lax.stop_gradient(X))
-    weights = jax.lax.stop_gradient(weights)
-    use = (weights > 0) & jnp.isfinite(log_q)
-    return -jnp.sum(jnp.where(use, weights * log_q, 0.0))
+    ok = jnp.isfinite(log_q)
+    centred = jax.lax.stop_gradient(weights - 1.0 / jnp.maximum(jnp.sum(ok), 1))
+    return -jnp.sum(jnp.where(ok, centred * log_q, 0.0))
