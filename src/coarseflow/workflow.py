@@ -18,7 +18,8 @@ from coarseflow.training import TrainResult, train
 
 def build_flow(config: Config, target):
     lower, upper = target.x_bounds()
-    return make_flow(jr.key(config.model.seed), lower=lower, upper=upper, settings=config.model)
+    return make_flow(jr.key(config.model.seed), lower=lower, upper=upper, settings=config.model,
+                     output=target.x_bijection())
 
 
 def train_from_config(config: Config, out, *, resume: bool = False, progress: bool = True,

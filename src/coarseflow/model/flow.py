@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import paramax
-from flowjax.bijections import Affine, Chain, RationalQuadraticSpline
+from flowjax.bijections import AbstractBijection, Affine, Chain, RationalQuadraticSpline
 from flowjax.distributions import AbstractDistribution, Transformed
 from flowjax.flows import coupling_flow
 from jax.scipy.special import log_ndtr
@@ -73,11 +73,14 @@ def make_flow(
     lower: Float[np.ndarray, " n_x"],
     upper: Float[np.ndarray, " n_x"],
     settings: FlowSettings = FlowSettings(),
+    output: AbstractBijection | None = None,
 ) -> Transformed:
     """The flow q(X) whose support is the box [lower, upper] (each (n_x,)).
 
     At initialisation the splines are the identity, so q(X) is the truncated normal stretched
-    onto the box (wide and unimodal: a good start at small beta).
+    onto the box (wide and unimodal: a good start at small beta). ``output``: an optional fixed
+    bijection applied last (e.g. internal -> Cartesian coordinates of a molecule); the box is
+    then in its input space. It is not trained.
     """
     lower, upper = np.asarray(lower, float), np.asarray(upper, float)
     if lower.shape != upper.shape or lower.ndim != 1 or np.any(upper <= lower):
@@ -95,7 +98,8 @@ def make_flow(
         invert=False,  # fast forward transform: training samples X = f(z)
     ).bijection
     to_box = paramax.non_trainable(Affine(loc=(upper + lower) / 2, scale=(upper - lower) / (2 * b)))
-    return Transformed(base, Chain([splines, to_box]))
+    layers = [splines, to_box] + ([paramax.non_trainable(output)] if output is not None else [])
+    return Transformed(base, Chain(layers))
 
 
 def split_trainable(flow):

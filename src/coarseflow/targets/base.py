@@ -27,6 +27,14 @@ class AbstractTarget(eqx.Module):
         """(lower, upper), each (n_x,): the box of the flow's support over X."""
         raise NotImplementedError
 
+    def x_bijection(self):
+        """An optional fixed flowjax bijection from the flow's box space onto X (n_x,).
+
+        None (the default): the flow's box is X itself. A molecule returns internal coordinates
+        -> Cartesian coordinates here, and ``x_bounds`` is then a box of internal coordinates.
+        """
+        return None
+
     @property
     def n(self) -> int:
         return self.partition.n
