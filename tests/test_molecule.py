@@ -103,7 +103,7 @@ def test_layout_and_held_coordinates(ala2):
     assert masses.shape == (51,)
     assert masses[0] == pytest.approx(12.01, abs=0.01)  # CH3 of ACE
     assert masses[3] == pytest.approx(1.008, abs=0.001)  # H1 of ACE
-    lo, hi = ala2.x_bounds()
+    lo, hi = ala2.cartesian_x_bounds()  # x_bounds is in internal coordinates (test_internal)
     # 0.4 nm either side, 0.05 nm for the three free coordinates of the gauge atoms b and c
     gauge = np.isin(np.asarray(cg_free) // 3, [b, c])
     assert gauge.sum() == 3

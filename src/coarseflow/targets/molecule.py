@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import mdtraj
 import numpy as np
@@ -27,6 +28,7 @@ from coarseflow.forcefield import (
     build_system,
     forcefield_from_system,
 )
+from coarseflow.model.internal import ZMatrix, zmatrix_placements
 from coarseflow.partition import Partition
 from coarseflow.targets.base import AbstractTarget
 
@@ -49,6 +51,12 @@ GAUGE_MARGIN = 0.05  # nm: box half-width for the free coordinates of gauge atom
 protein residue, capping groups included)."""
 
 _REFERENCE_BINS = 64
+
+INTERNAL_BOND_MARGIN = 0.03  # nm: box half-width of the bond lengths in internal coordinates
+INTERNAL_ANGLE_MARGIN = 0.6  # rad: box half-width of the bond angles
+INTERNAL_ANGLE_EDGE = 0.05  # rad: angles stay inside (edge, pi - edge)
+SEAM_SCAN_POINTS = 72  # rigid torsion scan (5 degree steps) that places each dihedral's seam
+SEAM_SCAN_WINDOW = 6  # points either side (30 degrees) over which the scan's weight is summed
 
 
 class _Info:
@@ -280,10 +288,16 @@ class Molecule(AbstractTarget):
     180-degree rotations (b on -z, c at x < 0); they are separated by configurations with
     |r_ab| = 0 or c on the axis, which the energy forbids, so samples never cross between them.
 
-    **Support box.** ``x_bounds()`` is the reference (PDB) structure's free CG coordinates
-    +- ``box_margin`` nm (default 0.4). It must hold the CG atoms' motion at the smallest beta of
-    the tempering ladder: dihedral rotations move backbone atoms by up to ~0.3 nm from the
-    reference; for larger molecules or larger CG motions, increase it.
+    **Support box.** When every CG atom is reached from the gauge atoms through bonds between
+    CG atoms (alanine dipeptide's five atoms, a backbone selection), the flow works in internal
+    coordinates of the CG atoms (``x_bijection()``, a Z-matrix: bond lengths, bond angles,
+    dihedrals) and ``x_bounds()`` is a box of those: bonds at the reference -+ 0.03 nm, angles
+    -+ 0.6 rad, dihedrals a full turn each (see ``x_bounds``), so the flow only proposes intact
+    bonds. Otherwise (``x_bijection()`` None) ``x_bounds()`` is the reference (PDB)
+    structure's free CG coordinates +- ``box_margin`` nm (default 0.4; ``cartesian_x_bounds``).
+    That box must hold the CG atoms' motion at the smallest beta of the tempering ladder:
+    dihedral rotations move backbone atoms by up to ~0.3 nm from the reference; for larger
+    molecules or larger CG motions, increase it.
 
     **Units.** Positions nm, energies reduced (k_B T units at ``temperature``), masses amu,
     k_B = 8.31446261815324e-3 kJ/mol/K (OpenMM's value).
@@ -380,6 +394,21 @@ class Molecule(AbstractTarget):
         local = np.einsum("fij,fj->fi", rot, ref_gauge[fast] - ref_gauge[frames[:, 0]])
         self.graft_local = jnp.asarray(local, dtype=float)
 
+        # Z-matrix of the CG atoms (internal coordinates of the flow), when the CG bond graph
+        # reaches every CG atom from the gauge atoms
+        local = {int(i): n for n, i in enumerate(cg)}
+        bonded = hops[np.ix_(cg, cg)] == 1
+        gauge_local = (local[a], local[b], local[c])
+        placements = zmatrix_placements(bonded, gauge_local, ref_gauge[cg])
+        if placements is not None and not (
+            bonded[gauge_local[0], gauge_local[1]]
+            and bonded[gauge_local[1], gauge_local[2]]
+            and all(bonded[j, k] for _, j, k, _ in placements)
+        ):
+            placements = None  # a distance or angle that is not a bond's: keep Cartesian
+        x_flat = free[np.asarray(x_idx, dtype=np.int64)]
+        zmatrix_x_index = [3 * local[int(f) // 3] + int(f) % 3 for f in x_flat]
+
         phi_q, psi_q = obs.phi_psi_indices(topology)
         residues = [topology.atom(int(q[1])).residue for q in phi_q]
         self.info = _Info(
@@ -393,6 +422,9 @@ class Molecule(AbstractTarget):
             residue_labels=[f"{r.name}{r.resSeq}" for r in residues],
             reference=None if reference is None else _load_reference(reference, len(phi_q)),
             reference_path=reference,
+            zmatrix=None if placements is None else (len(cg), gauge_local, placements,
+                                                      zmatrix_x_index),
+            x_bijection=None,
         )
 
     @classmethod
@@ -418,7 +450,8 @@ class Molecule(AbstractTarget):
             name N)``; for a user's PDB ``backbone`` (N, CA, C, O of every residue, caps too).
         fixed_atoms: 3 CG atom indices (0-based, PDB order) (a, b, c) of the gauge frame
             (see the class docstring); default: chosen automatically.
-        box_margin: half-width (nm) of the flow's box around the reference CG coordinates.
+        box_margin: half-width (nm) of the flow's Cartesian box around the reference CG
+            coordinates (used only when the CG atoms have no Z-matrix; see x_bounds).
         reference: optional .npz with ``phi``, ``psi`` (radians, (frames,) or (frames, m)) and
             optional ``rg`` (nm), ``basins`` + ``populations_err`` at ``temperature`` (as
             ``coarseflow reference`` writes it; a built-in name such as "alanine_dipeptide"
@@ -495,13 +528,86 @@ class Molecule(AbstractTarget):
                              f"{x.shape}; batch with jax.vmap")
         return self.forcefield.energy(self.full_positions(x)) / self.kT
 
-    def x_bounds(self) -> tuple[np.ndarray, np.ndarray]:
-        """Reference free CG coordinates -+ box_margin nm, each (n_x,).
+    def x_bijection(self) -> ZMatrix | None:
+        """Internal -> Cartesian coordinates of the CG atoms (coarseflow.model.internal.ZMatrix).
 
-        The three free coordinates of the gauge atoms b and c (b's z, c's x and z) only follow
-        the vibrations of the a-b and b-c bonds and the a-b-c angle, so their margin is
-        GAUGE_MARGIN (0.05 nm) when that is smaller: the flow then never proposes broken bonds.
+        Internal coordinates: r_ab; r_bc, angle abc; then (bond length r_ij, bond angle ijk,
+        dihedral ijkl) for every other CG atom i, breadth-first over the bonds between CG atoms
+        from the gauge atoms (j bonded to i, k bonded to j, l bonded to k when possible).
+        Each dihedral's window [seam, seam + 2 pi) starts at the least populated direction of a
+        rigid torsion scan of the reference structure: the dihedral is turned in 5 degree steps
+        (CG atoms downstream move with it, the other atoms grafted by ``y_init``), and the seam
+        is where the Boltzmann weight exp(-u) summed over +-30 degrees is smallest (ties: the
+        one nearest the reference + pi). Computed once per Molecule (jit-compiles the energy;
+        call it outside jit) and cached.
+
+        None (the flow works in Cartesian X) when some CG atom cannot be reached through bonds
+        between CG atoms from the gauge atoms, or the gauge atoms are not bonded a-b-c.
         """
+        info = self.info
+        if info.zmatrix is None:
+            return None
+        if info.x_bijection is None:
+            n_cg, gauge, placements, x_index = info.zmatrix
+            zm = ZMatrix(n_cg, gauge, placements, x_index)
+            info.x_bijection = eqx.tree_at(lambda z: z.seams, zm, self._dihedral_seams(zm))
+        return info.x_bijection
+
+    def _dihedral_seams(self, zm: ZMatrix) -> np.ndarray:
+        """(n_dihedrals,) seams from rigid torsion scans of the reference (see x_bijection)."""
+        X_ref, _ = self.partition.split(self.reference_x)
+        q_ref = np.asarray(zm.inverse(X_ref), dtype=np.float64)
+        slots = zm.dihedral_slots
+        steps = 2 * math.pi * np.arange(SEAM_SCAN_POINTS) / SEAM_SCAN_POINTS
+        q = np.repeat(q_ref[None], slots.size * steps.size, axis=0)
+        rows = np.arange(q.shape[0])
+        q[rows, np.repeat(slots, steps.size)] += np.tile(steps, slots.size)
+        u = np.asarray(_scan_energies(self, zm, jnp.asarray(q)), dtype=np.float64)
+        u = u.reshape(slots.size, steps.size)
+        seams = []
+        w = SEAM_SCAN_WINDOW
+        for n, slot in enumerate(slots):
+            un = np.where(np.isfinite(u[n]), u[n], np.inf)
+            logw = -(un - np.min(un))
+            win = np.stack([np.roll(logw, s) for s in range(-w, w + 1)])
+            with np.errstate(divide="ignore"):
+                score = np.logaddexp.reduce(win, axis=0)
+            opposite = np.abs(np.angle(np.exp(1j * (steps - math.pi))))
+            best = np.lexsort((opposite, score))[0]
+            seam = q_ref[slot] + steps[best]
+            seams.append((seam + math.pi) % (2 * math.pi) - math.pi)
+        return np.asarray(seams)
+
+    def x_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(lower, upper), each (n_x,): the box of the flow over X, in x_bijection's coordinates.
+
+        With internal coordinates (``x_bijection()`` not None): bond lengths at the reference
+        -+ 0.03 nm (INTERNAL_BOND_MARGIN), bond angles at the reference -+ 0.6 rad
+        (INTERNAL_ANGLE_MARGIN) clipped to (0.05, pi - 0.05), dihedrals [seam, seam + 2 pi).
+
+        Otherwise (Cartesian X): reference free CG coordinates -+ box_margin nm. The three free
+        coordinates of the gauge atoms b and c (b's z, c's x and z) only follow the vibrations
+        of the a-b and b-c bonds and the a-b-c angle, so their margin is GAUGE_MARGIN (0.05 nm)
+        when that is smaller: the flow then never proposes broken bonds.
+        """
+        zm = self.x_bijection()
+        if zm is not None:
+            X_ref, _ = self.partition.split(self.reference_x)
+            q = np.asarray(zm.inverse(X_ref), dtype=np.float64)
+            kinds = np.asarray(zm.kinds)
+            lo, hi = q.copy(), q.copy()
+            bond, angle, dih = kinds == "bond", kinds == "angle", kinds == "dihedral"
+            lo[bond] = np.maximum(q[bond] - INTERNAL_BOND_MARGIN, 0.5 * q[bond])
+            hi[bond] = q[bond] + INTERNAL_BOND_MARGIN
+            lo[angle] = np.maximum(q[angle] - INTERNAL_ANGLE_MARGIN, INTERNAL_ANGLE_EDGE)
+            hi[angle] = np.minimum(q[angle] + INTERNAL_ANGLE_MARGIN, math.pi - INTERNAL_ANGLE_EDGE)
+            seams = np.asarray(zm.seams, dtype=np.float64)
+            lo[dih], hi[dih] = seams, seams + 2 * math.pi
+            return lo, hi
+        return self.cartesian_x_bounds()
+
+    def cartesian_x_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """The Cartesian box of X (see x_bounds), whether or not x_bijection is used."""
         x_idx = np.asarray(self.partition.x_indices)
         ref = np.asarray(self.reference_x, dtype=np.float64)[x_idx]
         flat = np.asarray(self.free_indices)[x_idx]  # flat xyz index of each X coordinate
@@ -702,6 +808,17 @@ class Molecule(AbstractTarget):
                         figures_dir / "rmsd.png", rmsd, range=_bulk_range(rmsd),
                         title=f"heavy-atom RMSD to the PDB structure (nm), beta = {beta:.4g}"))
         return paths
+
+
+@eqx.filter_jit
+def _scan_energies(mol: Molecule, zm: ZMatrix, q):
+    """Reduced energies (S,) of internal coordinates q (S, n_x), fast atoms grafted."""
+
+    def one(qi):
+        X = zm.transform(qi)
+        return mol.energy_xy(X, mol.y_init(X))
+
+    return jax.vmap(one)(q)
 
 
 def _bulk_range(values: np.ndarray, reference: np.ndarray | None = None) -> tuple[float, float]:
