@@ -81,6 +81,9 @@ class TrainingSettings:
         )
 
 
+METRICS_FLUSH = 25  # updates between writes to metrics.jsonl (resume truncates past the checkpoint)
+
+
 class StepInfo(NamedTuple):
     loss: jax.Array
     grad_norm: jax.Array
@@ -254,6 +257,9 @@ def train(
                 "wall_time": time.perf_counter() - t0,
             })
             step += 1
+            if run is not None and len(records) >= METRICS_FLUSH:
+                run.append_metrics(records)  # visible while a long beta trains
+                records = []
         flow_now = eqx.combine(params, static)
         energies = model_energies(flow_now, jr.fold_in(root_key, 2**20 + index), beta, target,
                                   chains, training.tempering_samples, training.batch_size)
