@@ -4,7 +4,8 @@ x = Phi(X, Y) with X ~ q(X) from the flow and Y ~ q(Y|X), where q(Y|X) is
 
 * ``exact``: the target's own p_beta(Y|X), when it is a known Gaussian (double well, mixture);
 * ``laplace``: a Gaussian fit of p_beta(Y|X) at its mode: Y* minimises u(X, .) and the
-  covariance is the inverse Hessian of beta u in Y (eigenvalues floored so it stays positive).
+  covariance is the inverse Hessian of beta u in Y (eigenvalues by absolute value, floored, so
+  it stays positive).
 
 The unnormalised log-weights log w = -beta u(x) - log q(X) - log q(Y|X) make self-normalised
 estimates of <A>_beta unbiased as N grows; ESS = 1 / sum(w_norm^2); and log mean exp(log w)
@@ -66,7 +67,14 @@ class Samples(NamedTuple):
 
 
 def conditional_laplace(target: AbstractTarget, X, beta, key, settings: PredictionSettings):
-    """Y ~ N(Y*, (beta H)^-1) and its log density, for one X (n_x,)."""
+    """Y ~ N(Y*, (beta H)^-1) and its log density, for one X (n_x,).
+
+    Y* is the end of ``minimize_steps`` descent steps and ``newton_steps`` Newton steps; a
+    Newton step is taken only if it keeps u finite and does not raise it. H's eigenvalues enter
+    by absolute value, floored at 1e-6 of the largest: where the descent stopped short of the
+    minimum (a negative curvature), flooring a negative eigenvalue instead would make a Newton
+    step and the Gaussian's width along it huge (atoms tens of nm away).
+    """
     y = minimize_y(target.energy_xy, X, beta, target.y_init(X), settings.minimize_steps,
                    settings.minimize_lr, target.y_mass())
     hess_fn = jax.hessian(lambda y_: beta * target.energy_xy(X, y_))
@@ -75,12 +83,14 @@ def conditional_laplace(target: AbstractTarget, X, beta, key, settings: Predicti
     def floored_eigh(y_):
         lam, vec = jnp.linalg.eigh(hess_fn(y_))
         floor = 1e-6 * jnp.maximum(jnp.max(jnp.abs(lam)), 1.0)
-        return jnp.maximum(lam, floor), vec
+        return jnp.maximum(jnp.abs(lam), floor), vec
 
     def newton(y_, _):
         lam, vec = floored_eigh(y_)
-        step = vec @ ((vec.T @ grad_fn(y_)) / lam)
-        return y_ - step, None
+        y_new = y_ - vec @ ((vec.T @ grad_fn(y_)) / lam)
+        u_new = target.energy_xy(X, y_new)
+        ok = jnp.isfinite(u_new) & (u_new <= target.energy_xy(X, y_))
+        return jnp.where(ok, y_new, y_), None
 
     y, _ = jax.lax.scan(newton, y, None, length=settings.newton_steps)
     lam, vec = floored_eigh(y)

@@ -169,6 +169,7 @@ def _energies_of_samples(flow, key, beta, target, chains, n: int):
 
 def model_energies(flow, key, beta, target, chains, n: int, batch_size: int) -> np.ndarray:
     """Reduced energies u(X, Y) (n,) with X ~ q(X) and Y from the conditional chains."""
+    beta = jnp.asarray(beta)  # traced, as in update_step: a float would recompile per beta
     out = []
     for i, start in enumerate(range(0, n, batch_size)):
         m = min(batch_size, n - start)
