@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import equinox as eqx
 import jax.random as jr
 import numpy as np
 
@@ -41,19 +42,31 @@ def train_from_config(config: Config, out, *, resume: bool = False, progress: bo
                  progress=progress, max_betas=max_betas)
 
 
-def load_run(path, beta: float | None = None):
-    """(config, target, flow, checkpoint metadata) of the checkpoint of ``beta`` (default: last)."""
+def run_flows(path, betas: list[float] | None = None):
+    """(config, target, [(metadata, flow), ...]) for the checkpoints of ``betas`` (default: all).
+
+    The target and the flow's structure are built once and every checkpoint's parameters are
+    loaded into that one structure, so jitted functions compile once for all checkpoints.
+    """
     run = RunDir(path).require_existing()
     config = load_config(run.config_path)
     target = build_target(config.target)
-    flow = build_flow(config, target)
-    params, static = split_trainable(flow)
+    params, static = split_trainable(build_flow(config, target))
     opt_state = config.training.optimizer().init(params)
-    meta = run.find_checkpoint(beta)
-    params, _ = run.load_checkpoint((params, opt_state), meta)
-    import equinox as eqx
+    metas = run.checkpoints() if betas is None else [run.find_checkpoint(b) for b in betas]
+    flows = []
+    for meta in metas:
+        loaded, _ = run.load_checkpoint((params, opt_state), meta)
+        flows.append((meta, eqx.combine(loaded, static)))
+    return config, target, flows
 
-    return config, target, eqx.combine(params, static), meta
+
+def load_run(path, beta: float | None = None):
+    """(config, target, flow, checkpoint metadata) of the checkpoint of ``beta`` (default: last)."""
+    if beta is None:
+        beta = RunDir(path).require_existing().find_checkpoint()["beta"]
+    config, target, [(meta, flow)] = run_flows(path, [beta])
+    return config, target, flow, meta
 
 
 def sample_run(path, *, n: int | None = None, beta: float | None = None, seed: int = 0):

@@ -111,12 +111,12 @@ def _figures(run: RunDir, target, by_beta: dict[float, Samples]) -> list[Path]:
 def evaluate_run(path, *, n_samples: int | None = None, seed: int = 1,
                  progress: bool = True) -> dict:
     """Metrics for every checkpoint of run ``path``; writes summary.json and figures/*.png."""
-    from coarseflow.workflow import load_run, write_summary
+    from coarseflow.workflow import run_flows, write_summary
 
     run = RunDir(path).require_existing()
+    config, target, flows = run_flows(path)
     per_beta, by_beta = [], {}
-    for meta in tqdm(run.checkpoints(), desc="evaluate", disable=not progress):
-        config, target, flow, _ = load_run(path, meta["beta"])
+    for meta, flow in tqdm(flows, desc="evaluate", disable=not progress):
         s = draw_samples(jr.key(seed), flow, target, meta["beta"], config.prediction, n=n_samples)
         per_beta.append(reference_metrics(target, s, meta["beta"]) | {
             "index": meta["index"], "step": meta["step"], "wall_time": meta["wall_time"]})
