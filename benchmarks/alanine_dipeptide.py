@@ -21,7 +21,6 @@ import os
 import platform
 import re
 import shutil
-import time
 import tomllib
 from pathlib import Path
 
@@ -78,10 +77,11 @@ def main() -> None:
     out = Path(args.out)
     if out.exists() and not args.resume:
         shutil.rmtree(out)
-    t0 = time.perf_counter()
     result = train_from_config(parse_config(raw), out, resume=args.resume)
-    train_s = time.perf_counter() - t0
     meta = RunDir(out).find_checkpoint()
+    # the training process's own clock at its last checkpoint (so --resume of a finished run
+    # reports the original training time)
+    train_s = meta["wall_time"]
     config, target, flow, _ = load_run(out)
     s = draw_samples(jr.key(7), flow, target, 1.0, config.prediction, n=args.n)
     obs = target.observables(s.x)
