@@ -19,7 +19,6 @@ import datetime
 import math
 import os
 import platform
-import re
 import shutil
 import tomllib
 from pathlib import Path
@@ -27,6 +26,7 @@ from pathlib import Path
 import jax
 import jax.random as jr
 import numpy as np
+from _markdown import replace_section  # benchmarks/_markdown.py (run as a script)
 
 from coarseflow.analysis import metrics
 from coarseflow.analysis.observables import BASINS, basin_populations
@@ -37,7 +37,6 @@ from coarseflow.runs import RunDir
 from coarseflow.workflow import load_run, train_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
-BEGIN, END = "<!-- alanine:begin -->", "<!-- alanine:end -->"
 ANGLES = ((-math.pi, math.pi), (-math.pi, math.pi))
 
 
@@ -136,15 +135,7 @@ def main() -> None:
         stamp = (f"Measured {datetime.date.today()} on {os.cpu_count()} CPU cores "
                  f"({platform.machine()}). Command: `python benchmarks/alanine_dipeptide.py "
                  + " ".join(f"--set {x}" for x in args.set) + "`.")
-        path = Path(args.write)
-        text = path.read_text() if path.exists() else ""
-        block = f"{BEGIN}\n{stamp}\n\n{table}\n{END}"
-        if BEGIN in text:
-            text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text,
-                          flags=re.S)
-        else:
-            text += "\n" + block + "\n"
-        path.write_text(text)
+        replace_section(args.write, "alanine", stamp, table)
 
 
 if __name__ == "__main__":

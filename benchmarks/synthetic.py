@@ -16,10 +16,11 @@ import copy
 import datetime
 import os
 import platform
-import re
 import time
 import tomllib
 from pathlib import Path
+
+from _markdown import replace_section  # benchmarks/_markdown.py (run as a script)
 
 from coarseflow.analysis.evaluation import evaluate_run
 from coarseflow.config import parse_config
@@ -29,7 +30,6 @@ from coarseflow.workflow import train_from_config
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEMS = ("double_well", "gmm_2d", "gmm_10d")
 VARIANTS = ("tempered", "untempered")
-BEGIN, END = "<!-- synthetic:begin -->", "<!-- synthetic:end -->"
 
 
 def untempered(raw: dict, total_updates: int) -> dict:
@@ -129,15 +129,7 @@ def main() -> None:
              f"--variants {' '.join(args.variants)}`.")
     print(table)
     if args.write:
-        path = Path(args.write)
-        text = path.read_text() if path.exists() else ""
-        block = f"{BEGIN}\n{stamp}\n\n{table}\n{END}"
-        if BEGIN in text:
-            text = re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text,
-                          flags=re.S)
-        else:
-            text += "\n" + block + "\n"
-        path.write_text(text)
+        replace_section(args.write, "synthetic", stamp, table)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import math
+
 import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
 from coarseflow.partition import Partition
+
+
+def concrete_beta(beta) -> float:
+    """beta as a Python float, for NumPy/SciPy exact references (never under jit)."""
+    try:
+        b = float(beta)
+    except Exception as err:  # a tracer, or something that is not a number
+        raise ValueError(
+            "beta: the exact references are NumPy/SciPy computations; call them outside jit "
+            f"with a concrete positive number, got {beta!r}"
+        ) from err
+    if not (math.isfinite(b) and b > 0.0):
+        raise ValueError(f"beta: expected a positive finite number, got {beta!r}")
+    return b
 
 
 class AbstractTarget(eqx.Module):

@@ -12,7 +12,7 @@ from scipy import integrate
 
 from coarseflow.errors import ConfigError
 from coarseflow.partition import Partition
-from coarseflow.targets.base import AbstractTarget
+from coarseflow.targets.base import AbstractTarget, concrete_beta
 
 
 def _v(x1):
@@ -20,18 +20,6 @@ def _v(x1):
     return 0.25 * x1**4 - 3.0 * x1**2 + x1
 
 
-def _concrete_beta(beta) -> float:
-    """beta as a Python float, for the NumPy/SciPy references (never under jit)."""
-    try:
-        b = float(beta)
-    except Exception as err:  # a tracer, or something that is not a number
-        raise ValueError(
-            "beta: the exact references are NumPy/SciPy quadratures; call them outside jit "
-            f"with a concrete positive number, got {beta!r}"
-        ) from err
-    if not (math.isfinite(b) and b > 0.0):
-        raise ValueError(f"beta: expected a positive finite number, got {beta!r}")
-    return b
 
 
 # Stationary points of v: roots of v'(x) = x^3 - 6x + 1. The smallest root is the deep (left)
@@ -127,23 +115,23 @@ class DoubleWell(AbstractTarget):
 
     def log_partition_x1(self, beta: float = 1.0) -> float:
         """log Z_1(beta) = log ∫ exp(-beta v(x1)) dx1 (the coarse-grained marginal's normaliser)."""
-        b = _concrete_beta(beta)
+        b = concrete_beta(beta)
         left, right = self._x1_integrals(b)
         return -b * _V_MIN + math.log(left + right)
 
     def log_partition(self, beta: float = 1.0) -> float:
         """log Z(beta) = log ∫∫ exp(-beta u) dx1 dx2 = log Z_1(beta) + 0.5 log(2 pi / beta)."""
-        b = _concrete_beta(beta)
+        b = concrete_beta(beta)
         return self.log_partition_x1(b) + 0.5 * math.log(2.0 * math.pi / b)
 
     def marginal_density(self, x1_grid: ArrayLike, beta: float = 1.0) -> np.ndarray:
         """Normalised p_beta(x1) evaluated at the points ``x1_grid`` (any shape; NumPy out)."""
-        b = _concrete_beta(beta)
+        b = concrete_beta(beta)
         x = np.asarray(x1_grid, dtype=np.float64)
         return np.exp(-b * _v(x) - self.log_partition_x1(b))
 
     def well_mass(self, beta: float = 1.0) -> float:
         """Exact mass of p_beta with x1 > 0 (the shallow right well); ≈ 0.008349 at beta = 1."""
-        b = _concrete_beta(beta)
+        b = concrete_beta(beta)
         left, right = self._x1_integrals(b)
         return right / (left + right)

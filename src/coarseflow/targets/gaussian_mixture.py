@@ -13,7 +13,7 @@ from scipy import special, stats
 
 from coarseflow.errors import ConfigError
 from coarseflow.partition import Partition
-from coarseflow.targets.base import AbstractTarget
+from coarseflow.targets.base import AbstractTarget, concrete_beta
 
 # The box of x_bounds() holds at least 1 - _BOX_TAIL of p_beta(X) for every beta in
 # [support_beta, 1] (rigorous bound, see GaussianMixture.box_mass_lost_bound).
@@ -34,17 +34,6 @@ def _positive_float(name: str, value) -> None:
         )
 
 
-def _concrete_beta(beta) -> float:
-    try:
-        b = float(beta)
-    except Exception as err:  # a tracer, or something that is not a number
-        raise ValueError(
-            "beta: the exact references are NumPy computations; call them outside jit with a "
-            f"concrete positive number, got {beta!r}"
-        ) from err
-    if not (math.isfinite(b) and b > 0.0):
-        raise ValueError(f"beta: expected a positive finite number, got {beta!r}")
-    return b
 
 
 class GaussianMixture(AbstractTarget):
@@ -227,7 +216,7 @@ class GaussianMixture(AbstractTarget):
         Since p(X) <= max_k N_k(X) and Z_beta >= w_max^beta ∫ N_k^beta, the lost mass is at most
         w_max^(-beta) sum_k P(N(m_k, width^2 / beta I) outside the box).
         """
-        b = _concrete_beta(beta)
+        b = concrete_beta(beta)
         if b > 1.0:
             raise ValueError(f"beta: the bound holds for 0 < beta <= 1, got {beta!r}")
         lo, hi = self.x_bounds()
@@ -246,7 +235,7 @@ class GaussianMixture(AbstractTarget):
         accurate for these smooth, rapidly decaying integrands) when n_x <= 2. For n_x > 2 and
         beta != 1 a ValueError is raised. NumPy; not for use under jit.
         """
-        b = _concrete_beta(beta)
+        b = concrete_beta(beta)
         if b == 1.0:
             return 0.0
         if self.n_x > 2:
