@@ -146,50 +146,49 @@ class AbstractSchedule(eqx.Module):
         """
 
 
-class Linear(AbstractSchedule):
-    """``n_betas`` evenly spaced values from ``beta0`` to 1, both ends included."""
+class _SpacedLadder(AbstractSchedule):
+    """``n_betas`` values from ``beta0`` to 1, both ends included, spaced by ``ladder()``."""
 
-    beta0: float = 0.01
-    n_betas: int = 10
+    beta0: eqx.AbstractVar[float]
+    n_betas: eqx.AbstractVar[int]
 
     def __check_init__(self):
         _check_open_unit("beta0", self.beta0)
         _check_n_betas(self.n_betas)
+
+    def ladder(self) -> tuple[float, ...]:
+        raise NotImplementedError
+
+    def first_beta(self) -> float:
+        return float(self.beta0)
+
+    def next_beta(self, beta: float, energies: Float[np.ndarray, " N"] | None) -> float | None:
+        del energies
+        return _next_on_ladder(self.ladder(), beta)
+
+
+class Linear(_SpacedLadder):
+    """``n_betas`` evenly spaced values from ``beta0`` to 1, both ends included."""
+
+    beta0: float = 0.01
+    n_betas: int = 10
 
     def ladder(self) -> tuple[float, ...]:
         betas = np.linspace(float(self.beta0), 1.0, int(self.n_betas))
         betas[-1] = 1.0
         return tuple(float(b) for b in betas)
 
-    def first_beta(self) -> float:
-        return float(self.beta0)
 
-    def next_beta(self, beta: float, energies: Float[np.ndarray, " N"] | None) -> float | None:
-        del energies
-        return _next_on_ladder(self.ladder(), beta)
-
-
-class Geometric(AbstractSchedule):
+class Geometric(_SpacedLadder):
     """``n_betas`` log-spaced values from ``beta0`` to 1, both ends included (constant ratio)."""
 
     beta0: float = 0.01
     n_betas: int = 10
 
-    def __check_init__(self):
-        _check_open_unit("beta0", self.beta0)
-        _check_n_betas(self.n_betas)
-
     def ladder(self) -> tuple[float, ...]:
         betas = np.geomspace(float(self.beta0), 1.0, int(self.n_betas))
         betas[0], betas[-1] = float(self.beta0), 1.0
         return tuple(float(b) for b in betas)
-
-    def first_beta(self) -> float:
-        return float(self.beta0)
-
-    def next_beta(self, beta: float, energies: Float[np.ndarray, " N"] | None) -> float | None:
-        del energies
-        return _next_on_ladder(self.ladder(), beta)
 
 
 class Explicit(AbstractSchedule):
