@@ -271,8 +271,9 @@ def _starts(energy_xy, X, beta, y0, settings: ChainSettings, mass, dtype) -> Arr
 def _run_chains(key, energy_xy, X, beta, y0, settings: ChainSettings, mass, with_force: bool):
     """Run all chains for one X.
 
-    Returns (y_last (n_chains, n_y), acceptance (), out) where out is
-    (force_sum (n_x,), n_finite ()) summed over chains if ``with_force``, else the kept states
+    Returns (y_last (n_chains, n_y), acceptance (), out) where out is, if ``with_force``,
+    (grad_X u (R, n_x), grad_Y u (R, n_y), kept-and-finite mask (R,)) over the R = n_chains *
+    n_steps steps (gradients zeroed where the mask is false), else the kept states
     (n_chains, n_keep, n_y).
     """
     X = jax.lax.stop_gradient(jnp.asarray(X))
@@ -292,38 +293,29 @@ def _run_chains(key, energy_xy, X, beta, y0, settings: ChainSettings, mass, with
         # kept when i >= n_burn and (i - n_burn + 1) is a multiple of thin.
         state = kernel.init(jax.random.fold_in(keys, settings.n_steps), y_start)
 
-        def body(carry, inputs):
-            i = inputs
-            state, acc_sum, force_sum, n_finite = carry
+        def body(carry, i):
+            state, acc_sum = carry
             state, acc = kernel.step(jax.random.fold_in(keys, i), state)
-            acc_sum = acc_sum + acc
+            carry = (state, acc_sum + acc)
             if not with_force:
-                return (state, acc_sum, force_sum, n_finite), kernel.position(state)
+                return carry, kernel.position(state)
             kept = (i >= n_burn) & ((i - n_burn) % thin == thin - 1)
-
             u, grad_x, grad_y = kernel.observe(state)
             finite = (kept & jnp.isfinite(u) & jnp.all(jnp.isfinite(grad_x))
                       & jnp.all(jnp.isfinite(grad_y)))
-            grad_x = jnp.where(finite, grad_x, 0.0)
-            grad_y = jnp.where(finite, grad_y, 0.0)
-            n_finite = n_finite + finite.astype(jnp.int32)
-            return (state, acc_sum, force_sum + grad_x, n_finite), (grad_x, grad_y, finite)
+            grads = (jnp.where(finite, grad_x, 0.0), jnp.where(finite, grad_y, 0.0))
+            return carry, (*grads, finite)
 
-        carry = (state, jnp.zeros((), dtype), jnp.zeros(X.shape, dtype), jnp.zeros((), jnp.int32))
-        steps = jnp.arange(settings.n_steps)
-        (state, acc_sum, force_sum, n_finite), ys = jax.lax.scan(body, carry, steps)
-        if with_force:
-            out = (force_sum, n_finite, ys)
-        else:
-            out = ys[n_burn + thin - 1 :: thin]
+        carry = (state, jnp.zeros((), dtype))
+        (state, acc_sum), ys = jax.lax.scan(body, carry, jnp.arange(settings.n_steps))
+        out = ys if with_force else ys[n_burn + thin - 1 :: thin]
         return kernel.position(state), acc_sum / settings.n_steps, out
 
     keys = jax.random.split(key, settings.n_chains)
     y_last, acceptance, out = jax.vmap(chain)(keys, starts)
     if with_force:
-        force_sum, n_finite, (gx, gy, finite) = out
-        out = (jnp.sum(force_sum, axis=0), jnp.sum(n_finite),
-               gx.reshape(-1, gx.shape[-1]), gy.reshape(-1, gy.shape[-1]), finite.reshape(-1))
+        gx, gy, finite = out  # every step of every chain; zeros where not kept or not finite
+        out = (gx.reshape(-1, gx.shape[-1]), gy.reshape(-1, gy.shape[-1]), finite.reshape(-1))
     return y_last, jnp.mean(acceptance), out
 
 
@@ -346,17 +338,18 @@ def mean_force(
     gradient evaluation as the chain's grad_Y; with HMC it costs one extra evaluation per kept
     state. Pure JAX: jit and vmap it (over key, X, y0) from the caller.
     """
-    y_last, acceptance, (force_sum, n_finite, gx, gy, finite) = _run_chains(
+    y_last, acceptance, (gx, gy, finite) = _run_chains(
         key, energy_xy, X, beta, y0, settings, mass, with_force=True
     )
     n_kept = settings.n_chains * settings.n_keep
-    beta = jax.lax.stop_gradient(jnp.asarray(beta, force_sum.dtype))
+    n_finite = jnp.sum(finite.astype(jnp.int32))
+    beta = jax.lax.stop_gradient(jnp.asarray(beta, gx.dtype))
     n = jnp.maximum(n_finite, 1)
-    force = jnp.where(n_finite > 0, beta * force_sum / n, jnp.nan)
     # gradient rows of all steps (zeros where not kept or not finite): centre over kept rows
     w = finite.astype(gx.dtype)[:, None]
     gx, gy = beta * gx, beta * gy
     mean_x, mean_y = jnp.sum(gx, 0) / n, jnp.sum(gy, 0) / n
+    force = jnp.where(n_finite > 0, mean_x, jnp.nan)
     dx, dy = (gx - mean_x) * w, (gy - mean_y) * w
     return MeanForce(force, y_last, acceptance, n_kept - n_finite, mean_y, dx.T @ dy, dy.T @ dy)
 
