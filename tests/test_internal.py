@@ -21,7 +21,7 @@ GS = "tests/data/ace_gly_ser_nme.pdb"
 
 @pytest.fixture(scope="module")
 def ala2():
-    return Molecule.from_config()
+    return Molecule()
 
 
 def _random_internal(mol, n, seed):
@@ -138,7 +138,7 @@ def test_untrained_flow_energies_internal_vs_cartesian(ala2):
 
 
 def test_second_molecule_backbone():
-    m = Molecule.from_config(pdb=GS, cg_selection="backbone")
+    m = Molecule(pdb=GS, cg_selection="backbone")
     zm = m.x_bijection()
     assert zm is not None and zm.shape == (m.partition.n_x,) == (30,)
     X_ref, _ = m.partition.split(m.reference_x)
@@ -157,7 +157,7 @@ def test_second_molecule_backbone():
 def test_disconnected_cg_atoms_fall_back_to_cartesian():
     # C(ACE), CA, N(NME): no two bonded -> no Z-matrix, the Cartesian box
     sel = "(resname ACE and name C) or (resname ALA and name CA) or (resname NME and name N)"
-    m = Molecule.from_config(cg_selection=sel)
+    m = Molecule(cg_selection=sel)
     assert m.x_bijection() is None
     lo, hi = m.x_bounds()
     np.testing.assert_allclose(lo, m.cartesian_x_bounds()[0])

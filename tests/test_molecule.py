@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def ala2():
-    return Molecule.from_config()
+    return Molecule()
 
 
 BATCH = 8  # every batched call uses this size, so each function compiles once
@@ -209,31 +209,31 @@ def test_y_init_grafts_fast_atoms_onto_any_backbone(ala2, energies):
 )
 def test_selection_errors(selection, message):
     with pytest.raises(ConfigError, match=message) as info:
-        Molecule.from_config(cg_selection=selection)
+        Molecule(cg_selection=selection)
     assert "\n" not in str(info.value)
 
 
 def test_fixed_atom_and_file_errors(tmp_path):
     with pytest.raises(ConfigError, match="fixed_atoms: expected 3 atom"):
-        Molecule.from_config(fixed_atoms=[6, 8])
+        Molecule(fixed_atoms=[6, 8])
     with pytest.raises(ConfigError, match="distinct"):
-        Molecule.from_config(fixed_atoms=[6, 8, 8])
+        Molecule(fixed_atoms=[6, 8, 8])
     with pytest.raises(ConfigError, match=r"atoms \[11\] are not coarse-grained"):
-        Molecule.from_config(fixed_atoms=[6, 8, 11])
-    m = Molecule.from_config(fixed_atoms=[4, 6, 8])
+        Molecule(fixed_atoms=[6, 8, 11])
+    m = Molecule(fixed_atoms=[4, 6, 8])
     assert m.fixed_atoms == (4, 6, 8) and m.n == 60
     with pytest.raises(ConfigError, match="no_such.pdb"):
-        Molecule.from_config(pdb=str(tmp_path / "no_such.pdb"))
+        Molecule(pdb=str(tmp_path / "no_such.pdb"))
     bad = tmp_path / "bad.pdb"
     bad.write_text("this is not a PDB file\n")
     with pytest.raises(ConfigError, match="bad.pdb"):
-        Molecule.from_config(pdb=str(bad))
+        Molecule(pdb=str(bad))
     unknown = tmp_path / "unknown.pdb"
     unknown.write_text(Path(m.pdb_path).read_text().replace("ALA", "XYZ"))
     with pytest.raises(ConfigError, match="no template for residue 'XYZ'"):
-        Molecule.from_config(pdb=str(unknown), cg_selection="name N CA C")
+        Molecule(pdb=str(unknown), cg_selection="name N CA C")
     with pytest.raises(ConfigError, match="temperature"):
-        Molecule.from_config(temperature=-3.0)
+        Molecule(temperature=-3.0)
 
 
 def test_write_trajectory_round_trips(ala2, tmp_path):
@@ -254,7 +254,7 @@ def test_write_trajectory_round_trips(ala2, tmp_path):
 
 
 def test_second_molecule_with_backbone_selection():
-    m = Molecule.from_config(pdb=GS, cg_selection="backbone")
+    m = Molecule(pdb=GS, cg_selection="backbone")
     assert m.n_atoms == 30 and len(m.cg_atoms) == 12 and m.partition.n_x == 30
     assert m.residue_labels == ["GLY2", "SER3"]
     path = str(Path(GS).resolve())
@@ -270,7 +270,7 @@ def test_second_molecule_with_backbone_selection():
     assert o["rmsd_to_reference"][0] == pytest.approx(0.0, abs=1e-6)
     np.testing.assert_allclose(o["rg"], mdtraj.compute_rg(traj), rtol=1e-5)
     # the default selection of a user's PDB is the backbone
-    assert Molecule.from_config(pdb=GS).cg_atoms == m.cg_atoms
+    assert Molecule(pdb=GS).cg_atoms == m.cg_atoms
 
 
 class _Samples:
@@ -289,7 +289,7 @@ def test_observables_metrics_and_figures(ala2, tmp_path):
     err = np.arange(6) / 100.0
     np.savez(ref_path, phi=phi_ref, psi=psi_ref, rg=np.full(4, 0.3),
              basins=np.array([*obs.BASINS, "other"]), populations_err=err)
-    m = Molecule.from_config(reference=str(ref_path))
+    m = Molecule(reference=str(ref_path))
     o = m.observables(x)
     assert o["phi"].shape == (4, 1) and o["rg"].shape == (4,)
     np.testing.assert_allclose(np.degrees(o["psi"][:, 0]), [c[1] for c in centres], atol=1e-8)
@@ -318,7 +318,7 @@ def test_observables_metrics_and_figures(ala2, tmp_path):
     bad = tmp_path / "bad.npz"
     np.savez(bad, phi=phi_ref)
     with pytest.raises(ConfigError, match="missing arrays \\['psi'\\]"):
-        Molecule.from_config(reference=str(bad))
+        Molecule(reference=str(bad))
 
 
 def test_config_file_parses():

@@ -104,7 +104,7 @@ def ala2_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ala2():
-    return Molecule.from_config()
+    return Molecule()
 
 
 @pytest.fixture(scope="module")

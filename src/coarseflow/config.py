@@ -144,7 +144,7 @@ def _target_classes() -> dict[str, type]:
         from coarseflow.targets.molecule import Molecule
     except ImportError:  # openmm / mdtraj not installed: molecules unavailable
         return kinds
-    return {**kinds, "molecule": Molecule.from_config}
+    return {**kinds, "molecule": Molecule}
 
 
 def build_target(table: dict):

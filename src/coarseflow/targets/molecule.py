@@ -331,6 +331,26 @@ class Molecule(AbstractTarget):
         box_margin: float = 0.4,
         reference: str | None = None,
     ):
+        """The ``[target]`` table of ``kind = "molecule"``.
+
+        pdb: a built-in name ("alanine_dipeptide": ACE-ALA-NME, 22 atoms, shipped with the
+            package) or a path to a PDB file with hydrogens (relative to the current directory).
+        forcefield: OpenMM force-field XML files (OpenMM's bundled names or paths).
+        temperature: kelvin; the target beta = 1 is this temperature.
+        cg_selection: mdtraj selection of the coarse-grained atoms (X). Default: for
+            alanine_dipeptide the five atoms defining phi and psi,
+            ``(resname ACE and name C) or (resname ALA and name N CA C) or (resname NME and
+            name N)``; for a user's PDB ``backbone`` (N, CA, C, O of every residue, caps too).
+        fixed_atoms: 3 CG atom indices (0-based, PDB order) (a, b, c) of the gauge frame
+            (see the class docstring); default: chosen automatically.
+        box_margin: half-width (nm) of the flow's Cartesian box around the reference CG
+            coordinates (used only when the CG atoms have no Z-matrix; see x_bounds).
+        reference: optional .npz with ``phi``, ``psi`` (radians, (frames,) or (frames, m)) and
+            optional ``rg`` (nm), ``basins`` + ``populations_err`` at ``temperature`` (as
+            ``coarseflow reference`` writes it; a built-in name such as "alanine_dipeptide"
+            means the shipped ``data/<name>_reference.npz``); evaluation then compares the
+            beta = 1 model with it.
+        """
         for name, value in (("temperature", temperature), ("box_margin", box_margin)):
             if (
                 isinstance(value, bool)
@@ -338,8 +358,7 @@ class Molecule(AbstractTarget):
                 or not (math.isfinite(float(value)) and float(value) > 0)
             ):
                 raise ConfigError(f"[target] {name}: expected a positive number, got {value!r}")
-        if isinstance(forcefield, str):
-            forcefield = (forcefield,)
+        forcefield = (forcefield,) if isinstance(forcefield, str) else tuple(forcefield)
         path, builtin_selection = _resolve_pdb(pdb)
         if cg_selection is None:
             cg_selection = builtin_selection or DEFAULT_SELECTION
@@ -425,47 +444,6 @@ class Molecule(AbstractTarget):
             zmatrix=None if placements is None else (len(cg), gauge_local, placements,
                                                       zmatrix_x_index),
             x_bijection=None,
-        )
-
-    @classmethod
-    def from_config(
-        cls,
-        pdb: str = "alanine_dipeptide",
-        forcefield: tuple[str, ...] = DEFAULT_FORCEFIELD_FILES,
-        temperature: float = 300.0,
-        cg_selection: str | None = None,
-        fixed_atoms: tuple[int, ...] | None = None,
-        box_margin: float = 0.4,
-        reference: str | None = None,
-    ) -> Molecule:
-        """The ``[target]`` table of ``kind = "molecule"``.
-
-        pdb: a built-in name ("alanine_dipeptide": ACE-ALA-NME, 22 atoms, shipped with the
-            package) or a path to a PDB file with hydrogens (relative to the current directory).
-        forcefield: OpenMM force-field XML files (OpenMM's bundled names or paths).
-        temperature: kelvin; the target beta = 1 is this temperature.
-        cg_selection: mdtraj selection of the coarse-grained atoms (X). Default: for
-            alanine_dipeptide the five atoms defining phi and psi,
-            ``(resname ACE and name C) or (resname ALA and name N CA C) or (resname NME and
-            name N)``; for a user's PDB ``backbone`` (N, CA, C, O of every residue, caps too).
-        fixed_atoms: 3 CG atom indices (0-based, PDB order) (a, b, c) of the gauge frame
-            (see the class docstring); default: chosen automatically.
-        box_margin: half-width (nm) of the flow's Cartesian box around the reference CG
-            coordinates (used only when the CG atoms have no Z-matrix; see x_bounds).
-        reference: optional .npz with ``phi``, ``psi`` (radians, (frames,) or (frames, m)) and
-            optional ``rg`` (nm), ``basins`` + ``populations_err`` at ``temperature`` (as
-            ``coarseflow reference`` writes it; a built-in name such as "alanine_dipeptide"
-            means the shipped ``data/<name>_reference.npz``); evaluation then compares the
-            beta = 1 model with it.
-        """
-        return cls(
-            pdb=pdb,
-            forcefield=tuple(forcefield),
-            temperature=temperature,
-            cg_selection=cg_selection,
-            fixed_atoms=None if fixed_atoms is None else tuple(fixed_atoms),
-            box_margin=box_margin,
-            reference=reference,
         )
 
     # ---- coordinates -------------------------------------------------------------------------
