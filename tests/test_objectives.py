@@ -73,3 +73,26 @@ def test_nonfinite_forces_are_left_out():
     keep = np.arange(8) != 3
     ref = jax.grad(lambda p: surrogate_loss(p, static, z[keep], force[keep])[0])(params)
     np.testing.assert_allclose(flat(grads), flat(ref), rtol=1e-10, atol=1e-12)
+
+
+def test_forward_kl_term_vanishes_for_uniform_weights_and_follows_the_weights():
+    from coarseflow.objectives import forward_kl_loss
+
+    flow = make_flow(jr.key(0), lower=np.array([-3.0]), upper=np.array([3.0]),
+                     settings=FlowSettings(knots=4, layers=1, nn_width=8, nn_depth=1))
+    params, static = split_trainable(flow)
+    X = flow.sample(jr.key(1), (200,))
+    uniform = jnp.full(200, 1 / 200)
+    # centred weights: with w = 1/S the term and its gradient are zero (q's own score removed)
+    assert float(forward_kl_loss(params, static, X, uniform)) == 0.0
+    assert np.max(np.abs(flat(jax.grad(forward_kl_loss)(params, static, X, uniform)))) == 0.0
+    # weights on the right half: a small step down the gradient raises log q there
+    w = jnp.where(X[:, 0] > 0, 1.0, 0.0)
+    w = w / w.sum()
+    g = jax.grad(forward_kl_loss)(params, static, X, w)
+    stepped = jax.tree.map(lambda p, d: p - 1e-2 * d, params, g)
+
+    def right_mass(p):
+        return float(jnp.sum(w * eqx.combine(p, static).log_prob(X)))
+
+    assert right_mass(stepped) > right_mass(params) + 1e-6
