@@ -19,7 +19,9 @@ import datetime
 import math
 import os
 import platform
+import shlex
 import shutil
+import sys
 import tomllib
 from pathlib import Path
 
@@ -30,7 +32,7 @@ from _markdown import replace_section  # benchmarks/_markdown.py (run as a scrip
 
 from coarseflow.analysis import metrics
 from coarseflow.analysis.observables import BASINS, basin_populations
-from coarseflow.config import parse_config
+from coarseflow.config import load_config, parse_config
 from coarseflow.predict import draw_samples
 from coarseflow.reference import load_reference
 from coarseflow.runs import RunDir
@@ -54,12 +56,28 @@ def evaluations(raw: dict, updates: int, n_betas: int, n_predict: int) -> int:
     steps = ch.get("n_burn", 50) + ch.get("n_keep", 25) * ch.get("thin", 1)
     per_step = ch.get("hmc_leapfrog", 5) if ch.get("kernel", "mala") == "hmc" else 1
     per_x = ch.get("warm_start_steps", 20) + ch.get("n_chains", 4) * steps * per_step
-    laplace = pr.get("minimize_steps", 200) + 51 * (pr.get("newton_steps", 5) + 1)
+    # a Hessian counted as n_y = 51 gradients; AIS (the default conditional) adds its steps
+    per_y = pr.get("minimize_steps", 200) + 51 * (pr.get("newton_steps", 5) + 1)
+    if pr.get("conditional", "auto") in ("auto", "ais"):
+        per_y += pr.get("ais_steps", 100)
     train = updates * tr.get("batch_size", 128) * per_x
     if tr.get("forward_kl_weight", 0.0) > 0:
-        train += updates * tr.get("batch_size", 128) * laplace
+        train += updates * tr.get("batch_size", 128) * per_y
     tempering = n_betas * tr.get("tempering_samples", 512) * per_x
-    return int(train + tempering + n_predict * laplace)
+    return int(train + tempering + n_predict * per_y)
+
+
+def _without(argv: list[str], *options: str) -> list[str]:
+    """argv less the given options and their values (for the command recorded in the table)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in options:
+            skip = True
+        elif not a.startswith(tuple(o + "=" for o in options)):
+            out.append(a)
+    return out
 
 
 def main() -> None:
@@ -68,24 +86,35 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], help="section.key=value override")
     p.add_argument("--out", default=str(ROOT / "runs" / "benchmarks" / "alanine_dipeptide"))
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--evaluate-only", action="store_true",
+                   help="no training: evaluate the finished run in --out with this config's "
+                        "[prediction] (e.g. other weights)")
     p.add_argument("-n", type=int, default=10000, help="model samples for the comparison")
-    p.add_argument("--write", help="markdown file whose alanine section is replaced")
+    p.add_argument("--write", help="markdown file whose section --section is replaced")
+    p.add_argument("--section", default="alanine", help="marker name of that section")
     args = p.parse_args()
 
     raw = apply_overrides(tomllib.loads(Path(args.config).read_text()), args.set)
     out = Path(args.out)
-    if out.exists() and not args.resume:
-        shutil.rmtree(out)
-    result = train_from_config(parse_config(raw), out, resume=args.resume)
+    if args.evaluate_only:
+        n_betas = len(RunDir(out).require_existing().checkpoints())
+    else:
+        if out.exists() and not args.resume:
+            shutil.rmtree(out)
+        n_betas = len(train_from_config(parse_config(raw), out, resume=args.resume).betas)
     meta = RunDir(out).find_checkpoint()
     # the training process's own clock at its last checkpoint (so --resume of a finished run
     # reports the original training time)
     train_s = meta["wall_time"]
-    config, target, flow, _ = load_run(out)
-    s = draw_samples(jr.key(7), flow, target, 1.0, config.prediction, n=args.n)
+    _, target, flow, _ = load_run(out)
+    # [prediction] of the given config, not the run's (--evaluate-only: other weights)
+    prediction = parse_config(raw).prediction
+    s = draw_samples(jr.key(7), flow, target, 1.0, prediction, n=args.n)
     obs = target.observables(s.x)
     phi, psi, rg = obs["phi"][:, 0], obs["psi"][:, 0], obs["rg"]
-    ok = np.isfinite(phi) & np.isfinite(psi) & np.isfinite(rg) & np.isfinite(s.log_weights)
+    # raw statistics use every sample; a zero weight (log w = -inf: a path that started outside
+    # its domain) only drops out of the reweighted ones
+    ok = np.isfinite(phi) & np.isfinite(psi) & np.isfinite(rg)
     w = np.asarray(metrics.normalized_weights(np.where(ok, s.log_weights, -np.inf)))
     model = np.stack([phi, psi], 1)[ok]
 
@@ -113,7 +142,8 @@ def main() -> None:
     for name in (*BASINS, "other"):
         lines.append(f"| {name} | {pops_ref[name]:.4f} ± {errs[name]:.4f} | {pops_raw[name]:.4f} "
                      f"| {pops_rew[name]:.4f} |")
-    n_eval = evaluations(raw, meta["step"], len(result.betas), args.n)
+    trained = {**load_config(RunDir(out).config_path).raw, "prediction": raw.get("prediction", {})}
+    n_eval = evaluations(trained, meta["step"], n_betas, args.n)
     lines += [
         "",
         "| metric | raw | reweighted | noise floor (two reference halves) |",
@@ -124,8 +154,9 @@ def main() -> None:
         "",
         f"ESS {float(metrics.ess(s.log_weights)):.1f} of {len(s.x)} "
         f"({float(metrics.ess_fraction(s.log_weights)):.4f}); "
-        f"{len(result.betas)} betas, {meta['step']} updates, training wall time {train_s:.0f} s; "
-        f"about {n_eval:.3g} energy + force evaluations; model samples {int(ok.sum())}, "
+        f"{n_betas} betas, {meta['step']} updates, training wall time {train_s:.0f} s; "
+        f"about {n_eval:.3g} energy + force evaluations; model samples {int(ok.sum())} "
+        f"({int(np.sum(w > 0))} with weight > 0), "
         f"reference frames {len(reference)} (noise floor with {m} frames per half); "
         f"devices: {', '.join(str(d) for d in jax.devices())}.",
     ]
@@ -134,8 +165,8 @@ def main() -> None:
     if args.write:
         stamp = (f"Measured {datetime.date.today()} on {os.cpu_count()} CPU cores "
                  f"({platform.machine()}). Command: `python benchmarks/alanine_dipeptide.py "
-                 + " ".join(f"--set {x}" for x in args.set) + "`.")
-        replace_section(args.write, "alanine", stamp, table)
+                 f"{shlex.join(_without(sys.argv[1:], '--write', '--section'))}`.")
+        replace_section(args.write, args.section, stamp, table)
 
 
 if __name__ == "__main__":

@@ -171,3 +171,54 @@ def test_zmatrix_checks_its_layout():
         ZMatrix(4, (0, 1, 2), [(3, 0, 1, 3)], list(range(2, 8)) + [9, 10, 11][:0] + [11])
     with pytest.raises(ValueError, match="x_index"):
         ZMatrix(4, (0, 1, 2), [(3, 0, 1, 2)], [5, 6, 8, 9, 10, 10])
+
+
+@pytest.mark.parametrize("pdb, selection", [("alanine_dipeptide", None), (GS, "backbone")])
+def test_fast_atom_internal_coordinates_round_trip_with_exact_log_det(pdb, selection):
+    m = Molecule(pdb=pdb, cg_selection=selection)
+    X, Y = m.partition.split(m.reference_x)
+    key = jr.key(4)
+    Xs = X + 0.01 * jr.normal(jr.fold_in(key, 0), (6,) + X.shape)
+    Ys = Y + 0.01 * jr.normal(jr.fold_in(key, 1), (6,) + Y.shape)
+    xi = jax.vmap(m.y_internal)(Xs, Ys)
+    Y2, ld = jax.vmap(m.y_cartesian)(Xs, xi)
+    np.testing.assert_allclose(np.asarray(Y2), np.asarray(Ys), atol=1e-10)
+    # log|det dY/dxi| against autodiff
+    jac = jax.vmap(jax.jacfwd(lambda x_, v: m.y_cartesian(x_, v)[0], argnums=1))(Xs, xi)
+    _, want = np.linalg.slogdet(np.asarray(jac))
+    np.testing.assert_allclose(np.asarray(ld), want, rtol=1e-9, atol=1e-9)
+    # every fast atom is placed once; a full turn of a dihedral gives the same atoms
+    periodic = m.y_periodic()
+    assert periodic.sum() == len(m.fast_atoms) and xi.shape[-1] == m.partition.n_y
+    turned = xi.at[:, np.flatnonzero(periodic)].add(2 * math.pi)
+    np.testing.assert_allclose(np.asarray(jax.vmap(m.y_cartesian)(Xs, turned)[0]),
+                               np.asarray(Ys), atol=1e-10)
+    # every placement distance is a bond: 0.09-0.16 nm in the reference structure
+    r = np.asarray(m.y_internal(X, Y)[0::3])
+    assert np.all((r > 0.09) & (r < 0.16))
+
+
+def test_methyl_rotors_are_equivalent_and_the_domain_holds_one_relabeling(ala2):
+    rotors = ala2.info.rotors
+    names = sorted(str(ala2.topology.atom(c)) for c, *_ in rotors)
+    assert names == ["ACE1-CH3", "ALA2-CB", "NME3-C"] and ala2.y_symmetry_number() == 27
+    X, Y = ala2.partition.split(ala2.reference_x)
+    rng = np.random.default_rng(5)
+    fast = np.asarray(ala2.fast_atoms)
+    in_domain = jax.jit(lambda x_, y_, r_: ala2.y_in_domain(x_, y_, r_))
+    energy = jax.jit(lambda x_, y_: ala2.energy_xy(x_, y_))
+    for _ in range(4):
+        Yp = Y + 0.02 * rng.standard_normal(Y.shape)
+        # relabel every methyl's hydrogens by every cyclic shift: 27 copies of one geometry
+        pos = np.asarray(Yp).reshape(-1, 3)
+        slot = {int(a): n for n, a in enumerate(fast)}
+        shifts = np.stack(np.meshgrid(*[range(3)] * 3, indexing="ij"), -1).reshape(-1, 3)
+        hits, energies = 0, []
+        for shift in shifts:
+            q = pos.copy()
+            for s, (_, _, _, hs) in zip(shift, rotors, strict=True):
+                q[[slot[h] for h in hs]] = pos[[slot[h] for h in np.roll(hs, s)]]
+            hits += bool(in_domain(X, jnp.asarray(q.reshape(-1)), Y))
+            energies.append(float(energy(X, jnp.asarray(q.reshape(-1)))))
+        assert hits == 1
+        np.testing.assert_allclose(energies, energies[0], rtol=1e-10)

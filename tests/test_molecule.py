@@ -326,6 +326,6 @@ def test_config_file_parses():
 
     config = load_config(ROOT / "configs" / "alanine_dipeptide.toml")
     assert config.target["kind"] == "molecule"
-    assert config.prediction.conditional == "laplace"
+    assert config.prediction.conditional == "ais" and config.prediction.ais_steps == 100
     target = build_target(config.target)
     assert isinstance(target, Molecule) and target.cg_atoms == (4, 6, 8, 10, 16)

@@ -6,6 +6,12 @@ x = Phi(X, Y) with X ~ q(X) from the flow and Y ~ q(Y|X), where q(Y|X) is
 * ``laplace``: a Gaussian fit of p_beta(Y|X) at its mode: Y* minimises u(X, .) and the
   covariance is the inverse Hessian of beta u in Y (eigenvalues by absolute value, floored, so
   it stays positive).
+* ``ais``: annealed importance sampling from that Gaussian to p_beta(Y|X), in the coordinates
+  that whiten it (:mod:`coarseflow.samplers.annealing`, ``ais_steps`` MALA steps). Y is the end
+  of the path and q(Y|X) the density it implies: log q(Y|X) = -beta u(X, Y) - log w_AIS, where
+  w_AIS is an unbiased estimate of Z(X) = ∫ exp(-beta u(X, Y)) dY. So the weights below are
+  w_AIS / q(X), unbiased for Z(X) / q(X), and their variance falls as the path lengthens;
+  ``ais_steps = 0`` is exactly ``laplace``.
 
 The unnormalised log-weights log w = -beta u(x) - log q(X) - log q(Y|X) make self-normalised
 estimates of <A>_beta unbiased as N grows; ESS = 1 / sum(w_norm^2); and log mean exp(log w)
@@ -14,6 +20,7 @@ estimates log Z(beta) = log ∫ exp(-beta u).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -25,21 +32,28 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from coarseflow.errors import ConfigError
+from coarseflow.samplers.annealing import annealed_importance
 from coarseflow.samplers.conditional import minimize_y
 from coarseflow.targets.base import AbstractTarget
 
-_CONDITIONALS = ("auto", "exact", "laplace")
+_CONDITIONALS = ("auto", "exact", "laplace", "ais")
 
 
 @dataclass(frozen=True)
 class PredictionSettings:
-    """``conditional``: auto (exact when the target has one, else laplace), exact or laplace."""
+    """``conditional``: auto (exact when the target has one, else ais), exact, laplace or ais.
+
+    ``ais_steps`` and ``ais_step_size``: the annealing path of ``ais`` (MALA steps, and their
+    step in the whitened coordinates, where the Laplace fit is a standard normal).
+    """
 
     n_samples: int = 10000
     conditional: str = "auto"
     minimize_steps: int = 200
     minimize_lr: float = 0.01
     newton_steps: int = 5
+    ais_steps: int = 100
+    ais_step_size: float = 0.8
     batch_size: int = 1000
 
     def __post_init__(self):
@@ -50,9 +64,11 @@ class PredictionSettings:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"[prediction] {name}: expected an integer > 0, "
                                   f"got {getattr(self, name)!r}")
-        if self.minimize_steps < 0 or self.newton_steps < 0 or self.minimize_lr <= 0:
-            raise ConfigError("[prediction] minimize_steps, newton_steps >= 0 and "
-                              "minimize_lr > 0 are required")
+        if min(self.minimize_steps, self.newton_steps, self.ais_steps) < 0:
+            raise ConfigError("[prediction] minimize_steps, newton_steps, ais_steps: expected "
+                              "integers >= 0")
+        if not (self.minimize_lr > 0 and self.ais_step_size > 0):
+            raise ConfigError("[prediction] minimize_lr, ais_step_size: expected numbers > 0")
 
 
 class Samples(NamedTuple):
@@ -66,38 +82,97 @@ class Samples(NamedTuple):
     log_weights: np.ndarray  # (N,) -beta u - log_q, unnormalised
 
 
-def conditional_laplace(target: AbstractTarget, X, beta, key, settings: PredictionSettings):
-    """Y ~ N(Y*, (beta H)^-1) and its log density, for one X (n_x,).
+def laplace_fit(target: AbstractTarget, X, beta, settings: PredictionSettings):
+    """The Gaussian fit of p_beta(xi|X) at its mode, for one X (n_x,), in the target's
+    coordinates xi = ``target.y_internal(X, Y)`` (Y itself unless the target says otherwise).
 
-    Y* is the end of ``minimize_steps`` descent steps and ``newton_steps`` Newton steps; a
-    Newton step is taken only if it keeps u finite and does not raise it. H's eigenvalues enter
-    by absolute value, floored at 1e-6 of the largest: where the descent stopped short of the
-    minimum (a negative curvature), flooring a negative eigenvalue instead would make a Newton
-    step and the Gaussian's width along it huge (atoms tens of nm away).
+    The density of xi is exp(-v(xi)), v = beta u(X, Y(xi)) - log|det dY/dxi|. Returns the mode
+    xi* (n_y,) and the eigenvalues (n_y,) and eigenvectors (n_y, n_y) of the Hessian of v there.
+    The mode is found by ``minimize_steps`` descent steps on u in Y (from ``y_init``), then
+    ``newton_steps`` Newton steps on v in xi; a Newton step is taken only if it keeps v finite
+    and does not raise it. The eigenvalues enter by absolute value, floored at 1e-6 of the
+    largest: where the descent stopped short of the minimum (a negative curvature), flooring a
+    negative eigenvalue instead would make a Newton step and the Gaussian's width along it huge.
     """
     y = minimize_y(target.energy_xy, X, beta, target.y_init(X), settings.minimize_steps,
                    settings.minimize_lr, target.y_mass())
-    hess_fn = jax.hessian(lambda y_: beta * target.energy_xy(X, y_))
-    grad_fn = jax.grad(lambda y_: beta * target.energy_xy(X, y_))
 
-    def floored_eigh(y_):
-        lam, vec = jnp.linalg.eigh(hess_fn(y_))
+    def v(xi):
+        Y, log_det = target.y_cartesian(X, xi)
+        return beta * target.energy_xy(X, Y) - log_det
+
+    hess_fn, grad_fn = jax.hessian(v), jax.grad(v)
+
+    def floored_eigh(xi):
+        lam, vec = jnp.linalg.eigh(hess_fn(xi))
         floor = 1e-6 * jnp.maximum(jnp.max(jnp.abs(lam)), 1.0)
         return jnp.maximum(jnp.abs(lam), floor), vec
 
-    def newton(y_, _):
-        lam, vec = floored_eigh(y_)
-        y_new = y_ - vec @ ((vec.T @ grad_fn(y_)) / lam)
-        u_new = target.energy_xy(X, y_new)
-        ok = jnp.isfinite(u_new) & (u_new <= target.energy_xy(X, y_))
-        return jnp.where(ok, y_new, y_), None
+    def newton(xi, _):
+        lam, vec = floored_eigh(xi)
+        xi_new = xi - vec @ ((vec.T @ grad_fn(xi)) / lam)
+        v_new = v(xi_new)
+        ok = jnp.isfinite(v_new) & (v_new <= v(xi))
+        return jnp.where(ok, xi_new, xi), None
 
-    y, _ = jax.lax.scan(newton, y, None, length=settings.newton_steps)
-    lam, vec = floored_eigh(y)
-    eps = jr.normal(key, y.shape, dtype=y.dtype)
-    Y = y + vec @ (eps / jnp.sqrt(lam))
-    log_q = jnp.sum(-0.5 * eps**2 - 0.5 * jnp.log(2 * jnp.pi)) + 0.5 * jnp.sum(jnp.log(lam))
+    xi, _ = jax.lax.scan(newton, target.y_internal(X, y), None, length=settings.newton_steps)
+    lam, vec = floored_eigh(xi)
+    return xi, lam, vec
+
+
+def _whitened(target: AbstractTarget, X, beta, settings: PredictionSettings):
+    """The Laplace fit as a map from whitened z (n_y,) (a standard normal under the fit) to
+    (Y (n_y,), log|det dY/dz| + log y_symmetry_number).
+
+    The log-det is -inf outside the support: a dihedral more than pi from the mode (so every Y
+    has one xi), or Y outside the target's ``y_in_domain`` around the mode (one of each set of
+    equivalent relabelings, e.g. methyl rotamers, which a path from one would otherwise reach
+    only rarely, making the weights heavy-tailed).
+    """
+    xi_star, lam, vec = laplace_fit(target, X, beta, settings)
+    Y_star, _ = target.y_cartesian(X, xi_star)
+    scale = vec / jnp.sqrt(lam)
+    periodic = jnp.asarray(target.y_periodic())
+    # the domain holds one of the target's equivalent copies of each Y: it stands for all
+    log_det_scale = -0.5 * jnp.sum(jnp.log(lam)) + math.log(target.y_symmetry_number())
+
+    def to_y(z):
+        xi = xi_star + scale @ z
+        Y, log_det = target.y_cartesian(X, xi)
+        inside = jnp.all(jnp.where(periodic, jnp.abs(xi - xi_star) < jnp.pi, True))
+        inside = inside & target.y_in_domain(X, Y, Y_star)
+        log_det = log_det + log_det_scale
+        return Y, jnp.where(inside & ~jnp.isnan(log_det), log_det, -jnp.inf)
+
+    return to_y
+
+
+def conditional_laplace(target: AbstractTarget, X, beta, key, settings: PredictionSettings):
+    """Y from the :func:`laplace_fit` (a Gaussian in xi) and log q(Y|X), for one X (n_x,)."""
+    to_y = _whitened(target, X, beta, settings)
+    z = jr.normal(key, (target.partition.n_y,), dtype=X.dtype)
+    Y, log_det = to_y(z)
+    log_q = jnp.sum(-0.5 * z**2 - 0.5 * jnp.log(2 * jnp.pi)) - log_det
     return Y, log_q
+
+
+def conditional_ais(target: AbstractTarget, X, beta, key, settings: PredictionSettings):
+    """Y at the end of an AIS path from the :func:`laplace_fit` to p_beta(Y|X), for one X.
+
+    In the whitened coordinates z of the fit, gamma(z) = exp(-beta u(X, Y(z))) |dY/dz|
+    integrates to Z(X). Returns Y (n_y,) and the implied log q(Y|X) = -beta u(X, Y) -
+    log w_AIS, so that -beta u - log q(Y|X) is the AIS log-weight.
+    """
+    to_y = _whitened(target, X, beta, settings)
+
+    def log_gamma(z):
+        Y, log_det = to_y(z)
+        return -beta * target.energy_xy(X, Y) + log_det
+
+    out = annealed_importance(key, log_gamma, target.partition.n_y, settings.ais_steps,
+                              settings.ais_step_size, X.dtype)
+    Y, _ = to_y(out.z)
+    return Y, -beta * target.energy_xy(X, Y) - out.log_weight
 
 
 def conditional_exact(target: AbstractTarget, X, beta, key):
@@ -110,20 +185,21 @@ def conditional_exact(target: AbstractTarget, X, beta, key):
 def resolve_conditional(target: AbstractTarget, conditional: str) -> str:
     has_exact = target.conditional_gaussian(jnp.zeros(target.partition.n_x), 1.0) is not None
     if conditional == "auto":
-        return "exact" if has_exact else "laplace"
+        return "exact" if has_exact else "ais"
     if conditional == "exact" and not has_exact:
         raise ConfigError(f"[prediction] conditional = 'exact': {type(target).__name__} has no "
-                          "exact conditional; use 'laplace'")
+                          "exact conditional; use 'ais' or 'laplace'")
     return conditional
 
 
 def sample_q_y(key, target, X: Float[Array, "S n_x"], beta, conditional: str,
                settings: PredictionSettings) -> tuple[Float[Array, "S n_y"], Float[Array, " S"]]:
-    """Y ~ q(Y|X) for each row of X and log q(Y|X); ``conditional`` is 'exact' or 'laplace'."""
+    """Y ~ q(Y|X) for each row of X and log q(Y|X); ``conditional``: exact, laplace or ais."""
     keys = jr.split(key, X.shape[0])
     if conditional == "exact":
         return jax.vmap(lambda x, k: conditional_exact(target, x, beta, k))(X, keys)
-    return jax.vmap(lambda x, k: conditional_laplace(target, x, beta, k, settings))(X, keys)
+    one = {"laplace": conditional_laplace, "ais": conditional_ais}[conditional]
+    return jax.vmap(lambda x, k: one(target, x, beta, k, settings))(X, keys)
 
 
 @eqx.filter_jit

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from typing import ClassVar
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flowjax.bijections import AbstractBijection
@@ -177,19 +178,20 @@ def _collinear(p, q, r) -> bool:
 
 
 def zmatrix_placements(
-    bonded: np.ndarray, gauge: Sequence[int], ref: np.ndarray
+    bonded: np.ndarray, start: Sequence[int], ref: np.ndarray
 ) -> list[tuple[int, int, int, int]] | None:
-    """Breadth-first placements (i, j, k, l) of the non-gauge atoms, or None.
+    """Breadth-first placements (i, j, k, l) of the atoms not in ``start``, or None.
 
-    ``bonded``: (N, N) bool adjacency of the CG atoms (bonds between CG atoms only); ``ref``:
-    (N, 3) reference positions. Each atom i is placed from j = an earlier atom bonded to it,
-    k = an earlier atom bonded to j, l = an earlier atom bonded to k; when no such k or l exists,
-    the earlier atom nearest (in the reference) that keeps i-j-k and j-k-l clearly non-collinear.
-    None when some atom cannot be reached through bonds from the gauge atoms.
+    ``bonded``: (N, N) bool adjacency; ``start``: the atoms placed already (the gauge atoms of
+    the CG Z-matrix; every CG atom for :class:`AtomPlacements`); ``ref``: (N, 3) reference
+    positions. Each atom i is placed from j = an earlier atom bonded to it, k = an earlier atom
+    bonded to j, l = an earlier atom bonded to k; when no such k or l exists, the earlier atom
+    nearest (in the reference) that keeps i-j-k and j-k-l clearly non-collinear. None when
+    some atom cannot be reached through bonds from ``start``.
     """
     bonded = np.asarray(bonded, dtype=bool)
     n = bonded.shape[0]
-    order = [int(i) for i in gauge]
+    order = [int(i) for i in start]
     placed = set(order)
     out: list[tuple[int, int, int, int]] = []
     head = 0
@@ -223,3 +225,53 @@ def _pick(i, chain, bonded_row, order, ref):
         if not _collinear(ref[prev], ref[last], ref[m]):
             return m
     return None
+
+
+class AtomPlacements(eqx.Module):
+    """Internal coordinates of atoms placed onto atoms whose positions are known.
+
+    ``placements``: (i, j, k, l) atom indices, each j, k, l known or placed earlier (as
+    :func:`zmatrix_placements` returns them); ``atoms``: the placed atoms in the order of the
+    Cartesian vector y = positions[atoms].reshape(-1) (3 m,). The internal vector xi (3 m,) is
+    (r_ij, angle ijk, dihedral ijkl) per placement, in placement order. For fixed known atoms the
+    map xi -> y is one-to-one on r > 0, 0 < angle < pi and each dihedral in one window of 2 pi,
+    with log|det dy/dxi| = sum [2 log r + log sin angle] (a product of spherical elements).
+    """
+
+    placements: tuple[tuple[int, int, int, int], ...] = eqx.field(static=True)
+    atoms: tuple[int, ...] = eqx.field(static=True)
+
+    def __init__(self, placements: Sequence[Sequence[int]], atoms: Sequence[int]):
+        self.placements = tuple(tuple(int(i) for i in p) for p in placements)
+        self.atoms = tuple(int(i) for i in atoms)
+        if sorted(p[0] for p in self.placements) != sorted(self.atoms):
+            raise ValueError("AtomPlacements: every atom must be placed exactly once")
+
+    @property
+    def periodic(self) -> np.ndarray:
+        """(3 m,) bool: True at the dihedrals."""
+        return np.tile([False, False, True], len(self.placements))
+
+    def cartesian(
+        self, known: Float[Array, "n_atoms 3"], xi: Float[Array, " n_y"]
+    ) -> tuple[Float[Array, " n_y"], Float[Array, ""]]:
+        """(y (3 m,), log|det dy/dxi|) for internal coordinates xi, the other atoms at ``known``
+        (rows of the placed atoms are ignored)."""
+        # one scan step per atom (not an unrolled loop): the Hessians of predict.laplace_fit
+        # differentiate through this twice, and compile minutes faster so
+        idx = jnp.asarray(self.placements)
+
+        def place(pos, row):
+            (i, j, k, h), (r, t, p) = row[0], row[1]
+            return pos.at[i].set(_place(pos[h], pos[k], pos[j], r, t, p)), None
+
+        pos, _ = jax.lax.scan(place, known.astype(xi.dtype), (idx, xi.reshape(-1, 3)))
+        rs, ts = xi[0::3], xi[1::3]
+        log_det = jnp.sum(2 * jnp.log(rs) + jnp.log(jnp.sin(ts)))
+        return pos[np.asarray(self.atoms)].reshape(-1), log_det
+
+    def internal(self, pos: Float[Array, "n_atoms 3"]) -> Float[Array, " n_y"]:
+        """Internal coordinates xi (3 m,) of all positions (dihedrals in (-pi, pi])."""
+        i, j, k, h = (pos[np.asarray(c)] for c in zip(*self.placements, strict=True))
+        xi = jnp.stack([_norm(i - j), _angle(i, j, k), _dihedral(i, j, k, h)], axis=-1)
+        return xi.reshape(-1)

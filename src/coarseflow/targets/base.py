@@ -64,6 +64,40 @@ class AbstractTarget(eqx.Module):
         """Per-coordinate masses for Langevin / HMC on Y (ones unless a target knows better)."""
         return jnp.ones(self.partition.n_y)
 
+    def y_internal(self, X: Float[Array, " n_x"], Y: Float[Array, " n_y"]) -> Float[Array, " n_y"]:
+        """Coordinates xi (n_y,) of Y in which p(Y|X) is nearest a Gaussian (default: Y itself).
+
+        The Laplace fit and AIS of :mod:`coarseflow.predict` work in xi. A molecule uses bond
+        lengths, angles and dihedrals of its fast atoms. ``y_cartesian`` is the inverse map;
+        ``y_periodic`` marks the coordinates (dihedrals) that are angles modulo 2 pi.
+        """
+        del X
+        return Y
+
+    def y_cartesian(
+        self, X: Float[Array, " n_x"], xi: Float[Array, " n_y"]
+    ) -> tuple[Float[Array, " n_y"], Float[Array, ""]]:
+        """(Y (n_y,), log|det dY/dxi|): the inverse of ``y_internal`` (default: identity)."""
+        del X
+        return xi, jnp.zeros((), xi.dtype)
+
+    def y_periodic(self) -> np.ndarray:
+        """(n_y,) bool: which coordinates of ``y_internal`` are angles modulo 2 pi."""
+        return np.zeros(self.partition.n_y, dtype=bool)
+
+    def y_symmetry_number(self) -> int:
+        """How many relabelings of Y leave u(X, .) unchanged (1: none; 27 for the three methyl
+        groups of alanine dipeptide). ``y_in_domain`` selects one of the equivalent copies."""
+        return 1
+
+    def y_in_domain(self, X: Float[Array, " n_x"], Y: Float[Array, " n_y"],
+                    Y_ref: Float[Array, " n_y"]) -> Array:
+        """Whether Y is in the fundamental domain, around Y_ref, of the relabelings counted by
+        ``y_symmetry_number``: of the equivalent copies of every Y exactly one is in it, so
+        ∫_domain exp(-beta u(X, Y)) dY = Z(X) / y_symmetry_number(), exactly. Default: True."""
+        del X, Y, Y_ref
+        return jnp.asarray(True)
+
     def conditional_gaussian(self, X: Float[Array, " n_x"], beta) -> tuple[Array, Array] | None:
         """Exact p_beta(Y|X) as (mean (n_y,), std (n_y,)) when a diagonal Gaussian, else None."""
         del X, beta

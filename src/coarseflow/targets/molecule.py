@@ -28,7 +28,7 @@ from coarseflow.forcefield import (
     build_system,
     forcefield_from_system,
 )
-from coarseflow.model.internal import ZMatrix, zmatrix_placements
+from coarseflow.model.internal import AtomPlacements, ZMatrix, zmatrix_placements
 from coarseflow.partition import Partition
 from coarseflow.targets.base import AbstractTarget
 
@@ -210,6 +210,42 @@ def _graft_frames(cg, fast, ref, hops) -> np.ndarray:
             r = next(j for j in order if _distance_from_axis(ref[p], ref[q], ref[j]) > 1e-3)
         out.append((p, q, r))
     return np.asarray(out, dtype=np.int64).reshape(-1, 3)
+
+
+def _fast_placements(hops, cg, fast, ref) -> AtomPlacements | None:
+    """Z-matrix placements of the fast atoms onto the CG atoms, or None if some is unbonded."""
+    placements = zmatrix_placements(hops == 1, [int(i) for i in cg], ref)
+    return None if placements is None else AtomPlacements(placements, [int(i) for i in fast])
+
+
+def _equivalent_rotors(forcefield, hops, fast, ref) -> tuple:
+    """Groups of equivalent terminal fast atoms that a rotation about one bond permutes.
+
+    Each (c, k, l, terminals): m >= 2 fast atoms bonded only to the centre c, where c has one
+    other neighbour k (the axis k-c) and l is a neighbour of k other than c (for dihedrals); a
+    methyl's three hydrogens. Kept only if relabeling the terminals cyclically leaves the energy
+    of the reference structure unchanged (identical force-field parameters).
+    """
+    bonded = hops == 1
+    fast_set = set(int(i) for i in fast)
+    energy = jax.jit(forcefield.energy)
+    base = float(energy(ref))
+    groups = []
+    for c in range(len(ref)):
+        neighbours = [int(i) for i in np.flatnonzero(bonded[c])]
+        terminal = [i for i in neighbours if i in fast_set and bonded[i].sum() == 1]
+        others = [i for i in neighbours if i not in terminal]
+        if len(terminal) < 2 or len(others) != 1:
+            continue
+        k = others[0]
+        ls = [int(i) for i in np.flatnonzero(bonded[k]) if i != c]
+        if not ls:
+            continue
+        shifted = ref.copy()
+        shifted[terminal] = ref[np.roll(terminal, 1)]
+        if abs(float(energy(shifted)) - base) <= 1e-8 * max(1.0, abs(base)):
+            groups.append((c, k, ls[0], tuple(terminal)))
+    return tuple(groups)
 
 
 def _load_reference(reference: str, n_residues: int) -> dict[str, np.ndarray]:
@@ -444,6 +480,8 @@ class Molecule(AbstractTarget):
             zmatrix=None if placements is None else (len(cg), gauge_local, placements,
                                                       zmatrix_x_index),
             x_bijection=None,
+            y_placements=_fast_placements(hops, cg, fast, ref_gauge),
+            rotors=_equivalent_rotors(self.forcefield, hops, fast, ref_gauge),
         )
 
     # ---- coordinates -------------------------------------------------------------------------
@@ -602,18 +640,60 @@ class Molecule(AbstractTarget):
         backbone wherever the flow puts it. Smooth (away from collinear frame atoms), jit-able,
         vmap-able.
         """
-        X = jnp.asarray(X)
-        if not jnp.issubdtype(X.dtype, jnp.floating):
-            X = X.astype(float)
-        x_flat = np.asarray(self.free_indices)[np.asarray(self.partition.x_indices)]
-        flat = jnp.zeros((3 * self.n_atoms,), X.dtype).at[x_flat].set(X)
-        pos = flat.reshape(self.n_atoms, 3)
+        pos = self._cg_positions(X)
         frames = np.asarray(self.graft_frames, dtype=np.int64).reshape(-1, 3)
         p, q, r = pos[frames[:, 0]], pos[frames[:, 1]], pos[frames[:, 2]]
         rot = _frame(p, q, r, jnp)
         local = self.graft_local.astype(X.dtype)
         fast = p + jnp.einsum("fij,fi->fj", rot, local)
         return fast.reshape(-1)
+
+    def _cg_positions(self, X: Float[Array, " n_x"]) -> Float[Array, "n_atoms 3"]:
+        """Positions (n_atoms, 3) with the CG atoms of X (n_x,) and the fast atoms at 0."""
+        X = jnp.asarray(X)
+        if not jnp.issubdtype(X.dtype, jnp.floating):
+            X = X.astype(float)
+        x_flat = np.asarray(self.free_indices)[np.asarray(self.partition.x_indices)]
+        flat = jnp.zeros((3 * self.n_atoms,), X.dtype).at[x_flat].set(X)
+        return flat.reshape(self.n_atoms, 3)
+
+    def y_internal(self, X: Float[Array, " n_x"], Y: Float[Array, " n_y"]) -> Float[Array, " n_y"]:
+        """Bond length, angle and dihedral (nm, rad) of every fast atom, placed breadth-first
+        over the bonds from the CG atoms (``coarseflow.model.internal.AtomPlacements``); Y
+        itself when some fast atom is not bonded to the rest."""
+        zm = self.info.y_placements
+        if zm is None:
+            return Y
+        return zm.internal(self.full_positions(self.partition.merge(X, Y)))
+
+    def y_cartesian(self, X, xi):
+        zm = self.info.y_placements
+        if zm is None:
+            return xi, jnp.zeros((), xi.dtype)
+        return zm.cartesian(self._cg_positions(X), xi)
+
+    def y_periodic(self) -> np.ndarray:
+        zm = self.info.y_placements
+        return np.zeros(self.partition.n_y, bool) if zm is None else zm.periodic
+
+    def y_symmetry_number(self) -> int:
+        """The product of the sizes of the equivalent-rotor groups (3 per methyl group)."""
+        return math.prod(len(g[3]) for g in self.info.rotors)
+
+    def y_in_domain(self, X, Y, Y_ref) -> Array:
+        """For every group of equivalent terminal atoms (a methyl's hydrogens), its first atom
+        is the one whose dihedral about the rotor's bond is nearest that of the first atom in
+        Y_ref. The m cyclic relabelings of the group put each of its atoms first once, so
+        exactly one of them is in the domain."""
+        pos = self.full_positions(self.partition.merge(X, Y))
+        ref = self.full_positions(self.partition.merge(X, Y_ref))
+        inside = jnp.asarray(True)
+        for c, k, h, terminals in self.info.rotors:
+            quads = np.asarray([(t, c, k, h) for t in terminals])
+            d = obs.dihedral(pos, quads) - obs.dihedral(ref, quads[:1])
+            dist = jnp.abs(jnp.mod(d + jnp.pi, 2 * jnp.pi) - jnp.pi)
+            inside = inside & (dist[0] <= jnp.min(dist[1:]))
+        return inside
 
     def y_mass(self) -> Float[Array, " n_y"]:
         """Atomic masses (amu) of the fast atoms, repeated for x, y, z: (n_y,)."""
