@@ -77,7 +77,7 @@ class Samples(NamedTuple):
     x: np.ndarray  # (N, n) every coordinate, in the target's own order
     X: np.ndarray  # (N, n_x)
     log_qX: np.ndarray  # (N,) log q(X) of the flow
-    log_q: np.ndarray  # (N,) log q(X) + log q(Y|X)
+    log_q: np.ndarray  # (N,) log q(X) + log q(Y|X) (ais: the implied one, see above)
     energy: np.ndarray  # (N,) reduced energy u(x) (beta = 1 units)
     log_weights: np.ndarray  # (N,) -beta u - log_q, unnormalised
 
