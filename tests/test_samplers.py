@@ -43,19 +43,16 @@ GAUSS_SETTINGS = {
 }
 
 
+def _gauss_settings(kernel: str, **chains) -> ChainSettings:
+    """The kernel's GAUSS_SETTINGS step (and leapfrog / friction) with the given chain sizes."""
+    base = GAUSS_SETTINGS[kernel]
+    return ChainSettings(kernel=kernel, step_size=base.step_size,
+                         hmc_leapfrog=base.hmc_leapfrog, friction=base.friction, **chains)
+
+
 @pytest.mark.parametrize("kernel", ["mala", "hmc", "baoab"])
 def test_gaussian_conditional_moments_and_mean_force(kernel):
-    base = GAUSS_SETTINGS[kernel]
-    settings = ChainSettings(
-        kernel=kernel,
-        step_size=base.step_size,
-        hmc_leapfrog=base.hmc_leapfrog,
-        friction=base.friction,
-        n_chains=128,
-        n_burn=60,
-        n_keep=16,
-        thin=4,
-    )
+    settings = _gauss_settings(kernel, n_chains=128, n_burn=60, n_keep=16, thin=4)
     n_rep = 24
 
     @jax.jit
@@ -228,17 +225,7 @@ def nan_energy(X, Y):
 
 @pytest.mark.parametrize("kernel", ["mala", "hmc", "baoab"])
 def test_nonfinite_states_are_counted_and_excluded(kernel):
-    base = GAUSS_SETTINGS[kernel]
-    settings = ChainSettings(
-        kernel=kernel,
-        step_size=base.step_size,
-        hmc_leapfrog=base.hmc_leapfrog,
-        friction=base.friction,
-        n_chains=32,
-        n_burn=40,
-        n_keep=20,
-        thin=2,
-    )
+    settings = _gauss_settings(kernel, n_chains=32, n_burn=40, n_keep=20, thin=2)
     run = jax.jit(lambda key, y0: mean_force(key, nan_energy, X_GAUSS, 1.0, y0, settings))
     good = jnp.broadcast_to(jnp.zeros(3), (settings.n_chains, 3))
     y0 = good.at[0, 0].set(NAN_EDGE + 1.0)  # chain 0 starts (and stays) in the NaN region

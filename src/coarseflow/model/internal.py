@@ -257,8 +257,9 @@ class AtomPlacements(eqx.Module):
     ) -> tuple[Float[Array, " n_y"], Float[Array, ""]]:
         """(y (3 m,), log|det dy/dxi|) for internal coordinates xi, the other atoms at ``known``
         (rows of the placed atoms are ignored)."""
-        # one scan step per atom (not an unrolled loop): the Hessians of predict.laplace_fit
-        # differentiate through this twice, and compile minutes faster so
+        # one scan step per atom, not an unrolled loop: predict.laplace_fit's Hessians
+        # differentiate through this twice, and for alanine dipeptide the prediction then
+        # compiles in about 24 s instead of about 90 s
         idx = jnp.asarray(self.placements)
 
         def place(pos, row):

@@ -68,6 +68,9 @@ def annealed_importance(
     def grad_pi(t, z, g):
         return -(1.0 - t) * z + t * g
 
+    # MALA written here rather than kernels.mala_kernel: the target changes with t at every
+    # step, and the carry keeps log gamma and its gradient, so pi_t and its gradient at any t
+    # cost nothing; a fixed-target kernel would re-evaluate gamma at each new t (twice the work).
     def body(carry, inputs):
         z, lg, g, log_w = carry
         t_prev, t, k = inputs

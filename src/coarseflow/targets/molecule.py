@@ -663,18 +663,18 @@ class Molecule(AbstractTarget):
         itself when some fast atom is not bonded to the rest."""
         zm = self.info.y_placements
         if zm is None:
-            return Y
+            return super().y_internal(X, Y)
         return zm.internal(self.full_positions(self.partition.merge(X, Y)))
 
     def y_cartesian(self, X, xi):
         zm = self.info.y_placements
         if zm is None:
-            return xi, jnp.zeros((), xi.dtype)
+            return super().y_cartesian(X, xi)
         return zm.cartesian(self._cg_positions(X), xi)
 
     def y_periodic(self) -> np.ndarray:
         zm = self.info.y_placements
-        return np.zeros(self.partition.n_y, bool) if zm is None else zm.periodic
+        return super().y_periodic() if zm is None else zm.periodic
 
     def y_symmetry_number(self) -> int:
         """The product of the sizes of the equivalent-rotor groups (3 per methyl group)."""
