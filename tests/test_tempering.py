@@ -180,6 +180,20 @@ def test_adaptive_ess_criterion():
     assert estimate_kl_increase(u, nxt_both - beta) == pytest.approx(0.01, rel=1e-6)
 
 
+def test_ess_fraction_ignores_a_clash():
+    # one clashing sample (u ~ 1e20, weight 0 for any step) only adds a sample of weight zero:
+    # the fraction is the clean one times N / (N + 1), not ~1 from rounding against its mean
+    rng = np.random.default_rng(5)
+    u = 250.0 + 20.0 * rng.standard_normal(511)
+    clean = incremental_ess_fraction(u, 0.5)
+    assert clean < 0.01
+    dirty = incremental_ess_fraction(np.append(u, 1e20), 0.5)
+    assert dirty == pytest.approx(clean * 511 / 512, rel=1e-9)
+    sched = Adaptive(beta0=0.05, max_kl_increase=None, min_ess_fraction=0.5)
+    assert sched.next_beta(0.1, np.append(u, 1e20)) == pytest.approx(sched.next_beta(0.1, u),
+                                                                     rel=1e-3)
+
+
 def test_adaptive_min_and_max_step():
     rng = np.random.default_rng(3)
     sched = Adaptive(beta0=0.01, max_kl_increase=0.1, min_step=1e-3, max_step=0.2)

@@ -254,7 +254,9 @@ def incremental_ess_fraction(energies: Float[np.ndarray, " N"], delta: float) ->
     u = _finite_energies(energies)
     if u.size == 0:
         return float("nan")
-    v = -float(delta) * (u - np.mean(u))
+    # centred at the minimum, not the mean: one clash (u ~ 1e20) in the mean would leave the
+    # other energies' differences below float64 resolution and make every weight equal
+    v = -float(delta) * (u - np.min(u))
     log_frac = 2.0 * _log_mean_exp(v) - _log_mean_exp(2.0 * v)
     return min(math.exp(log_frac), 1.0)
 
