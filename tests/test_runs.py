@@ -24,6 +24,11 @@ def test_checkpoint_round_trip_and_order(tmp_path):
     assert run.find_checkpoint(0.5)["beta"] == 0.5
     with pytest.raises(ConfigError, match="no checkpoint for that beta"):
         run.find_checkpoint(0.3)
+    # a beta as printed (6 significant digits) finds its checkpoint; a 7th digit off does not
+    run.save_checkpoint(0.602124961, trees[0.5], {"index": 0, "step": 1, "next_beta": None})
+    assert run.find_checkpoint(0.602125)["beta"] == 0.602124961
+    with pytest.raises(ConfigError, match="have 0.01, 0.5, 0.602125, 1"):
+        run.find_checkpoint(0.602126)
 
 
 def test_close_betas_do_not_collide(tmp_path):

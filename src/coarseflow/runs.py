@@ -103,14 +103,18 @@ class RunDir:
         return sorted(found, key=lambda m: m["beta"])
 
     def find_checkpoint(self, beta: float | None = None) -> dict:
-        """The checkpoint of ``beta`` (closest within 1e-9), or the last one if beta is None."""
+        """The checkpoint of ``beta``, or the last one if beta is None.
+
+        ``beta`` matches a checkpoint within 1e-9 or to the 6 significant digits that the error
+        message and the summaries print, so a value copied from them works.
+        """
         ckpts = self.checkpoints()
         if not ckpts:
             raise ConfigError(f"run directory {self.root}: no checkpoints yet")
         if beta is None:
             return ckpts[-1]
         best = min(ckpts, key=lambda m: abs(m["beta"] - beta))
-        if abs(best["beta"] - beta) > 1e-9:
+        if abs(best["beta"] - beta) > 1e-9 and f"{best['beta']:.6g}" != f"{beta:.6g}":
             have = ", ".join(f"{m['beta']:.6g}" for m in ckpts)
             raise ConfigError(f"--beta {beta}: no checkpoint for that beta; have {have}")
         return best
