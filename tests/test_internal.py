@@ -64,6 +64,7 @@ def test_alanine_zmatrix_layout_and_bounds(ala2):
     np.testing.assert_allclose((hi - lo)[kinds == "angle"], 1.2)  # no clipping at the reference
     np.testing.assert_allclose((hi - lo)[kinds == "dihedral"], 2 * math.pi)
     np.testing.assert_allclose(lo[kinds == "dihedral"], np.asarray(zm.seams))
+    np.testing.assert_array_equal(ala2.x_periodic(), kinds == "dihedral")  # uniform base there
     # the seams sit in the sparsely populated directions of alanine dipeptide's (phi, psi)
     # map (reference data: phi in (0, 30) deg and psi in (-150, -90) deg hold < 0.1 %)
     seams = np.degrees(np.asarray(zm.seams))
@@ -161,6 +162,7 @@ def test_disconnected_cg_atoms_fall_back_to_cartesian():
     assert m.x_bijection() is None
     lo, hi = m.x_bounds()
     np.testing.assert_allclose(lo, m.cartesian_x_bounds()[0])
+    assert not np.any(m.x_periodic())
     bonded = np.array([[0, 1, 0, 0], [1, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 0]], bool)
     ref = np.array([[0, 0, 0], [0, 0, 1.0], [1.0, 0, 1.5], [2.0, 1.0, 0]])
     assert zmatrix_placements(bonded, (0, 1, 2), ref) is None

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from coarseflow.model.flow import FlowSettings, make_flow, sample_with_log_det, split_trainable
-from coarseflow.objectives import surrogate_loss
+from coarseflow.objectives import clip_forces, surrogate_loss
 from coarseflow.samplers.conditional import ChainSettings
 from coarseflow.targets import GaussianMixture
 from coarseflow.training import chain_states
@@ -73,6 +73,23 @@ def test_nonfinite_forces_are_left_out():
     keep = np.arange(8) != 3
     ref = jax.grad(lambda p: surrogate_loss(p, static, z[keep], force[keep])[0])(params)
     np.testing.assert_allclose(flat(grads), flat(ref), rtol=1e-10, atol=1e-12)
+
+
+def test_clip_forces_caps_outliers_at_a_multiple_of_the_median_norm():
+    rng = np.random.default_rng(0)
+    force = rng.standard_normal((9, 3))
+    np.testing.assert_array_equal(clip_forces(jnp.asarray(force), 1e3), force)  # none beyond
+    clash = force.copy()
+    clash[4] *= 1e12
+    clash[7] = np.nan
+    out = np.asarray(clip_forces(jnp.asarray(clash), 10.0))
+    median = np.median(np.linalg.norm(np.delete(clash, 7, axis=0), axis=1))
+    assert np.linalg.norm(out[4]) == pytest.approx(10 * median, rel=1e-12)
+    np.testing.assert_allclose(out[4] / np.linalg.norm(out[4]),
+                               force[4] / np.linalg.norm(force[4]), rtol=1e-12)  # direction kept
+    assert np.all(np.isnan(out[7]))  # left for surrogate_loss to drop
+    keep = np.array([i not in (4, 7) for i in range(9)])
+    np.testing.assert_array_equal(out[keep], clash[keep])
 
 
 def test_forward_kl_term_vanishes_for_uniform_weights_and_follows_the_weights():

@@ -32,6 +32,24 @@ def surrogate_loss(
     return jnp.sum(jnp.where(ok, per_sample, 0.0)) / jnp.maximum(n_ok, 1), n_ok
 
 
+def clip_forces(force: Float[Array, "S n_x"], factor: float) -> Float[Array, "S n_x"]:
+    """Each sample's force scaled down to at most ``factor`` x the batch's median force norm.
+
+    A sample in a steric clash (reduced energy ~1e18, as a flow that starts wide proposes) has
+    a force ~1e10 times the others'. Unclipped, it alone sets the update's direction, the
+    gradient skip/clip of :mod:`coarseflow.optim` then skips or shrinks that update, and the
+    rest of the batch teaches nothing. Clipped, it still pushes q out of the clash, with the
+    weight of a large force. Only forces beyond ``factor`` x the median change, so for a
+    well-behaved target (and factor >> 1) the estimator is unchanged. Non-finite forces pass
+    through (``surrogate_loss`` drops them).
+    """
+    norm = jnp.linalg.norm(force, axis=-1)
+    finite = jnp.isfinite(norm)
+    cap = factor * jnp.nanmedian(jnp.where(finite, norm, jnp.nan))
+    scale = jnp.where(finite & (norm > cap), cap / jnp.where(finite, norm, 1.0), 1.0)
+    return force * scale[:, None]
+
+
 def forward_kl_loss(params, static, X: Float[Array, "S n_x"], weights: Float[Array, " S"]):
     """-sum_i (w_i - 1/S) log q(X_i): the gradient of KL(p || q), importance-weighted.
 

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from coarseflow.errors import ConfigError
 from coarseflow.model.flow import sample_with_log_det, split_trainable
-from coarseflow.objectives import forward_kl_loss, surrogate_loss
+from coarseflow.objectives import clip_forces, forward_kl_loss, surrogate_loss
 from coarseflow.optim import adam_with_skip_clip, find_skip_clip_state, global_norm
 from coarseflow.predict import PredictionSettings, resolve_conditional, sample_q_y
 from coarseflow.runs import RunDir
@@ -34,6 +34,9 @@ class TrainingSettings:
     beta the Monte Carlo noise of the mean force, not the bias, dominates the error of each
     update; a smaller step averages it out instead of letting mode weights random-walk.
 
+    ``force_clip``: each sample's mean force is capped at this multiple of the batch's median
+    force norm (``objectives.clip_forces``): a steric clash then cannot drown the batch.
+
     ``forward_kl_weight`` (lambda, default 0: the paper's pure reverse KL) adds
     lambda * KL(p || q), estimated by self-normalised importance weights of the batch's all-atom
     samples (Y from q(Y|X): the target's exact conditional or a Laplace fit, as in [prediction]).
@@ -50,6 +53,7 @@ class TrainingSettings:
     lr_final_fraction: float = 0.1
     tempering_samples: int = 512
     forward_kl_weight: float = 0.0
+    force_clip: float = 10.0
     skip_window: int = 50
     skip_factor: float = 10.0
     clip_factor: float = 3.0
@@ -57,7 +61,7 @@ class TrainingSettings:
 
     def __post_init__(self):
         positive = ["batch_size", "learning_rate", "updates_per_beta", "first_beta_updates",
-                    "tempering_samples", "skip_window"]
+                    "tempering_samples", "skip_window", "force_clip"]
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"[training] {name}: expected a number > 0, "
@@ -124,7 +128,7 @@ def _loss(params, static, z, force, X, weights, forward_kl_weight: float):
 
 @eqx.filter_jit
 def update_step(params, static, opt_state, key, beta, lr_factor, target, chains, optimizer,
-                batch_size: int, forward_kl_weight: float = 0.0,
+                batch_size: int, forward_kl_weight: float = 0.0, force_clip: float = 10.0,
                 prediction: PredictionSettings = PredictionSettings()):
     """One update at inverse temperature ``beta`` (traced: no recompiling per beta)."""
     flow = eqx.combine(params, static)
@@ -132,6 +136,7 @@ def update_step(params, static, opt_state, key, beta, lr_factor, target, chains,
     X, log_det = jax.lax.stop_gradient(sample_with_log_det(flow, z))
     mf = chain_states(jr.fold_in(key, 1), target, X, beta, chains)
     force = control_variate_forces(mf) if chains.control_variate else mf.force
+    force = clip_forces(force, force_clip)
     if forward_kl_weight > 0:
         log_w = _batch_log_weights(jr.fold_in(key, 2), flow, target, z, X, log_det, beta,
                                    prediction)
@@ -245,7 +250,7 @@ def train(
             params, opt_state, info = update_step(
                 params, static, opt_state, jr.fold_in(beta_key, i), jnp.asarray(beta),
                 jnp.asarray(lr_factor), target, chains, optimizer, training.batch_size,
-                training.forward_kl_weight, prediction,
+                training.forward_kl_weight, training.force_clip, prediction,
             )
             info = jax.device_get(info)
             records.append({

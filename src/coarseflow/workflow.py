@@ -20,7 +20,7 @@ from coarseflow.training import TrainResult, train
 def build_flow(config: Config, target):
     lower, upper = target.x_bounds()
     return make_flow(jr.key(config.model.seed), lower=lower, upper=upper, settings=config.model,
-                     output=target.x_bijection())
+                     output=target.x_bijection(), periodic=target.x_periodic())
 
 
 def train_from_config(config: Config, out, *, resume: bool = False, progress: bool = True,

@@ -1,8 +1,8 @@
 from coarseflow.model.flow import (
+    BoxBase,
     FlowSettings,
-    TruncatedStandardNormal,
     make_flow,
     split_trainable,
 )
 
-__all__ = ["FlowSettings", "TruncatedStandardNormal", "make_flow", "split_trainable"]
+__all__ = ["BoxBase", "FlowSettings", "make_flow", "split_trainable"]

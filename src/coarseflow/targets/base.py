@@ -51,6 +51,11 @@ class AbstractTarget(eqx.Module):
         """
         return None
 
+    def x_periodic(self) -> np.ndarray:
+        """(n_x,) bool: which coordinates of the flow's box are angles (default: none). The flow's
+        base is uniform over them (``FlowSettings.uniform_angles``)."""
+        return np.zeros(self.partition.n_x, dtype=bool)
+
     @property
     def n(self) -> int:
         return self.partition.n

@@ -594,6 +594,13 @@ class Molecule(AbstractTarget):
             seams.append((seam + math.pi) % (2 * math.pi) - math.pi)
         return np.asarray(seams)
 
+    def x_periodic(self) -> np.ndarray:
+        """(n_x,) bool: the CG dihedrals (phi, psi for alanine) when X is internal coordinates."""
+        zm = self.x_bijection()
+        if zm is None:
+            return super().x_periodic()
+        return np.asarray(zm.kinds) == "dihedral"
+
     def x_bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """(lower, upper), each (n_x,): the box of the flow over X, in x_bijection's coordinates.
 
