@@ -1,18 +1,20 @@
 """Median-based gradient skip / clip as an optax GradientTransformation (METHOD.md section 6).
 
 ``skip_or_clip(inner)`` keeps the global gradient norms of the last ``window`` accepted updates in
-a ring buffer. Once at least ``min_history`` norms are recorded, with m their median:
+a ring buffer. The first ``min_history`` finite gradients only calibrate it: they are recorded
+and skipped, because nothing yet says whether they are spikes, and Adam must not see one. (An
+untrained molecule flow gave norms 7e2, 4e3, 3e7, ..., then ~10: the unguarded 3e7 left Adam's
+second moment so large that 5000 later updates moved nothing.) Afterwards, with m the median:
 
 * norm > skip_factor * m: the update is skipped: the returned updates are zeros and the inner
   state is returned untouched (Adam's moments and step count do not move);
 * norm > clip_factor * m: the gradient is rescaled to norm clip_factor * m before ``inner`` sees it;
 * otherwise the gradient goes to ``inner`` unchanged.
 
-A gradient with a NaN or inf anywhere (non-finite global norm) is always skipped, also before
-``min_history``. Every finite raw norm is recorded, skipped ones included, so that a lasting
-change of scale is adopted after about window / 2 updates instead of being skipped for ever;
-non-finite norms are never recorded. Everything is jnp (no Python branching on values):
-``update`` jits, scans and vmaps.
+A gradient with a NaN or inf anywhere (non-finite global norm) is always skipped. Every finite
+raw norm is recorded, skipped ones included, so that a lasting change of scale is adopted after
+about window / 2 updates instead of being skipped for ever; non-finite norms are never recorded.
+Everything is jnp (no Python branching on values): ``update`` jits, scans and vmaps.
 """
 
 from __future__ import annotations
@@ -134,9 +136,9 @@ def skip_or_clip(
         norm = global_norm(updates).astype(dtype)
         finite = jnp.isfinite(norm)
         median = history_median(state)
-        active = state.count >= min_history
-        skip = ~finite | (active & (norm > skip_factor * median))
-        clip = ~skip & active & (norm > clip_factor * median)
+        calibrating = state.count < min_history
+        skip = ~finite | calibrating | (norm > skip_factor * median)
+        clip = ~skip & (norm > clip_factor * median)
         scale = jnp.where(clip, clip_factor * median / jnp.where(clip, norm, 1.0), 1.0)
 
         # The inner update always runs (on zeros when skipping, so no NaN enters it) and is
