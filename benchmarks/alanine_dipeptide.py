@@ -8,7 +8,8 @@ Prints (and with --write records) the population of every Ramachandran basin (mo
 reweighted vs the reference with its uncertainty), KL(reference || model) and Jensen-Shannon
 divergence of the 64 x 64 (phi, psi) histogram (0.5 pseudo-counts per bin) raw and reweighted,
 their noise floor (the same metrics between two independent halves of the reference, each
-subsampled to the model's sample size), the ESS, the Rg histogram divergence, the wall time, the
+subsampled to the model's sample size, and again to ESS frames: the floor of the reweighted
+histogram), the ESS, the Rg histogram divergence, the wall time, the
 number of energy + force evaluations (counted from the settings) and the hardware.
 """
 
@@ -127,6 +128,11 @@ def main() -> None:
     a = reference[:half][rng.choice(half, m, replace=False)]
     b = reference[half:][rng.choice(len(reference) - half, m, replace=False)]
     floor_kl, floor_js = metrics.histogram_kl_js(a, b, 64, ANGLES)
+    # the reweighted histogram rests on about ESS samples: the floor at that many frames says how
+    # much of its divergence the weights' noise alone explains
+    ess = float(metrics.ess(s.log_weights))
+    m_ess = max(int(round(ess)), 1)
+    ess_kl, ess_js = metrics.histogram_kl_js(a[:m_ess], b[:m_ess], 64, ANGLES)
     kl_raw, js_raw = metrics.histogram_kl_js(reference, model, 64, ANGLES)
     kl_rew, js_rew = metrics.histogram_kl_js(reference, model, 64, ANGLES, weights_b=w[ok])
     rg_range = (float(np.percentile(ref["rg"], 0.1)), float(np.percentile(ref["rg"], 99.9)))
@@ -148,11 +154,13 @@ def main() -> None:
         "",
         "| metric | raw | reweighted | noise floor (two reference halves) |",
         "|---|---|---|---|",
-        f"| KL(ref ‖ model), 64x64 phi/psi | {kl_raw:.4f} | {kl_rew:.4f} | {floor_kl:.4f} |",
-        f"| JS, 64x64 phi/psi | {js_raw:.4f} | {js_rew:.4f} | {floor_js:.4f} |",
+        f"| KL(ref ‖ model), 64x64 phi/psi | {kl_raw:.4f} | {kl_rew:.4f} | {floor_kl:.4f} "
+        f"({ess_kl:.4f} with {m_ess} = ESS frames) |",
+        f"| JS, 64x64 phi/psi | {js_raw:.4f} | {js_rew:.4f} | {floor_js:.4f} "
+        f"({ess_js:.4f} with {m_ess}) |",
         f"| TV of Rg histogram (60 bins) | {rg_tv_raw:.4f} | {rg_tv_rew:.4f} | |",
         "",
-        f"ESS {float(metrics.ess(s.log_weights)):.1f} of {len(s.x)} "
+        f"ESS {ess:.1f} of {len(s.x)} "
         f"({float(metrics.ess_fraction(s.log_weights)):.4f}); "
         f"{n_betas} betas, {meta['step']} updates, training wall time {train_s:.0f} s; "
         f"about {n_eval:.3g} energy + force evaluations; model samples {int(ok.sum())} "
