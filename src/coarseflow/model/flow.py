@@ -61,9 +61,8 @@ class FlowSettings(eqx.Module):
 
     ``uniform_angles``: the base is uniform over the coordinates that the target marks as angles
     (``x_periodic``: a molecule's CG dihedrals), so q starts flat over them, as p is at small
-    beta. With a normal base q starts with a std of 45 degrees (B = 4) about the window's
-    centre, and reverse KL, being mode-seeking, never fills the far side: on alanine dipeptide
-    alpha_L and C7ax then start at 4% and 1% of q and end 20x under the reference.
+    beta. A normal base starts q with a std of 45 degrees (B = 4) about the window's centre:
+    on alanine dipeptide 51% in C5 and 0.3% in C7ax, against 16% and 9% in MD at the first beta.
     """
 
     knots: int = 8
