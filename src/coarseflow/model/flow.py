@@ -110,7 +110,7 @@ def make_flow(
     b = settings.interval
     splines = coupling_flow(
         key,
-        base_dist=BoxBase(lower.size, b),
+        base_dist=BoxBase(lower.size, b),  # for its shape only: the flow's base is set below
         transformer=RationalQuadraticSpline(knots=settings.knots, interval=b),
         flow_layers=settings.layers,
         nn_width=settings.nn_width,
