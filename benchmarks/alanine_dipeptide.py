@@ -60,7 +60,7 @@ def evaluations(raw: dict, updates: int, n_betas: int, n_predict: int) -> int:
     # a Hessian counted as n_y = 51 gradients; AIS (the default conditional) adds its steps
     per_y = pr.get("minimize_steps", 200) + 51 * (pr.get("newton_steps", 5) + 1)
     if pr.get("conditional", "auto") in ("auto", "ais"):
-        per_y += pr.get("ais_steps", 100)
+        per_y += pr.get("ais_steps", 100) * pr.get("ais_paths", 16)
     train = updates * tr.get("batch_size", 128) * per_x
     if tr.get("forward_kl_weight", 0.0) > 0:
         train += updates * tr.get("batch_size", 128) * per_y

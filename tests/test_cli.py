@@ -91,3 +91,21 @@ def test_sample_unknown_beta_and_bad_suffix(tiny_run, tmp_path):
     assert_user_error(r, "no checkpoint for that beta")
     r = run_cli("sample", str(tiny_run), "-o", str(tmp_path / "s.dcd"))
     assert_user_error(r, ".dcd is for molecules")
+
+
+def test_compilation_cache_follows_the_environment(tmp_path, monkeypatch):
+    import jax
+
+    from coarseflow.cli import enable_compilation_cache
+
+    before = jax.config.jax_compilation_cache_dir
+    try:
+        monkeypatch.setenv("COARSEFLOW_JAX_CACHE", str(tmp_path / "cache"))
+        enable_compilation_cache()
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "cache")
+        jax.config.update("jax_compilation_cache_dir", before)
+        monkeypatch.setenv("COARSEFLOW_JAX_CACHE", "")
+        enable_compilation_cache()
+        assert jax.config.jax_compilation_cache_dir == before
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)

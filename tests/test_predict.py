@@ -1,4 +1,5 @@
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
@@ -108,6 +109,49 @@ def test_ais_log_partition_is_unbiased_and_beats_laplace_on_a_non_gaussian_condi
     assert ess["ais"] > 1.3 * ess["laplace"]
 
 
+def _quartic_mean_y1_squared():
+    def z1(x, power=0):
+        return integrate.quad(lambda y: y**power * np.exp(-0.25 * (1 + x * x) * y**4 - 0.5 * y * y),
+                              -np.inf, np.inf)[0]
+
+    num = integrate.quad(lambda x: np.exp(-0.5 * x * x) * z1(x) ** 2 * z1(x, 2), -np.inf, np.inf)[0]
+    den = integrate.quad(lambda x: np.exp(-0.5 * x * x) * z1(x) ** 3, -np.inf, np.inf)[0]
+    return num / den
+
+
+def test_several_ais_paths_per_x_stay_unbiased_and_divide_the_weights_variance():
+    # short paths, so one path's weight is noisy. With 8 the mean weight is still unbiased for
+    # Z(X), its relative variance at fixed X is that of one path / 8, and the Y picked in
+    # proportion to the paths' weights is still properly weighted
+    target = _quartic_target()
+    x0 = 0.7
+    z_y = integrate.quad(lambda y: np.exp(-0.25 * (1 + x0 * x0) * y**4 - 0.5 * y * y),
+                         -np.inf, np.inf)[0] ** 3
+    X = jnp.array([x0])
+    rel_var = {}
+    for paths in (1, 8):
+        settings = PredictionSettings(ais_steps=5, ais_step_size=0.6, ais_paths=paths)
+        Y, log_q = jax.vmap(lambda k, s=settings: conditional_ais(target, X, 1.0, k, s))(
+            jr.split(jr.key(paths), 4000))
+        # the X part of u is 0.5 x0^2: log w = -u(X, Y) - log q(Y|X) estimates it plus log Z(X)
+        w = np.exp(-jax.vmap(lambda y: target.energy_xy(X, y))(Y) - log_q + 0.5 * x0**2)
+        assert abs(w.mean() - z_y) < 5 * w.std() / np.sqrt(len(w))
+        rel_var[paths] = w.var() / w.mean() ** 2
+    assert 4 < rel_var[1] / rel_var[8] < 16
+
+    flow = make_flow(jr.key(0), lower=np.array([-6.0]), upper=np.array([6.0]))
+    settings = PredictionSettings(n_samples=4000, conditional="ais", ais_steps=5,
+                                  ais_step_size=0.6, ais_paths=8)
+    s = draw_samples(jr.key(3), flow, target, 1.0, settings)
+    w = np.exp(s.log_weights - s.log_weights.max())
+    stderr = np.std(w) / np.mean(w) / np.sqrt(len(w))
+    assert abs(log_partition_estimate(s.log_weights) - _quartic_log_z()) < 5 * stderr
+    wn = w / w.sum()
+    y1sq = s.x[:, 1] ** 2
+    mean = np.sum(wn * y1sq)
+    assert abs(mean - _quartic_mean_y1_squared()) < 5 * np.sqrt(np.sum(wn**2 * (y1sq - mean) ** 2))
+
+
 class _Ring(AbstractTarget):
     """Y in the plane on a ring of radius R(X) = 1 + X^2 / 2, von Mises in its angle: p(Y|X) is
     far from Gaussian in Cartesian Y and near it in polar (r, angle), which ``y_internal`` gives."""
@@ -206,7 +250,8 @@ def test_a_declared_symmetry_keeps_the_weights_unbiased_and_light_tailed():
     ess = {}
     for symmetric in (False, True):
         s = draw_samples(jr.key(4), flow, _Pair(symmetric), 1.0,
-                         PredictionSettings(n_samples=20000, conditional="ais", ais_steps=10))
+                         PredictionSettings(n_samples=20000, conditional="ais", ais_steps=10,
+                                            ais_paths=1))
         lw = s.log_weights
         ess[symmetric] = 1.0 / np.sum(np.exp(2 * (lw - lw.max()))) * np.sum(
             np.exp(lw - lw.max())) ** 2
@@ -214,7 +259,13 @@ def test_a_declared_symmetry_keeps_the_weights_unbiased_and_light_tailed():
             w = np.exp(lw - lw.max())
             stderr = np.std(w) / np.mean(w) / np.sqrt(len(w))
             assert abs(log_partition_estimate(lw) - log_z) < 5 * stderr + 0.01
-        else:  # the paths rarely cross to the mirror mode: most of its half is missed
-            assert log_partition_estimate(lw) < log_z - 0.3
-    # measured: 4418 vs 124 of 20000 (the untrained flow's q(X) sets the first)
-    assert ess[True] > 10 * ess[False]
+    # Undeclared, the rare path that crosses to the mirror mode carries the missing half: a
+    # weight so large that the ESS collapses (one path per X: more paths per X average it out).
+    # Measured with keys 4, 5, 6: ESS 27, 9, 42 undeclared, 8123, 8363, 6393 declared (of 20000).
+    assert ess[True] > 100 * ess[False]
+
+
+@pytest.mark.parametrize("field", ["n_samples", "batch_size", "ais_paths"])
+def test_prediction_settings_name_a_count_below_one(field):
+    with pytest.raises(ConfigError, match=rf"\[prediction\] {field}: expected an integer > 0"):
+        PredictionSettings(**{field: 0})

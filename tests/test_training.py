@@ -63,6 +63,20 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
         train_from_config(config, tmp_path / "full", progress=False)
 
 
+def test_final_beta_updates_set_the_updates_at_beta_one_only(tmp_path):
+    from coarseflow.runs import RunDir
+
+    raw = {**TINY, "training": {**TINY["training"], "final_beta_updates": 9}}
+    train_from_config(parse_config(raw), tmp_path, progress=False)
+    per_beta = [sum(r["beta"] == b for r in RunDir(tmp_path).read_metrics())
+                for b in (0.1, 0.4, 1.0)]
+    assert per_beta == [6, 4, 9]
+    # a one-beta ladder is its first beta
+    assert TrainingSettings(first_beta_updates=7, final_beta_updates=9).updates_at(0, 1.0) == 7
+    with pytest.raises(ConfigError, match=r"final_beta_updates: expected a number > 0"):
+        TrainingSettings(final_beta_updates=0)
+
+
 def test_resume_with_a_different_config_is_refused(tmp_path):
     train_from_config(parse_config(TINY), tmp_path, progress=False, max_betas=1)
     other = {**TINY, "training": {**TINY["training"], "learning_rate": 0.5}}

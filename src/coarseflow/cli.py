@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.resources
+import os
 import sys
 from pathlib import Path
 
@@ -124,8 +125,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def enable_compilation_cache() -> None:
+    """Keep compiled programs on disk between processes, in $COARSEFLOW_JAX_CACHE (default
+    ~/.cache/coarseflow/jax; empty: off). Without it, every `sample` or `evaluate` of a molecule
+    compiles again what `train` compiled already."""
+    default = Path.home() / ".cache" / "coarseflow" / "jax"
+    path = os.environ.get("COARSEFLOW_JAX_CACHE", str(default))
+    if path:
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", path)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    enable_compilation_cache()
     if getattr(args, "n", None) is not None and args.n <= 0:
         print(f"coarseflow: error: -n: expected a positive integer, got {args.n}", file=sys.stderr)
         return 2

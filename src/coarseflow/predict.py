@@ -7,11 +7,13 @@ x = Phi(X, Y) with X ~ q(X) from the flow and Y ~ q(Y|X), where q(Y|X) is
   covariance is the inverse Hessian of beta u in Y (eigenvalues by absolute value, floored, so
   it stays positive).
 * ``ais``: annealed importance sampling from that Gaussian to p_beta(Y|X), in the coordinates
-  that whiten it (:mod:`coarseflow.samplers.annealing`, ``ais_steps`` MALA steps). Y is the end
-  of the path and q(Y|X) the density it implies: log q(Y|X) = -beta u(X, Y) - log w_AIS, where
-  w_AIS is an unbiased estimate of Z(X) = ∫ exp(-beta u(X, Y)) dY. So the weights below are
-  w_AIS / q(X), unbiased for Z(X) / q(X), and their variance falls as the path lengthens;
-  ``ais_steps = 0`` is exactly ``laplace``.
+  that whiten it (:mod:`coarseflow.samplers.annealing`, ``ais_steps`` MALA steps), ``ais_paths``
+  independent paths per X that share the fit. Each path's weight w_j is an unbiased estimate of
+  Z(X) = ∫ exp(-beta u(X, Y)) dY, and so is their mean w_AIS; Y is the end of path j, chosen
+  with probability w_j / sum(w), and q(Y|X) the density this implies: log q(Y|X) =
+  -beta u(X, Y) - log w_AIS. So the weights below are w_AIS / q(X), unbiased for Z(X) / q(X),
+  and their variance falls as the paths lengthen and multiply; ``ais_steps = 0`` with one path
+  is exactly ``laplace``.
 
 The unnormalised log-weights log w = -beta u(x) - log q(X) - log q(Y|X) make self-normalised
 estimates of <A>_beta unbiased as N grows; ESS = 1 / sum(w_norm^2); and log mean exp(log w)
@@ -45,6 +47,9 @@ class PredictionSettings:
 
     ``ais_steps`` and ``ais_step_size``: the annealing path of ``ais`` (MALA steps, and their
     step in the whitened coordinates, where the Laplace fit is a standard normal).
+    ``ais_paths``: paths per X. They share the Laplace fit (most of the cost for a molecule), and
+    averaging their weights removes the heavy right tail of a single path's weight (a lucky path
+    several log units above its X's mean), which otherwise sets the largest weights of a sample.
     """
 
     n_samples: int = 10000
@@ -54,13 +59,14 @@ class PredictionSettings:
     newton_steps: int = 5
     ais_steps: int = 100
     ais_step_size: float = 0.8
+    ais_paths: int = 16
     batch_size: int = 1000
 
     def __post_init__(self):
         if self.conditional not in _CONDITIONALS:
             raise ConfigError(f"[prediction] conditional: expected one of {_CONDITIONALS}, "
                               f"got {self.conditional!r}")
-        for name in ("n_samples", "batch_size"):
+        for name in ("n_samples", "batch_size", "ais_paths"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"[prediction] {name}: expected an integer > 0, "
                                   f"got {getattr(self, name)!r}")
@@ -157,11 +163,13 @@ def conditional_laplace(target: AbstractTarget, X, beta, key, settings: Predicti
 
 
 def conditional_ais(target: AbstractTarget, X, beta, key, settings: PredictionSettings):
-    """Y at the end of an AIS path from the :func:`laplace_fit` to p_beta(Y|X), for one X.
+    """Y from ``ais_paths`` AIS paths from the :func:`laplace_fit` to p_beta(Y|X), for one X.
 
     In the whitened coordinates z of the fit, gamma(z) = exp(-beta u(X, Y(z))) |dY/dz|
-    integrates to Z(X). Returns Y (n_y,) and the implied log q(Y|X) = -beta u(X, Y) -
-    log w_AIS, so that -beta u - log q(Y|X) is the AIS log-weight.
+    integrates to Z(X). Returns Y (n_y,), the end of path j drawn with probability w_j / sum(w),
+    and the implied log q(Y|X) = -beta u(X, Y) - log mean(w), so that -beta u - log q(Y|X) is
+    the log of the mean AIS weight. (Y, mean(w)) is properly weighted: E[mean(w) f(Y)] =
+    sum_j E[w_j f(Y_j)] / M = ∫ gamma f.
     """
     to_y = _whitened(target, X, beta, settings)
 
@@ -169,10 +177,15 @@ def conditional_ais(target: AbstractTarget, X, beta, key, settings: PredictionSe
         Y, log_det = to_y(z)
         return -beta * target.energy_xy(X, Y) + log_det
 
-    out = annealed_importance(key, log_gamma, target.partition.n_y, settings.ais_steps,
-                              settings.ais_step_size, X.dtype)
-    Y, _ = to_y(out.z)
-    return Y, -beta * target.energy_xy(X, Y) - out.log_weight
+    key_paths, key_pick = jr.split(key)
+    out = jax.vmap(lambda k: annealed_importance(
+        k, log_gamma, target.partition.n_y, settings.ais_steps, settings.ais_step_size,
+        X.dtype))(jr.split(key_paths, settings.ais_paths))
+    log_z = jax.nn.logsumexp(out.log_weight) - math.log(settings.ais_paths)
+    # every path at zero weight: any Y will do, its weight is zero
+    pick = jr.categorical(key_pick, jnp.where(jnp.isfinite(log_z), out.log_weight, 0.0))
+    Y, _ = to_y(out.z[pick])
+    return Y, -beta * target.energy_xy(X, Y) - log_z
 
 
 def conditional_exact(target: AbstractTarget, X, beta, key):

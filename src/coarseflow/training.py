@@ -34,6 +34,11 @@ class TrainingSettings:
     beta the Monte Carlo noise of the mean force, not the bias, dominates the error of each
     update; a smaller step averages it out instead of letting mode weights random-walk.
 
+    ``final_beta_updates`` (default: ``updates_per_beta``): updates at beta = 1, the beta whose
+    model is sampled. Along the ladder each beta only has to bring q close enough for the next;
+    at beta = 1 the importance weights' spread, and so the ESS, depends on how closely q(X)
+    matches p(X), and it keeps falling long after the mode weights have settled.
+
     ``force_clip``: each sample's mean force is capped at this multiple of the batch's median
     force norm (``objectives.clip_forces``): a steric clash then cannot drown the batch.
 
@@ -50,6 +55,7 @@ class TrainingSettings:
     learning_rate: float = 1e-3
     updates_per_beta: int = 100
     first_beta_updates: int = 500
+    final_beta_updates: int | None = None
     lr_final_fraction: float = 0.1
     tempering_samples: int = 512
     forward_kl_weight: float = 0.0
@@ -66,6 +72,9 @@ class TrainingSettings:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"[training] {name}: expected a number > 0, "
                                   f"got {getattr(self, name)!r}")
+        if self.final_beta_updates is not None and not self.final_beta_updates > 0:
+            raise ConfigError("[training] final_beta_updates: expected a number > 0, "
+                              f"got {self.final_beta_updates!r}")
         if not 0 < self.lr_final_fraction <= 1:
             raise ConfigError("[training] lr_final_fraction: expected a number in (0, 1], "
                               f"got {self.lr_final_fraction!r}")
@@ -75,6 +84,14 @@ class TrainingSettings:
         if not self.skip_factor > self.clip_factor > 1:
             raise ConfigError("[training] need skip_factor > clip_factor > 1, got "
                               f"{self.skip_factor!r} and {self.clip_factor!r}")
+
+    def updates_at(self, index: int, beta: float) -> int:
+        """Updates at the ``index``-th beta of the ladder, ``beta``."""
+        if index == 0:
+            return self.first_beta_updates
+        if beta >= 1.0 and self.final_beta_updates is not None:
+            return self.final_beta_updates
+        return self.updates_per_beta
 
     def optimizer(self) -> optax.GradientTransformation:
         return adam_with_skip_clip(
@@ -241,7 +258,7 @@ def train(
     bar.update(beta if index == 0 else betas[-1])
     t0 = time.perf_counter()
     while True:
-        n_updates = training.first_beta_updates if index == 0 else training.updates_per_beta
+        n_updates = training.updates_at(index, beta)
         beta_key = jr.fold_in(root_key, index)
         records = []
         for i in range(n_updates):
