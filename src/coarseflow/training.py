@@ -37,7 +37,8 @@ class TrainingSettings:
     ``final_beta_updates`` (default: ``updates_per_beta``): updates at beta = 1, the beta whose
     model is sampled. Along the ladder each beta only has to bring q close enough for the next;
     at beta = 1 the importance weights' spread, and so the ESS, depends on how closely q(X)
-    matches p(X), and it keeps falling long after the mode weights have settled.
+    matches p(X). Where the mean force is noisy, more updates there also give the mode weights
+    longer to drift (alanine dipeptide on a CPU budget: docs/benchmarks.md).
 
     ``force_clip``: each sample's mean force is capped at this multiple of the batch's median
     force norm (``objectives.clip_forces``): a steric clash then cannot drown the batch.
