@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import time
+import tomllib
 
 import jax.random as jr
 import numpy as np
@@ -25,11 +26,11 @@ from coarseflow.workflow import load_run
 
 
 def parse_variant(text: str) -> dict:
-    """'ais_paths=16,ais_steps=30' -> {'ais_paths': 16, 'ais_steps': 30}."""
+    """'ais_paths=16,ais_steps=30' -> {'ais_paths': 16, 'ais_steps': 30} (values as in TOML)."""
     out = {}
     for item in text.split(","):
         key, _, value = item.partition("=")
-        out[key.strip()] = float(value) if "." in value else int(value)
+        out[key.strip()] = tomllib.loads(f"v = {value}")["v"]
     return out
 
 
