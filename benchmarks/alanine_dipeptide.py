@@ -161,7 +161,8 @@ def main() -> None:
         f"| TV of Rg histogram (60 bins) | {rg_tv_raw:.4f} | {rg_tv_rew:.4f} | |",
         "",
         f"ESS {ess:.1f} of {len(s.x)} "
-        f"({float(metrics.ess_fraction(s.log_weights)):.4f}); "
+        f"({float(metrics.ess_fraction(s.log_weights)):.4f}), Pareto k "
+        f"{metrics.pareto_k(s.log_weights):.2f}; "
         f"{n_betas} betas, {meta['step']} updates, training wall time {train_s:.0f} s; "
         f"about {n_eval:.3g} energy + force evaluations; model samples {int(ok.sum())} "
         f"({int(np.sum(w > 0))} with weight > 0), "

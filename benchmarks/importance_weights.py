@@ -1,12 +1,13 @@
-"""ESS of one trained model's importance weights under several [prediction] settings.
+"""ESS and Pareto k of one trained model's importance weights under several [prediction] settings.
 
     python benchmarks/importance_weights.py runs/ala --n 5000 \
         --variant ais_paths=1 --variant ais_paths=16 --variant ais_paths=1,ais_steps=400
 
 Draws the same X (same key) for every variant from the run's last checkpoint at beta = 1, so
-the variants differ only in q(Y|X). Prints, per variant: wall time, ESS, the share of the ten
-largest normalised weights (the tail that sets the ESS), the fraction of finite weights, and
-the reweighted basin populations for a molecule with (phi, psi).
+the variants differ only in q(Y|X). Prints, per variant: wall time, ESS, Pareto k (the tail
+shape of the weights), the share of the ten largest normalised weights (the tail that sets the
+ESS), the fraction of finite weights, and the reweighted basin populations for a molecule with
+(phi, psi).
 """
 
 from __future__ import annotations
@@ -43,9 +44,9 @@ def main() -> None:
     args = p.parse_args()
 
     config, target, flow, _ = load_run(args.run)
-    print(f"| variant | time (s) | ESS of {args.n} | largest 10 weights' share | finite | "
-          "reweighted basins |")
-    print("|---|---|---|---|---|---|")
+    print(f"| variant | time (s) | ESS of {args.n} | Pareto k | largest 10 weights' share | "
+          "finite | reweighted basins |")
+    print("|---|---|---|---|---|---|---|")
     for text in args.variant:
         settings = dataclasses.replace(config.prediction, **parse_variant(text))
         t0 = time.perf_counter()
@@ -59,6 +60,7 @@ def main() -> None:
             pops = basin_populations(obs["phi"][ok, 0], obs["psi"][ok, 0], w[ok])
             basins = " ".join(f"{k} {v:.3f}" for k, v in pops.items())
         print(f"| {text} | {seconds:.0f} | {float(metrics.ess(s.log_weights)):.0f} | "
+              f"{metrics.pareto_k(s.log_weights):.2f} | "
               f"{np.sort(w)[-10:].sum():.3f} | {ok.mean():.3f} | {basins} |", flush=True)
 
 

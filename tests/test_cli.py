@@ -1,5 +1,6 @@
 """Bad input at the command line: one clear line on stderr, exit status 2, no traceback."""
 
+import json
 import subprocess
 import sys
 
@@ -68,7 +69,7 @@ def tiny_run(tmp_path_factory):
         "[training]\nbatch_size = 16\nfirst_beta_updates = 5\nupdates_per_beta = 3\n"
         "tempering_samples = 32\n"
         '[tempering]\nkind = "explicit"\nbetas = [0.2, 1.0]\n'
-        "[prediction]\nn_samples = 200\n"
+        "[prediction]\nn_samples = 200\nladder_samples = 60\n"
     )
     out = root / "out"
     assert main(["train", str(cfg), "--out", str(out), "--quiet"]) == 0
@@ -84,6 +85,12 @@ def test_train_sample_evaluate(tiny_run, tmp_path):
         assert f["x"].shape == (50, 2) and f["log_weights"].shape == (50,)
         assert float(f["beta"]) == 0.2
     assert main(["evaluate", str(tiny_run), "-n", "100", "--quiet"]) == 0
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    assert [b["n_samples"] for b in summary["per_beta"]] == [60, 100]
+    assert main(["evaluate", str(tiny_run), "-n", "40", "--quiet"]) == 0  # never more below
+    summary = json.loads((tiny_run / "summary.json").read_text())
+    assert [b["n_samples"] for b in summary["per_beta"]] == [40, 40]
+    assert isinstance(summary["final"]["pareto_k"], float)  # its values: test_metrics.py
 
 
 def test_sample_unknown_beta_and_bad_suffix(tiny_run, tmp_path):

@@ -264,7 +264,7 @@ def test_a_declared_symmetry_keeps_the_weights_unbiased_and_light_tailed():
     assert ess[True] > 100 * ess[False]
 
 
-@pytest.mark.parametrize("field", ["n_samples", "batch_size", "ais_paths"])
+@pytest.mark.parametrize("field", ["n_samples", "batch_size", "ais_paths", "ladder_samples"])
 def test_prediction_settings_name_a_count_below_one(field):
     with pytest.raises(ConfigError, match=rf"\[prediction\] {field}: expected an integer > 0"):
         PredictionSettings(**{field: 0})

@@ -30,14 +30,15 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_sample(args) -> int:
-    from coarseflow.analysis.metrics import ess
+    from coarseflow.analysis.metrics import ess, pareto_k
     from coarseflow.workflow import sample_run, write_samples
 
     target, samples, beta = sample_run(args.run, n=args.n, beta=args.beta, seed=args.seed)
     out = Path(args.output) if args.output else Path(args.run) / "samples" / f"beta_{beta:.6g}.npz"
     write_samples(out, target, samples, beta)
-    n_ess = ess(samples.log_weights)
-    print(f"wrote {len(samples.x)} samples at beta = {beta:.6g} to {out} (ESS {n_ess:.1f})")
+    n_ess, k = ess(samples.log_weights), pareto_k(samples.log_weights)
+    print(f"wrote {len(samples.x)} samples at beta = {beta:.6g} to {out} (ESS {n_ess:.1f}, "
+          f"Pareto k {k:.2f}{': unreliable weights' if k > 0.7 else ''})")
     return 0
 
 
@@ -107,7 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="metrics and figures for every checkpoint of a run")
     e.add_argument("run", help="run directory")
-    e.add_argument("-n", type=int, default=None, help="samples per checkpoint")
+    e.add_argument("-n", type=int, default=None,
+                   help="samples at the last checkpoint (default: [prediction] n_samples; "
+                        "earlier ones: at most [prediction] ladder_samples)")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=_cmd_evaluate)
 

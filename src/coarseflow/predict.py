@@ -50,9 +50,13 @@ class PredictionSettings:
     ``ais_paths``: paths per X. They share the Laplace fit (most of the cost for a molecule), and
     averaging their weights removes the heavy right tail of a single path's weight (a lucky path
     several log units above its X's mean), which otherwise sets the largest weights of a sample.
+    ``ladder_samples`` (default: ``n_samples``): samples drawn to evaluate each checkpoint below
+    the last one, which only has to show how q changed along the ladder; the last checkpoint, the
+    model one samples, is evaluated with ``n_samples``.
     """
 
     n_samples: int = 10000
+    ladder_samples: int | None = None
     conditional: str = "auto"
     minimize_steps: int = 200
     minimize_lr: float = 0.01
@@ -66,6 +70,9 @@ class PredictionSettings:
         if self.conditional not in _CONDITIONALS:
             raise ConfigError(f"[prediction] conditional: expected one of {_CONDITIONALS}, "
                               f"got {self.conditional!r}")
+        if self.ladder_samples is not None and not self.ladder_samples > 0:
+            raise ConfigError("[prediction] ladder_samples: expected an integer > 0, "
+                              f"got {self.ladder_samples!r}")
         for name in ("n_samples", "batch_size", "ais_paths"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"[prediction] {name}: expected an integer > 0, "

@@ -31,6 +31,7 @@ def reference_metrics(target, samples: Samples, beta: float) -> dict:
         "n_samples": int(len(lw)),
         "ess": float(metrics.ess(lw)),
         "ess_fraction": float(metrics.ess_fraction(lw)),
+        "pareto_k": metrics.pareto_k(lw),
         "log_Z_estimate": log_partition_estimate(lw),
         "n_nonfinite_energy": int(np.sum(~np.isfinite(samples.energy))),
     }
@@ -110,14 +111,21 @@ def _figures(run: RunDir, target, by_beta: dict[float, Samples]) -> list[Path]:
 
 def evaluate_run(path, *, n_samples: int | None = None, seed: int = 1,
                  progress: bool = True) -> dict:
-    """Metrics for every checkpoint of run ``path``; writes summary.json and figures/*.png."""
+    """Metrics for every checkpoint of run ``path``; writes summary.json and figures/*.png.
+
+    The last checkpoint gets ``n_samples`` (default: [prediction] n_samples), the ones before it
+    at most [prediction] ladder_samples.
+    """
     from coarseflow.workflow import run_flows, write_summary
 
     run = RunDir(path).require_existing()
     config, target, flows = run_flows(path)
+    n_final = config.prediction.n_samples if n_samples is None else n_samples
+    n_ladder = min(n_final, config.prediction.ladder_samples or n_final)
     per_beta, by_beta = [], {}
-    for meta, flow in tqdm(flows, desc="evaluate", disable=not progress):
-        s = draw_samples(jr.key(seed), flow, target, meta["beta"], config.prediction, n=n_samples)
+    for i, (meta, flow) in enumerate(tqdm(flows, desc="evaluate", disable=not progress)):
+        n = n_final if i == len(flows) - 1 else n_ladder
+        s = draw_samples(jr.key(seed), flow, target, meta["beta"], config.prediction, n=n)
         per_beta.append(reference_metrics(target, s, meta["beta"]) | {
             "index": meta["index"], "step": meta["step"], "wall_time": meta["wall_time"]})
         by_beta[meta["beta"]] = s

@@ -70,6 +70,42 @@ def kl_from_log_densities(
     return kl
 
 
+def pareto_k(log_w: Float[ArrayLike, " N"]) -> float:
+    """Shape k of a generalised Pareto fit to the largest importance weights: how heavy their
+    right tail is, the reliability diagnostic of Pareto-smoothed importance sampling (Vehtari,
+    Simpson, Gelman, Yao and Gabry, JMLR 2024).
+
+    The weights' variance is finite for k < 1/2 and their mean for k < 1. Below 0.7,
+    self-normalised estimates converge at a practical rate; above it, the largest weights are
+    luck, the ESS overstates what the sample is worth and reweighted estimates can be far off
+    however large they look. Fitted to the M = min(N / 5, 3 sqrt(N)) largest finite weights in
+    excess of the next one, by Zhang and Stephens' (Technometrics 2009) posterior-mean estimate of
+    b = k / sigma, then k = mean(log(1 + b x)) shrunk toward 1/2 as if 10 more points said so.
+    NaN with fewer than 25 finite weights (too few to fit a tail). NumPy, not traced.
+    """
+    lw = np.asarray(log_w, dtype=np.float64)
+    lw = np.sort(lw[np.isfinite(lw)])
+    n = lw.size
+    if n < 25:
+        return float("nan")
+    m = int(min(n / 5, 3 * np.sqrt(n)))
+    w = np.exp(lw - lw[-1])
+    x = w[-m:] - w[-m - 1]  # exceedances over the threshold, ascending
+    if x[-1] <= 0:  # the tail is flat: every excess weight equal
+        return 0.0
+    # candidate b on Zhang and Stephens' grid (b < 1 / max(x) keeps 1 + b x > 0)
+    n_grid = 30 + int(np.sqrt(m))
+    quartile = x[int(m / 4 + 0.5) - 1]
+    j = np.arange(1, n_grid + 1)
+    b = -(1 / x[-1] + (1 - np.sqrt(n_grid / (j - 0.5))) / (3 * quartile))
+    k_of_b = np.mean(np.log1p(b[:, None] * x[None, :]), axis=1)
+    profile = m * (np.log(b / k_of_b) - k_of_b - 1)  # log-likelihood with k maximised out
+    posterior = np.exp(profile - profile.max())
+    b_hat = np.sum(b * posterior) / np.sum(posterior)
+    k = np.mean(np.log1p(b_hat * x))
+    return float((m * k + 10 * 0.5) / (m + 10))
+
+
 # ---- histograms (NumPy) ----
 
 
