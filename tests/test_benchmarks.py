@@ -1,0 +1,67 @@
+"""The benchmark scripts' helpers: the markdown section they rewrite, the overrides they parse
+and the evaluation count they report (the scripts themselves run outside CI)."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(autouse=True)
+def benchmarks_on_path(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    yield
+    for name in ("_markdown", "alanine_dipeptide", "importance_weights"):
+        sys.modules.pop(name, None)
+
+
+def test_replace_section_appends_then_replaces_only_its_own_block(tmp_path):
+    from _markdown import replace_section
+
+    doc = tmp_path / "b.md"
+    doc.write_text("# Benchmarks\n\n<!-- other:begin -->\nkeep\n<!-- other:end -->\n")
+    replace_section(doc, "ala", "stamp 1", "| a |\n|---|")
+    replace_section(doc, "ala", "stamp 2", "| b |\n|---|")
+    text = doc.read_text()
+    assert text.count("<!-- ala:begin -->") == 1 and "stamp 1" not in text
+    assert "stamp 2\n\n| b |\n|---|\n<!-- ala:end -->" in text
+    assert "<!-- other:begin -->\nkeep\n<!-- other:end -->" in text
+    for _ in range(2):  # the second call replaces: the table is not read as a regex template
+        replace_section(tmp_path / "new.md", "ala", "s", r"a \1 b")
+    assert (tmp_path / "new.md").read_text().count(r"a \1 b") == 1
+
+
+def test_overrides_are_parsed_as_toml_values():
+    from alanine_dipeptide import _without, apply_overrides
+    from importance_weights import parse_variant
+
+    raw = apply_overrides({"training": {"batch_size": 256}},
+                          ["training.batch_size=64", "prediction.conditional=\"laplace\"",
+                           "tempering.max_kl_increase=false", "training.learning_rate=3e-4"])
+    assert raw == {"training": {"batch_size": 64, "learning_rate": 3e-4},
+                   "prediction": {"conditional": "laplace"},
+                   "tempering": {"max_kl_increase": False}}
+    assert parse_variant("ais_paths=16, ais_step_size=0.5") == {"ais_paths": 16,
+                                                                "ais_step_size": 0.5}
+    assert _without(["--set", "a=1", "--write", "x.md", "--section=s", "-n", "5"],
+                    "--write", "--section") == ["--set", "a=1", "-n", "5"]
+
+
+def test_evaluation_count_from_the_settings():
+    from alanine_dipeptide import evaluations
+
+    raw = {
+        "chains": {"kernel": "baoab", "n_chains": 4, "n_burn": 50, "n_keep": 25, "thin": 2,
+                   "warm_start_steps": 30},
+        "training": {"batch_size": 256, "tempering_samples": 2048},
+        "prediction": {"minimize_steps": 300, "newton_steps": 5, "ais_steps": 100,
+                       "ais_paths": 16},
+    }
+    per_x = 30 + 4 * (50 + 25 * 2)  # warm start + chains, per sample of X
+    per_y = 300 + 51 * (5 + 1) + 100 * 16  # descent, Hessians (51 gradients each), AIS paths
+    expected = 10 * 256 * per_x + 2 * 2048 * per_x + 100 * per_y
+    assert evaluations(raw, updates=10, n_betas=2, n_predict=100) == expected
+    raw["prediction"]["conditional"] = "laplace"  # no AIS steps
+    assert evaluations(raw, 10, 2, 100) == expected - 100 * 100 * 16
