@@ -41,11 +41,11 @@ def test_laplace_fit_is_exact_for_a_gaussian_conditional(beta):
     target = GaussianMixture(n_x=2, seed=1)
     X = jnp.array([0.3, -0.2])
     settings = PredictionSettings(minimize_steps=20, newton_steps=3)
-    Y, log_q = conditional_laplace(target, X, beta, jr.key(0), settings)
+    Y, log_q, _ = conditional_laplace(target, X, beta, jr.key(0), settings)
     mean, std = target.conditional_gaussian(X, beta)
     exact = np.sum(stats.norm.logpdf(np.asarray(Y), np.asarray(mean), np.asarray(std)))
     np.testing.assert_allclose(log_q, exact, rtol=1e-8)
-    Y2, log_q2 = conditional_exact(target, X, beta, jr.key(0))
+    Y2, log_q2, _ = conditional_exact(target, X, beta, jr.key(0))
     exact2 = np.sum(stats.norm.logpdf(np.asarray(Y2), np.asarray(mean), np.asarray(std)))
     np.testing.assert_allclose(log_q2, exact2, rtol=1e-10)
 
@@ -70,7 +70,7 @@ def test_ais_weight_is_exactly_the_conditional_partition_function_for_a_gaussian
     target = GaussianMixture(n_x=2, seed=1)
     X = jnp.array([0.3, -0.2])
     settings = PredictionSettings(minimize_steps=20, newton_steps=3, ais_steps=20)
-    Y, log_q = conditional_ais(target, X, beta, jr.key(0), settings)
+    Y, log_q, _ = conditional_ais(target, X, beta, jr.key(0), settings)
     log_w = -beta * target.energy_xy(X, Y) - log_q
     mean, std = target.conditional_gaussian(X, beta)
     log_z = -beta * target.energy_xy(X, mean) + np.sum(np.log(np.sqrt(2 * np.pi) * std))
@@ -84,6 +84,23 @@ def _quartic_target():
         return 0.5 * x[0] ** 2 + jnp.sum(0.25 * (1.0 + x[0] ** 2) * y**4 + 0.5 * y**2)
 
     return EnergyTarget(u, Partition.from_x(4, [0]), lower=-6.0, upper=6.0)
+
+
+def test_ais_acceptance_is_reported_and_falls_with_the_step():
+    target = _quartic_target()
+    flow = make_flow(jr.key(0), lower=np.array([-6.0]), upper=np.array([6.0]))
+    acceptance = []
+    for step in (0.2, 0.8, 3.0):
+        settings = PredictionSettings(n_samples=200, conditional="ais", ais_steps=10,
+                                      ais_step_size=step, ais_paths=2)
+        s = draw_samples(jr.key(4), flow, target, 1.0, settings)
+        assert s.ais_acceptance.shape == (200,)
+        assert np.all((s.ais_acceptance >= 0) & (s.ais_acceptance <= 1))
+        acceptance.append(s.ais_acceptance.mean())
+    assert 0.9 < acceptance[0] and acceptance[0] > acceptance[1] > acceptance[2]
+    laplace = draw_samples(jr.key(4), flow, target, 1.0,
+                           PredictionSettings(n_samples=20, conditional="laplace"))
+    assert np.all(np.isnan(laplace.ais_acceptance))
 
 
 def _quartic_y_moment(x, power=0):
@@ -130,7 +147,7 @@ def test_several_ais_paths_per_x_stay_unbiased_and_divide_the_weights_variance()
     rel_var = {}
     for paths in (1, 8):
         settings = PredictionSettings(ais_steps=5, ais_step_size=0.6, ais_paths=paths)
-        Y, log_q = jax.vmap(lambda k, s=settings: conditional_ais(target, X, 1.0, k, s))(
+        Y, log_q, _ = jax.vmap(lambda k, s=settings: conditional_ais(target, X, 1.0, k, s))(
             jr.split(jr.key(paths), 4000))
         # the X part of u is 0.5 x0^2: log w = -u(X, Y) - log q(Y|X) estimates it plus log Z(X)
         w = np.exp(-jax.vmap(lambda y: target.energy_xy(X, y))(Y) - log_q + 0.5 * x0**2)

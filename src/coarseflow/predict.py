@@ -93,6 +93,7 @@ class Samples(NamedTuple):
     log_q: np.ndarray  # (N,) log q(X) + log q(Y|X) (ais: the implied one, see above)
     energy: np.ndarray  # (N,) reduced energy u(x) (beta = 1 units)
     log_weights: np.ndarray  # (N,) -beta u - log_q, unnormalised
+    ais_acceptance: np.ndarray  # (N,) mean MALA acceptance of the X's AIS paths (NaN: not ais)
 
 
 def laplace_fit(target: AbstractTarget, X, beta, settings: PredictionSettings):
@@ -161,12 +162,13 @@ def _whitened(target: AbstractTarget, X, beta, settings: PredictionSettings):
 
 
 def conditional_laplace(target: AbstractTarget, X, beta, key, settings: PredictionSettings):
-    """Y from the :func:`laplace_fit` (a Gaussian in xi) and log q(Y|X), for one X (n_x,)."""
+    """Y from the :func:`laplace_fit` (a Gaussian in xi), log q(Y|X) and NaN (no AIS), for one
+    X (n_x,)."""
     to_y = _whitened(target, X, beta, settings)
     z = jr.normal(key, (target.partition.n_y,), dtype=X.dtype)
     Y, log_det = to_y(z)
     log_q = jnp.sum(-0.5 * z**2 - 0.5 * jnp.log(2 * jnp.pi)) - log_det
-    return Y, log_q
+    return Y, log_q, jnp.asarray(jnp.nan, X.dtype)
 
 
 def conditional_ais(target: AbstractTarget, X, beta, key, settings: PredictionSettings):
@@ -176,7 +178,8 @@ def conditional_ais(target: AbstractTarget, X, beta, key, settings: PredictionSe
     integrates to Z(X). Returns Y (n_y,), the end of path j drawn with probability w_j / sum(w),
     and the implied log q(Y|X) = -beta u(X, Y) - log mean(w), so that -beta u - log q(Y|X) is
     the log of the mean AIS weight. (Y, mean(w)) is properly weighted: E[mean(w) f(Y)] =
-    sum_j E[w_j f(Y_j)] / M = ∫ gamma f.
+    sum_j E[w_j f(Y_j)] / M = ∫ gamma f. Third: the paths' mean MALA acceptance, by which to
+    tune ``ais_step_size``.
     """
     to_y = _whitened(target, X, beta, settings)
 
@@ -192,14 +195,14 @@ def conditional_ais(target: AbstractTarget, X, beta, key, settings: PredictionSe
     # every path at zero weight: any Y will do, its weight is zero
     pick = jr.categorical(key_pick, jnp.where(jnp.isfinite(log_z), out.log_weight, 0.0))
     Y, _ = to_y(out.z[pick])
-    return Y, -beta * target.energy_xy(X, Y) - log_z
+    return Y, -beta * target.energy_xy(X, Y) - log_z, jnp.mean(out.acceptance)
 
 
 def conditional_exact(target: AbstractTarget, X, beta, key):
     mean, std = target.conditional_gaussian(X, beta)
     eps = jr.normal(key, mean.shape, dtype=mean.dtype)
     log_q = jnp.sum(-0.5 * eps**2 - 0.5 * jnp.log(2 * jnp.pi) - jnp.log(std))
-    return mean + std * eps, log_q
+    return mean + std * eps, log_q, jnp.asarray(jnp.nan, mean.dtype)
 
 
 def resolve_conditional(target: AbstractTarget, conditional: str) -> str:
@@ -213,8 +216,9 @@ def resolve_conditional(target: AbstractTarget, conditional: str) -> str:
 
 
 def sample_q_y(key, target, X: Float[Array, "S n_x"], beta, conditional: str,
-               settings: PredictionSettings) -> tuple[Float[Array, "S n_y"], Float[Array, " S"]]:
-    """Y ~ q(Y|X) for each row of X and log q(Y|X); ``conditional``: exact, laplace or ais."""
+               settings: PredictionSettings):
+    """(Y (S, n_y) ~ q(Y|X) for each row of X, log q(Y|X) (S,), AIS acceptance (S,), NaN
+    unless ais); ``conditional``: exact, laplace or ais."""
     keys = jr.split(key, X.shape[0])
     if conditional == "exact":
         return jax.vmap(lambda x, k: conditional_exact(target, x, beta, k))(X, keys)
@@ -225,11 +229,12 @@ def sample_q_y(key, target, X: Float[Array, "S n_x"], beta, conditional: str,
 @eqx.filter_jit
 def _batch(flow, target, key, beta, n: int, conditional: str, settings: PredictionSettings):
     X, log_qX = flow.sample_and_log_prob(jr.fold_in(key, 0), (n,))
-    Y, log_qY = sample_q_y(jr.fold_in(key, 1), target, X, beta, conditional, settings)
+    Y, log_qY, acceptance = sample_q_y(jr.fold_in(key, 1), target, X, beta, conditional,
+                                       settings)
     x = target.partition.merge(X, Y)
     u = jax.vmap(target.energy)(x)
     log_q = log_qX + log_qY
-    return x, X, log_qX, log_q, u, -beta * u - log_q
+    return x, X, log_qX, log_q, u, -beta * u - log_q, acceptance
 
 
 def draw_samples(
@@ -248,10 +253,12 @@ def draw_samples(
         m = min(settings.batch_size, n - start)
         out = _batch(flow, target, jr.fold_in(key, i), jnp.asarray(beta), m, conditional, settings)
         parts.append([np.asarray(a) for a in out])
-    x, X, log_qX, log_q, u, log_w = (np.concatenate(p) for p in zip(*parts, strict=True))
+    x, X, log_qX, log_q, u, log_w, acceptance = (np.concatenate(p)
+                                                 for p in zip(*parts, strict=True))
     # a non-finite energy means zero weight, not a poisoned estimate
     log_w = np.where(np.isfinite(log_w), log_w, -np.inf)
-    return Samples(x=x, X=X, log_qX=log_qX, log_q=log_q, energy=u, log_weights=log_w)
+    return Samples(x=x, X=X, log_qX=log_qX, log_q=log_q, energy=u, log_weights=log_w,
+                   ais_acceptance=acceptance)
 
 
 def log_partition_estimate(log_weights: Float[Array, " N"]) -> float:

@@ -131,7 +131,7 @@ def chain_states(key, target: AbstractTarget, X, beta, chains: ChainSettings):
 def _batch_log_weights(key, flow, target, z, X, log_det, beta, prediction: PredictionSettings):
     """Log importance weights (S,) of x = (X, Y), Y ~ q(Y|X), against p_beta."""
     conditional = resolve_conditional(target, prediction.conditional)
-    Y, log_qY = sample_q_y(key, target, X, beta, conditional, prediction)
+    Y, log_qY, _ = sample_q_y(key, target, X, beta, conditional, prediction)
     log_qX = flow.base_dist.log_prob(z) - log_det
     log_w = -beta * jax.vmap(target.energy_xy)(X, Y) - log_qX - log_qY
     return jnp.where(jnp.isfinite(log_w), log_w, -jnp.inf)

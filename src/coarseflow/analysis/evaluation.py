@@ -35,6 +35,8 @@ def reference_metrics(target, samples: Samples, beta: float) -> dict:
         "log_Z_estimate": log_partition_estimate(lw),
         "n_nonfinite_energy": int(np.sum(~np.isfinite(samples.energy))),
     }
+    if np.any(np.isfinite(samples.ais_acceptance)):
+        out["ais_acceptance"] = float(np.nanmean(samples.ais_acceptance))
     X = samples.X
     if isinstance(target, DoubleWell):
         right = X[:, 0] > 0
