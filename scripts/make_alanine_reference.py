@@ -4,7 +4,7 @@ Writes src/coarseflow/data/alanine_dipeptide_reference.npz.
 
 Alanine dipeptide (ACE-ALA-NME, the bundled PDB), amber99sbildn.xml + amber99_obc.xml, 300 K,
 NoCutoff, no constraints; replica exchange with the default ReferenceSettings of
-coarseflow.reference (8 rungs 300-1000 K x 8 independent ladders, BAOAB 1 fs, friction 1/ps,
+coarseflow.reference (8 rungs 300-1000 K x 16 independent ladders, BAOAB 1 fs, friction 1/ps,
 10 ps burn-in + 300 ps per walker, a frame every 25 fs, swaps every 50 fs), then the OpenMM
 cross-check (400 ps LangevinMiddleIntegrator, CPU platform). The equivalent config is
 

@@ -81,7 +81,7 @@ class ReferenceSettings:
 
     n_replicas: int = 8
     t_max: float = 1000.0
-    n_chains: int = 8
+    n_chains: int = 16
     time_step_ps: float = 0.001
     friction_per_ps: float = 1.0
     n_steps: int = 300_000
