@@ -5,7 +5,8 @@
     python benchmarks/alanine_dipeptide.py --set training.batch_size=64 --set chains.n_keep=10
 
 Prints (and with --write records) the population of every Ramachandran basin (model raw and
-reweighted vs the reference with its uncertainty), KL(reference || model) and Jensen-Shannon
+reweighted, with the reweighted one's standard error, vs the reference with its uncertainty, and
+z = difference / combined error), KL(reference || model) and Jensen-Shannon
 divergence of the 64 x 64 (phi, psi) histogram (0.5 pseudo-counts per bin) raw and reweighted,
 their noise floor (the same metrics between two independent halves of the reference, each
 subsampled to the model's sample size, and again to ESS frames: the floor of the reweighted
@@ -32,7 +33,7 @@ import numpy as np
 from _markdown import replace_section  # benchmarks/_markdown.py (run as a script)
 
 from coarseflow.analysis import metrics
-from coarseflow.analysis.observables import BASINS, basin_populations
+from coarseflow.analysis.observables import BASINS, basin_population_errors, basin_populations
 from coarseflow.config import load_config, parse_config
 from coarseflow.predict import draw_samples
 from coarseflow.reference import load_reference
@@ -141,13 +142,16 @@ def main() -> None:
 
     pops_raw = basin_populations(phi[ok], psi[ok])
     pops_rew = basin_populations(phi[ok], psi[ok], w[ok])
+    errs_rew = basin_population_errors(phi[ok], psi[ok], w[ok])
     pops_ref = basin_populations(rphi, rpsi)
     errs = dict(zip((*BASINS, "other"), np.ravel(ref.get("populations_err",
                     np.full(len(BASINS) + 1, np.nan))).tolist(), strict=True))
-    lines = ["| basin | reference | model raw | model reweighted |", "|---|---|---|---|"]
+    # z: the reweighted population's distance from the reference in their combined errors
+    lines = ["| basin | reference | model raw | model reweighted | z |", "|---|---|---|---|---|"]
     for name in (*BASINS, "other"):
+        z = (pops_rew[name] - pops_ref[name]) / math.hypot(errs_rew[name], errs[name])
         lines.append(f"| {name} | {pops_ref[name]:.4f} ± {errs[name]:.4f} | {pops_raw[name]:.4f} "
-                     f"| {pops_rew[name]:.4f} |")
+                     f"| {pops_rew[name]:.4f} ± {errs_rew[name]:.4f} | {z:+.1f} |")
     trained = {**load_config(RunDir(out).config_path).raw, "prediction": raw.get("prediction", {})}
     n_eval = evaluations(trained, meta["step"], n_betas, args.n)
     lines += [

@@ -18,6 +18,7 @@ from coarseflow.analysis.metrics import (
     mode_masses,
     normalized_weights,
     pareto_k,
+    weighted_mean_stderr,
 )
 
 
@@ -59,6 +60,23 @@ def test_pareto_k_invariances_and_edge_cases():
     x = rng.normal(size=20_000)
     assert pareto_k(stats.norm.logpdf(x, scale=2) - stats.norm.logpdf(x)) > 0.6
     assert pareto_k(np.zeros(20_000) + 1e-3 * rng.normal(size=20_000)) < 0.3
+
+
+def test_weighted_mean_stderr_equal_weights_and_repeated_importance_sampling():
+    rng = np.random.default_rng(3)
+    f = rng.normal(size=(500, 2))
+    np.testing.assert_allclose(weighted_mean_stderr(f, np.ones(500)),
+                               f.std(axis=0) / np.sqrt(500), rtol=1e-12)
+    # proposal N(0, 1), target N(0.5, 1): P(x > 0.5) = 1/2. The spread of 400 independent
+    # self-normalised estimates matches the mean predicted error.
+    estimates, predicted = [], []
+    for _ in range(400):
+        x = rng.normal(size=2000)
+        w = np.exp(stats.norm.logpdf(x, 0.5) - stats.norm.logpdf(x))
+        estimates.append(np.sum(w * (x > 0.5)) / w.sum())
+        predicted.append(weighted_mean_stderr((x > 0.5).astype(float), w))
+    assert np.mean(estimates) == pytest.approx(0.5, abs=3 * np.std(estimates) / 20)
+    assert np.std(estimates) / np.mean(predicted) == pytest.approx(1.0, abs=0.1)  # 0.94
 
 
 def test_log_mean_exp():

@@ -1,5 +1,6 @@
 """The Molecule target: energy, gauge (held coordinates), grafting, selections, I/O, outputs."""
 
+import math
 from pathlib import Path
 
 import equinox as eqx
@@ -299,6 +300,8 @@ def test_observables_metrics_and_figures(ala2, tmp_path):
     assert out["basin_alpha_R_raw"] == pytest.approx(0.5)
     assert out["basin_alpha_R_reweighted"] == pytest.approx(0.2)
     assert out["basin_alpha_L_reweighted"] == pytest.approx(0.6)
+    # sum_i w_i^2 (1[alpha_L] - 0.6)^2 = 3 x w^2 0.36 + 0.6^2 0.16
+    assert out["basin_alpha_L_reweighted_err"] == pytest.approx(math.sqrt(0.0792))
     assert out["basin_alpha_R_reference"] == pytest.approx(0.75)
     assert out["basin_C7eq_PII_raw"] == 0.0
     assert out["basin_C7eq_PII_reference_err"] == pytest.approx(0.01)

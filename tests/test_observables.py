@@ -1,5 +1,6 @@
 """Observables agree with mdtraj; Ramachandran basins partition the plane."""
 
+import math
 from importlib.resources import files
 
 import jax
@@ -149,3 +150,8 @@ def test_basin_populations():
     assert pops["other"] == 0.0 and sum(pops.values()) == pytest.approx(1.0)
     with pytest.raises(ValueError, match="weights"):
         obs.basin_populations(phi, psi, -w)
+    # equal weights: the binomial error sqrt(p (1 - p) / N) of each basin
+    err = obs.basin_population_errors(phi, psi, np.ones(6))
+    assert list(err) == list(pops)
+    assert all(e == pytest.approx(math.sqrt(1 / 6 * 5 / 6 / 6)) for e in err.values())
+    assert obs.basin_population_errors(phi, psi, w)["other"] == 0.0

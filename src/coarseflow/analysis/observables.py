@@ -18,6 +18,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import ArrayLike, Float, Int
 
+from coarseflow.analysis.metrics import weighted_mean_stderr
+
 __all__ = [
     "BASINS",
     "BASIN_RECTANGLES",
@@ -253,3 +255,16 @@ def basin_populations(
             raise ValueError("weights: expected finite non-negative weights with a positive sum")
     mass = np.bincount(labels, weights=w, minlength=len(BASINS) + 1) / w.sum()
     return {name: float(m) for name, m in zip((*BASINS, "other"), mass, strict=True)}
+
+
+def basin_population_errors(
+    phi: Float[ArrayLike, " N"],
+    psi: Float[ArrayLike, " N"],
+    weights: Float[ArrayLike, " N"],
+) -> dict[str, float]:
+    """Standard error of each of :func:`basin_populations` (weighted, as for importance
+    weights): metrics.weighted_mean_stderr of the basin's indicator."""
+    labels = basin_labels(phi, psi).reshape(-1)
+    onehot = labels[:, None] == np.arange(len(BASINS) + 1)[None, :]
+    err = weighted_mean_stderr(onehot, weights)
+    return {name: float(e) for name, e in zip((*BASINS, "other"), err, strict=True)}

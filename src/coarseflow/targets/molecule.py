@@ -769,7 +769,8 @@ class Molecule(AbstractTarget):
         ``samples``: coarseflow.predict.Samples (x (N, n)); ``weights``: (N,) normalised
         importance weights. Keys (with ``_<resname><number>`` after "basin" / "ramachandran" when
         the molecule has several (phi, psi) residues): ``basin_<name>_raw`` and
-        ``basin_<name>_reweighted`` for each basin of observables.BASINS and "other" ("/" in
+        ``basin_<name>_reweighted`` (with its standard error ``basin_<name>_reweighted_err``,
+        metrics.weighted_mean_stderr) for each basin of observables.BASINS and "other" ("/" in
         names becomes "_"), ``rg_mean_raw``, ``rg_mean_reweighted`` (nm). At beta = 1 with a
         reference file also ``basin_<name>_reference`` (and ``basin_<name>_reference_err`` if
         the file has populations_err), ``rg_mean_reference`` (if it has rg),
@@ -796,6 +797,7 @@ class Molecule(AbstractTarget):
             sets = {"raw": obs.basin_populations(phi, psi)}
             if have_weight:
                 sets["reweighted"] = obs.basin_populations(phi, psi, w[finite])
+                sets["reweighted_err"] = obs.basin_population_errors(phi, psi, w[finite])
             if ref is not None:
                 sets["reference"] = obs.basin_populations(ref["phi"][:, k], ref["psi"][:, k])
                 if "populations_err" in ref:
