@@ -45,10 +45,16 @@ ANGLES = ((-math.pi, math.pi), (-math.pi, math.pi))
 
 
 def apply_overrides(raw: dict, sets: list[str]) -> dict:
+    """'section.key=value' sets one key; 'section=value' (an inline table) replaces the section.
+    Values are TOML."""
     for item in sets:
         key, _, value = item.partition("=")
         section, _, name = key.partition(".")
-        raw.setdefault(section, {})[name] = tomllib.loads(f"v = {value}")["v"]
+        value = tomllib.loads(f"v = {value}")["v"]
+        if name:
+            raw.setdefault(section, {})[name] = value
+        else:
+            raw[section] = value
     return raw
 
 
@@ -88,6 +94,8 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], help="section.key=value override")
     p.add_argument("--out", default=str(ROOT / "runs" / "benchmarks" / "alanine_dipeptide"))
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--init", metavar="RUN",
+                   help="start from the flow of RUN's last checkpoint (coarseflow train --init)")
     p.add_argument("--evaluate-only", action="store_true",
                    help="no training: evaluate the finished run in --out with this config's "
                         "[prediction] (e.g. other weights)")
@@ -103,7 +111,8 @@ def main() -> None:
     else:
         if out.exists() and not args.resume:
             shutil.rmtree(out)
-        n_betas = len(train_from_config(parse_config(raw), out, resume=args.resume).betas)
+        n_betas = len(train_from_config(parse_config(raw), out, resume=args.resume,
+                                        init=args.init).betas)
     meta = RunDir(out).find_checkpoint()
     # the training process's own clock at its last checkpoint (so --resume of a finished run
     # reports the original training time)

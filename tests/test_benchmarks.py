@@ -39,10 +39,11 @@ def test_overrides_are_parsed_as_toml_values():
 
     raw = apply_overrides({"training": {"batch_size": 256}},
                           ["training.batch_size=64", "prediction.conditional=\"laplace\"",
-                           "tempering.max_kl_increase=false", "training.learning_rate=3e-4"])
+                           "tempering.max_kl_increase=false", "training.learning_rate=3e-4",
+                           "tempering={kind = \"explicit\", betas = [0.5, 1.0]}"])
     assert raw == {"training": {"batch_size": 64, "learning_rate": 3e-4},
                    "prediction": {"conditional": "laplace"},
-                   "tempering": {"max_kl_increase": False}}
+                   "tempering": {"kind": "explicit", "betas": [0.5, 1.0]}}
     assert parse_variant("ais_paths=16, ais_step_size=0.5") == {"ais_paths": 16,
                                                                 "ais_step_size": 0.5}
     assert _without(["--set", "a=1", "--write", "x.md", "--section=s", "-n", "5"],

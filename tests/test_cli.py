@@ -93,6 +93,29 @@ def test_train_sample_evaluate(tiny_run, tmp_path):
     assert isinstance(summary["final"]["pareto_k"], float)  # its values: test_metrics.py
 
 
+def test_train_from_another_runs_flow(tiny_run, tmp_path):
+    import equinox as eqx
+    import jax
+
+    from coarseflow.config import build_target, load_config
+    from coarseflow.workflow import initial_flow, load_run
+
+    config = load_config(tiny_run / "config.toml")
+    _, _, trained, meta = load_run(tiny_run)
+    start = initial_flow(config, build_target(config.target), init=tiny_run)
+    for a, b in zip(jax.tree.leaves(eqx.filter(start, eqx.is_inexact_array)),
+                    jax.tree.leaves(eqx.filter(trained, eqx.is_inexact_array)), strict=True):
+        np.testing.assert_array_equal(a, b)
+    out = tmp_path / "continued"
+    assert main(["train", str(tiny_run.parent / "tiny.toml"), "--out", str(out), "--init",
+                 str(tiny_run), "--no-evaluate", "--quiet"]) == 0
+    assert json.loads((out / "init.json").read_text())["beta"] == meta["beta"]
+    other = tmp_path / "other.toml"
+    other.write_text((tiny_run.parent / "tiny.toml").read_text().replace("knots = 4", "knots = 5"))
+    r = run_cli("train", str(other), "--out", str(tmp_path / "x"), "--init", str(tiny_run))
+    assert_user_error(r, "does not fit this config's [model]")
+
+
 def test_sample_unknown_beta_and_bad_suffix(tiny_run, tmp_path):
     r = run_cli("sample", str(tiny_run), "--beta", "0.5")
     assert_user_error(r, "no checkpoint for that beta")

@@ -21,7 +21,8 @@ def _cmd_train(args) -> int:
 
     config = load_config(args.config)
     out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
-    result = train_from_config(config, out, resume=args.resume, progress=not args.quiet)
+    result = train_from_config(config, out, resume=args.resume, progress=not args.quiet,
+                               init=args.init)
     print(f"trained {len(result.betas)} betas up to beta = {result.betas[-1]:.4g}; run: {out}")
     if not args.no_evaluate:
         summary = evaluate_run(out, progress=not args.quiet)
@@ -94,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config", help="config TOML file")
     t.add_argument("--out", help="run directory (default: runs/<config name>)")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    t.add_argument("--init", metavar="RUN",
+                   help="start from the flow of RUN's last checkpoint (same [model] and [target])")
     t.add_argument("--no-evaluate", action="store_true", help="skip evaluation after training")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.set_defaults(func=_cmd_train)

@@ -23,9 +23,32 @@ def build_flow(config: Config, target):
                      output=target.x_bijection(), periodic=target.x_periodic())
 
 
+def initial_flow(config: Config, target, init=None):
+    """The flow to start training from: a fresh one from [model], or, with ``init`` (a run
+    directory), that one's parameters at its last checkpoint in this config's structure."""
+    flow = build_flow(config, target)
+    if init is None:
+        return flow
+    run = RunDir(init).require_existing()
+    meta = run.find_checkpoint()
+    params, static = split_trainable(flow)
+    template = (params, config.training.optimizer().init(params))
+    try:
+        params, _ = run.load_checkpoint(template, meta)
+    except Exception as err:  # equinox reports a shape or structure mismatch in many ways
+        raise ConfigError(f"--init {init}: its checkpoint does not fit this config's [model] "
+                          f"and [target] ({type(err).__name__})") from None
+    return eqx.combine(params, static)
+
+
 def train_from_config(config: Config, out, *, resume: bool = False, progress: bool = True,
-                      max_betas: int | None = None) -> TrainResult:
-    """Train into run directory ``out``; refused if it has checkpoints, unless resuming."""
+                      max_betas: int | None = None, init=None) -> TrainResult:
+    """Train into run directory ``out``; refused if it has checkpoints, unless resuming.
+
+    ``init`` (a run directory): start from its last checkpoint's flow (with a fresh optimiser)
+    instead of an untrained one, e.g. to continue a finished run along another ladder. It is
+    recorded in ``out``/init.json; a resumed run continues from its own checkpoints.
+    """
     run = RunDir(out)
     if run.checkpoints() and not resume:
         raise ConfigError(f"run directory {run.root} already has checkpoints; "
@@ -34,12 +57,17 @@ def train_from_config(config: Config, out, *, resume: bool = False, progress: bo
         if load_config(run.config_path).raw != config.raw:
             raise ConfigError(f"--resume: the config differs from {run.config_path}; "
                               "resume with the same config")
+    target = build_target(config.target)
+    flow = initial_flow(config, target, init)
     run.root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run.config_path, to_toml(config.raw))
-    target = build_target(config.target)
-    return train(target, build_flow(config, target), config.tempering, config.training,
-                 config.chains, run, prediction=config.prediction, resume=resume,
-                 progress=progress, max_betas=max_betas)
+    if init is not None:
+        meta = RunDir(init).find_checkpoint()
+        atomic_write_text(run.root / "init.json", json.dumps(
+            {"run": str(Path(init).resolve()), "beta": meta["beta"], "step": meta["step"]}))
+    return train(target, flow, config.tempering, config.training, config.chains, run,
+                 prediction=config.prediction, resume=resume, progress=progress,
+                 max_betas=max_betas)
 
 
 def run_flows(path, betas: list[float] | None = None):
