@@ -1,6 +1,7 @@
 """Bad input at the command line: one clear line on stderr, exit status 2, no traceback."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -76,11 +77,14 @@ def tiny_run(tmp_path_factory):
     return out
 
 
-def test_train_sample_evaluate(tiny_run, tmp_path):
+def test_train_sample_evaluate(tiny_run, tmp_path, capsys):
     assert (tiny_run / "summary.json").exists()
     assert (tiny_run / "figures" / "training.png").stat().st_size > 0
     out = tmp_path / "s.npz"
     assert main(["sample", str(tiny_run), "-n", "50", "--beta", "0.2", "-o", str(out)]) == 0
+    assert re.search(r"\(ESS \d+\.\d, Pareto k -?\d\.\d\d", capsys.readouterr().out)
+    assert main(["sample", str(tiny_run), "-n", "10", "-o", str(tmp_path / "few.npz")]) == 0
+    assert "Pareto k n/a: fewer than 25 weights" in capsys.readouterr().out
     with np.load(out) as f:
         assert f["x"].shape == (50, 2) and f["log_weights"].shape == (50,)
         assert float(f["beta"]) == 0.2

@@ -38,8 +38,11 @@ def _cmd_sample(args) -> int:
     out = Path(args.output) if args.output else Path(args.run) / "samples" / f"beta_{beta:.6g}.npz"
     write_samples(out, target, samples, beta)
     n_ess, k = ess(samples.log_weights), pareto_k(samples.log_weights)
-    print(f"wrote {len(samples.x)} samples at beta = {beta:.6g} to {out} (ESS {n_ess:.1f}, "
-          f"Pareto k {k:.2f}{': unreliable weights' if k > 0.7 else ''})")
+    if k != k:  # NaN
+        tail = "Pareto k n/a: fewer than 25 weights"
+    else:
+        tail = f"Pareto k {k:.2f}{': unreliable weights' if k > 0.7 else ''}"
+    print(f"wrote {len(samples.x)} samples at beta = {beta:.6g} to {out} (ESS {n_ess:.1f}, {tail})")
     return 0
 
 
