@@ -165,7 +165,7 @@ def main() -> None:
     # z: the reweighted population's distance from the reference in their combined errors
     lines = ["| basin | reference | model raw | model reweighted | z |", "|---|---|---|---|---|"]
     for name in (*BASINS, "other"):
-        z = (pops_rew[name] - pops_ref[name]) / math.hypot(errs_rew[name], errs[name])
+        z = (pops_rew[name] - pops_ref[name]) / max(math.hypot(errs_rew[name], errs[name]), 1e-12)
         lines.append(f"| {name} | {pops_ref[name]:.4f} ± {errs[name]:.4f} | {pops_raw[name]:.4f} "
                      f"| {pops_rew[name]:.4f} ± {errs_rew[name]:.4f} | {z:+.1f} |")
     trained = {**load_config(RunDir(out).config_path).raw, "prediction": raw.get("prediction", {})}

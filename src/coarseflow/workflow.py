@@ -23,6 +23,18 @@ def build_flow(config: Config, target):
                      output=target.x_bijection(), periodic=target.x_periodic())
 
 
+def _checkpoint_loader(config: Config, flow):
+    """A function (run, metadata) -> the flow of that checkpoint, in ``flow``'s structure."""
+    params, static = split_trainable(flow)
+    template = (params, config.training.optimizer().init(params))
+
+    def load(run: RunDir, meta: dict):
+        loaded, _ = run.load_checkpoint(template, meta)
+        return eqx.combine(loaded, static)
+
+    return load
+
+
 def initial_flow(config: Config, target, init=None):
     """The flow to start training from: a fresh one from [model], or, with ``init`` (a run
     directory), that one's parameters at its last checkpoint in this config's structure."""
@@ -30,15 +42,13 @@ def initial_flow(config: Config, target, init=None):
     if init is None:
         return flow
     run = RunDir(init).require_existing()
-    meta = run.find_checkpoint()
-    params, static = split_trainable(flow)
-    template = (params, config.training.optimizer().init(params))
     try:
-        params, _ = run.load_checkpoint(template, meta)
+        return _checkpoint_loader(config, flow)(run, run.find_checkpoint())
+    except ConfigError:
+        raise
     except Exception as err:  # equinox reports a shape or structure mismatch in many ways
         raise ConfigError(f"--init {init}: its checkpoint does not fit this config's [model] "
                           f"and [target] ({type(err).__name__})") from None
-    return eqx.combine(params, static)
 
 
 def train_from_config(config: Config, out, *, resume: bool = False, progress: bool = True,
@@ -79,13 +89,9 @@ def run_flows(path, betas: list[float] | None = None):
     run = RunDir(path).require_existing()
     config = load_config(run.config_path)
     target = build_target(config.target)
-    params, static = split_trainable(build_flow(config, target))
-    opt_state = config.training.optimizer().init(params)
+    load = _checkpoint_loader(config, build_flow(config, target))
     metas = run.checkpoints() if betas is None else [run.find_checkpoint(b) for b in betas]
-    flows = []
-    for meta in metas:
-        loaded, _ = run.load_checkpoint((params, opt_state), meta)
-        flows.append((meta, eqx.combine(loaded, static)))
+    flows = [(meta, load(run, meta)) for meta in metas]
     return config, target, flows
 
 
