@@ -6,8 +6,8 @@
 Draws the same X (same key) for every variant from the run's last checkpoint at beta = 1, so
 the variants differ only in q(Y|X). Prints, per variant: wall time, ESS, Pareto k (the tail
 shape of the weights), the share of the ten largest normalised weights (the tail that sets the
-ESS), the fraction of finite weights, and the reweighted basin populations for a molecule with
-(phi, psi).
+ESS), the fraction of finite weights, and for a molecule with (phi, psi) the basin populations of
+q itself (raw) and reweighted.
 """
 
 from __future__ import annotations
@@ -35,6 +35,10 @@ def parse_variant(text: str) -> dict:
     return out
 
 
+def _format(populations: dict) -> str:
+    return " ".join(f"{k} {v:.3f}" for k, v in populations.items())
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("run")
@@ -45,8 +49,8 @@ def main() -> None:
 
     config, target, flow, _ = load_run(args.run)
     print(f"| variant | time (s) | ESS of {args.n} | Pareto k | largest 10 weights' share | "
-          "finite | reweighted basins |")
-    print("|---|---|---|---|---|---|---|")
+          "finite | raw basins | reweighted basins |")
+    print("|---|---|---|---|---|---|---|---|")
     for text in args.variant:
         settings = dataclasses.replace(config.prediction, **parse_variant(text))
         t0 = time.perf_counter()
@@ -54,14 +58,15 @@ def main() -> None:
         seconds = time.perf_counter() - t0
         w = np.asarray(metrics.normalized_weights(s.log_weights))
         ok = np.isfinite(s.log_weights)
-        basins = ""
+        raw = basins = ""
         obs = target.observables(s.x) if hasattr(target, "observables") else {}
         if "phi" in obs and "psi" in obs:
-            pops = basin_populations(obs["phi"][ok, 0], obs["psi"][ok, 0], w[ok])
-            basins = " ".join(f"{k} {v:.3f}" for k, v in pops.items())
+            phi, psi = obs["phi"][:, 0], obs["psi"][:, 0]
+            raw = _format(basin_populations(phi, psi))
+            basins = _format(basin_populations(phi[ok], psi[ok], w[ok]))
         print(f"| {text} | {seconds:.0f} | {float(metrics.ess(s.log_weights)):.0f} | "
               f"{metrics.pareto_k(s.log_weights):.2f} | "
-              f"{np.sort(w)[-10:].sum():.3f} | {ok.mean():.3f} | {basins} |", flush=True)
+              f"{np.sort(w)[-10:].sum():.3f} | {ok.mean():.3f} | {raw} | {basins} |", flush=True)
 
 
 if __name__ == "__main__":
