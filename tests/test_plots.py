@@ -78,6 +78,13 @@ def test_plot_training_curves(tmp_path):
         for s in steps
     ]
     _check_png(plots.plot_training_curves(tmp_path / "curves.png", records), 20_000)
+    # with the chains' heating logged (None where not measured), a fourth panel below
+    for i, rec in enumerate(records):
+        rec["chain_heating"] = None if i < 10 else float(np.sin(i / 9.0))
+    four = plots.plot_training_curves(tmp_path / "curves4.png", records)
+    _check_png(four, 20_000)
+    height = lambda p: int.from_bytes(p.read_bytes()[20:24], "big")  # noqa: E731 (PNG IHDR)
+    assert height(four) == round(height(tmp_path / "curves.png") * 4 / 3)
     with pytest.raises(ValueError, match="grad_norm"):
         plots.plot_training_curves(
             tmp_path / "bad.png", [{"step": 0, "beta": 1.0, "loss": 0.0, "skipped": False}]

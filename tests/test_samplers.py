@@ -271,3 +271,52 @@ def test_chain_settings_defaults_and_hashable():
     assert (s.kernel, s.n_chains, s.n_steps) == ("mala", 4, 75)
     assert hash(s) == hash(ChainSettings())  # static: usable as a jit static argument
     assert jax.tree.leaves(s) == []
+
+
+def _baoab_energy_means(k: float, h: float, gamma: float, n_steps: int) -> np.ndarray:
+    """Exact E[beta u] per coordinate after 1 ... n_steps BAOAB steps of u = k y^2 / 2 (mass 1,
+    beta 1), from y = 0 and p ~ N(0, 1): the (y, p) covariance propagated through each stage."""
+    B = np.array([[1.0, 0.0], [-0.5 * h * k, 1.0]])
+    A = np.array([[1.0, 0.5 * h], [0.0, 1.0]])
+    c1 = np.exp(-gamma * h)
+    O = np.diag([1.0, c1])  # noqa: E741
+    cov = np.diag([0.0, 1.0])
+    out = []
+    for _ in range(n_steps):
+        cov = A @ B @ cov @ B.T @ A.T
+        cov = O @ cov @ O.T + np.diag([0.0, 1.0 - c1**2])
+        cov = B @ A @ cov @ A.T @ B.T
+        out.append(0.5 * k * cov[0, 0])
+    return np.array(out)
+
+
+@pytest.mark.parametrize("n_burn", [0, 150])
+def test_heating_matches_exact_baoab_relaxation(n_burn):
+    """From the minimum, E[beta u] rises to n_y / 2 along a curve that is exact for a harmonic
+    u; the heating is that curve's mean over the last half of the kept states minus the first."""
+    k, n_y, n_keep, thin = 2.0, 64, 20, 2
+    settings = ChainSettings(kernel="baoab", step_size=0.2, friction=1.0, n_chains=8,
+                             n_burn=n_burn, n_keep=n_keep, thin=thin, warm_start_steps=0)
+
+    def energy(X, Y):
+        return 0.5 * k * jnp.sum(Y**2) + 0.0 * X[0]
+
+    per_step = n_y * _baoab_energy_means(k, 0.2, 1.0, settings.n_steps)
+    kept = per_step[n_burn + thin - 1 :: thin]
+    exact = kept[n_keep // 2 :].mean() - kept[: n_keep // 2].mean()
+    keys = jax.random.split(jax.random.key(40), 64)
+    run = jax.jit(jax.vmap(lambda key: mean_force(key, energy, jnp.zeros(1), 1.0,
+                                                  jnp.zeros(n_y), settings).heating))
+    heating = np.asarray(run(keys))
+    mean, se = heating.mean(), heating.std(ddof=1) / np.sqrt(heating.size)
+    assert abs(mean - exact) < N_SIGMA * se
+    if n_burn == 0:
+        assert exact > 4 * N_SIGMA * se  # still heating: far from zero
+    else:
+        assert abs(exact) < 0.01 * n_y / 2  # in equilibrium: no heating
+
+
+def test_heating_is_nan_with_one_kept_state():
+    settings = ChainSettings(kernel="baoab", step_size=0.1, n_chains=2, n_burn=5, n_keep=1)
+    mf = mean_force(jax.random.key(0), gaussian_energy, X_GAUSS, 1.0, jnp.zeros(3), settings)
+    assert np.isnan(mf.heating) and np.all(np.isfinite(mf.force))

@@ -12,7 +12,7 @@ from coarseflow.partition import Partition
 from coarseflow.samplers.conditional import ChainSettings
 from coarseflow.targets import EnergyTarget
 from coarseflow.tempering import Explicit
-from coarseflow.training import TrainingSettings, train
+from coarseflow.training import TrainingSettings, heating_warning, train
 from coarseflow.workflow import load_run, train_from_config
 
 TINY = {
@@ -49,6 +49,12 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     assert [r["step"] for r in m_part] == list(range(6 + 4 + 4))
     for a, b in zip(m_full, m_part, strict=True):
         assert a["loss"] == b["loss"] and a["beta"] == b["beta"]
+
+    # every update logs its chains' heating; each checkpoint the mean over its beta's updates
+    assert all(np.isfinite(r["chain_heating"]) for r in m_full)
+    for meta in RunDir(tmp_path / "full").checkpoints():
+        mine = [r["chain_heating"] for r in m_full if r["beta"] == meta["beta"]]
+        assert meta["chain_heating"] == pytest.approx(np.mean(mine))
 
     # the loaded last checkpoint is the trained flow
     _, _, flow, meta = load_run(tmp_path / "full")
@@ -116,3 +122,12 @@ def test_nan_energies_are_dropped_not_learned(tmp_path):
 def test_energy_nan_everywhere_is_refused():
     with pytest.raises(ConfigError, match="not finite"):
         _train(_nan_target(lambda x: True))
+
+
+def test_heating_warning_only_for_clear_heating():
+    rng = np.random.default_rng(0)
+    warning = heating_warning(0.5, list(1.0 + 0.3 * rng.standard_normal(100)))
+    assert warning is not None and "n_burn" in warning and "beta = 0.5" in warning
+    assert heating_warning(0.5, list(0.05 + 0.3 * rng.standard_normal(100))) is None  # small
+    assert heating_warning(0.5, [3.0, -2.0, 1.0]) is None  # not significant
+    assert heating_warning(0.5, [float("nan")] * 10) is None

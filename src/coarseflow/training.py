@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -114,6 +115,7 @@ class StepInfo(NamedTuple):
     acceptance: jax.Array
     mean_energy: jax.Array  # mean reduced energy u of the last chain states (not times beta)
     batch_ess: jax.Array  # ESS fraction of the batch's importance weights (NaN if not computed)
+    chain_heating: jax.Array  # mean of MeanForce.heating over the batch (kT; NaN if n_keep < 2)
 
 
 def chain_states(key, target: AbstractTarget, X, beta, chains: ChainSettings):
@@ -179,8 +181,41 @@ def update_step(params, static, opt_state, key, beta, lr_factor, target, chains,
         acceptance=jnp.mean(mf.acceptance),
         mean_energy=jnp.mean(energies),
         batch_ess=batch_ess,
+        chain_heating=jnp.nanmean(mf.heating),
     )
     return params, opt_state, info
+
+
+HEATING_LIMIT = 0.25  # kT; alanine dipeptide runs that drifted heated by ~1 kT (docs/molecules.md)
+
+
+def heating_warning(beta: float, heating: list[float]) -> str | None:
+    """A one-line warning when the chains were still heating up over one beta's updates, else None.
+
+    ``heating``: the updates' ``chain_heating`` (kT). Warns when their mean exceeds HEATING_LIMIT
+    and 4 standard errors of the mean: the mean force then came from chains not yet in
+    equilibrium, and q drifts towards the wrong free energy.
+    """
+    values = np.asarray(heating, dtype=float)
+    values = values[np.isfinite(values)]
+    if values.size < 2:
+        return None
+    mean, se = values.mean(), values.std(ddof=1) / np.sqrt(values.size)
+    if mean > HEATING_LIMIT and mean > 4.0 * se:
+        return (f"coarseflow: warning: at beta = {beta:.4g} the chains' reduced energy still "
+                f"rose by {mean:.2f} +- {se:.2f} kT over their kept states: the mean force is "
+                "biased towards the energy minimum of Y; raise [chains] n_burn")
+    return None
+
+
+def _float_or_none(value) -> float | None:
+    """JSON-friendly: NaN becomes None."""
+    return None if np.isnan(value) else float(value)
+
+
+def _finite_mean(values: list[float]) -> float | None:
+    finite = [v for v in values if np.isfinite(v)]
+    return float(np.mean(finite)) if finite else None
 
 
 @eqx.filter_jit
@@ -261,7 +296,7 @@ def train(
     while True:
         n_updates = training.updates_at(index, beta)
         beta_key = jr.fold_in(root_key, index)
-        records = []
+        records, heating = [], []
         for i in range(n_updates):
             frac = i / max(n_updates - 1, 1)
             lr_factor = 1.0 - (1.0 - training.lr_final_fraction) * frac
@@ -271,12 +306,14 @@ def train(
                 training.forward_kl_weight, training.force_clip, prediction,
             )
             info = jax.device_get(info)
+            heating.append(float(info.chain_heating))
             records.append({
                 "step": step, "beta": float(beta), "loss": float(info.loss),
                 "grad_norm": float(info.grad_norm), "skipped": bool(info.skipped),
                 "n_used": int(info.n_used), "acceptance": float(info.acceptance),
                 "mean_energy": float(info.mean_energy),
-                "batch_ess": None if np.isnan(info.batch_ess) else float(info.batch_ess),
+                "batch_ess": _float_or_none(info.batch_ess),
+                "chain_heating": _float_or_none(info.chain_heating),
                 "lr": training.learning_rate * lr_factor,
                 "wall_time": time.perf_counter() - t0,
             })
@@ -294,7 +331,11 @@ def train(
                 "index": index, "step": step, "next_beta": next_beta,
                 "n_updates": n_updates, "wall_time": time.perf_counter() - t0,
                 "mean_energy": float(np.nanmean(energies)),
+                "chain_heating": _finite_mean(heating),
             })
+        warning = heating_warning(beta, heating)
+        if warning is not None:
+            tqdm.write(warning, file=sys.stderr)
         betas.append(float(beta))
         bar.update(float(beta) - bar.n)
         if next_beta is None or (max_betas is not None and index + 1 >= max_betas):

@@ -212,7 +212,8 @@ def plot_training_curves(path: str | Path, records: Sequence[Mapping]) -> Path:
     """Loss, gradient norm (log scale) and beta against the update step; skipped updates in red.
 
     ``records`` are the lines of metrics.jsonl: dicts with keys 'step', 'beta', 'loss',
-    'grad_norm', 'skipped' (extra keys are ignored).
+    'grad_norm', 'skipped'. Where they also carry 'chain_heating' (kT, None when not measured),
+    a fourth panel shows it with its running mean over 25 updates: it should hover around 0.
     """
     keys = ("step", "beta", "loss", "grad_norm", "skipped")
     if len(records) == 0:
@@ -227,8 +228,11 @@ def plot_training_curves(path: str | Path, records: Sequence[Mapping]) -> Path:
     gnorm = np.array([float(r["grad_norm"]) for r in records])
     skipped = np.array([bool(r["skipped"]) for r in records])
 
-    fig, axes = _new_figure(1, 3, size=(7.0, 2.4))
-    ax_loss, ax_grad, ax_beta = axes[:, 0]
+    heating = np.array([np.nan if r.get("chain_heating") is None else float(r["chain_heating"])
+                        for r in records])
+    with_heating = bool(np.any(np.isfinite(heating)))
+    fig, axes = _new_figure(1, 4 if with_heating else 3, size=(7.0, 2.4))
+    ax_loss, ax_grad, ax_beta = axes[:3, 0]
     ax_grad.sharex(ax_loss)
     ax_beta.sharex(ax_loss)
     ax_loss.plot(step, loss, lw=0.8, color=_MODEL)
@@ -247,7 +251,17 @@ def plot_training_curves(path: str | Path, records: Sequence[Mapping]) -> Path:
     if np.all(beta > 0) and beta.max() / beta.min() > 20:
         ax_beta.set_yscale("log")
     ax_beta.set_ylabel("beta")
-    ax_beta.set_xlabel("step")
+    axes[-1, 0].set_xlabel("step")
+    if with_heating:
+        ax_heat = axes[3, 0]
+        ax_heat.sharex(ax_loss)
+        ok = np.isfinite(heating)
+        ax_heat.plot(step[ok], heating[ok], lw=0.5, color=_MODEL, alpha=0.35)
+        window = min(25, int(ok.sum()))
+        running = np.convolve(heating[ok], np.ones(window) / window, mode="valid")
+        ax_heat.plot(step[ok][window - 1:], running, lw=1.2, color=_MODEL)
+        ax_heat.axhline(0.0, color="k", lw=0.6)
+        ax_heat.set_ylabel("chain heating (kT)")
     return _save(fig, path)
 
 

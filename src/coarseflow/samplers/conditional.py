@@ -137,6 +137,12 @@ class MeanForce(NamedTuple):
         p(Y|X), so it is a control variate for the force (:func:`control_variate_forces`).
     cov_xy (n_x, n_y), cov_yy (n_y, n_y): centred sums of products of beta grad_X u and
         beta grad_Y u over the same states (covariance times the number of states).
+    heating (): mean beta u over the last n_keep // 2 kept states minus that over the first
+        n_keep // 2 (k_B T at the chains' temperature; NaN if n_keep < 2). The warm start leaves
+        Y near a minimum of u, and the chains' energy then rises towards equilibrium (about
+        n_y / 2 above the minimum for near-harmonic Y): a clearly positive value means the
+        kept states are still heating up, n_burn is too short, and the mean force leans
+        towards that of the minimum, i.e. is biased.
     """
 
     force: Float[Array, " n_x"]
@@ -146,6 +152,7 @@ class MeanForce(NamedTuple):
     grad_y_mean: Float[Array, " n_y"]
     cov_xy: Float[Array, "n_x n_y"]
     cov_yy: Float[Array, "n_y n_y"]
+    heating: Float[Array, ""]
 
 
 def control_variate_forces(mf: MeanForce, ridge: float = 1e-8) -> Float[Array, "S n_x"]:
@@ -272,8 +279,8 @@ def _run_chains(key, energy_xy, X, beta, y0, settings: ChainSettings, mass, with
     """Run all chains for one X.
 
     Returns (y_last (n_chains, n_y), acceptance (), out) where out is, if ``with_force``,
-    (grad_X u (R, n_x), grad_Y u (R, n_y), kept-and-finite mask (R,)) over the R = n_chains *
-    n_steps steps (gradients zeroed where the mask is false), else the kept states
+    (grad_X u (R, n_x), grad_Y u (R, n_y), u (R,), kept-and-finite mask (R,)) over the
+    R = n_chains * n_steps steps (zeroed where the mask is false), else the kept states
     (n_chains, n_keep, n_y).
     """
     X = jax.lax.stop_gradient(jnp.asarray(X))
@@ -303,8 +310,8 @@ def _run_chains(key, energy_xy, X, beta, y0, settings: ChainSettings, mass, with
             u, grad_x, grad_y = kernel.observe(state)
             finite = (kept & jnp.isfinite(u) & jnp.all(jnp.isfinite(grad_x))
                       & jnp.all(jnp.isfinite(grad_y)))
-            grads = (jnp.where(finite, grad_x, 0.0), jnp.where(finite, grad_y, 0.0))
-            return carry, (*grads, finite)
+            observed = tuple(jnp.where(finite, v, 0.0) for v in (grad_x, grad_y, u))
+            return carry, (*observed, finite)
 
         carry = (state, jnp.zeros((), dtype))
         (state, acc_sum), ys = jax.lax.scan(body, carry, jnp.arange(settings.n_steps))
@@ -314,8 +321,9 @@ def _run_chains(key, energy_xy, X, beta, y0, settings: ChainSettings, mass, with
     keys = jax.random.split(key, settings.n_chains)
     y_last, acceptance, out = jax.vmap(chain)(keys, starts)
     if with_force:
-        gx, gy, finite = out  # every step of every chain; zeros where not kept or not finite
-        out = (gx.reshape(-1, gx.shape[-1]), gy.reshape(-1, gy.shape[-1]), finite.reshape(-1))
+        gx, gy, u, finite = out  # every step of every chain; zeros where not kept or not finite
+        out = (gx.reshape(-1, gx.shape[-1]), gy.reshape(-1, gy.shape[-1]), u.reshape(-1),
+               finite.reshape(-1))
     return y_last, jnp.mean(acceptance), out
 
 
@@ -338,7 +346,7 @@ def mean_force(
     gradient evaluation as the chain's grad_Y; with HMC it costs one extra evaluation per kept
     state. Pure JAX: jit and vmap it (over key, X, y0) from the caller.
     """
-    y_last, acceptance, (gx, gy, finite) = _run_chains(
+    y_last, acceptance, (gx, gy, u, finite) = _run_chains(
         key, energy_xy, X, beta, y0, settings, mass, with_force=True
     )
     n_kept = settings.n_chains * settings.n_keep
@@ -351,7 +359,27 @@ def mean_force(
     mean_x, mean_y = jnp.sum(gx, 0) / n, jnp.sum(gy, 0) / n
     force = jnp.where(n_finite > 0, mean_x, jnp.nan)
     dx, dy = (gx - mean_x) * w, (gy - mean_y) * w
-    return MeanForce(force, y_last, acceptance, n_kept - n_finite, mean_y, dx.T @ dy, dy.T @ dy)
+    heating = _heating(beta * u, finite, settings)
+    return MeanForce(force, y_last, acceptance, n_kept - n_finite, mean_y, dx.T @ dy, dy.T @ dy,
+                     heating)
+
+
+def _heating(beta_u: Float[Array, " R"], finite: Array, settings: ChainSettings) -> Array:
+    """Mean beta u over the last n_keep // 2 kept states minus the first n_keep // 2 ().
+
+    beta_u and finite are per step of every chain (R = n_chains * n_steps, chains outer).
+    """
+    half = settings.n_keep // 2
+    step = jnp.tile(jnp.arange(settings.n_steps), settings.n_chains)
+    k = (step - settings.n_burn) // settings.thin  # index of the kept state (where kept)
+    first = finite & (k < half)
+    last = finite & (k >= settings.n_keep - half)
+
+    def mean(mask):
+        n = jnp.sum(mask)
+        return jnp.where(n > 0, jnp.sum(jnp.where(mask, beta_u, 0.0)) / jnp.maximum(n, 1), jnp.nan)
+
+    return mean(last) - mean(first)
 
 
 def sample_conditional(
