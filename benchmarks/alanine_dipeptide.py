@@ -10,8 +10,9 @@ z = difference / combined error), KL(reference || model) and Jensen-Shannon
 divergence of the 64 x 64 (phi, psi) histogram (0.5 pseudo-counts per bin) raw and reweighted,
 their noise floor (the same metrics between two independent halves of the reference, each
 subsampled to the model's sample size, and, from an ESS of 2048, again to ESS frames: the floor
-of the reweighted histogram), the ESS, the Rg histogram divergence, the wall time, the
-number of energy + force evaluations (counted from the settings) and the hardware.
+of the reweighted histogram), the ESS, the Rg histogram divergence, the chains' heating at
+beta = 1 (should be ~0 kT), the wall time, the number of energy + force evaluations (counted from
+the settings) and the hardware.
 """
 
 from __future__ import annotations
@@ -170,6 +171,8 @@ def main() -> None:
                      f"| {pops_rew[name]:.4f} ± {errs_rew[name]:.4f} | {z:+.1f} |")
     trained = {**load_config(RunDir(out).config_path).raw, "prediction": raw.get("prediction", {})}
     n_eval = evaluations(trained, meta["step"], n_betas, args.n)
+    heating = meta.get("chain_heating")  # None for runs trained before it was logged
+    heating = "" if heating is None else f", chain heating at beta = 1 {heating:+.2f} kT"
     lines += [
         "",
         "| metric | raw | reweighted | noise floor (two reference halves) |",
@@ -182,7 +185,7 @@ def main() -> None:
         f"ESS {ess:.1f} of {len(s.x)} "
         f"({float(metrics.ess_fraction(s.log_weights)):.4f}), Pareto k "
         f"{metrics.pareto_k(s.log_weights):.2f}; "
-        f"{n_betas} betas, {meta['step']} updates, training wall time {train_s:.0f} s; "
+        f"{n_betas} betas, {meta['step']} updates{heating}, training wall time {train_s:.0f} s; "
         f"about {n_eval:.3g} energy + force evaluations; model samples {int(ok.sum())} "
         f"({int(np.sum(w > 0))} with weight > 0), "
         f"reference frames {len(reference)} (noise floor with {m} frames per half); "
