@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from coarseflow.cli import main
+from coarseflow.runs import RunDir
 
 
 def run_cli(*args):
@@ -95,6 +96,9 @@ def test_train_sample_evaluate(tiny_run, tmp_path, capsys):
     summary = json.loads((tiny_run / "summary.json").read_text())
     assert [b["n_samples"] for b in summary["per_beta"]] == [40, 40]
     assert isinstance(summary["final"]["pareto_k"], float)  # its values: test_metrics.py
+    heating = [m["chain_heating"] for m in RunDir(tiny_run).checkpoints()]
+    assert len(heating) == 2 and all(isinstance(h, float) for h in heating)
+    assert [b["chain_heating"] for b in summary["per_beta"]] == heating  # from the checkpoints
 
 
 def test_train_from_another_runs_flow(tiny_run, tmp_path):

@@ -129,7 +129,9 @@ def evaluate_run(path, *, n_samples: int | None = None, seed: int = 1,
         n = n_final if i == len(flows) - 1 else n_ladder
         s = draw_samples(jr.key(seed), flow, target, meta["beta"], config.prediction, n=n)
         per_beta.append(reference_metrics(target, s, meta["beta"]) | {
-            "index": meta["index"], "step": meta["step"], "wall_time": meta["wall_time"]})
+            "index": meta["index"], "step": meta["step"], "wall_time": meta["wall_time"],
+            # kT; absent from checkpoints written before it was logged
+            "chain_heating": meta.get("chain_heating")})
         by_beta[meta["beta"]] = s
     figures = _figures(run, target, by_beta)
     summary = {
