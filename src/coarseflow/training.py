@@ -115,7 +115,9 @@ class StepInfo(NamedTuple):
     acceptance: jax.Array
     mean_energy: jax.Array  # mean reduced energy u of the last chain states (not times beta)
     batch_ess: jax.Array  # ESS fraction of the batch's importance weights (NaN if not computed)
-    chain_heating: jax.Array  # mean of MeanForce.heating over the batch (kT; NaN if n_keep < 2)
+    # median of MeanForce.heating over the batch (kT; NaN if n_keep < 2): the median, because
+    # a sample in a steric clash (u ~ 1e18) would swamp a mean
+    chain_heating: jax.Array
 
 
 def chain_states(key, target: AbstractTarget, X, beta, chains: ChainSettings):
@@ -181,7 +183,7 @@ def update_step(params, static, opt_state, key, beta, lr_factor, target, chains,
         acceptance=jnp.mean(mf.acceptance),
         mean_energy=jnp.mean(energies),
         batch_ess=batch_ess,
-        chain_heating=jnp.nanmean(mf.heating),
+        chain_heating=jnp.nanmedian(mf.heating),
     )
     return params, opt_state, info
 
