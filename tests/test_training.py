@@ -131,37 +131,3 @@ def test_heating_warning_only_for_clear_heating():
     assert heating_warning(0.5, list(0.05 + 0.3 * rng.standard_normal(100))) is None  # small
     assert heating_warning(0.5, [3.0, -2.0, 1.0]) is None  # not significant
     assert heating_warning(0.5, [float("nan")] * 10) is None
-
-
-def test_average_last_ends_each_beta_at_the_mean_of_its_last_iterates(tmp_path, monkeypatch):
-    import coarseflow.training as training_module
-
-    iterates = []
-    original = training_module.update_step
-
-    def recording(*args, **kwargs):
-        out = original(*args, **kwargs)
-        iterates.append(leaves_of(out[0]))
-        return out
-
-    monkeypatch.setattr(training_module, "update_step", recording)
-    raw = {**TINY, "training": {**TINY["training"], "first_beta_updates": 24, "average_last": 0.5},
-           "tempering": {"kind": "explicit", "betas": [0.4, 1.0]}}
-    result = train_from_config(parse_config(raw), tmp_path, progress=False)
-    assert len(iterates) == 24 + 4
-    # beta 0.4: the mean of updates 13-24 (the first 10 only calibrate the gradient guard); beta
-    # 1.0 starts from it and ends at the mean of its last 2
-    for got, want in zip(leaves(result.flow), zip(*iterates[-2:], strict=True), strict=True):
-        np.testing.assert_allclose(got, np.mean(want, axis=0), rtol=1e-6, atol=1e-7)
-    _, _, first, _ = load_run(tmp_path, beta=0.4)
-    for got, want in zip(leaves(first), zip(*iterates[12:24], strict=True), strict=True):
-        np.testing.assert_allclose(got, np.mean(want, axis=0), rtol=1e-6, atol=1e-7)
-    flat = lambda arrays: np.concatenate([a.ravel() for a in arrays])  # noqa: E731
-    assert not np.allclose(flat(leaves(first)), flat(iterates[23]))  # not the last iterate
-    assert TrainingSettings(average_last=0.3).averaged_updates(10) == 3
-    with pytest.raises(ConfigError, match="average_last"):
-        TrainingSettings(average_last=1.0)
-
-
-def leaves_of(params):
-    return [np.asarray(a) for a in jax.tree.leaves(params)]

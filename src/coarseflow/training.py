@@ -41,12 +41,6 @@ class TrainingSettings:
     matches p(X). Where the mean force is noisy, more updates there also give the mode weights
     longer to drift (alanine dipeptide on a CPU budget: docs/benchmarks.md).
 
-    ``average_last`` (default 0: off): the flow that a beta ends with (checkpointed, sampled and
-    carried to the next beta) is the mean of the parameters over that fraction of its last
-    updates (Polyak tail averaging) rather than the last iterate. Late in a beta the iterates
-    jitter around their optimum with the noise of the mean force; the tails of q, and so the
-    largest importance weights, jitter with them (alanine dipeptide: docs/benchmarks.md).
-
     ``force_clip``: each sample's mean force is capped at this multiple of the batch's median
     force norm (``objectives.clip_forces``): a steric clash then cannot drown the batch.
 
@@ -67,7 +61,6 @@ class TrainingSettings:
     lr_final_fraction: float = 0.1
     tempering_samples: int = 512
     forward_kl_weight: float = 0.0
-    average_last: float = 0.0
     force_clip: float = 10.0
     skip_window: int = 50
     skip_factor: float = 10.0
@@ -87,9 +80,6 @@ class TrainingSettings:
         if not 0 < self.lr_final_fraction <= 1:
             raise ConfigError("[training] lr_final_fraction: expected a number in (0, 1], "
                               f"got {self.lr_final_fraction!r}")
-        if not 0 <= self.average_last < 1:
-            raise ConfigError("[training] average_last: expected a number in [0, 1), "
-                              f"got {self.average_last!r}")
         if not self.forward_kl_weight >= 0:
             raise ConfigError("[training] forward_kl_weight: expected a number >= 0, "
                               f"got {self.forward_kl_weight!r}")
@@ -104,10 +94,6 @@ class TrainingSettings:
         if beta >= 1.0 and self.final_beta_updates is not None:
             return self.final_beta_updates
         return self.updates_per_beta
-
-    def averaged_updates(self, n_updates: int) -> int:
-        """How many of a beta's last ``n_updates`` are averaged (0: none, the last iterate)."""
-        return int(round(self.average_last * n_updates))
 
     def optimizer(self) -> optax.GradientTransformation:
         return adam_with_skip_clip(
@@ -224,12 +210,6 @@ def heating_warning(beta: float, heating: list[float]) -> str | None:
     return None
 
 
-@jax.jit
-def _running_mean(mean, params, k):
-    """The mean of k + 1 parameter trees from ``mean``, that of the first k (k traced)."""
-    return jax.tree.map(lambda m, p: m + (p - m) / (k + 1), mean, params)
-
-
 def _float_or_none(value) -> float | None:
     """JSON-friendly: NaN becomes None."""
     return None if np.isnan(value) else float(value)
@@ -319,7 +299,6 @@ def train(
         n_updates = training.updates_at(index, beta)
         beta_key = jr.fold_in(root_key, index)
         records, heating = [], []
-        n_average, average = training.averaged_updates(n_updates), None
         for i in range(n_updates):
             frac = i / max(n_updates - 1, 1)
             lr_factor = 1.0 - (1.0 - training.lr_final_fraction) * frac
@@ -328,9 +307,6 @@ def train(
                 jnp.asarray(lr_factor), target, chains, optimizer, training.batch_size,
                 training.forward_kl_weight, training.force_clip, prediction,
             )
-            if i >= n_updates - n_average:
-                k = i - (n_updates - n_average)  # iterates averaged so far
-                average = params if k == 0 else _running_mean(average, params, jnp.asarray(k))
             info = jax.device_get(info)
             heating.append(float(info.chain_heating))
             records.append({
@@ -347,8 +323,6 @@ def train(
             if run is not None and len(records) >= METRICS_FLUSH:
                 run.append_metrics(records)  # visible while a long beta trains
                 records = []
-        if average is not None:
-            params = average  # Adam's moments stay those of the last iterate
         flow_now = eqx.combine(params, static)
         energies = model_energies(flow_now, jr.fold_in(root_key, 2**20 + index), beta, target,
                                   chains, training.tempering_samples, training.batch_size)
