@@ -224,3 +224,26 @@ def test_methyl_rotors_are_equivalent_and_the_domain_holds_one_relabeling(ala2):
             energies.append(float(energy(X, jnp.asarray(q.reshape(-1)))))
         assert hits == 1
         np.testing.assert_allclose(energies, energies[0], rtol=1e-10)
+
+
+def test_equivalent_rotors_tolerate_rounding_but_not_other_parameters():
+    from coarseflow.targets.molecule import _equivalent_rotors
+
+    # l - k - c with three terminal atoms on c; energy 100 + sum_i a_i |r_i|^2
+    ref = np.array([[0, 0, 0], [1, 0, 0], [2, 0, 0], [2.5, 1, 0], [2.6, -0.5, 0.9],
+                    [2.4, -0.5, -0.9]], dtype=float)
+    hops = np.full((6, 6), 2)
+    for i, j in [(0, 1), (1, 2), (2, 3), (2, 4), (2, 5)]:
+        hops[i, j] = hops[j, i] = 1
+
+    def rotors(a_terminals):
+        a = jnp.asarray([1.0, 1.0, 1.0, *a_terminals])
+        ff = type("FF", (), {"energy": staticmethod(
+            lambda x: 100.0 + jnp.sum(a * jnp.sum(jnp.asarray(x) ** 2, axis=1)))})
+        return _equivalent_rotors(ff, hops, np.array([3, 4, 5]), ref)
+
+    assert rotors([0.5, 0.5, 0.5]) == ((2, 1, 0, (3, 4, 5)),)
+    # float32-sized differences (~1e-6 of the energy) still count as equivalent ...
+    assert rotors([0.5, 0.5, 0.5 + 1e-4]) == ((2, 1, 0, (3, 4, 5)),)
+    # ... different parameters do not
+    assert rotors([0.5, 0.5, 0.6]) == ()

@@ -224,7 +224,10 @@ def _equivalent_rotors(forcefield, hops, fast, ref) -> tuple:
     Each (c, k, l, terminals): m >= 2 fast atoms bonded only to the centre c, where c has one
     other neighbour k (the axis k-c) and l is a neighbour of k other than c (for dihedrals); a
     methyl's three hydrogens. Kept only if relabeling the terminals cyclically leaves the energy
-    of the reference structure unchanged (identical force-field parameters).
+    of the reference structure unchanged (identical force-field parameters) to a relative
+    1e-5: in float32 the summation order alone moved alanine dipeptide's -134 kJ/mol by
+    6e-5 (a 1e-8 tolerance found one of its three methyls), while different parameters move it
+    by orders of magnitude more.
     """
     bonded = hops == 1
     fast_set = set(int(i) for i in fast)
@@ -243,7 +246,7 @@ def _equivalent_rotors(forcefield, hops, fast, ref) -> tuple:
             continue
         shifted = ref.copy()
         shifted[terminal] = ref[np.roll(terminal, 1)]
-        if abs(float(energy(shifted)) - base) <= 1e-8 * max(1.0, abs(base)):
+        if abs(float(energy(shifted)) - base) <= 1e-5 * max(1.0, abs(base)):
             groups.append((c, k, ls[0], tuple(terminal)))
     return tuple(groups)
 
