@@ -115,8 +115,7 @@ def main() -> None:
         n_betas = len(train_from_config(parse_config(raw), out, resume=args.resume,
                                         init=args.init).betas)
     meta = RunDir(out).find_checkpoint()
-    # the training process's own clock at its last checkpoint (so --resume of a finished run
-    # reports the original training time)
+    # training time at the last checkpoint, summed over the processes of a resumed run
     train_s = meta["wall_time"]
     _, target, flow, _ = load_run(out)
     # [prediction] of the given config, not the run's (--evaluate-only: other weights)

@@ -49,6 +49,9 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     assert [r["step"] for r in m_part] == list(range(6 + 4 + 4))
     for a, b in zip(m_full, m_part, strict=True):
         assert a["loss"] == b["loss"] and a["beta"] == b["beta"]
+    # the clock goes on across the resume: wall_time is the training time of both processes
+    times = [r["wall_time"] for r in m_part]
+    assert times == sorted(times)
 
     # every update logs its chains' heating; each checkpoint the mean over its beta's updates
     assert all(np.isfinite(r["chain_heating"]) for r in m_full)

@@ -278,12 +278,14 @@ def train(
     opt_state = optimizer.init(params)
     root_key = jr.key(training.seed)
     beta, index, step, betas = schedule.first_beta(), 0, 0, []
+    elapsed = 0.0  # training time of earlier processes (s), so that wall_time adds up on resume
 
     if resume and run is not None and run.checkpoints():
         meta = run.find_checkpoint()
         params, opt_state = run.load_checkpoint((params, opt_state), meta)
         betas = [m["beta"] for m in run.checkpoints()]
         step, index = meta["step"], meta["index"] + 1
+        elapsed = meta["wall_time"]
         run.truncate_metrics(step)
         if meta["next_beta"] is None:
             return TrainResult(eqx.combine(params, static), betas)
@@ -294,7 +296,7 @@ def train(
     bar = tqdm(total=1.0, disable=not progress, desc="beta", unit="", leave=True,
                bar_format="{l_bar}{bar}| beta {n:.4f}/1 [{elapsed}<{remaining}]")
     bar.update(beta if index == 0 else betas[-1])
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() - elapsed
     while True:
         n_updates = training.updates_at(index, beta)
         beta_key = jr.fold_in(root_key, index)
