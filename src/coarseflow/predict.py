@@ -48,8 +48,8 @@ class PredictionSettings:
     ``ais_steps`` and ``ais_step_size``: the annealing path of ``ais`` (MALA steps, and their
     step in the whitened coordinates, where the Laplace fit is a standard normal).
     ``ais_paths``: paths per X. They share the Laplace fit (most of the cost for a molecule), and
-    averaging their weights removes the heavy right tail of a single path's weight (a lucky path
-    several log units above its X's mean), which otherwise sets the largest weights of a sample.
+    averaging their weights lowers the variance of each X's weight and keeps X whose single path
+    would start outside its domain (weight zero).
     ``ladder_samples`` (default: ``n_samples``): samples drawn to evaluate each checkpoint below
     the last one, which only has to show how q changed along the ladder; the last checkpoint, the
     model one samples, is evaluated with ``n_samples``.
@@ -63,7 +63,7 @@ class PredictionSettings:
     newton_steps: int = 5
     ais_steps: int = 100
     ais_step_size: float = 0.8
-    ais_paths: int = 16
+    ais_paths: int = 4
     batch_size: int = 1000
 
     def __post_init__(self):

@@ -293,9 +293,10 @@ def train(
     else:
         check_energy_finite(flow, target, jr.fold_in(root_key, -1 % 2**31))
 
-    bar = tqdm(total=1.0, disable=not progress, desc="beta", unit="", leave=True,
+    # the bar's n is the last beta reached (a resumed run starts where it stopped)
+    bar = tqdm(total=1.0, initial=betas[-1] if betas else 0.0, disable=not progress,
+               desc="beta", unit="", leave=True,
                bar_format="{l_bar}{bar}| beta {n:.4f}/1 [{elapsed}<{remaining}]")
-    bar.update(beta if index == 0 else betas[-1])
     t0 = time.perf_counter() - elapsed
     while True:
         n_updates = training.updates_at(index, beta)
