@@ -23,11 +23,9 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import openmm
-from openmm import unit
 
-from coarseflow.analysis.observables import BASINS, basin_labels
-from coarseflow.reference import _Molecule, load_reference
+from coarseflow.analysis.observables import BASINS, basin_labels, dihedral
+from coarseflow.reference import _Molecule, load_reference, openmm_minimise
 from coarseflow.samplers.replica_exchange import run_replica_exchange
 
 TARGET = {"kind": "molecule", "pdb": "alanine_dipeptide",
@@ -52,18 +50,11 @@ def _moving_side(bonds: list[tuple[int, int]], j: int, k: int) -> np.ndarray:
     return np.array(sorted(seen))
 
 
-def _dihedral(p, a, b, c, d) -> float:
-    b0, b1, b2 = p[a] - p[b], p[c] - p[b], p[d] - p[c]
-    b1 = b1 / np.linalg.norm(b1)
-    v, w = b0 - b0 @ b1 * b1, b2 - b2 @ b1 * b1
-    return float(np.arctan2(np.cross(b1, v) @ w, v @ w))
-
-
 def set_dihedral(positions, bonds, atoms, degrees: float) -> np.ndarray:
     """Rotate the d-side of the b-c bond so that dihedral (a, b, c, d) is ``degrees``."""
     a, b, c, d = (int(i) for i in atoms)
     p = np.array(positions, dtype=np.float64)
-    angle = np.radians(degrees) - _dihedral(p, a, b, c, d)
+    angle = np.radians(degrees) - float(dihedral(p, np.array([a, b, c, d])))
     axis = (p[c] - p[b]) / np.linalg.norm(p[c] - p[b])
     side = _moving_side(bonds, b, c)
     r = p[side] - p[b]
@@ -71,15 +62,6 @@ def set_dihedral(positions, bonds, atoms, degrees: float) -> np.ndarray:
     # Rodrigues' rotation about the b-c axis; the sign makes the dihedral grow by ``angle``
     p[side] = (p[b] + r * cos + np.cross(axis, r) * sin + np.outer(r @ axis, axis) * (1 - cos))
     return p
-
-
-def _minimise(mol: _Molecule, positions: np.ndarray) -> np.ndarray:
-    context = openmm.Context(mol.system, openmm.VerletIntegrator(0.001),
-                             openmm.Platform.getPlatformByName("Reference"))
-    context.setPositions(positions * unit.nanometer)
-    openmm.LocalEnergyMinimizer.minimize(context, 1.0, 200)
-    return np.asarray(context.getState(getPositions=True).getPositions(asNumpy=True)
-                      .value_in_unit(unit.nanometer))
 
 
 def _conditional_c7ax(labels: np.ndarray) -> tuple[float, float, float]:
@@ -115,7 +97,7 @@ def main(argv=None) -> None:
     pooled = []
     for s, (name, (phi, psi)) in enumerate(STARTS.items()):
         p = set_dihedral(mol.positions, bonds, mol.phi_atoms[0], phi)
-        p = _minimise(mol, set_dihedral(p, bonds, mol.psi_atoms[0], psi))
+        p, _ = openmm_minimise(mol.system, set_dihedral(p, bonds, mol.psi_atoms[0], psi), 200)
         start = time.perf_counter()
         result = run_replica_exchange(
             mol.forcefield_jax.energy, mol.observe, jnp.asarray(p, jnp.float32),

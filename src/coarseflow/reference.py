@@ -142,6 +142,24 @@ QUICK_SETTINGS = ReferenceSettings(
 # ---- the molecule ------------------------------------------------------------------------------
 
 
+def openmm_minimise(system, positions, max_iterations: int) -> tuple[np.ndarray, float]:
+    """A brief minimisation with OpenMM's L-BFGS (Reference platform, tolerance 1 kJ/mol/nm).
+
+    positions: (n_atoms, 3) nm. Returns the minimised positions (n_atoms, 3) nm and the
+    potential energy there (kJ/mol).
+    """
+    import openmm
+    from openmm import unit
+
+    context = openmm.Context(system, openmm.VerletIntegrator(0.001),
+                             openmm.Platform.getPlatformByName("Reference"))
+    context.setPositions(np.asarray(positions, dtype=np.float64) * unit.nanometer)
+    openmm.LocalEnergyMinimizer.minimize(context, 1.0, max_iterations)
+    state = context.getState(getPositions=True, getEnergy=True)
+    return (np.asarray(state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)),
+            state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
+
+
 class _Molecule:
     """What the reference needs of a [target] table with kind = "molecule"."""
 
@@ -171,7 +189,6 @@ class _Molecule:
         self.temperature = float(temperature)
 
         import mdtraj
-        import openmm
         from openmm import unit
 
         from coarseflow.forcefield import build_system, forcefield_from_system
@@ -186,16 +203,7 @@ class _Molecule:
         self.forcefield_jax = forcefield_from_system(system)
         self.phi_atoms, self.psi_atoms = phi_psi_indices(self.mdtraj_topology)
         self.omega_atoms, self.chiral_atoms = _omega_and_chiral_indices(self.mdtraj_topology)
-        # brief minimisation (OpenMM's L-BFGS on the same System, Reference platform)
-        integrator = openmm.VerletIntegrator(0.001)
-        context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName(
-            "Reference"))
-        context.setPositions(positions)
-        openmm.LocalEnergyMinimizer.minimize(context, 1.0, 1000)
-        state = context.getState(getPositions=True, getEnergy=True)
-        self.positions = np.asarray(state.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
-        self.minimized_energy = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
-        del context, integrator
+        self.positions, self.minimized_energy = openmm_minimise(system, positions, 1000)
         self.chirality = np.sign(_chiral_volumes(self.positions, self.chiral_atoms))
 
     def observe(self, positions):
@@ -658,6 +666,7 @@ __all__ = [
     "format_summary",
     "load_reference",
     "openmm_check",
+    "openmm_minimise",
     "population_statistics",
     "reference_main",
     "run_reference",
