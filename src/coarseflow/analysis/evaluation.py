@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 from coarseflow.analysis import metrics, plots
 from coarseflow.predict import Samples, draw_samples, log_partition_estimate
 from coarseflow.runs import RunDir
-from coarseflow.targets import DoubleWell, GaussianMixture
+from coarseflow.targets import DoubleWell, GaussianMixture, ManyWell
 
 
 def _is_one(beta: float) -> bool:
@@ -80,6 +80,17 @@ def reference_metrics(target, samples: Samples, beta: float) -> dict:
                 "kl_q_p": float(np.mean(samples.log_qX - log_p)),
                 "log_Z_exact": float(target.log_partition(1.0)),
             }
+    elif isinstance(target, ManyWell):
+        right = X > 0  # (N, m): which well each coordinate is in
+        exact = target.well_mass(beta)
+        log_z = float(target.log_partition(beta))
+        out |= {
+            "right_well_mass_exact": float(exact),
+            "max_right_well_error_raw": float(np.max(np.abs(np.mean(right, axis=0) - exact))),
+            "max_right_well_error_reweighted": float(np.max(np.abs(w @ right - exact))),
+            "log_Z_exact": log_z,
+            "log_Z_error": float(out["log_Z_estimate"] - log_z),  # signed: estimate - exact
+        }
     if hasattr(target, "observables_metrics"):
         out |= target.observables_metrics(samples, w, beta)
     return out
