@@ -117,10 +117,11 @@ def main() -> None:
     meta = RunDir(out).find_checkpoint()
     # training time at the last checkpoint, summed over the processes of a resumed run
     train_s = meta["wall_time"]
-    _, target, flow, _ = load_run(out)
+    _, target, flow, conditional, _ = load_run(out)
     # [prediction] of the given config, not the run's (--evaluate-only: other weights)
     prediction = parse_config(raw).prediction
-    s = draw_samples(jr.key(7), flow, target, 1.0, prediction, n=args.n)
+    s = draw_samples(jr.key(7), flow, target, 1.0, prediction, n=args.n,
+                     conditional=conditional)
     obs = target.observables(s.x)
     phi, psi, rg = obs["phi"][:, 0], obs["psi"][:, 0], obs["rg"]
     # raw statistics use every sample; a zero weight (log w = -inf: a path that started outside

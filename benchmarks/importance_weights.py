@@ -47,7 +47,7 @@ def main() -> None:
                    help="comma-separated [prediction] overrides, e.g. ais_paths=16,ais_steps=50")
     args = p.parse_args()
 
-    config, target, flow, _ = load_run(args.run)
+    config, target, flow, _, _ = load_run(args.run)
     print(f"| variant | time (s) | ESS of {args.n} | Pareto k | largest 10 weights' share | "
           "finite | raw basins | reweighted basins |")
     print("|---|---|---|---|---|---|---|---|")

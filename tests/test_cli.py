@@ -106,11 +106,11 @@ def test_train_from_another_runs_flow(tiny_run, tmp_path):
     import jax
 
     from coarseflow.config import build_target, load_config
-    from coarseflow.workflow import initial_flow, load_run
+    from coarseflow.workflow import initial_model, load_run
 
     config = load_config(tiny_run / "config.toml")
-    _, _, trained, meta = load_run(tiny_run)
-    start = initial_flow(config, build_target(config.target), init=tiny_run)
+    _, _, trained, _, meta = load_run(tiny_run)
+    start, _ = initial_model(config, build_target(config.target), init=tiny_run)
     for a, b in zip(jax.tree.leaves(eqx.filter(start, eqx.is_inexact_array)),
                     jax.tree.leaves(eqx.filter(trained, eqx.is_inexact_array)), strict=True):
         np.testing.assert_array_equal(a, b)

@@ -60,7 +60,7 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
         assert meta["chain_heating"] == pytest.approx(np.mean(mine))
 
     # the loaded last checkpoint is the trained flow
-    _, _, flow, meta = load_run(tmp_path / "full")
+    _, _, flow, _, meta = load_run(tmp_path / "full")
     assert meta["beta"] == 1.0
     for a, b in zip(leaves(full.flow), leaves(flow), strict=True):
         np.testing.assert_array_equal(a, b)

@@ -16,19 +16,22 @@ from pathlib import Path
 from typing import Any
 
 from coarseflow.errors import ConfigError
+from coarseflow.model.conditional import ConditionalSettings
 from coarseflow.model.flow import FlowSettings
 from coarseflow.predict import PredictionSettings
 from coarseflow.samplers.conditional import ChainSettings
 from coarseflow.tempering import AbstractSchedule, schedule_from_config
 from coarseflow.training import TrainingSettings
 
-SECTIONS = ("target", "model", "chains", "training", "tempering", "prediction", "reference")
+SECTIONS = ("target", "model", "conditional", "chains", "training", "tempering", "prediction",
+            "reference")
 
 
 @dataclass(frozen=True)
 class Config:
     target: dict[str, Any]  # raw [target] table; build_target turns it into a Target
     model: FlowSettings
+    conditional: ConditionalSettings
     chains: ChainSettings
     training: TrainingSettings
     tempering: AbstractSchedule
@@ -95,10 +98,12 @@ def parse_config(raw: dict) -> Config:
                           + ", ".join(SECTIONS))
     if "target" not in raw or "kind" not in raw.get("target", {}):
         raise ConfigError("config: [target] kind is required (double_well, gaussian_mixture, "
-                          "molecule)")
+                          "many_well, molecule)")
     config = Config(
         target=dict(raw["target"]),
         model=settings_from_table(FlowSettings, raw.get("model", {}), "model"),
+        conditional=settings_from_table(ConditionalSettings, raw.get("conditional", {}),
+                                        "conditional"),
         chains=settings_from_table(ChainSettings, raw.get("chains", {}), "chains"),
         training=settings_from_table(TrainingSettings, raw.get("training", {}), "training"),
         tempering=schedule_from_config(raw.get("tempering", {"kind": "adaptive"})),
@@ -107,6 +112,13 @@ def parse_config(raw: dict) -> Config:
         raw=raw,
     )
     build_target(config.target)  # validate the target table now, not after training starts
+    learned, objective = config.conditional.learned, config.training.objective
+    if learned != (objective != "mean_force"):
+        raise ConfigError(
+            f"[training] objective = {objective!r} with [conditional] kind = "
+            f"{config.conditional.kind!r}: " + ("joint and hybrid train a learned q(Y|X); set "
+            "[conditional] kind = 'gaussian' or 'flow'" if not learned else "mean_force does not "
+            "train the conditional; use objective = 'hybrid' or 'joint'"))
     return config
 
 
@@ -137,9 +149,10 @@ def _absolute_paths(raw: dict) -> dict:
 
 
 def _target_classes() -> dict[str, type]:
-    from coarseflow.targets import DoubleWell, GaussianMixture
+    from coarseflow.targets import DoubleWell, GaussianMixture, ManyWell
 
-    kinds = {"double_well": DoubleWell, "gaussian_mixture": GaussianMixture}
+    kinds = {"double_well": DoubleWell, "gaussian_mixture": GaussianMixture,
+             "many_well": ManyWell}
     try:
         from coarseflow.targets.molecule import Molecule
     except ImportError:  # openmm / mdtraj not installed: molecules unavailable

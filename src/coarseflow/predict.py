@@ -226,11 +226,24 @@ def sample_q_y(key, target, X: Float[Array, "S n_x"], beta, conditional: str,
     return jax.vmap(lambda x, k: one(target, x, beta, k, settings))(X, keys)
 
 
+def sample_learned(key, target, X: Float[Array, "S n_x"], beta, learned):
+    """(Y (S, n_y), log q(Y|X) (S,), NaN (S,)) from a learned conditional; samples outside its
+    valid range get log q = +inf, i.e. weight zero (see :mod:`coarseflow.model.conditional`)."""
+    keys = jr.split(key, X.shape[0])
+    draws = jax.vmap(lambda k, x: learned.sample(k, target, x, beta))(keys, X)
+    log_q = jnp.where(draws.valid, draws.log_q, jnp.inf)
+    return draws.Y, log_q, jnp.full(X.shape[:1], jnp.nan, X.dtype)
+
+
 @eqx.filter_jit
-def _batch(flow, target, key, beta, n: int, conditional: str, settings: PredictionSettings):
+def _batch(flow, target, key, beta, n: int, conditional: str, settings: PredictionSettings,
+           learned=None):
     X, log_qX = flow.sample_and_log_prob(jr.fold_in(key, 0), (n,))
-    Y, log_qY, acceptance = sample_q_y(jr.fold_in(key, 1), target, X, beta, conditional,
-                                       settings)
+    if learned is not None:
+        Y, log_qY, acceptance = sample_learned(jr.fold_in(key, 1), target, X, beta, learned)
+    else:
+        Y, log_qY, acceptance = sample_q_y(jr.fold_in(key, 1), target, X, beta, conditional,
+                                           settings)
     x = target.partition.merge(X, Y)
     u = jax.vmap(target.energy)(x)
     log_q = log_qX + log_qY
@@ -244,14 +257,21 @@ def draw_samples(
     beta: float,
     settings: PredictionSettings = PredictionSettings(),
     n: int | None = None,
+    conditional=None,
 ) -> Samples:
-    """N = ``n`` (default settings.n_samples) one-shot samples at ``beta`` with log-weights."""
+    """N = ``n`` (default settings.n_samples) one-shot samples at ``beta`` with log-weights.
+
+    ``conditional``: a learned q(Y|X) (exact density, no AIS); None: ``settings.conditional``.
+    """
     n = settings.n_samples if n is None else n
-    conditional = resolve_conditional(target, settings.conditional)
+    learned = conditional
+    conditional = "learned" if learned is not None else resolve_conditional(
+        target, settings.conditional)
     parts = []
     for i, start in enumerate(range(0, n, settings.batch_size)):
         m = min(settings.batch_size, n - start)
-        out = _batch(flow, target, jr.fold_in(key, i), jnp.asarray(beta), m, conditional, settings)
+        out = _batch(flow, target, jr.fold_in(key, i), jnp.asarray(beta), m, conditional, settings,
+                     learned)
         parts.append([np.asarray(a) for a in out])
     x, X, log_qX, log_q, u, log_w, acceptance = (np.concatenate(p)
                                                  for p in zip(*parts, strict=True))

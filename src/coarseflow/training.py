@@ -17,13 +17,23 @@ from tqdm.auto import tqdm
 
 from coarseflow.errors import ConfigError
 from coarseflow.model.flow import sample_with_log_det, split_trainable
-from coarseflow.objectives import clip_forces, forward_kl_loss, surrogate_loss
+from coarseflow.objectives import (
+    clip_forces,
+    conditional_terms,
+    forward_kl_loss,
+    joint_forward_kl_loss,
+    joint_terms,
+    masked_mean,
+    surrogate_loss,
+)
 from coarseflow.optim import adam_with_skip_clip, find_skip_clip_state, global_norm
 from coarseflow.predict import PredictionSettings, resolve_conditional, sample_q_y
 from coarseflow.runs import RunDir
 from coarseflow.samplers.conditional import ChainSettings, control_variate_forces, mean_force
 from coarseflow.targets.base import AbstractTarget
 from coarseflow.tempering import AbstractSchedule
+
+OBJECTIVES = ("mean_force", "joint", "hybrid")
 
 
 @dataclass(frozen=True)
@@ -51,6 +61,12 @@ class TrainingSettings:
     land between them; with Adam's per-parameter step sizes that weak, noisy signal lets mode
     weights random-walk once modes are sharp. The forward term pulls each mode's weight toward
     its importance-weighted estimate, which stays accurate while the ESS is reasonable.
+    With a learned conditional the term is on the joint, with its exact density.
+
+    ``objective``: ``mean_force`` (the paper's: q(X) by the MCMC mean force), ``joint`` (the
+    reparameterised reverse KL of q(X) q(Y|X), no chains) or ``hybrid`` (q(X) by the mean
+    force of chains started from q(Y|X), q(Y|X) by its conditional reverse KL on the same X).
+    The last two need a learned ``[conditional]``.
     """
 
     batch_size: int = 128
@@ -61,6 +77,7 @@ class TrainingSettings:
     lr_final_fraction: float = 0.1
     tempering_samples: int = 512
     forward_kl_weight: float = 0.0
+    objective: str = "mean_force"
     force_clip: float = 10.0
     skip_window: int = 50
     skip_factor: float = 10.0
@@ -83,6 +100,9 @@ class TrainingSettings:
         if not self.forward_kl_weight >= 0:
             raise ConfigError("[training] forward_kl_weight: expected a number >= 0, "
                               f"got {self.forward_kl_weight!r}")
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"[training] objective: expected one of {', '.join(OBJECTIVES)}, "
+                              f"got {self.objective!r}")
         if not self.skip_factor > self.clip_factor > 1:
             raise ConfigError("[training] need skip_factor > clip_factor > 1, got "
                               f"{self.skip_factor!r} and {self.clip_factor!r}")
@@ -118,12 +138,14 @@ class StepInfo(NamedTuple):
     # median of MeanForce.heating over the batch (kT; NaN if n_keep < 2): the median, because
     # a sample in a steric clash (u ~ 1e18) would swamp a mean
     chain_heating: jax.Array
+    energy_evals: jax.Array  # energy + gradient evaluations this update made (chains, samples)
 
 
-def chain_states(key, target: AbstractTarget, X, beta, chains: ChainSettings):
-    """Mean forces for a batch X (S, n_x): MeanForce with leading batch axis."""
+def chain_states(key, target: AbstractTarget, X, beta, chains: ChainSettings, y0=None):
+    """Mean forces for a batch X (S, n_x): MeanForce with leading batch axis. ``y0``: starting
+    states (S, n_y) or (S, n_chains, n_y); default the target's ``y_init``."""
     keys = jr.split(key, X.shape[0])
-    y0 = jax.vmap(target.y_init)(X)
+    y0 = jax.vmap(target.y_init)(X) if y0 is None else y0
     mass = target.y_mass()
 
     def one(k, x, y):
@@ -141,49 +163,107 @@ def _batch_log_weights(key, flow, target, z, X, log_det, beta, prediction: Predi
     return jnp.where(jnp.isfinite(log_w), log_w, -jnp.inf)
 
 
-def _loss(params, static, z, force, X, weights, forward_kl_weight: float):
-    value, n_used = surrogate_loss(params, static, z, force)
-    if forward_kl_weight > 0:
-        value = value + forward_kl_weight * forward_kl_loss(params, static, X, weights)
-    return value, n_used
+def _normalised(log_w):
+    """Self-normalised weights (S,) (zero where not finite) and their ESS fraction ()."""
+    weights = jax.nn.softmax(log_w)
+    weights = jnp.where(jnp.isfinite(weights), weights, 0.0)
+    return weights, 1.0 / jnp.sum(weights**2) / log_w.shape[0]
+
+
+class _Fixed(NamedTuple):
+    """What one update holds fixed while differentiating (computed outside the gradient)."""
+
+    z: jax.Array  # (S, n_x) base draws
+    force: jax.Array  # (S, n_x) mean force (mean_force, hybrid); zeros for joint
+    weights: jax.Array  # (S,) forward-term weights of mean_force (else recomputed inside)
+
+
+def _loss(params, static, key, beta, fixed: _Fixed, target, training: TrainingSettings):
+    """(loss, (n_used, log_weights (S,) or None, energies (S,) or None, evals)) of the objective.
+
+    mean_force: the paper's surrogate for q(X); joint: the reverse KL of q(X) q(Y|X);
+    hybrid: the surrogate for q(X) plus the conditional reverse KL for q(Y|X) at the same X.
+    """
+    flow, conditional = eqx.combine(params, static)
+    lam = training.forward_kl_weight
+    if training.objective == "mean_force":
+        value, n_used = surrogate_loss(params[0], static[0], fixed.z, fixed.force)
+        if lam > 0:
+            value = value + lam * forward_kl_loss(params[0], static[0],
+                                                  sample_with_log_det(flow, fixed.z)[0],
+                                                  fixed.weights)
+        return value, (n_used, None, None, jnp.asarray(0))
+    if training.objective == "joint":
+        terms = joint_terms(flow, conditional, key, target, fixed.z, beta, training.force_clip)
+        value, n_used, log_w = masked_mean(terms.surrogate, terms.ok), jnp.sum(terms.ok), \
+            terms.log_weights
+    else:  # hybrid
+        value, n_used = surrogate_loss(params[0], static[0], fixed.z, fixed.force)
+        X = jax.lax.stop_gradient(sample_with_log_det(flow, fixed.z)[0])
+        terms = conditional_terms(conditional, key, target, X, beta, training.force_clip)
+        value = value + masked_mean(terms.surrogate, terms.ok)
+        log_qX = jax.lax.stop_gradient(flow.log_prob(X))
+        log_w = jnp.where(terms.ok, terms.log_weights - log_qX, -jnp.inf)
+    if lam > 0:
+        weights, _ = _normalised(log_w)
+        value = value + lam * joint_forward_kl_loss(flow, conditional, target, terms.X, terms.Y,
+                                                    beta, weights)
+    return value, (n_used, log_w, terms.u, terms.n_evals)
 
 
 @eqx.filter_jit
-def update_step(params, static, opt_state, key, beta, lr_factor, target, chains, optimizer,
-                batch_size: int, forward_kl_weight: float = 0.0, force_clip: float = 10.0,
+def update_step(params, static, opt_state, key, beta, lr_factor, target, optimizer,
+                training: TrainingSettings, chains: ChainSettings,
                 prediction: PredictionSettings = PredictionSettings()):
-    """One update at inverse temperature ``beta`` (traced: no recompiling per beta)."""
-    flow = eqx.combine(params, static)
-    z = flow.base_dist.sample(jr.fold_in(key, 0), (batch_size,))
+    """One update at inverse temperature ``beta`` (traced: no recompiling per beta).
+
+    ``params`` / ``static``: the trainable and fixed parts of (flow, conditional), the
+    conditional None unless learned. Returns (params, opt_state, StepInfo).
+    """
+    flow, conditional = eqx.combine(params, static)
+    S = training.batch_size
+    z = flow.base_dist.sample(jr.fold_in(key, 0), (S,))
     X, log_det = jax.lax.stop_gradient(sample_with_log_det(flow, z))
-    mf = chain_states(jr.fold_in(key, 1), target, X, beta, chains)
-    force = control_variate_forces(mf) if chains.control_variate else mf.force
-    force = clip_forces(force, force_clip)
-    if forward_kl_weight > 0:
+    nan = jnp.asarray(jnp.nan)
+    force, weights, evals = jnp.zeros_like(X), jnp.zeros(S), jnp.asarray(0)
+    acceptance, heating, chain_energy = nan, nan, None
+    if training.objective != "joint":
+        y0 = None
+        if training.objective == "hybrid":  # the chains start from q(Y|X), n_chains per X
+            keys = jr.split(jr.fold_in(key, 3), (S, chains.n_chains))
+            y0 = jax.lax.stop_gradient(jax.vmap(lambda ks, x: jax.vmap(
+                lambda k: conditional.sample(k, target, x, beta).Y)(ks))(keys, X))
+        mf = chain_states(jr.fold_in(key, 1), target, X, beta, chains, y0)
+        force = control_variate_forces(mf) if chains.control_variate else mf.force
+        force = clip_forces(force, training.force_clip)
+        evals = jnp.sum(mf.n_evals)
+        acceptance, heating = jnp.mean(mf.acceptance), jnp.nanmedian(mf.heating)
+        chain_energy = jax.vmap(target.energy_xy)(X, mf.y_last[:, 0])
+    batch_ess = nan
+    if training.objective == "mean_force" and training.forward_kl_weight > 0:
         log_w = _batch_log_weights(jr.fold_in(key, 2), flow, target, z, X, log_det, beta,
                                    prediction)
-        weights = jax.nn.softmax(log_w)
-        weights = jnp.where(jnp.isfinite(weights), weights, 0.0)
-        batch_ess = 1.0 / jnp.sum(weights**2) / batch_size
-    else:
-        weights, batch_ess = jnp.zeros(batch_size), jnp.asarray(jnp.nan)
-    (loss, n_used), grads = eqx.filter_value_and_grad(_loss, has_aux=True)(
-        params, static, z, force, X, weights, forward_kl_weight
-    )
+        weights, batch_ess = _normalised(log_w)
+    fixed = _Fixed(z, force, weights)
+    (loss, (n_used, log_w, energies, loss_evals)), grads = eqx.filter_value_and_grad(
+        _loss, has_aux=True)(params, static, jr.fold_in(key, 4), beta, fixed, target, training)
+    if log_w is not None:
+        batch_ess = _normalised(log_w)[1]
+    energies = chain_energy if chain_energy is not None else energies
     updates, opt_state = optimizer.update(grads, opt_state, params)
     updates = jax.tree.map(lambda u: lr_factor * u, updates)
     params = eqx.apply_updates(params, updates)
-    energies = jax.vmap(target.energy_xy)(X, mf.y_last[:, 0])
     skipped = find_skip_clip_state(opt_state).last_skipped
     info = StepInfo(
         loss=loss,
         grad_norm=global_norm(grads),
         skipped=skipped,
         n_used=n_used,
-        acceptance=jnp.mean(mf.acceptance),
-        mean_energy=jnp.mean(energies),
+        acceptance=acceptance,
+        mean_energy=jnp.nanmean(jnp.where(jnp.isfinite(energies), energies, jnp.nan)),
         batch_ess=batch_ess,
-        chain_heating=jnp.nanmedian(mf.heating),
+        chain_heating=heating,
+        energy_evals=evals + loss_evals,
     )
     return params, opt_state, info
 
@@ -221,21 +301,29 @@ def _finite_mean(values: list[float]) -> float | None:
 
 
 @eqx.filter_jit
-def _energies_of_samples(flow, key, beta, target, chains, n: int):
+def _energies_of_samples(flow, conditional, key, beta, target, chains, n: int):
     X = flow.sample(jr.fold_in(key, 0), (n,))
+    if conditional is not None:
+        keys = jr.split(jr.fold_in(key, 1), n)
+        Y = jax.vmap(lambda k, x: conditional.sample(k, target, x, beta).Y)(keys, X)
+        return jax.vmap(target.energy_xy)(X, Y), jnp.asarray(n)
     mf = chain_states(jr.fold_in(key, 1), target, X, beta, chains)
-    return jax.vmap(target.energy_xy)(X, mf.y_last[:, 0])
+    return jax.vmap(target.energy_xy)(X, mf.y_last[:, 0]), jnp.sum(mf.n_evals) + n
 
 
-def model_energies(flow, key, beta, target, chains, n: int, batch_size: int) -> np.ndarray:
-    """Reduced energies u(X, Y) (n,) with X ~ q(X) and Y from the conditional chains."""
+def model_energies(flow, key, beta, target, chains, n: int, batch_size: int,
+                   conditional=None) -> tuple[np.ndarray, int]:
+    """(reduced energies u(X, Y) (n,), energy evaluations made) with X ~ q(X) and Y from the
+    learned ``conditional``, or from the conditional chains when it is None."""
     beta = jnp.asarray(beta)  # traced, as in update_step: a float would recompile per beta
-    out = []
+    out, evals = [], 0
     for i, start in enumerate(range(0, n, batch_size)):
         m = min(batch_size, n - start)
-        out.append(np.asarray(_energies_of_samples(flow, jr.fold_in(key, i), beta, target,
-                                                   chains, m)))
-    return np.concatenate(out)
+        u, k = _energies_of_samples(flow, conditional, jr.fold_in(key, i), beta, target,
+                                    chains, m)
+        out.append(np.asarray(u))
+        evals += int(k)
+    return np.concatenate(out), evals
 
 
 def check_energy_finite(flow, target: AbstractTarget, key) -> None:
@@ -249,6 +337,7 @@ def check_energy_finite(flow, target: AbstractTarget, key) -> None:
 
 class TrainResult(NamedTuple):
     flow: eqx.Module
+    conditional: eqx.Module | None  # the learned q(Y|X), None with the chains
     betas: list[float]
 
 
@@ -261,11 +350,15 @@ def train(
     run: RunDir | None = None,
     *,
     prediction: PredictionSettings = PredictionSettings(),
+    conditional=None,
     resume: bool = False,
     progress: bool = True,
     max_betas: int | None = None,
 ) -> TrainResult:
     """Train ``flow`` along the ladder of ``schedule`` and return it with the betas reached.
+
+    ``conditional``: a learned q(Y|X) (:mod:`coarseflow.model.conditional`) trained with the
+    flow when ``training.objective`` is joint or hybrid; None for mean_force.
 
     With ``run``, every beta reached is checkpointed (flow + optimiser state + metadata) and
     every update appends one line to metrics.jsonl. ``resume=True`` continues from the last
@@ -273,11 +366,17 @@ def train(
     beta are derived from (seed, index of the beta), not from how far a previous process got.
     ``max_betas`` stops after that many betas (for tests and budgets).
     """
+    if (conditional is None) != (training.objective == "mean_force"):
+        raise ConfigError(f"[training] objective = {training.objective!r} needs "
+                          + ("a learned [conditional] kind (gaussian or flow)"
+                             if conditional is None else "[conditional] kind = 'chains' "
+                             "(the learned conditional would not be trained); use 'hybrid'"))
     optimizer = training.optimizer()
-    params, static = split_trainable(flow)
+    params, static = split_trainable((flow, conditional))
     opt_state = optimizer.init(params)
     root_key = jr.key(training.seed)
     beta, index, step, betas = schedule.first_beta(), 0, 0, []
+    evals_total = 0  # energy + gradient evaluations of all updates and ladder samples so far
     elapsed = 0.0  # training time of earlier processes (s), so that wall_time adds up on resume
 
     if resume and run is not None and run.checkpoints():
@@ -287,8 +386,9 @@ def train(
         step, index = meta["step"], meta["index"] + 1
         elapsed = meta["wall_time"]
         run.truncate_metrics(step)
+        evals_total = meta.get("energy_evals", 0)
         if meta["next_beta"] is None:
-            return TrainResult(eqx.combine(params, static), betas)
+            return TrainResult(*eqx.combine(params, static), betas)
         beta = meta["next_beta"]
     else:
         check_energy_finite(flow, target, jr.fold_in(root_key, -1 % 2**31))
@@ -307,10 +407,10 @@ def train(
             lr_factor = 1.0 - (1.0 - training.lr_final_fraction) * frac
             params, opt_state, info = update_step(
                 params, static, opt_state, jr.fold_in(beta_key, i), jnp.asarray(beta),
-                jnp.asarray(lr_factor), target, chains, optimizer, training.batch_size,
-                training.forward_kl_weight, training.force_clip, prediction,
+                jnp.asarray(lr_factor), target, optimizer, training, chains, prediction,
             )
             info = jax.device_get(info)
+            evals_total += int(info.energy_evals)
             heating.append(float(info.chain_heating))
             records.append({
                 "step": step, "beta": float(beta), "loss": float(info.loss),
@@ -320,15 +420,18 @@ def train(
                 "batch_ess": _float_or_none(info.batch_ess),
                 "chain_heating": _float_or_none(info.chain_heating),
                 "lr": training.learning_rate * lr_factor,
+                "energy_evals": evals_total,
                 "wall_time": time.perf_counter() - t0,
             })
             step += 1
             if run is not None and len(records) >= METRICS_FLUSH:
                 run.append_metrics(records)  # visible while a long beta trains
                 records = []
-        flow_now = eqx.combine(params, static)
-        energies = model_energies(flow_now, jr.fold_in(root_key, 2**20 + index), beta, target,
-                                  chains, training.tempering_samples, training.batch_size)
+        flow_now, conditional_now = eqx.combine(params, static)
+        energies, evals = model_energies(flow_now, jr.fold_in(root_key, 2**20 + index), beta,
+                                         target, chains, training.tempering_samples,
+                                         training.batch_size, conditional_now)
+        evals_total += evals
         next_beta = schedule.next_beta(beta, energies)
         if run is not None:
             run.append_metrics(records)
@@ -337,6 +440,7 @@ def train(
                 "n_updates": n_updates, "wall_time": time.perf_counter() - t0,
                 "mean_energy": float(np.nanmean(energies)),
                 "chain_heating": _finite_mean(heating),
+                "energy_evals": evals_total,
             })
         warning = heating_warning(beta, heating)
         if warning is not None:
@@ -347,4 +451,4 @@ def train(
             break
         beta, index = float(next_beta), index + 1
     bar.close()
-    return TrainResult(eqx.combine(params, static), betas)
+    return TrainResult(*eqx.combine(params, static), betas)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import NamedTuple
 
 import equinox as eqx
 import jax.random as jr
@@ -11,6 +12,7 @@ import numpy as np
 
 from coarseflow.config import Config, build_target, load_config, to_toml
 from coarseflow.errors import ConfigError
+from coarseflow.model.conditional import fit_to_laplace, make_conditional
 from coarseflow.model.flow import make_flow, split_trainable
 from coarseflow.predict import Samples, draw_samples
 from coarseflow.runs import RunDir, atomic_write_text
@@ -23,9 +25,16 @@ def build_flow(config: Config, target):
                      output=target.x_bijection(), periodic=target.x_periodic())
 
 
-def _checkpoint_loader(config: Config, flow):
-    """A function (run, metadata) -> the flow of that checkpoint, in ``flow``'s structure."""
-    params, static = split_trainable(flow)
+def build_model(config: Config, target):
+    """(flow q(X), learned conditional q(Y|X) or None), untrained: the structure of a run."""
+    conditional = make_conditional(jr.key(config.conditional.seed), target, config.conditional)
+    return build_flow(config, target), conditional
+
+
+def _checkpoint_loader(config: Config, model):
+    """A function (run, metadata) -> the (flow, conditional) of that checkpoint, in
+    ``model``'s structure."""
+    params, static = split_trainable(model)
     template = (params, config.training.optimizer().init(params))
 
     def load(run: RunDir, meta: dict):
@@ -35,15 +44,22 @@ def _checkpoint_loader(config: Config, flow):
     return load
 
 
-def initial_flow(config: Config, target, init=None):
-    """The flow to start training from: a fresh one from [model], or, with ``init`` (a run
-    directory), that one's parameters at its last checkpoint in this config's structure."""
-    flow = build_flow(config, target)
+def initial_model(config: Config, target, init=None):
+    """(flow, conditional) to start training from: fresh ones from [model] and [conditional]
+    (the conditional fitted to Laplace fits of p(Y|X) at X from the untrained flow, at the
+    ladder's first beta), or, with ``init`` (a run directory), that one's parameters at its
+    last checkpoint in this config's structure."""
+    flow, conditional = build_model(config, target)
     if init is None:
-        return flow
+        if conditional is not None:
+            X = flow.sample(jr.key(config.conditional.seed + 1),
+                            (config.conditional.laplace_fits,))
+            conditional = fit_to_laplace(conditional, None, target, X,
+                                         config.tempering.first_beta(), config.prediction)
+        return flow, conditional
     run = RunDir(init).require_existing()
     try:
-        return _checkpoint_loader(config, flow)(run, run.find_checkpoint())
+        return _checkpoint_loader(config, (flow, conditional))(run, run.find_checkpoint())
     except ConfigError:
         raise
     except Exception as err:  # equinox reports a shape or structure mismatch in many ways
@@ -68,7 +84,7 @@ def train_from_config(config: Config, out, *, resume: bool = False, progress: bo
             raise ConfigError(f"--resume: the config differs from {run.config_path}; "
                               "resume with the same config")
     target = build_target(config.target)
-    flow = initial_flow(config, target, init)
+    flow, conditional = initial_model(config, target, init)
     run.root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run.config_path, to_toml(config.raw))
     if init is not None:
@@ -76,12 +92,13 @@ def train_from_config(config: Config, out, *, resume: bool = False, progress: bo
         atomic_write_text(run.root / "init.json", json.dumps(
             {"run": str(Path(init).resolve()), "beta": meta["beta"], "step": meta["step"]}))
     return train(target, flow, config.tempering, config.training, config.chains, run,
-                 prediction=config.prediction, resume=resume, progress=progress,
-                 max_betas=max_betas)
+                 prediction=config.prediction, conditional=conditional, resume=resume,
+                 progress=progress, max_betas=max_betas)
 
 
 def run_flows(path, betas: list[float] | None = None):
-    """(config, target, [(metadata, flow), ...]) for the checkpoints of ``betas`` (default: all).
+    """(config, target, [(metadata, (flow, conditional)), ...]) for the checkpoints of
+    ``betas`` (default: all); the conditional is None unless learned.
 
     The target and the flow's structure are built once and every checkpoint's parameters are
     loaded into that one structure, so jitted functions compile once for all checkpoints.
@@ -89,24 +106,33 @@ def run_flows(path, betas: list[float] | None = None):
     run = RunDir(path).require_existing()
     config = load_config(run.config_path)
     target = build_target(config.target)
-    load = _checkpoint_loader(config, build_flow(config, target))
+    load = _checkpoint_loader(config, build_model(config, target))
     metas = run.checkpoints() if betas is None else [run.find_checkpoint(b) for b in betas]
     flows = [(meta, load(run, meta)) for meta in metas]
     return config, target, flows
 
 
-def load_run(path, beta: float | None = None):
-    """(config, target, flow, checkpoint metadata) of the checkpoint of ``beta`` (default: last)."""
+class LoadedRun(NamedTuple):
+    config: Config
+    target: object
+    flow: eqx.Module
+    conditional: eqx.Module | None
+    meta: dict
+
+
+def load_run(path, beta: float | None = None) -> LoadedRun:
+    """The checkpoint of ``beta`` (default: last) of run ``path``, with its config and target."""
     if beta is None:
         beta = RunDir(path).require_existing().find_checkpoint()["beta"]
-    config, target, [(meta, flow)] = run_flows(path, [beta])
-    return config, target, flow, meta
+    config, target, [(meta, (flow, conditional))] = run_flows(path, [beta])
+    return LoadedRun(config, target, flow, conditional, meta)
 
 
 def sample_run(path, *, n: int | None = None, beta: float | None = None, seed: int = 0):
     """(target, Samples, beta) drawn from the checkpoint of ``beta`` of run ``path``."""
-    config, target, flow, meta = load_run(path, beta)
-    samples = draw_samples(jr.key(seed), flow, target, meta["beta"], config.prediction, n=n)
+    config, target, flow, conditional, meta = load_run(path, beta)
+    samples = draw_samples(jr.key(seed), flow, target, meta["beta"], config.prediction, n=n,
+                           conditional=conditional)
     return target, samples, meta["beta"]
 
 

@@ -136,11 +136,15 @@ def evaluate_run(path, *, n_samples: int | None = None, seed: int = 1,
     n_final = config.prediction.n_samples if n_samples is None else n_samples
     n_ladder = min(n_final, config.prediction.ladder_samples or n_final)
     per_beta, by_beta = [], {}
-    for i, (meta, flow) in enumerate(tqdm(flows, desc="evaluate", disable=not progress)):
+    for i, (meta, (flow, conditional)) in enumerate(tqdm(flows, desc="evaluate",
+                                                          disable=not progress)):
         n = n_final if i == len(flows) - 1 else n_ladder
-        s = draw_samples(jr.key(seed), flow, target, meta["beta"], config.prediction, n=n)
+        s = draw_samples(jr.key(seed), flow, target, meta["beta"], config.prediction, n=n,
+                         conditional=conditional)
         per_beta.append(reference_metrics(target, s, meta["beta"]) | {
             "index": meta["index"], "step": meta["step"], "wall_time": meta["wall_time"],
+            # energy + gradient evaluations of training up to this checkpoint (None: not logged)
+            "energy_evals": meta.get("energy_evals"),
             # kT; absent from checkpoints written before it was logged
             "chain_heating": meta.get("chain_heating")})
         by_beta[meta["beta"]] = s

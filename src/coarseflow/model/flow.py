@@ -118,7 +118,7 @@ def make_flow(
         nn_activation=jax.nn.gelu,
         invert=False,  # fast forward transform: training samples X = f(z)
     ).bijection
-    splines = _start_as_identity(splines)
+    splines = start_as_identity(splines)
     uniform = None
     if periodic is not None and settings.uniform_angles:
         uniform = np.zeros(lower.size, bool)
@@ -133,7 +133,7 @@ def _is_mlp(node) -> bool:
     return isinstance(node, eqx.nn.MLP)
 
 
-def _start_as_identity(bijection):
+def start_as_identity(bijection):
     """``bijection`` with the last layer of every conditioner MLP zeroed.
 
     flowjax's coupling layers add the MLP's output to the transformer's initial parameters, so a

@@ -153,6 +153,7 @@ class MeanForce(NamedTuple):
     cov_xy: Float[Array, "n_x n_y"]
     cov_yy: Float[Array, "n_y n_y"]
     heating: Float[Array, ""]
+    n_evals: Array  # () energy + gradient evaluations this call made (warm start included)
 
 
 def control_variate_forces(mf: MeanForce, ridge: float = 1e-8) -> Float[Array, "S n_x"]:
@@ -320,11 +321,19 @@ def _run_chains(key, energy_xy, X, beta, y0, settings: ChainSettings, mass, with
 
     keys = jax.random.split(key, settings.n_chains)
     y_last, acceptance, out = jax.vmap(chain)(keys, starts)
+    # what the loops above ran: the descent (f0 and one per step, once per distinct start),
+    # each chain's init and steps (HMC: its leapfrog steps, and one more per step to observe
+    # grad_X, which the scan computes at every step)
+    n_warm = (settings.warm_start_steps + 1) * (1 if y0.ndim == 1 else settings.n_chains)
+    per_step = settings.hmc_leapfrog if settings.kernel == "hmc" else 1
+    observe = settings.n_steps if (settings.kernel == "hmc" and with_force) else 0
+    n_evals = (n_warm * (settings.warm_start_steps > 0)
+               + settings.n_chains * (1 + settings.n_steps * per_step + observe))
     if with_force:
         gx, gy, u, finite = out  # every step of every chain; zeros where not kept or not finite
         out = (gx.reshape(-1, gx.shape[-1]), gy.reshape(-1, gy.shape[-1]), u.reshape(-1),
                finite.reshape(-1))
-    return y_last, jnp.mean(acceptance), out
+    return y_last, jnp.mean(acceptance), out, n_evals
 
 
 def mean_force(
@@ -346,7 +355,7 @@ def mean_force(
     gradient evaluation as the chain's grad_Y; with HMC it costs one extra evaluation per kept
     state. Pure JAX: jit and vmap it (over key, X, y0) from the caller.
     """
-    y_last, acceptance, (gx, gy, u, finite) = _run_chains(
+    y_last, acceptance, (gx, gy, u, finite), n_evals = _run_chains(
         key, energy_xy, X, beta, y0, settings, mass, with_force=True
     )
     n_kept = settings.n_chains * settings.n_keep
@@ -361,7 +370,7 @@ def mean_force(
     dx, dy = (gx - mean_x) * w, (gy - mean_y) * w
     heating = _heating(beta * u, finite, settings)
     return MeanForce(force, y_last, acceptance, n_kept - n_finite, mean_y, dx.T @ dy, dy.T @ dy,
-                     heating)
+                     heating, jnp.asarray(n_evals))
 
 
 def _heating(beta_u: Float[Array, " R"], finite: Array, settings: ChainSettings) -> Array:
@@ -398,7 +407,7 @@ def sample_conditional(
     time order, so ``ys.reshape(n_chains, n_keep, n_y)`` recovers the chains); acceptance is the
     mean acceptance probability (). Non-finite states are returned as they are.
     """
-    _, acceptance, kept = _run_chains(
+    _, acceptance, kept, _ = _run_chains(
         key, energy_xy, X, beta, y0, settings, mass, with_force=False
     )
     n_y = kept.shape[-1]

@@ -95,6 +95,12 @@ class AbstractTarget(eqx.Module):
         groups of alanine dipeptide). ``y_in_domain`` selects one of the equivalent copies."""
         return 1
 
+    def y_relabelings(self) -> np.ndarray:
+        """(S, n_y) int: permutations sigma of Y's coordinates with u(X, Y[sigma]) = u(X, Y) for
+        every X, Y, identity first (S = ``y_symmetry_number()``); a learned q(Y|X) is
+        symmetrised over them. Default: the identity alone."""
+        return np.arange(self.partition.n_y)[None, :]
+
     def y_in_domain(self, X: Float[Array, " n_x"], Y: Float[Array, " n_y"],
                     Y_ref: Float[Array, " n_y"]) -> Array:
         """Whether Y is in the fundamental domain, around Y_ref, of the relabelings counted by

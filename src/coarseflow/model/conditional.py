@@ -1,0 +1,293 @@
+"""A learned conditional q_psi(Y | X) with an exact density (METHOD.md section 3, amortized).
+
+It lives in the coordinates xi = ``target.y_internal(X, Y)`` that the target declares for Y (a
+molecule: bond lengths, angles and dihedrals of the fast atoms; Y itself otherwise):
+
+    eps ~ N(0, I_{n_y})
+    v   = s(eps; h(X))                       kind "flow": a conditional RQ-spline coupling flow,
+                                             the identity at first; kind "gaussian": v = eps
+    t   = L(X) v / sqrt(beta)                L lower triangular, positive diagonal
+    xi  = mu(X) + t                          for the ordinary coordinates
+    xi  = mu(X) + pi tanh(t / pi)            for the periodic ones (dihedrals): one-to-one onto
+                                             the circle window (mu - pi, mu + pi), near-linear
+                                             where t is small, so the density stays exact
+    Y   = target.y_cartesian(X, xi)
+
+h(X) are features of X: the flow's box coordinates (``target.x_bijection()`` inverted)
+standardised to the box, angles as (sin, cos). mu(X) = xi_ref(X) + b + net(h), with xi_ref the
+target's own starting point (``y_internal(X, y_init(X))``); log diag L and the strictly lower
+part of L are constants plus net(h). The net's last layer starts at zero, so the untrained
+conditional is one Gaussian in xi around xi_ref + b, whose b and L :func:`fit_to_laplace` sets
+from the Laplace fits of p(Y|X) that prediction computes. The 1 / sqrt(beta) makes the width
+follow the tempering ladder as a near-harmonic p_beta(Y|X) does (exactly so for the mixture).
+
+Exact symmetries: the target's ``y_relabelings()`` (S, n_y) are permutations of Y that leave
+u(X, .) unchanged (a methyl's hydrogens). The conditional is their symmetrised mixture
+q(Y|X) = (1/S) sum_sigma q0(Y[sigma] | X): a sample of q0 is relabeled by a random sigma, and
+the density sums over all S. So one copy learned stands for all, exactly.
+
+Samples whose xi leaves the range that ``y_internal`` returns (a negative bond length, an angle
+beyond pi) are flagged ``valid = False``: their importance weight is zero, which keeps the
+estimates unbiased (q's mass outside p's support is only wasted).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+from flowjax.bijections import RationalQuadraticSpline
+from flowjax.distributions import StandardNormal
+from flowjax.flows import coupling_flow
+from jaxtyping import Array, Float, PRNGKeyArray
+
+from coarseflow.errors import ConfigError
+
+KINDS = ("chains", "gaussian", "flow")
+
+
+class ConditionalSettings(eqx.Module):
+    """The ``[conditional]`` table: how q(Y|X) is represented.
+
+    kind: "chains" (the paper's MCMC on Y|X, no learned density: prediction uses [prediction]
+        conditional), "gaussian" (the amortized Gaussian) or "flow" (that Gaussian after a
+        conditional rational-quadratic spline coupling flow).
+    nn_width, nn_depth: the network of X that gives mu, L (and the spline's conditioner).
+    knots, interval, layers: the spline flow of kind "flow" (interval in units of the
+        Gaussian's standard deviations).
+    laplace_fits: how many X from the untrained q(X) the initial Gaussian is fitted on.
+    seed: the networks' initialisation.
+    """
+
+    kind: str = eqx.field(default="chains", static=True)
+    nn_width: int = eqx.field(default=64, static=True)
+    nn_depth: int = eqx.field(default=2, static=True)
+    knots: int = eqx.field(default=8, static=True)
+    interval: float = eqx.field(default=4.0, static=True)
+    layers: int = eqx.field(default=2, static=True)
+    laplace_fits: int = eqx.field(default=32, static=True)
+    seed: int = eqx.field(default=0, static=True)
+
+    def __check_init__(self):
+        if not isinstance(self.kind, str) or self.kind not in KINDS:
+            raise ConfigError(f"[conditional] kind: expected one of {', '.join(KINDS)}, "
+                              f"got {self.kind!r}")
+        for name, low in (("nn_width", 1), ("nn_depth", 0), ("knots", 2), ("layers", 1),
+                          ("laplace_fits", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ConfigError(f"[conditional] {name}: expected an integer >= {low}, "
+                                  f"got {value!r}")
+        if not (isinstance(self.interval, int | float) and 0 < self.interval < math.inf):
+            raise ConfigError(f"[conditional] interval: expected a number > 0, "
+                              f"got {self.interval!r}")
+
+    @property
+    def learned(self) -> bool:
+        return self.kind != "chains"
+
+
+class ConditionalSample(NamedTuple):
+    """One draw of q(Y|X) for one X: Y (n_y,), log q(Y|X) (), valid () bool (see module)."""
+
+    Y: Array
+    log_q: Array
+    valid: Array
+
+
+class XFeatures(eqx.Module):
+    """Inputs of the conditional's network: the flow's box coordinates of X scaled to [-1, 1],
+    with the target's periodic ones (``x_periodic``) as (sin, cos). The box is read from the
+    target once, here (its ``x_bounds`` are NumPy, not traceable)."""
+
+    centre: tuple[float, ...] = eqx.field(static=True)
+    half: tuple[float, ...] = eqx.field(static=True)
+    periodic: tuple[bool, ...] = eqx.field(static=True)
+
+    @classmethod
+    def of(cls, target) -> XFeatures:
+        lower, upper = (np.asarray(b, dtype=np.float64) for b in target.x_bounds())
+        return cls(tuple(float(c) for c in (upper + lower) / 2),
+                   tuple(float(h) for h in (upper - lower) / 2),
+                   tuple(bool(p) for p in np.asarray(target.x_periodic(), bool)))
+
+    @property
+    def size(self) -> int:
+        return len(self.periodic) + sum(self.periodic)
+
+    def __call__(self, target, X: Float[Array, " n_x"]) -> Float[Array, " n_f"]:
+        bijection = target.x_bijection()
+        q = X if bijection is None else bijection.inverse(X)
+        periodic = np.asarray(self.periodic, bool)
+        scaled = (q - np.asarray(self.centre)) / np.asarray(self.half)
+        return jnp.concatenate([scaled[~periodic], jnp.sin(q[periodic]), jnp.cos(q[periodic])])
+
+
+def _wrap(angle):
+    return jnp.mod(angle + jnp.pi, 2 * jnp.pi) - jnp.pi
+
+
+class LearnedConditional(eqx.Module):
+    """q_psi(Y|X) of the module docstring. Methods take one X (vmap over a batch)."""
+
+    net: eqx.nn.MLP  # h(X) -> (mean, log diag, strictly lower) corrections
+    loc: Float[Array, " n_y"]  # b: constant offset of the mean from xi_ref
+    log_diag: Float[Array, " n_y"]  # log diag L (beta-free units)
+    lower: Float[Array, " n_low"]  # strictly lower part of L, row-major
+    spline: eqx.Module | None  # kind "flow": conditional coupling flow on eps, else None
+    features: XFeatures
+    periodic: tuple[bool, ...] = eqx.field(static=True)
+    relabelings: tuple[tuple[int, ...], ...] = eqx.field(static=True)
+
+    @property
+    def n_y(self) -> int:
+        return len(self.periodic)
+
+    def _gaussian(self, target, X):
+        """(mu (n_y,), L (n_y, n_y)) at X, before the 1 / sqrt(beta)."""
+        n = self.n_y
+        out = self.net(self.features(target, X))
+        xi_ref = target.y_internal(X, target.y_init(X))
+        mu = xi_ref + self.loc + out[:n]
+        rows, cols = np.tril_indices(n, -1)
+        L = jnp.zeros((n, n), X.dtype).at[rows, cols].set(self.lower + out[2 * n:])
+        L = L + jnp.diag(jnp.exp(self.log_diag + out[n:2 * n]))
+        return mu, L
+
+    def _from_eps(self, target, X, beta, eps):
+        """xi (n_y,) and log q0(xi | X) () for the base draw eps (n_y,)."""
+        h = self.features(target, X)
+        log_q = jnp.sum(-0.5 * eps**2 - 0.5 * math.log(2 * math.pi))
+        v = eps
+        if self.spline is not None:
+            v, log_det = self.spline.transform_and_log_det(eps, h)
+            log_q = log_q - log_det
+        mu, L = self._gaussian(target, X)
+        t = (L @ v) / jnp.sqrt(beta)
+        log_q = log_q - jnp.sum(jnp.log(jnp.diag(L))) + 0.5 * self.n_y * jnp.log(beta)
+        periodic = np.asarray(self.periodic, bool)
+        bent = jnp.pi * jnp.tanh(t / jnp.pi)
+        log_q = log_q - jnp.sum(jnp.where(periodic, jnp.log1p(-jnp.tanh(t / jnp.pi) ** 2), 0.0))
+        return mu + jnp.where(periodic, bent, t), log_q
+
+    def _log_prob0(self, target, X, beta, Y):
+        """log q0(Y | X) (), the unsymmetrised density, through xi = y_internal(X, Y)."""
+        xi = target.y_internal(X, Y)
+        _, log_det_y = target.y_cartesian(X, xi)
+        mu, L = self._gaussian(target, X)
+        periodic = np.asarray(self.periodic, bool)
+        d = jnp.where(periodic, _wrap(xi - mu), xi - mu)
+        ratio = jnp.clip(d / jnp.pi, -1 + 1e-12, 1 - 1e-12)
+        t = jnp.where(periodic, jnp.pi * jnp.arctanh(jnp.where(periodic, ratio, 0.0)), d)
+        log_q = jnp.sum(jnp.where(periodic, -jnp.log1p(-ratio**2), 0.0))
+        v = jax.scipy.linalg.solve_triangular(L, t, lower=True) * jnp.sqrt(beta)
+        log_q = log_q - jnp.sum(jnp.log(jnp.diag(L))) + 0.5 * self.n_y * jnp.log(beta)
+        eps = v
+        if self.spline is not None:
+            eps, log_det = self.spline.inverse_and_log_det(v, self.features(target, X))
+            log_q = log_q + log_det
+        log_q = log_q + jnp.sum(-0.5 * eps**2 - 0.5 * math.log(2 * math.pi))
+        return log_q - log_det_y
+
+    def log_prob(self, target, X, beta, Y) -> Float[Array, ""]:
+        """log q(Y | X) (), symmetrised over the relabelings."""
+        perms = np.asarray(self.relabelings)
+        if len(perms) == 1:
+            return self._log_prob0(target, X, beta, Y)
+        logs = jax.vmap(lambda p: self._log_prob0(target, X, beta, Y[p]))(perms)
+        return jax.nn.logsumexp(logs) - math.log(len(perms))
+
+    def sample(self, key: PRNGKeyArray, target, X, beta) -> ConditionalSample:
+        """One Y ~ q(Y | X) with its exact log-density."""
+        k_eps, k_perm = jr.split(key)
+        eps = jr.normal(k_eps, (self.n_y,), X.dtype)
+        xi, log_q0 = self._from_eps(target, X, beta, eps)
+        Y, log_det_y = target.y_cartesian(X, xi)
+        periodic = np.asarray(self.periodic, bool)
+        back = target.y_internal(X, Y)
+        miss = jnp.where(periodic, _wrap(back - xi), back - xi)
+        valid = jnp.all(jnp.abs(miss) <= 1e-3 * (1.0 + jnp.abs(xi)))
+        perms = np.asarray(self.relabelings)
+        if len(perms) == 1:
+            return ConditionalSample(Y, log_q0 - log_det_y, valid)
+        # a random relabeling of the draw: the density is the mixture over all of them
+        Y = Y[jnp.asarray(perms)[jr.randint(k_perm, (), 0, len(perms))]]
+        return ConditionalSample(Y, self.log_prob(target, X, beta, Y), valid)
+
+
+def make_conditional(key: PRNGKeyArray, target, settings: ConditionalSettings):
+    """The untrained conditional of ``settings.kind`` for ``target`` (None for "chains").
+
+    Before :func:`fit_to_laplace` it is the unit Gaussian in xi around the target's xi_ref.
+    """
+    if not settings.learned:
+        return None
+    n_y = target.partition.n_y
+    features = XFeatures.of(target)
+    n_f = features.size
+    n_low = n_y * (n_y - 1) // 2
+    k_net, k_spline = jr.split(key)
+    net = eqx.nn.MLP(n_f, 2 * n_y + n_low, settings.nn_width, settings.nn_depth,
+                     activation=jax.nn.gelu, key=k_net)
+    net = eqx.tree_at(lambda m: (m.layers[-1].weight, m.layers[-1].bias), net,
+                      replace_fn=jnp.zeros_like)
+    spline = None
+    if settings.kind == "flow":
+        if n_y < 2:
+            raise ConfigError("[conditional] kind = 'flow': needs at least 2 fast coordinates "
+                              f"(n_y = {n_y}); use kind = 'gaussian'")
+        from coarseflow.model.flow import start_as_identity
+
+        spline = coupling_flow(
+            k_spline, base_dist=StandardNormal((n_y,)), cond_dim=n_f,
+            transformer=RationalQuadraticSpline(knots=settings.knots, interval=settings.interval),
+            flow_layers=settings.layers, nn_width=settings.nn_width, nn_depth=settings.nn_depth,
+            nn_activation=jax.nn.gelu, invert=False,
+        ).bijection
+        spline = start_as_identity(spline)
+    perms = np.asarray(target.y_relabelings(), dtype=np.int64).reshape(-1, n_y)
+    return LearnedConditional(
+        net=net, loc=jnp.zeros(n_y), log_diag=jnp.zeros(n_y), lower=jnp.zeros(n_low),
+        spline=spline, features=features, periodic=tuple(bool(p) for p in target.y_periodic()),
+        relabelings=tuple(tuple(int(i) for i in p) for p in perms),
+    )
+
+
+def fit_to_laplace(conditional: LearnedConditional, key, target, X, beta, prediction):
+    """``conditional`` with b and L set from Laplace fits of p_beta(Y|X) at the rows of X.
+
+    b is the mean offset of the fits' modes from xi_ref (periodic ones wrapped), L the Cholesky
+    factor of the mean of their covariances times beta (so beta-free, as in the model). Rows
+    whose fit is not finite are left out; if none is finite the conditional stays as it is.
+    """
+    from coarseflow.predict import laplace_fit
+
+    del key
+    beta = jnp.asarray(beta)
+
+    def one(x):
+        xi, lam, vec = laplace_fit(target, x, beta, prediction)
+        xi_ref = target.y_internal(x, target.y_init(x))
+        cov = (vec / lam) @ vec.T * beta
+        return xi - xi_ref, cov
+
+    offsets, covs = jax.jit(jax.vmap(one))(X)
+    periodic = np.asarray(conditional.periodic, bool)
+    offsets = jnp.where(periodic, _wrap(offsets), offsets)
+    ok = jnp.all(jnp.isfinite(offsets), -1) & jnp.all(jnp.isfinite(covs), (-2, -1))
+    if not bool(jnp.any(ok)):
+        return conditional
+    n_ok = jnp.sum(ok)
+    loc = jnp.sum(jnp.where(ok[:, None], offsets, 0.0), 0) / n_ok
+    cov = jnp.sum(jnp.where(ok[:, None, None], covs, 0.0), 0) / n_ok
+    n = conditional.n_y
+    cov = cov + 1e-9 * jnp.trace(cov) / n * jnp.eye(n)
+    L = jnp.linalg.cholesky(cov)
+    rows, cols = np.tril_indices(n, -1)
+    return eqx.tree_at(lambda c: (c.loc, c.log_diag, c.lower), conditional,
+                       (loc, jnp.log(jnp.diag(L)), L[rows, cols]))

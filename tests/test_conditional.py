@@ -1,0 +1,170 @@
+"""The learned conditional q(Y|X): exact density, symmetrisation, and the joint / hybrid
+estimators' gradients against exact ones on the Gaussian mixture (p(X), p(Y|X) known)."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.random as jr
+import numpy as np
+import pytest
+
+from coarseflow.errors import ConfigError
+from coarseflow.model.conditional import ConditionalSettings, make_conditional
+from coarseflow.model.flow import FlowSettings, make_flow, split_trainable
+from coarseflow.objectives import conditional_terms, joint_terms, masked_mean
+from coarseflow.predict import PredictionSettings, draw_samples
+from coarseflow.targets import GaussianMixture
+
+
+class _Ring(GaussianMixture):
+    """The mixture with its second fast coordinate declared an angle: the tanh window."""
+
+    def y_periodic(self):
+        return np.array([False, True])
+
+
+class _Swap(GaussianMixture):
+    """The mixture with its two fast coordinates declared interchangeable: the symmetrisation
+    (a density test only: the mixture's energy is not symmetric)."""
+
+    def y_relabelings(self):
+        return np.array([[0, 1], [1, 0]])
+
+
+def _perturbed(conditional, key, scale=0.3):
+    """The conditional with every parameter moved randomly (the network's last layer too)."""
+    params, static = eqx.partition(conditional, eqx.is_inexact_array)
+    leaves, tree = jax.tree.flatten(params)
+    keys = jr.split(key, len(leaves))
+    leaves = [x + scale * jr.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys,
+                                                                           strict=True)]
+    return eqx.combine(jax.tree.unflatten(tree, leaves), static)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "flow"])
+@pytest.mark.parametrize("target_class", [GaussianMixture, _Ring, _Swap])
+def test_density_is_exact_normalised_and_matches_sampling(kind, target_class):
+    target = target_class(n_x=2, n_y=2, seed=1)
+    cond = make_conditional(jr.key(0), target, ConditionalSettings(kind=kind, nn_width=8))
+    cond = _perturbed(eqx.tree_at(lambda c: c.log_diag, cond, jnp.full(2, -0.5)), jr.key(1))
+    X, beta = jnp.array([0.3, -0.2]), 0.7
+    draws = jax.vmap(lambda k: cond.sample(k, target, X, beta))(jr.split(jr.key(2), 64))
+    again = jax.vmap(lambda y: cond.log_prob(target, X, beta, y))(draws.Y)
+    np.testing.assert_allclose(draws.log_q, again, rtol=1e-9, atol=1e-9)
+    # integrates to 1 over Y (a grid wide enough for the Gaussian part, the angle's window)
+    mean = np.asarray(draws.Y).mean(0)
+    g0 = np.linspace(mean[0] - 12, mean[0] + 12, 601)
+    g1 = (np.linspace(-np.pi, np.pi, 601) + mean[1]) if target_class is _Ring else \
+        np.linspace(mean[1] - 12, mean[1] + 12, 601)
+    grid = jnp.asarray(np.stack(np.meshgrid(g0, g1, indexing="ij"), -1).reshape(-1, 2))
+    dens = np.exp(np.asarray(jax.jit(jax.vmap(
+        lambda y: cond.log_prob(target, X, beta, y)))(grid))).reshape(601, 601)
+    mass = np.trapezoid(np.trapezoid(dens, g1, axis=1), g0)
+    if target_class is _Ring:  # the window is one turn: the density is one of 2 pi period
+        assert abs(mass - 1.0) < 2e-3
+    else:
+        assert abs(mass - 1.0) < 1e-3
+
+
+def test_symmetrised_density_is_invariant():
+    target = _Swap(n_x=2, n_y=2, seed=1)
+    cond = _perturbed(make_conditional(jr.key(0), target, ConditionalSettings(kind="gaussian",
+                                                                             nn_width=8)),
+                      jr.key(3))
+    X, Y = jnp.array([0.1, 0.4]), jnp.array([0.7, -1.1])
+    a, b = cond.log_prob(target, X, 1.0, Y), cond.log_prob(target, X, 1.0, Y[::-1])
+    np.testing.assert_allclose(a, b, rtol=1e-12)
+
+
+def _exact_conditional(target):
+    """A learned Gaussian set to the mixture's exact p(Y|X) = N(B X, cond_width^2 / beta)."""
+    cond = make_conditional(jr.key(0), target, ConditionalSettings(kind="gaussian", nn_width=8))
+    return eqx.tree_at(lambda c: c.log_diag, cond,
+                       jnp.full(target.n_y, jnp.log(target.cond_width)))
+
+
+def test_joint_gradient_equals_exact_marginal_gradient_when_the_conditional_is_exact():
+    # with q(Y|X) = p(Y|X), log q(Y|X) + beta u(X, Y) = -log p_beta(X) + const for every Y,
+    # so the joint estimator's gradient for q(X) is the exact one sample by sample
+    target = GaussianMixture(n_x=2, seed=0, weights=[0.2, 0.3, 0.5])
+    lower, upper = target.x_bounds()
+    flow = make_flow(jr.key(1), lower=lower, upper=upper,
+                     settings=FlowSettings(knots=4, layers=2, nn_width=8))
+    flow = _perturbed(flow, jr.key(5), 0.05)
+    cond = _exact_conditional(target)
+    beta = 0.6
+    z = flow.base_dist.sample(jr.key(2), (64,))
+    params, static = split_trainable((flow, cond))
+
+    def joint(p):
+        f, c = eqx.combine(p, static)
+        t = joint_terms(f, c, jr.key(3), target, z, beta, force_clip=1e6)
+        return masked_mean(t.surrogate, t.ok)
+
+    def exact(p):
+        f, _ = eqx.combine(p, static)
+        X, log_det = jax.vmap(f.bijection.transform_and_log_det)(z)
+        return jnp.mean(-log_det - beta * target.log_marginal(X))
+
+    g_joint = jax.grad(joint)(params)[0]
+    g_exact = jax.grad(exact)(params)[0]
+    for a, b in zip(jax.tree.leaves(g_joint), jax.tree.leaves(g_exact), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-8, atol=1e-10)
+
+
+def _gaussian_kl(cond, target, X, beta):
+    """Closed form mean over X (S, n_x) of KL(q(Y|X) || p_beta(Y|X)) for a gaussian kind."""
+    def one(x):
+        mu, L = cond._gaussian(target, x)
+        cov = L @ L.T / beta
+        m_p, s_p = target.conditional_gaussian(x, beta)
+        d = m_p - mu
+        n = mu.shape[0]
+        return 0.5 * (jnp.trace(cov) / s_p[0] ** 2 + d @ d / s_p[0] ** 2 - n
+                      + 2 * n * jnp.log(s_p[0]) - jnp.linalg.slogdet(cov)[1])
+    return jnp.mean(jax.vmap(one)(X))
+
+
+def test_conditional_gradient_matches_the_closed_form_kl_gradient():
+    # hybrid's part for q(Y|X): E_X KL(q(Y|X) || p(Y|X)) has a closed form for Gaussians
+    target = GaussianMixture(n_x=2, seed=0)
+    cond = _perturbed(_exact_conditional(target), jr.key(7), 0.1)
+    beta = 0.5
+    X = jr.uniform(jr.key(8), (16, 2), minval=-1.0, maxval=1.0)
+    Xs = jnp.repeat(X, 4000, axis=0)  # many draws of Y per X: the estimate's noise is small
+    params, static = eqx.partition(cond, eqx.is_inexact_array)
+
+    def estimator(p):
+        t = conditional_terms(eqx.combine(p, static), jr.key(9), target, Xs, beta, 1e6)
+        return masked_mean(t.surrogate, t.ok)
+
+    g_mc = jax.tree.leaves(jax.grad(estimator)(params))
+    g_exact = jax.tree.leaves(jax.grad(
+        lambda p: _gaussian_kl(eqx.combine(p, static), target, X, beta))(params))
+    flat_mc, flat_exact = np.concatenate([g.ravel() for g in g_mc]), np.concatenate(
+        [g.ravel() for g in g_exact])
+    # stated tolerance: 2 % of the gradient's norm (64,000 draws)
+    assert np.linalg.norm(flat_mc - flat_exact) < 0.02 * np.linalg.norm(flat_exact)
+
+
+def test_learned_exact_conditional_gives_exact_weights():
+    # with q(Y|X) = p(Y|X) the learned route's log-weights are log p(X) - log q(X): the same
+    # as the target's own exact conditional, sample for sample in distribution (log Z = 0)
+    target = GaussianMixture(n_x=2, seed=0)
+    lower, upper = target.x_bounds()
+    flow = make_flow(jr.key(1), lower=lower, upper=upper,
+                     settings=FlowSettings(knots=4, layers=2, nn_width=8))
+    s = draw_samples(jr.key(2), flow, target, 1.0, PredictionSettings(n_samples=4000),
+                     conditional=_exact_conditional(target))
+    expected = np.asarray(target.log_marginal(s.X)) - s.log_qX
+    np.testing.assert_allclose(s.log_weights, expected, rtol=1e-9, atol=1e-9)
+
+
+def test_settings_errors():
+    with pytest.raises(ConfigError, match=r"\[conditional\] kind"):
+        ConditionalSettings(kind="amortized")
+    with pytest.raises(ConfigError, match=r"\[conditional\] nn_width"):
+        ConditionalSettings(nn_width=0)
+    with pytest.raises(ConfigError, match="needs at least 2 fast coordinates"):
+        from coarseflow.targets import DoubleWell
+        make_conditional(jr.key(0), DoubleWell(), ConditionalSettings(kind="flow"))
