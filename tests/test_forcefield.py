@@ -1,13 +1,15 @@
 """The JAX force field against OpenMM (Reference platform, float64), term by term.
 
 Every term's energy and forces are compared with OpenMM's on 50 perturbed configurations of
-the bundled alanine dipeptide and of a second molecule (ACE-GLY-SER-NME, read with index
-gathers and non-default GBSA settings); gradients are checked against finite differences,
+the bundled alanine dipeptide, of a second molecule (ACE-GLY-SER-NME, read with index
+gathers and non-default GBSA settings) and of the built-in openmmtools alanine dipeptide (an
+Amber prmtop in OBC1, a CustomGBForce); gradients are checked against finite differences,
 energies for invariance under rigid motion; errors name what they reject.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.resources
 from pathlib import Path
 
@@ -25,12 +27,14 @@ from coarseflow.forcefield import build_system, forcefield_from_system  # noqa: 
 
 ALANINE = Path(str(importlib.resources.files("coarseflow.data") / "alanine_dipeptide.pdb"))
 SECOND = Path(__file__).parent / "data" / "ace_gly_ser_nme.pdb"
+FIELD = ALANINE.with_name("alanine_dipeptide_implicit.prmtop")
 TERM_OF_FORCE = {
     "HarmonicBondForce": "bonds",
     "HarmonicAngleForce": "angles",
     "PeriodicTorsionForce": "torsions",
     "NonbondedForce": "nonbonded",
     "GBSAOBCForce": "gbsa",
+    "CustomGBForce": "gbsa",  # OBC1 (implicitSolvent=app.OBC1)
 }
 N_CONFIGS = 50  # every batch has this size, so that each molecule compiles once
 KJ_NM = unit.kilojoule_per_mole / unit.nanometer
@@ -107,7 +111,13 @@ def second():
     return Molecule(SECOND, gather="index", seed=1, gbsa_settings=(2.0, 80.0, 3.1))
 
 
-@pytest.fixture(params=["alanine", "second"])
+@pytest.fixture(scope="module")
+def field():
+    # openmmtools' AlanineDipeptideImplicit (constraints=None): Amber ff96 prmtop, OBC1.
+    return Molecule(FIELD, gather="auto", seed=6)
+
+
+@pytest.fixture(params=["alanine", "second", "field"])
 def molecule(request):
     return request.getfixturevalue(request.param)
 
@@ -336,3 +346,152 @@ def test_unknown_residue_and_force_field_file_raise_config_error(tmp_path):
 def test_positions_of_the_wrong_shape_are_rejected(alanine):
     with pytest.raises(ValueError, match=r"expected positions of shape \(22, 3\)"):
         alanine.ff.energy(jnp.zeros((21, 3)))
+
+
+# ---- OBC1 (CustomGBForce) and the built-in openmmtools alanine dipeptide ----
+
+
+def openmmtools_system():
+    """The System of openmmtools.testsystems.AlanineDipeptideImplicit(constraints=None), built
+    the way openmmtools builds it (openmmtools itself is not needed)."""
+    prmtop = app.AmberPrmtopFile(str(FIELD))
+    return prmtop.createSystem(implicitSolvent=app.OBC1, constraints=None, nonbondedCutoff=None)
+
+
+def test_field_alanine_dipeptide_is_the_openmmtools_system():
+    topology, positions, system = build_system(FIELD)
+    serialize = openmm.XmlSerializer.serialize
+    assert serialize(system) == serialize(openmmtools_system())
+    assert topology.getNumAtoms() == 22 and system.getNumConstraints() == 0
+    assert [r.name for r in topology.residues()] == ["ACE", "ALA", "NME"]
+    names = sorted(type(f).__name__ for f in system.getForces())
+    assert "CustomGBForce" in names and "GBSAOBCForce" not in names
+    inpcrd = app.AmberInpcrdFile(str(FIELD.with_suffix(".inpcrd")))
+    np.testing.assert_array_equal(
+        positions, inpcrd.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+    )
+    (gbsa,) = (t for t in forcefield_from_system(system).terms if t.name == "gbsa")
+    assert (gbsa.alpha, gbsa.beta, gbsa.gamma) == (0.8, 0.0, 2.909125)
+    assert not gbsa.engulfed_correction and gbsa.coulomb_constant == 138.935485
+    np.testing.assert_allclose(4 * np.pi * gbsa.surface_area_energy, 28.3919551, rtol=1e-15)
+
+
+def test_field_alanine_dipeptide_energy_and_forces_match_openmm_to_1e6(field):
+    """Total and per-term energies and forces, relative to the size of OpenMM's, on the
+    reference structure (the shipped inpcrd) and 50 perturbed configurations."""
+    energies, forces, total_energy, total_forces = field.reference
+    for name, (energy, gradient) in field.parts.items():
+        np.testing.assert_allclose(np.asarray(energy), energies[name], rtol=1e-6, err_msg=name)
+        error = np.abs(-np.asarray(gradient) - forces[name]).max()
+        assert error <= 1e-6 * np.abs(forces[name]).max(), (name, error)
+    np.testing.assert_allclose(np.asarray(field.total), total_energy, rtol=1e-6)
+    gradient = sum(np.asarray(g) for _, g in field.parts.values())
+    assert np.abs(-gradient - total_forces).max() <= 1e-6 * np.abs(total_forces).max()
+
+    # the reference structure itself: -138.970 kJ/mol in OpenMM 8 (GB/SA -50.881)
+    batch = np.repeat(field.positions[None], N_CONFIGS, axis=0)
+    parts, total = evaluate(field.ff, jnp.asarray(batch))
+    e_ref, f_ref, total_ref, forces_ref = openmm_reference(field.system, batch[:1])
+    np.testing.assert_allclose(float(total[0]), total_ref[0], rtol=1e-6)
+    np.testing.assert_allclose(total_ref[0], -138.9697, atol=1e-3)
+    np.testing.assert_allclose(float(parts["gbsa"][0][0]), e_ref["gbsa"][0], rtol=1e-6)
+    gradient = sum(np.asarray(g[0]) for _, g in parts.values())
+    assert np.abs(-gradient - forces_ref[0]).max() <= 1e-6 * np.abs(forces_ref[0]).max()
+
+
+def _obc1_system(solvent, solute, surface):
+    """8 particles, two of them small spheres that the perturbations move in and out of a
+    large one's scaled sphere (the engulfed case, where OBC1's CustomGBForce integral differs
+    from GBSAOBCForce's), with an OBC1 force only."""
+    from openmm.app.internal.customgbforces import GBSAOBC1Force
+
+    system = openmm.System()
+    force = GBSAOBC1Force(solvent, solute, surface, None, 0.0)
+    particles = [  # charge e, radius nm, scale
+        (0.4, 0.30, 1.5), (-0.3, 0.10, 0.5), (0.2, 0.11, 0.6), (-0.5, 0.17, 0.72),
+        (0.1, 0.12, 0.85), (0.3, 0.155, 0.79), (-0.6, 0.15, 0.85), (0.4, 0.18, 0.96),
+    ]
+    for charge, radius, scale in particles:
+        system.addParticle(12.0)
+        force.addParticle([charge, radius, scale])
+    force.finalize()
+    system.addForce(force)
+    base = np.array([
+        [0.0, 0.0, 0.0], [0.14, 0.0, 0.0], [0.0, 0.2, 0.0], [0.3, 0.25, 0.1],
+        [-0.25, -0.2, 0.15], [0.1, -0.3, -0.2], [-0.35, 0.1, -0.25], [0.45, -0.1, 0.3],
+    ])
+    return system, base
+
+
+@pytest.mark.parametrize(
+    "settings", [(78.5, 1.0, "ACE"), (80.0, 2.0, None)], ids=["ace", "no-surface"]
+)
+def test_obc1_custom_gb_force_matches_openmm_including_engulfed_spheres(settings):
+    system, base = _obc1_system(*settings)
+    configs = base[None] + 0.05 * np.random.default_rng(7).normal(size=(N_CONFIGS, 8, 3))
+    energies, forces, _, _ = openmm_reference(system, configs)
+    ff = forcefield_from_system(system)
+    (gbsa,) = ff.terms
+    assert (gbsa.solvent_dielectric, gbsa.solute_dielectric) == settings[:2]
+    assert (gbsa.surface_area_energy > 0) == (settings[2] == "ACE")
+    parts, _ = evaluate(ff, jnp.asarray(configs))
+    energy, gradient = (np.asarray(a) for a in parts["gbsa"])
+    np.testing.assert_allclose(energy, energies["gbsa"], rtol=1e-6)
+    assert np.abs(-gradient - forces["gbsa"]).max() <= 1e-6 * np.abs(forces["gbsa"]).max()
+    # The test means something: with GBSAOBCForce's engulfed-sphere term the energies differ.
+    obc2_style = dataclasses.replace(gbsa, engulfed_correction=True)  # a static field
+    other = np.asarray(jax.vmap(obc2_style.energy)(jnp.asarray(configs)))
+    assert np.abs(other - energies["gbsa"]).max() > 1e-2 * np.abs(energies["gbsa"]).max()
+
+
+def test_other_custom_gb_forces_are_rejected_naming_the_supported_ones():
+    from openmm.app.internal.customgbforces import GBSAGBnForce, GBSAOBC1Force
+
+    def system_with(force):
+        system, _ = _obc1_system(78.5, 1.0, "ACE")
+        system.removeForce(0)
+        for charge, radius, scale in [(0.1, 0.15, 0.8)] * 8:
+            force.addParticle([charge, radius, scale])
+        force.finalize()
+        system.addForce(force)
+        return system
+
+    message = r"unsupported CustomGBForce: only the OBC1 force of .*; supported forces: Harm"
+    salt = GBSAOBC1Force(78.5, 1.0, "ACE", None, 1.0)  # kappa > 0: salt screening
+    for force in (GBSAGBnForce(78.5, 1.0, "ACE", None, 0.0), salt):
+        with pytest.raises(ConfigError, match=message):
+            forcefield_from_system(system_with(force))
+    changed = GBSAOBC1Force(78.5, 1.0, "ACE", None, 0.0)
+    expression, kind = changed.getEnergyTermParameters(1)
+    changed.setEnergyTermParameters(1, expression.replace("0.14", "0.15"), kind)
+    with pytest.raises(ConfigError, match=message):
+        forcefield_from_system(system_with(changed))
+
+    cutoff = openmmtools_system()
+    for force in cutoff.getForces():
+        if isinstance(force, openmm.CustomGBForce):
+            force.setNonbondedMethod(openmm.CustomGBForce.CutoffNonPeriodic)
+    with pytest.raises(ConfigError, match="CustomGBForce uses cutoff method CutoffNonPeriodic"):
+        forcefield_from_system(cutoff)
+    both = openmmtools_system()
+    obc2 = openmm.GBSAOBCForce()
+    for _ in range(22):
+        obc2.addParticle(0.0, 0.15, 0.8)
+    both.addForce(obc2)
+    with pytest.raises(ConfigError, match="both a GBSAOBCForce and a CustomGBForce"):
+        forcefield_from_system(both)
+
+
+def test_amber_prmtop_solvent_choices_and_errors(tmp_path):
+    for solvent, gb in [("OBC2", "GBSAOBCForce"), ("vacuum", None), ("OBC1", "CustomGBForce")]:
+        _, _, system = build_system(FIELD, [solvent])
+        names = {type(f).__name__ for f in system.getForces()}
+        assert names & {"GBSAOBCForce", "CustomGBForce"} == ({gb} if gb else set())
+    with pytest.raises(ConfigError, match="is an Amber prmtop, which carries its own param"):
+        build_system(FIELD, ["amber99sbildn.xml", "amber99_obc.xml"])
+    lonely = tmp_path / "lonely.prmtop"
+    lonely.write_bytes(FIELD.read_bytes())
+    with pytest.raises(ConfigError, match="no coordinates for Amber prmtop .*'lonely.inpcrd'"):
+        build_system(lonely)
+    with pytest.raises(ConfigError, match="Amber prmtop file .* does not exist"):
+        build_system(tmp_path / "nothing.prmtop")

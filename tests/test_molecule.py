@@ -332,3 +332,39 @@ def test_config_file_parses():
     assert config.prediction.conditional == "ais" and config.prediction.ais_steps == 100
     target = build_target(config.target)
     assert isinstance(target, Molecule) and target.cg_atoms == (4, 6, 8, 10, 16)
+
+
+def test_field_config_builds_the_openmmtools_alanine_dipeptide():
+    """configs/alanine_dipeptide_field.toml: openmmtools' AlanineDipeptideImplicit (Amber ff96
+    prmtop, OBC1, constraints=None) in one key; the energy is OpenMM's of the same System."""
+    import openmm
+    from openmm import app, unit
+
+    from coarseflow.config import build_target, load_config
+
+    config = load_config(ROOT / "configs" / "alanine_dipeptide_field.toml")
+    assert config.target["pdb"] == "alanine_dipeptide_implicit"
+    assert "forcefield" not in config.target and "reference" not in config.target
+    target = build_target(config.target)
+    assert isinstance(target, Molecule) and target.n_atoms == 22 and target.temperature == 300.0
+    # C of ACE, N, CA, C of ALA, N of NME: the prmtop lists CB before ALA's C
+    assert target.cg_atoms == (4, 6, 8, 14, 16) and target.n == 60
+    assert target.pdb_path.endswith("alanine_dipeptide_implicit.prmtop")
+    assert target.forcefield.term_names[-1] == "gbsa"
+    assert target.forcefield.terms[-1].alpha == 0.8  # OBC1
+
+    prmtop = app.AmberPrmtopFile(target.pdb_path)
+    system = prmtop.createSystem(implicitSolvent=app.OBC1, constraints=None)
+    context = openmm.Context(
+        system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference")
+    )
+    positions = np.asarray(target.full_positions(target.reference_x))  # the gauge frame
+    context.setPositions(positions)
+    state = context.getState(getEnergy=True, getForces=True)
+    energy = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+    assert energy == pytest.approx(-138.9697, abs=1e-3)  # the shipped inpcrd, moved rigidly
+    u, du = jax.value_and_grad(target.energy)(target.reference_x)
+    assert float(u) * target.kT == pytest.approx(energy, rel=1e-6)
+    forces = state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)
+    expected = -forces.reshape(-1)[np.asarray(target.free_indices)] / target.kT
+    np.testing.assert_allclose(np.asarray(du), expected, atol=1e-6 * np.abs(expected).max())

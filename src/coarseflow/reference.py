@@ -50,8 +50,12 @@ from coarseflow.errors import ConfigError
 from coarseflow.runs import atomic_write_bytes
 from coarseflow.samplers.replica_exchange import run_replica_exchange, temperature_ladder
 
-BUILTIN_MOLECULES = {"alanine_dipeptide": "alanine_dipeptide.pdb"}
-DEFAULT_FORCEFIELD = ("amber99sbildn.xml", "amber99_obc.xml")
+BUILTIN_MOLECULES = {
+    "alanine_dipeptide": "alanine_dipeptide.pdb",
+    "alanine_dipeptide_implicit": "alanine_dipeptide_implicit.prmtop",  # openmmtools', OBC1
+}
+"""As coarseflow.targets.molecule.BUILTIN_MOLECULES (name -> file in coarseflow/data); an
+unset forcefield is the file's default (forcefield.build_system)."""
 LEFT_BASINS = ("C5", "C7eq/PII", "alpha_R")  # phi < 0 (and the wrapped beta region)
 SHIPPED_REFERENCE = "alanine_dipeptide_reference.npz"
 NPZ_KEYS = (
@@ -170,16 +174,16 @@ class _Molecule:
                 f"[target] kind: `coarseflow reference` needs kind = \"molecule\", got {kind!r}"
             )
         self.pdb_path = _pdb_path(table.get("pdb", "alanine_dipeptide"))
-        forcefield = table.get("forcefield", list(DEFAULT_FORCEFIELD))
+        forcefield = table.get("forcefield")  # None: the default of the file (build_system)
         if isinstance(forcefield, str):
             forcefield = [forcefield]
-        if not isinstance(forcefield, list | tuple) or not all(
+        if forcefield is not None and (not isinstance(forcefield, list | tuple) or not all(
             isinstance(f, str) for f in forcefield
-        ):
+        )):
             raise ConfigError(
                 f"[target] forcefield: expected a list of XML file names, got {forcefield!r}"
             )
-        self.forcefield = tuple(forcefield)
+        self.forcefield = None if forcefield is None else tuple(forcefield)
         temperature = table.get("temperature", 300.0)
         if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not (
             temperature > 0

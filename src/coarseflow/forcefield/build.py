@@ -1,5 +1,5 @@
-"""PDB file + OpenMM force-field files -> OpenMM System in the form ``forcefield_from_system``
-accepts: no cutoff, no constraints, flexible water."""
+"""PDB file + OpenMM force-field files, or an Amber prmtop + its coordinates -> OpenMM System in
+the form ``forcefield_from_system`` accepts: no cutoff, no constraints, flexible water."""
 
 from __future__ import annotations
 
@@ -11,12 +11,25 @@ from coarseflow.errors import ConfigError
 
 DEFAULT_FORCEFIELD_FILES = ("amber99sbildn.xml", "amber99_obc.xml")
 
+AMBER_SUFFIXES = (".prmtop", ".parm7")
+AMBER_COORDINATE_SUFFIXES = (".inpcrd", ".rst7", ".crd")
+AMBER_IMPLICIT_SOLVENTS = ("OBC1", "OBC2", "vacuum")
+"""What ``forcefield`` may name for an Amber prmtop (the first is the default): OpenMM's
+``implicitSolvent=app.OBC1`` (a CustomGBForce), ``app.OBC2`` (a GBSAOBCForce), or none."""
+
 
 def build_system(
     pdb_path: str | Path,
-    forcefield_files: tuple[str, ...] | list[str] = DEFAULT_FORCEFIELD_FILES,
+    forcefield_files: tuple[str, ...] | list[str] | None = None,
 ):
-    """Read ``pdb_path`` and parametrise it with OpenMM's ``forcefield_files``.
+    """Read ``pdb_path`` and parametrise it.
+
+    A PDB file is parametrised with OpenMM's force-field XML files ``forcefield_files``
+    (default ``DEFAULT_FORCEFIELD_FILES``). An Amber prmtop (``.prmtop`` / ``.parm7``) carries
+    its own parameters and GB radii; its coordinates are read from the file of the same name
+    ending ``.inpcrd``, ``.rst7`` or ``.crd``, and ``forcefield_files`` then names only the
+    implicit solvent, one of ``AMBER_IMPLICIT_SOLVENTS`` (default "OBC1", as
+    openmmtools' AlanineDipeptideImplicit).
 
     Returns (topology: openmm.app.Topology, positions: np.ndarray (n_atoms, 3) float64 in nm,
     system: openmm.System) built with NoCutoff, constraints=None and rigidWater=False.
@@ -26,6 +39,8 @@ def build_system(
     from openmm import app, unit
 
     path = Path(pdb_path)
+    if path.suffix.lower() in AMBER_SUFFIXES:
+        return _build_amber_system(path, forcefield_files)
     if not path.is_file():
         raise ConfigError(f"molecule: PDB file '{path}' does not exist")
     try:
@@ -35,7 +50,7 @@ def build_system(
     if pdb.topology.getNumAtoms() == 0:
         raise ConfigError(f"molecule: PDB file '{path}' contains no atoms")
 
-    files = tuple(forcefield_files)
+    files = DEFAULT_FORCEFIELD_FILES if forcefield_files is None else tuple(forcefield_files)
     try:
         forcefield = app.ForceField(*files)
     except Exception as err:  # ValueError / OSError for a missing file, XML errors otherwise
@@ -61,3 +76,47 @@ def build_system(
         ) from err
     positions = np.asarray(pdb.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
     return pdb.topology, positions.astype(np.float64), system
+
+
+def _build_amber_system(path: Path, forcefield_files):
+    """(topology, positions nm, System) of an Amber prmtop and the coordinates beside it."""
+    from openmm import app, unit
+
+    if not path.is_file():
+        raise ConfigError(f"molecule: Amber prmtop file '{path}' does not exist")
+    solvent = AMBER_IMPLICIT_SOLVENTS[0]
+    if forcefield_files is not None:
+        names = [forcefield_files] if isinstance(forcefield_files, str) else list(forcefield_files)
+        if len(names) != 1 or names[0] not in AMBER_IMPLICIT_SOLVENTS:
+            raise ConfigError(
+                f"force field: '{path.name}' is an Amber prmtop, which carries its own "
+                "parameters: forcefield may only name its implicit solvent, one of "
+                f"{list(AMBER_IMPLICIT_SOLVENTS)} (default {solvent!r}), got {names}"
+            )
+        solvent = names[0]
+    coordinates = [path.with_suffix(s) for s in AMBER_COORDINATE_SUFFIXES]
+    found = [c for c in coordinates if c.is_file()]
+    if not found:
+        raise ConfigError(
+            f"molecule: no coordinates for Amber prmtop '{path}': expected one of "
+            + ", ".join(f"'{c.name}'" for c in coordinates)
+            + " beside it"
+        )
+    try:
+        prmtop = app.AmberPrmtopFile(str(path))
+        inpcrd = app.AmberInpcrdFile(str(found[0]))
+    except Exception as err:  # OpenMM raises a variety of types for malformed files
+        raise ConfigError(
+            f"molecule: cannot read Amber files '{path}', '{found[0]}': {err}"
+        ) from err
+    implicit = None if solvent == "vacuum" else getattr(app, solvent)
+    system = prmtop.createSystem(
+        nonbondedMethod=app.NoCutoff, constraints=None, rigidWater=False, implicitSolvent=implicit
+    )
+    positions = np.asarray(inpcrd.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
+    if positions.shape != (system.getNumParticles(), 3):
+        raise ConfigError(
+            f"molecule: '{found[0]}' has {positions.shape[0]} atoms, '{path}' "
+            f"{system.getNumParticles()}"
+        )
+    return prmtop.topology, positions.astype(np.float64), system

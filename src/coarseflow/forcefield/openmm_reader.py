@@ -1,13 +1,17 @@
 """Read an OpenMM System once into arrays: ``forcefield_from_system(system) -> ForceField``.
 
 OpenMM is only the input layer: after this, the energy is pure JAX. Supported forces are
-HarmonicBondForce, HarmonicAngleForce, PeriodicTorsionForce, NonbondedForce and GBSAOBCForce,
-all without cutoffs or periodic boundaries; CMMotionRemover is ignored (it is not an energy).
-Anything else -- another force class, a cutoff, constraints, virtual sites -- raises a
+HarmonicBondForce, HarmonicAngleForce, PeriodicTorsionForce, NonbondedForce, GBSAOBCForce (OBC2)
+and the one CustomGBForce that OpenMM builds for ``implicitSolvent=app.OBC1`` (OBC1, from an
+Amber prmtop: ``openmm.app.internal.customgbforces.GBSAOBC1Force``, no salt), all without
+cutoffs or periodic boundaries; CMMotionRemover is ignored (it is not an energy). Anything
+else -- another force class or CustomGBForce, a cutoff, constraints, virtual sites -- raises a
 ConfigError naming it, rather than silently giving a different energy from OpenMM's.
 """
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 
@@ -16,6 +20,7 @@ from coarseflow.forcefield.energy import ForceField
 from coarseflow.forcefield.geometry import Gather, displacements
 from coarseflow.forcefield.terms import (
     GBSAOBC,
+    OBC_DIELECTRIC_OFFSET,
     AbstractTerm,
     HarmonicAngles,
     HarmonicBonds,
@@ -25,6 +30,10 @@ from coarseflow.forcefield.terms import (
 
 _NONBONDED_METHODS = {0: "NoCutoff", 1: "CutoffNonPeriodic", 2: "CutoffPeriodic"}
 _NONBONDED_METHODS.update({3: "Ewald", 4: "PME", 5: "LJPME"})
+SUPPORTED_FORCES = (
+    "HarmonicBondForce, HarmonicAngleForce, PeriodicTorsionForce, NonbondedForce, "
+    "GBSAOBCForce (OBC2), CustomGBForce of implicitSolvent=app.OBC1 (GBSAOBC1Force, no salt)"
+)
 
 
 def forcefield_from_system(system, *, gather: Gather = "auto") -> ForceField:
@@ -61,6 +70,7 @@ def forcefield_from_system(system, *, gather: Gather = "auto") -> ForceField:
         openmm.PeriodicTorsionForce: _read_torsions,
         openmm.NonbondedForce: _read_nonbonded,
         openmm.GBSAOBCForce: _read_gbsa,
+        openmm.CustomGBForce: _read_obc1,
     }
     collected: dict[type, list] = {}
     for force in system.getForces():
@@ -68,8 +78,11 @@ def forcefield_from_system(system, *, gather: Gather = "auto") -> ForceField:
         if kind is openmm.CMMotionRemover:
             continue
         if kind not in readers:
-            raise ConfigError(f"force field: unsupported force '{kind.__name__}'")
-        if kind in (openmm.NonbondedForce, openmm.GBSAOBCForce):  # before the PBC check
+            raise ConfigError(
+                f"force field: unsupported force '{kind.__name__}' (supported: {SUPPORTED_FORCES})"
+            )
+        gb_forces = (openmm.GBSAOBCForce, openmm.CustomGBForce)
+        if kind in (openmm.NonbondedForce, *gb_forces):  # before the PBC check
             _check_no_cutoff(force, kind.__name__)
         if force.usesPeriodicBoundaryConditions():
             raise ConfigError(
@@ -77,6 +90,11 @@ def forcefield_from_system(system, *, gather: Gather = "auto") -> ForceField:
                 "only non-periodic systems are supported"
             )
         collected.setdefault(kind, []).append(force)
+    if all(kind in collected for kind in gb_forces):
+        raise ConfigError(
+            "force field: the System has both a GBSAOBCForce and a CustomGBForce; only one "
+            "implicit-solvent force is supported"
+        )
 
     terms: list[AbstractTerm] = []
     for kind, reader in readers.items():
@@ -245,4 +263,115 @@ def _read_gbsa(forces, n_atoms, gather) -> GBSAOBC:
         solute_dielectric=float(force.getSoluteDielectric()),
         solvent_dielectric=float(force.getSolventDielectric()),
         surface_area_energy=float(gamma),
+    )
+
+
+def _obc1_template(force):
+    """OpenMM's own ``GBSAOBC1Force`` (no cutoff, no salt) with the dielectrics and surface
+    term of ``force`` if ``force`` is exactly such a force, else None."""
+    from openmm.app.internal.customgbforces import GBSAOBC1Force
+
+    def layout(f):
+        return (
+            [f.getPerParticleParameterName(i) for i in range(f.getNumPerParticleParameters())],
+            [f.getComputedValueParameters(i) for i in range(f.getNumComputedValues())],
+            [f.getEnergyTermParameters(i) for i in range(f.getNumEnergyTerms())],
+            f.getNumGlobalParameters(),
+            f.getNumTabulatedFunctions(),
+            f.getNumEnergyParameterDerivatives(),
+        )
+
+    if not force.getNumEnergyTerms():
+        return None
+    found = re.search(
+        r"; solventDielectric=([^;]+); soluteDielectric=([^;]+); kappa=0;",
+        force.getEnergyTermParameters(0)[0],
+    )
+    if found is None:
+        return None
+    try:
+        solvent, solute = float(found.group(1)), float(found.group(2))
+    except ValueError:
+        return None
+    target = layout(force)
+    for surface in ("ACE", None):
+        template = GBSAOBC1Force(solvent, solute, surface, None, 0.0)
+        if layout(template) == target:
+            return template, solvent, solute
+    return None
+
+
+def _number(pattern: str, text: str) -> float:
+    found = re.search(pattern, text)
+    if found is None:  # an OpenMM whose GBSAOBC1Force is written differently
+        raise ConfigError(
+            "force field: this OpenMM's OBC1 CustomGBForce (GBSAOBC1Force) is not written as "
+            f"coarseflow expects ({pattern!r} not in {text!r})"
+        )
+    return float(found.group(1))
+
+
+def _read_obc1(forces, n_atoms, gather) -> GBSAOBC:
+    """The CustomGBForce of ``implicitSolvent=app.OBC1`` (recognised by comparing its
+    parameters, computed values and energy expressions with OpenMM's own GBSAOBC1Force) as a
+    GBSAOBC term with the OBC1 constants, read from those expressions."""
+    if len(forces) > 1:
+        raise ConfigError(
+            f"force field: the System has {len(forces)} CustomGBForces; only one is supported"
+        )
+    (force,) = forces
+    found = _obc1_template(force)
+    if found is None:
+        raise ConfigError(
+            "force field: unsupported CustomGBForce: only the OBC1 force of "
+            "implicitSolvent=app.OBC1 (no cutoff, no salt) is read; supported forces: "
+            f"{SUPPORTED_FORCES}"
+        )
+    template, solvent, solute = found
+    if solvent <= 0.0 or solute <= 0.0:
+        raise ConfigError(
+            f"force field: CustomGBForce (OBC1) has dielectrics {solute}, {solvent}; "
+            "expected both > 0"
+        )
+    if force.getNumParticles() != n_atoms:
+        raise ConfigError(
+            f"force field: CustomGBForce has {force.getNumParticles()} particles, "
+            f"the System {n_atoms}"
+        )
+    number = r"([0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)"
+    born = template.getComputedValueParameters(1)[1]
+    alpha = _number(rf"tanh\({number}\*psi\+", born)
+    gamma = _number(rf"\+{number}\*psi\^3\)", born)
+    offset = _number(rf"offset={number}", born)
+    coulomb = _number(rf"^-0\.5\*{number}\*", template.getEnergyTermParameters(0)[0])
+    surface = 0.0
+    if template.getNumEnergyTerms() == 3:  # the ACE term: 4 pi gamma_SA (radius+0.14)^2 ...
+        ace = _number(rf"^{number}\*\(radius\+0\.14\)\^2", template.getEnergyTermParameters(1)[0])
+        surface = ace / (4.0 * np.pi)
+    if offset != OBC_DIELECTRIC_OFFSET:
+        raise ConfigError(f"force field: OBC1 dielectric offset {offset} nm, expected 0.009")
+
+    charge, radius, scale = np.zeros(n_atoms), np.zeros(n_atoms), np.zeros(n_atoms)
+    for i in range(n_atoms):
+        q, offset_radius, scaled_radius = force.getParticleParameters(i)
+        if not offset_radius > 0.0:
+            raise ConfigError(
+                f"force field: CustomGBForce (OBC1) particle {i} has offset radius "
+                f"{offset_radius} nm; expected > 0"
+            )
+        charge[i] = q
+        radius[i] = offset_radius + OBC_DIELECTRIC_OFFSET
+        scale[i] = scaled_radius / offset_radius
+    return GBSAOBC(
+        charge=_array(charge),
+        radius=_array(radius),
+        scale=_array(scale),
+        solute_dielectric=solute,
+        solvent_dielectric=solvent,
+        surface_area_energy=float(surface),
+        alpha=alpha,
+        beta=0.0,
+        gamma=gamma,
+        coulomb_constant=coulomb,
+        engulfed_correction=False,
     )

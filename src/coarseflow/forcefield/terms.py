@@ -39,6 +39,7 @@ from coarseflow.forcefield.geometry import (
 ONE_4PI_EPS0 = 138.93545764438198
 OBC_DIELECTRIC_OFFSET = 0.009  # nm, subtracted from every GBSA radius (OpenMM's value)
 OBC2_ALPHA, OBC2_BETA, OBC2_GAMMA = 1.0, 0.8, 4.85  # OBC "type II" tanh rescaling
+OBC1_ALPHA, OBC1_BETA, OBC1_GAMMA = 0.8, 0.0, 2.909125  # OBC "type I" (OpenMM's app.OBC1)
 ACE_PROBE_RADIUS = 0.14  # nm, solvent probe radius of the ACE surface-area term
 
 
@@ -228,17 +229,23 @@ def _pair_energy(static, positions, charge, sigma, sqrt_epsilon, pair_mask):
 
 
 class GBSAOBC(AbstractTerm):
-    """OBC2 generalized-Born implicit solvent with the ACE surface term (OpenMM GBSAOBCForce).
+    """OBC generalized-Born implicit solvent with the ACE surface term: OBC2 as OpenMM's
+    GBSAOBCForce (the defaults), or OBC1 as the CustomGBForce of OpenMM's ``app.OBC1``.
 
     With rho_i = radius_i - 0.009 nm and scaled radii s_j = scale_j rho_j, the Born radii are
-    R_i = 1 / (1/rho_i - tanh(psi_i - 0.8 psi_i^2 + 4.85 psi_i^3) / radius_i),
+    R_i = 1 / (1/rho_i - tanh(alpha psi_i - beta psi_i^2 + gamma psi_i^3) / radius_i),
     psi_i = rho_i / 2 sum_{j != i} I(rho_i, s_j, r_ij) (HCT pairwise descreening integrals);
-    E_GB = -ONE_4PI_EPS0 / 2 (1/eps_solute - 1/eps_solvent) sum_{i,j} q_i q_j / f_ij,
+    (alpha, beta, gamma) = (1, 0.8, 4.85) for OBC2, (0.8, 0, 2.909125) for OBC1.
+    E_GB = -coulomb_constant / 2 (1/eps_solute - 1/eps_solvent) sum_{i,j} q_i q_j / f_ij,
     f_ij = sqrt(r_ij^2 + R_i R_j exp(-r_ij^2 / (4 R_i R_j))) (the i = j terms are the
-    self energies); E_SA = 4 pi gamma sum_i (radius_i + 0.14)^2 (radius_i / R_i)^6.
+    self energies); E_SA = 4 pi gamma_SA sum_i (radius_i + 0.14)^2 (radius_i / R_i)^6.
 
     charge (n,) e; radius (n,) nm; scale (n,) dimensionless; dielectrics dimensionless;
-    surface_area_energy gamma in kJ/mol/nm^2.
+    surface_area_energy gamma_SA in kJ/mol/nm^2; alpha, beta, gamma: the tanh rescaling;
+    coulomb_constant in kJ/mol nm / e^2 (OpenMM's Amber CustomGBForces write 138.935485, its
+    GBSAOBCForce uses ONE_4PI_EPS0); engulfed_correction: add 2 (1/rho_i - 1/L_ij) to I when
+    sphere i lies wholly inside scaled sphere j, as GBSAOBCForce does (the CustomGBForce
+    integral of app.OBC1 does not).
 
     The gradient with respect to positions is analytic (a custom JVP, ~3x faster than
     autodiff through the Born radii on CPU); derivatives with respect to the parameters fall
@@ -251,28 +258,39 @@ class GBSAOBC(AbstractTerm):
     solute_dielectric: float = eqx.field(static=True)
     solvent_dielectric: float = eqx.field(static=True)
     surface_area_energy: float = eqx.field(static=True)
+    alpha: float = eqx.field(static=True, default=OBC2_ALPHA)
+    beta: float = eqx.field(static=True, default=OBC2_BETA)
+    gamma: float = eqx.field(static=True, default=OBC2_GAMMA)
+    coulomb_constant: float = eqx.field(static=True, default=ONE_4PI_EPS0)
+    engulfed_correction: bool = eqx.field(static=True, default=True)
     name: ClassVar[str] = "gbsa"
 
-    def _constants(self) -> tuple[float, float]:
-        """(polar prefactor in kJ/mol nm / e^2, surface-area energy in kJ/mol/nm^2)."""
+    def _obc(self) -> tuple[float, float, float, bool]:
+        return (self.alpha, self.beta, self.gamma, self.engulfed_correction)
+
+    def _constants(self) -> tuple[float, float, tuple[float, float, float, bool]]:
+        """(polar prefactor in kJ/mol nm / e^2, surface-area energy in kJ/mol/nm^2, the Born
+        radii's (alpha, beta, gamma, engulfed_correction))."""
         if self.solute_dielectric != 0.0 and self.solvent_dielectric != 0.0:
             inv_diff = 1.0 / self.solute_dielectric - 1.0 / self.solvent_dielectric
-            return -0.5 * ONE_4PI_EPS0 * inv_diff, self.surface_area_energy
-        return 0.0, self.surface_area_energy  # OpenMM switches the polar term off then
+            prefactor = -0.5 * self.coulomb_constant * inv_diff
+        else:
+            prefactor = 0.0  # OpenMM switches the polar term off then
+        return prefactor, self.surface_area_energy, self._obc()
 
     def _params(self, dtype):
         return tuple(a.astype(dtype) for a in (self.charge, self.radius, self.scale))
 
     def born_radii(self, positions: Float[Array, "n_atoms 3"]) -> Float[Array, " n_atoms"]:
-        """OBC2 effective Born radii R_i (n_atoms,) in nm."""
+        """OBC effective Born radii R_i (n_atoms,) in nm."""
         _, radius, scale = self._params(positions.dtype)
-        return _born_radii(positions, radius, scale, with_derivatives=False)[0]
+        return _born_radii(self._obc(), positions, radius, scale, with_derivatives=False)[0]
 
     def energy(self, positions: Float[Array, "n_atoms 3"]) -> Float[Array, ""]:
         return _gbsa_energy(self._constants(), positions, *self._params(positions.dtype))
 
 
-def _obc_integral(r, rho_i, s_j):
+def _obc_integral(r, rho_i, s_j, engulfed_correction=True):
     """Hawkins-Cramer-Truhlar descreening of atom i (radius rho_i) by the part of sphere j
     (radius s_j, centre at distance r) outside sphere i: the closed form of the integral of
     1/|x|^4 about centre i, up to the constant factor that psi_i carries. Elementwise; 0 when
@@ -287,14 +305,16 @@ def _obc_integral(r, rho_i, s_j):
         + 0.5 / r * jnp.log(upper / lower)
         + 0.25 * s_j * s_j / r * (l2 - u2)
     )
-    # Sphere i lies wholly inside sphere j: add the part of j's volume that i hides.
-    integral = integral + jnp.where(rho_i < s_j - r, 2.0 * (1.0 / rho_i - lower), 0.0)
+    if engulfed_correction:  # sphere i lies wholly inside j: add the part of j that i hides
+        integral = integral + jnp.where(rho_i < s_j - r, 2.0 * (1.0 / rho_i - lower), 0.0)
     return jnp.where(rho_i < r + s_j, integral, 0.0)
 
 
-def _born_radii(positions, radius, scale, *, with_derivatives: bool):
+def _born_radii(obc, positions, radius, scale, *, with_derivatives: bool):
     """Born radii R (n,) and the pieces the analytic gradient reuses: r^2 (n, n), r (n, n)
-    (1 on the diagonal), dI_ij/dr (n, n) and dR_i/dpsi_i (n,) (None unless asked for)."""
+    (1 on the diagonal), dI_ij/dr (n, n) and dR_i/dpsi_i (n,) (None unless asked for).
+    obc: (alpha, beta, gamma, engulfed_correction) of GBSAOBC."""
+    alpha, beta, gamma, engulfed_correction = obc
     rho = radius - OBC_DIELECTRIC_OFFSET
     n = positions.shape[0]
     off_diagonal = ~jnp.eye(n, dtype=bool)
@@ -303,7 +323,7 @@ def _born_radii(positions, radius, scale, *, with_derivatives: bool):
     r = jnp.sqrt(jnp.where(off_diagonal, r2, 1.0))
 
     def pair_integrals(r):
-        i = _obc_integral(r, rho[:, None], (scale * rho)[None, :])
+        i = _obc_integral(r, rho[:, None], (scale * rho)[None, :], engulfed_correction)
         return jnp.where(off_diagonal, i, 0.0)
 
     if with_derivatives:
@@ -312,20 +332,20 @@ def _born_radii(positions, radius, scale, *, with_derivatives: bool):
     else:
         integral, d_integral = pair_integrals(r), None
     psi = 0.5 * rho * jnp.sum(integral, axis=1)
-    tanh = jnp.tanh(OBC2_ALPHA * psi - OBC2_BETA * psi**2 + OBC2_GAMMA * psi**3)
+    tanh = jnp.tanh(alpha * psi - beta * psi**2 + gamma * psi**3)
     born = 1.0 / (1.0 / rho - tanh / radius)
     d_born = None
     if with_derivatives:
-        chain = OBC2_ALPHA - 2.0 * OBC2_BETA * psi + 3.0 * OBC2_GAMMA * psi**2
+        chain = alpha - 2.0 * beta * psi + 3.0 * gamma * psi**2
         d_born = born * born * (1.0 - tanh * tanh) * chain / radius
     return born, r2, r, d_integral, d_born
 
 
 def _gbsa_parts(constants, positions, charge, radius, scale, *, with_gradient: bool):
     """GBSA energy (scalar, kJ/mol) and, if asked, its gradient (n, 3) in kJ/mol/nm."""
-    prefactor, gamma = constants
+    prefactor, gamma, obc = constants
     born, r2, r, d_integral, d_born = _born_radii(
-        positions, radius, scale, with_derivatives=with_gradient
+        obc, positions, radius, scale, with_derivatives=with_gradient
     )
     born2 = born[:, None] * born[None, :]
     scaled_r2 = r2 / (4.0 * born2)

@@ -23,7 +23,6 @@ from scipy.sparse.csgraph import shortest_path
 from coarseflow.analysis import observables as obs
 from coarseflow.errors import ConfigError
 from coarseflow.forcefield import (
-    DEFAULT_FORCEFIELD_FILES,
     ForceField,
     build_system,
     forcefield_from_system,
@@ -42,6 +41,10 @@ ALANINE_DIPEPTIDE_SELECTION = (
 
 BUILTIN_MOLECULES: dict[str, tuple[str, str]] = {
     "alanine_dipeptide": ("alanine_dipeptide.pdb", ALANINE_DIPEPTIDE_SELECTION),
+    # openmmtools' AlanineDipeptideImplicit: Amber ff96 prmtop (+ .inpcrd), OBC1 (FAB, TA-BG, CMT)
+    "alanine_dipeptide_implicit": (
+        "alanine_dipeptide_implicit.prmtop", ALANINE_DIPEPTIDE_SELECTION
+    ),
 }
 """Built-in ``pdb`` names -> (file in coarseflow/data, default cg_selection)."""
 
@@ -363,7 +366,7 @@ class Molecule(AbstractTarget):
     def __init__(
         self,
         pdb: str = "alanine_dipeptide",
-        forcefield: tuple[str, ...] = DEFAULT_FORCEFIELD_FILES,
+        forcefield: tuple[str, ...] | None = None,
         temperature: float = 300.0,
         cg_selection: str | None = None,
         fixed_atoms: tuple[int, ...] | None = None,
@@ -373,8 +376,12 @@ class Molecule(AbstractTarget):
         """The ``[target]`` table of ``kind = "molecule"``.
 
         pdb: a built-in name ("alanine_dipeptide": ACE-ALA-NME, 22 atoms, shipped with the
-            package) or a path to a PDB file with hydrogens (relative to the current directory).
-        forcefield: OpenMM force-field XML files (OpenMM's bundled names or paths).
+            package; "alanine_dipeptide_implicit": openmmtools' AlanineDipeptideImplicit, Amber
+            ff96 in OBC1, docs/molecules.md) or a path to a PDB file with hydrogens (relative
+            to the current directory), or to an Amber prmtop with its .inpcrd beside it.
+        forcefield: OpenMM force-field XML files (OpenMM's bundled names or paths; default
+            amber99sbildn.xml + amber99_obc.xml); for a prmtop only its implicit solvent,
+            "OBC1" (default), "OBC2" or "vacuum" (see forcefield.build_system).
         temperature: kelvin; the target beta = 1 is this temperature.
         cg_selection: mdtraj selection of the coarse-grained atoms (X). Default: for
             alanine_dipeptide the five atoms defining phi and psi,
@@ -397,12 +404,13 @@ class Molecule(AbstractTarget):
                 or not (math.isfinite(float(value)) and float(value) > 0)
             ):
                 raise ConfigError(f"[target] {name}: expected a positive number, got {value!r}")
-        forcefield = (forcefield,) if isinstance(forcefield, str) else tuple(forcefield)
+        if forcefield is not None:
+            forcefield = (forcefield,) if isinstance(forcefield, str) else tuple(forcefield)
         path, builtin_selection = _resolve_pdb(pdb)
         if cg_selection is None:
             cg_selection = builtin_selection or DEFAULT_SELECTION
 
-        _, positions, system = build_system(path, tuple(forcefield))
+        _, positions, system = build_system(path, forcefield)
         try:
             topology = mdtraj.load_topology(path)
         except Exception as err:
