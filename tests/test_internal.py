@@ -247,3 +247,24 @@ def test_equivalent_rotors_tolerate_rounding_but_not_other_parameters():
     assert rotors([0.5, 0.5, 0.5 + 1e-4]) == ((2, 1, 0, (3, 4, 5)),)
     # ... different parameters do not
     assert rotors([0.5, 0.5, 0.6]) == ()
+
+
+def test_relabelings_are_the_27_methyl_permutations_and_the_learned_density_is_symmetric(ala2):
+    from coarseflow.model.conditional import ConditionalSettings, make_conditional
+
+    perms = ala2.y_relabelings()
+    assert perms.shape == (27, ala2.partition.n_y)
+    np.testing.assert_array_equal(perms[0], np.arange(ala2.partition.n_y))
+    assert len({tuple(p) for p in perms}) == 27
+    assert all(sorted(p) == list(range(ala2.partition.n_y)) for p in perms)
+    X, Y = ala2.partition.split(ala2.reference_x)
+    Y = Y + 0.01 * np.random.default_rng(2).standard_normal(Y.shape)
+    energy = jax.jit(jax.vmap(lambda y_: ala2.energy_xy(X, y_)))
+    u = np.asarray(energy(jnp.asarray(Y)[perms]))
+    np.testing.assert_allclose(u, u[0], rtol=1e-10)
+    cond = make_conditional(jr.key(0), ala2, ConditionalSettings(kind="gaussian", nn_width=8))
+    cond = eqx.tree_at(lambda c: c.log_diag, cond, jnp.full(ala2.partition.n_y, -3.0))
+    draw = jax.jit(lambda k: cond.sample(k, ala2, X, 1.0))(jr.key(1))
+    assert bool(draw.valid)
+    log_q = jax.jit(jax.vmap(lambda y_: cond.log_prob(ala2, X, 1.0, y_)))(draw.Y[perms])
+    np.testing.assert_allclose(log_q, draw.log_q, rtol=1e-9)

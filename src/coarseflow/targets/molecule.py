@@ -698,6 +698,27 @@ class Molecule(AbstractTarget):
         """The product of the sizes of the equivalent-rotor groups (3 per methyl group)."""
         return math.prod(len(g[3]) for g in self.info.rotors)
 
+    def y_relabelings(self) -> np.ndarray:
+        """(S, n_y) int: every combination of cyclic shifts of each equivalent-rotor group's
+        terminal atoms (a methyl's hydrogens), as permutations of Y; the identity first."""
+        y_flat = np.asarray(self.free_indices)[np.asarray(self.partition.y_indices)]
+        where = {int(f): j for j, f in enumerate(y_flat)}  # flat xyz index -> position in Y
+        perms = [np.arange(len(y_flat))]
+        for *_, terminals in self.info.rotors:
+            if not all(3 * t + c in where for t in terminals for c in range(3)):
+                continue  # a held coordinate among them: not a relabeling of Y alone
+            shifted = []
+            for shift in range(len(terminals)):
+                source = np.roll(terminals, -shift)
+                for p in perms:
+                    q = p.copy()
+                    for t, s in zip(terminals, source, strict=True):
+                        for c in range(3):
+                            q[where[3 * t + c]] = p[where[3 * s + c]]
+                    shifted.append(q)
+            perms = shifted
+        return np.stack(perms)
+
     def y_in_domain(self, X, Y, Y_ref) -> Array:
         """For every group of equivalent terminal atoms (a methyl's hydrogens), its first atom
         is the one whose dihedral about the rotor's bond is nearest that of the first atom in

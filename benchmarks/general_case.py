@@ -1,0 +1,136 @@
+"""The objectives of the general case side by side, several seeds each; prints a table.
+
+    python benchmarks/general_case.py                                 # every system, 3 seeds
+    python benchmarks/general_case.py --systems many_well_32 --seeds 0 1 2 --objectives joint
+    python benchmarks/general_case.py --write docs/benchmarks.md
+
+Each run trains the shipped config (configs/<system>.toml) with [training] objective set to
+mean_force (the paper's: chains on Y|X, [conditional] kind = chains), joint or hybrid (a learned
+Gaussian q(Y|X)), and [training] seed = [model] seed = [conditional] seed = the seed, into
+--out/<system>-<objective>-<seed>; then evaluates it on [prediction] n_samples samples. The
+energy evaluations are those the training counted (updates and ladder samples; the Laplace fits
+that start a learned conditional are not included); prediction adds one per sample with a
+learned conditional, and the AIS cost ([prediction]) with the chains. Mean and spread over seeds
+are in the last rows of each system.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import os
+import platform
+import shutil
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+from _markdown import replace_section  # benchmarks/_markdown.py (run as a script)
+
+from coarseflow.analysis.evaluation import evaluate_run
+from coarseflow.config import parse_config
+from coarseflow.runs import RunDir
+from coarseflow.workflow import train_from_config
+
+ROOT = Path(__file__).resolve().parents[1]
+SYSTEMS = ("gmm_16d_unequal", "many_well_32")
+OBJECTIVES = ("mean_force", "joint", "hybrid")
+COLUMNS = ("evals", "train_s", "n_betas", "ess_fraction", "pareto_k", "log_Z_error", "err_raw",
+           "err_reweighted")
+
+
+def variant(raw: dict, objective: str, seed: int) -> dict:
+    raw = copy.deepcopy(raw)
+    raw.setdefault("training", {})["objective"] = objective
+    raw["training"]["seed"] = seed
+    raw.setdefault("model", {})["seed"] = seed
+    kind = "chains" if objective == "mean_force" else "gaussian"
+    raw["conditional"] = {**raw.get("conditional", {}), "kind": kind, "seed": seed}
+    return raw
+
+
+def run_one(raw: dict, out: Path, n_samples: int | None) -> dict:
+    if out.exists():
+        shutil.rmtree(out)
+    t0 = time.perf_counter()
+    result = train_from_config(parse_config(raw), out, progress=False)
+    train_s = time.perf_counter() - t0
+    final = evaluate_run(out, n_samples=n_samples, progress=False)["final"]
+    meta = RunDir(out).find_checkpoint()
+    err = {k: final.get(k) for k in ("max_weight_error_raw", "max_right_well_error_raw")}
+    err_rw = {k: final.get(k) for k in ("max_weight_error_reweighted",
+                                        "max_right_well_error_reweighted")}
+    return {
+        "evals": meta["energy_evals"], "train_s": train_s, "n_betas": len(result.betas),
+        "ess_fraction": final["ess_fraction"], "pareto_k": final["pareto_k"],
+        "log_Z_error": final["log_Z_estimate"] - final["log_Z_exact"],
+        "err_raw": next(v for v in err.values() if v is not None),
+        "err_reweighted": next(v for v in err_rw.values() if v is not None),
+    }
+
+
+def fmt(v) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, int) or (isinstance(v, float) and abs(v) >= 1e4):
+        return f"{v:.3g}" if isinstance(v, float) else f"{v:,}"
+    return f"{v:.3f}"
+
+
+def table(rows: list[dict]) -> str:
+    head = "| system | objective | seed | " + " | ".join(COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 3)]
+    for r in rows:
+        lines.append(f"| {r['system']} | {r['objective']} | {r['seed']} | "
+                     + " | ".join(fmt(r[c]) for c in COLUMNS) + " |")
+    groups = sorted({(r["system"], r["objective"]) for r in rows},
+                    key=lambda g: (SYSTEMS.index(g[0]) if g[0] in SYSTEMS else 99, g[1]))
+    for system, objective in groups:
+        mine = [r for r in rows if (r["system"], r["objective"]) == (system, objective)]
+        if len(mine) < 2:
+            continue
+        cells = []
+        for c in COLUMNS:
+            v = np.asarray([r[c] for r in mine], float)
+            cells.append(f"{np.mean(v):.3g} ± {np.std(v, ddof=1):.2g}")
+        lines.append(f"| **{system}** | **{objective}** | mean ± sd ({len(mine)}) | "
+                     + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--systems", nargs="+", default=list(SYSTEMS))
+    p.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=OBJECTIVES)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--n", type=int, default=None, help="samples to evaluate (default: config)")
+    p.add_argument("--out", type=Path, default=ROOT / "runs" / "general_case")
+    p.add_argument("--jsonl", type=Path, default=None, help="append every row here as it ends")
+    p.add_argument("--write", type=Path, default=None, help="put the table into this markdown")
+    args = p.parse_args()
+    rows = []
+    for system in args.systems:
+        raw = tomllib.loads((ROOT / "configs" / f"{system}.toml").read_text())
+        for objective in args.objectives:
+            for seed in args.seeds:
+                out = args.out / f"{system}-{objective}-{seed}"
+                row = {"system": system, "objective": objective, "seed": seed,
+                       **run_one(variant(raw, objective, seed), out, args.n)}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                if args.jsonl is not None:
+                    with open(args.jsonl, "a") as f:
+                        f.write(json.dumps(row) + "\n")
+    text = table(rows)
+    print(text)
+    if args.write is not None:
+        stamp = (f"{datetime.date.today()}, {platform.node() or 'machine'} ({os.cpu_count()} "
+                 f"CPU cores), `python benchmarks/general_case.py {' '.join(os.sys.argv[1:])}`")
+        replace_section(args.write, "general-case", stamp, text)
+
+
+if __name__ == "__main__":
+    main()
