@@ -170,21 +170,24 @@ class LearnedConditional(eqx.Module):
         mu, L = self._gaussian(target, X)
         t = (L @ v) / jnp.sqrt(beta)
         log_q = log_q - jnp.sum(jnp.log(jnp.diag(L))) + 0.5 * self.n_y * jnp.log(beta)
-        periodic = np.asarray(self.periodic, bool)
-        bent = jnp.pi * jnp.tanh(t / jnp.pi)
-        log_q = log_q - jnp.sum(jnp.where(periodic, jnp.log1p(-jnp.tanh(t / jnp.pi) ** 2), 0.0))
-        return mu + jnp.where(periodic, bent, t), log_q
+        # the angles only (indexed, not masked: tanh saturates elsewhere, and a masked -inf
+        # would still poison the gradient)
+        angles = np.flatnonzero(np.asarray(self.periodic, bool))
+        bent = jnp.tanh(t[angles] / jnp.pi)
+        log_q = log_q - jnp.sum(jnp.log1p(-bent**2))
+        return mu + t.at[angles].set(jnp.pi * bent), log_q
 
     def _log_prob0(self, target, X, beta, Y):
         """log q0(Y | X) (), the unsymmetrised density, through xi = y_internal(X, Y)."""
         xi = target.y_internal(X, Y)
         _, log_det_y = target.y_cartesian(X, xi)
         mu, L = self._gaussian(target, X)
-        periodic = np.asarray(self.periodic, bool)
-        d = jnp.where(periodic, _wrap(xi - mu), xi - mu)
-        ratio = jnp.clip(d / jnp.pi, -1 + 1e-12, 1 - 1e-12)
-        t = jnp.where(periodic, jnp.pi * jnp.arctanh(jnp.where(periodic, ratio, 0.0)), d)
-        log_q = jnp.sum(jnp.where(periodic, -jnp.log1p(-ratio**2), 0.0))
+        angles = np.flatnonzero(np.asarray(self.periodic, bool))
+        d = xi - mu
+        tiny = jnp.finfo(d.dtype).eps
+        ratio = jnp.clip(_wrap(d[angles]) / jnp.pi, -1 + tiny, 1 - tiny)
+        t = d.at[angles].set(jnp.pi * jnp.arctanh(ratio))
+        log_q = -jnp.sum(jnp.log1p(-ratio**2))
         v = jax.scipy.linalg.solve_triangular(L, t, lower=True) * jnp.sqrt(beta)
         log_q = log_q - jnp.sum(jnp.log(jnp.diag(L))) + 0.5 * self.n_y * jnp.log(beta)
         eps = v
