@@ -168,3 +168,63 @@ def test_settings_errors():
     with pytest.raises(ConfigError, match="needs at least 2 fast coordinates"):
         from coarseflow.targets import DoubleWell
         make_conditional(jr.key(0), DoubleWell(), ConditionalSettings(kind="flow"))
+
+
+def test_gradients_stay_finite_where_the_angle_window_saturates_other_coordinates():
+    # a wide conditional at a small beta: t / pi ~ 100 on the ordinary coordinate, where tanh
+    # is exactly 1; the window must not touch it (a masked -inf once made every gradient NaN)
+    target = _Ring(n_x=2, n_y=2, seed=1)
+    cond = make_conditional(jr.key(0), target, ConditionalSettings(kind="gaussian", nn_width=8))
+    cond = eqx.tree_at(lambda c: c.log_diag, cond, jnp.array([3.0, -1.0]))
+    params, static = eqx.partition(cond, eqx.is_inexact_array)
+    X = jr.uniform(jr.key(1), (32, 2), minval=-1.0, maxval=1.0)
+
+    def loss(p):
+        t = conditional_terms(eqx.combine(p, static), jr.key(2), target, X, 0.01, 1e6)
+        return masked_mean(t.surrogate, t.ok)
+
+    grads = jax.tree.leaves(jax.grad(loss)(params))
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads)
+
+
+def test_a_joint_run_resumes_exactly_and_samples_with_its_conditional(tmp_path):
+    from coarseflow.config import parse_config
+    from coarseflow.runs import RunDir
+    from coarseflow.workflow import load_run, sample_run, train_from_config
+
+    raw = {"target": {"kind": "gaussian_mixture", "n_x": 2, "support_beta": 0.3},
+           "model": {"knots": 4, "layers": 2, "nn_width": 8},
+           "conditional": {"kind": "gaussian", "nn_width": 8, "laplace_fits": 4},
+           "training": {"objective": "joint", "batch_size": 32, "first_beta_updates": 6,
+                        "updates_per_beta": 4, "tempering_samples": 64},
+           "tempering": {"kind": "explicit", "betas": [0.3, 0.6, 1.0]},
+           "prediction": {"n_samples": 200}}
+    config = parse_config(raw)
+    full = train_from_config(config, tmp_path / "full", progress=False)
+    train_from_config(config, tmp_path / "part", progress=False, max_betas=2)
+    resumed = train_from_config(config, tmp_path / "part", progress=False, resume=True)
+    for a, b in zip(jax.tree.leaves(eqx.filter((full.flow, full.conditional),
+                                               eqx.is_inexact_array)),
+                    jax.tree.leaves(eqx.filter((resumed.flow, resumed.conditional),
+                                               eqx.is_inexact_array)), strict=True):
+        np.testing.assert_array_equal(a, b)
+    loaded = load_run(tmp_path / "full")
+    np.testing.assert_array_equal(loaded.conditional.loc, full.conditional.loc)
+    # one energy + force evaluation per sample and update, plus the ladder's samples
+    meta = RunDir(tmp_path / "full").find_checkpoint()
+    assert meta["energy_evals"] == 32 * (6 + 4 + 4) + 3 * 64
+    _, samples, beta = sample_run(tmp_path / "full", n=100)
+    assert beta == 1.0 and np.all(np.isfinite(samples.log_weights))
+    assert np.all(np.isnan(samples.ais_acceptance))  # no AIS: the density is exact
+
+
+def test_objective_and_conditional_must_agree():
+    from coarseflow.config import parse_config
+
+    base = {"target": {"kind": "gaussian_mixture"}}
+    with pytest.raises(ConfigError, match="set \\[conditional\\] kind"):
+        parse_config(base | {"training": {"objective": "joint"}})
+    with pytest.raises(ConfigError, match="use objective = 'hybrid' or 'joint'"):
+        parse_config(base | {"conditional": {"kind": "gaussian"}})
+    with pytest.raises(ConfigError, match=r"\[training\] objective"):
+        parse_config(base | {"training": {"objective": "fab"}})
