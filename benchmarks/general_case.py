@@ -42,8 +42,9 @@ COLUMNS = ("evals", "train_s", "n_betas", "ess_fraction", "pareto_k", "log_Z_err
            "err_reweighted")
 
 
-def variant(raw: dict, objective: str, seed: int) -> dict:
+def variant(raw: dict, objective: str, seed: int, updates: dict) -> dict:
     raw = copy.deepcopy(raw)
+    raw.setdefault("training", {}).update(updates)
     raw.setdefault("training", {})["objective"] = objective
     raw["training"]["seed"] = seed
     raw.setdefault("model", {})["seed"] = seed
@@ -107,10 +108,15 @@ def main() -> None:
     p.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=OBJECTIVES)
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--n", type=int, default=None, help="samples to evaluate (default: config)")
+    for name in ("first_beta_updates", "updates_per_beta", "final_beta_updates"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=None,
+                       help=f"[training] {name} for every run (default: the config's)")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "general_case")
     p.add_argument("--jsonl", type=Path, default=None, help="append every row here as it ends")
     p.add_argument("--write", type=Path, default=None, help="put the table into this markdown")
     args = p.parse_args()
+    updates = {k: getattr(args, k) for k in ("first_beta_updates", "updates_per_beta",
+                                             "final_beta_updates") if getattr(args, k)}
     rows = []
     for system in args.systems:
         raw = tomllib.loads((ROOT / "configs" / f"{system}.toml").read_text())
@@ -118,7 +124,7 @@ def main() -> None:
             for seed in args.seeds:
                 out = args.out / f"{system}-{objective}-{seed}"
                 row = {"system": system, "objective": objective, "seed": seed,
-                       **run_one(variant(raw, objective, seed), out, args.n)}
+                       **run_one(variant(raw, objective, seed, updates), out, args.n)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 if args.jsonl is not None:

@@ -115,7 +115,7 @@ def test_joint_gradient_equals_exact_marginal_gradient_when_the_conditional_is_e
 def _gaussian_kl(cond, target, X, beta):
     """Closed form mean over X (S, n_x) of KL(q(Y|X) || p_beta(Y|X)) for a gaussian kind."""
     def one(x):
-        mu, L = cond._gaussian(target, x)
+        _, mu, L = cond._gaussian(target, x)
         cov = L @ L.T / beta
         m_p, s_p = target.conditional_gaussian(x, beta)
         d = m_p - mu

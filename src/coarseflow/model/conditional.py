@@ -143,31 +143,32 @@ class LearnedConditional(eqx.Module):
     features: XFeatures
     periodic: tuple[bool, ...] = eqx.field(static=True)
     relabelings: tuple[tuple[int, ...], ...] = eqx.field(static=True)
-
     @property
     def n_y(self) -> int:
         return len(self.periodic)
 
     def _gaussian(self, target, X):
-        """(mu (n_y,), L (n_y, n_y)) at X, before the 1 / sqrt(beta)."""
+        """(h (n_f,), mu (n_y,), L (n_y, n_y)) at X, L before the 1 / sqrt(beta): everything
+        that depends on X alone, computed once per X."""
         n = self.n_y
-        out = self.net(self.features(target, X))
+        h = self.features(target, X)
+        out = self.net(h)
         xi_ref = target.y_internal(X, target.y_init(X))
         mu = xi_ref + self.loc + out[:n]
         rows, cols = np.tril_indices(n, -1)
         L = jnp.zeros((n, n), X.dtype).at[rows, cols].set(self.lower + out[2 * n:])
         L = L + jnp.diag(jnp.exp(self.log_diag + out[n:2 * n]))
-        return mu, L
+        return h, mu, L
 
-    def _from_eps(self, target, X, beta, eps):
-        """xi (n_y,) and log q0(xi | X) () for the base draw eps (n_y,)."""
-        h = self.features(target, X)
+    def _from_eps(self, gaussian, beta, eps):
+        """xi (n_y,) and log q0(xi | X) () for the base draw eps (n_y,); ``gaussian``: the
+        output of ``_gaussian`` at X."""
+        h, mu, L = gaussian
         log_q = jnp.sum(-0.5 * eps**2 - 0.5 * math.log(2 * math.pi))
         v = eps
         if self.spline is not None:
             v, log_det = self.spline.transform_and_log_det(eps, h)
             log_q = log_q - log_det
-        mu, L = self._gaussian(target, X)
         t = (L @ v) / jnp.sqrt(beta)
         log_q = log_q - jnp.sum(jnp.log(jnp.diag(L))) + 0.5 * self.n_y * jnp.log(beta)
         # the angles only (indexed, not masked: tanh saturates elsewhere, and a masked -inf
@@ -177,11 +178,9 @@ class LearnedConditional(eqx.Module):
         log_q = log_q - jnp.sum(jnp.log1p(-bent**2))
         return mu + t.at[angles].set(jnp.pi * bent), log_q
 
-    def _log_prob0(self, target, X, beta, Y):
-        """log q0(Y | X) (), the unsymmetrised density, through xi = y_internal(X, Y)."""
-        xi = target.y_internal(X, Y)
-        _, log_det_y = target.y_cartesian(X, xi)
-        mu, L = self._gaussian(target, X)
+    def _log_prob_xi(self, xi, beta, gaussian):
+        """log q0(xi | X) (), the unsymmetrised density of xi (n_y,)."""
+        h, mu, L = gaussian
         angles = np.flatnonzero(np.asarray(self.periodic, bool))
         d = xi - mu
         tiny = jnp.finfo(d.dtype).eps
@@ -192,24 +191,31 @@ class LearnedConditional(eqx.Module):
         log_q = log_q - jnp.sum(jnp.log(jnp.diag(L))) + 0.5 * self.n_y * jnp.log(beta)
         eps = v
         if self.spline is not None:
-            eps, log_det = self.spline.inverse_and_log_det(v, self.features(target, X))
+            eps, log_det = self.spline.inverse_and_log_det(v, h)
             log_q = log_q + log_det
-        log_q = log_q + jnp.sum(-0.5 * eps**2 - 0.5 * math.log(2 * math.pi))
-        return log_q - log_det_y
+        return log_q + jnp.sum(-0.5 * eps**2 - 0.5 * math.log(2 * math.pi))
 
-    def log_prob(self, target, X, beta, Y) -> Float[Array, ""]:
+    def _log_prob0(self, target, X, beta, Y, gaussian):
+        """log q0(Y | X) (), the unsymmetrised density, through xi = y_internal(X, Y)."""
+        xi = target.y_internal(X, Y)
+        _, log_det_y = target.y_cartesian(X, xi)
+        return self._log_prob_xi(xi, beta, gaussian) - log_det_y
+
+    def log_prob(self, target, X, beta, Y, gaussian=None) -> Float[Array, ""]:
         """log q(Y | X) (), symmetrised over the relabelings."""
+        gaussian = self._gaussian(target, X) if gaussian is None else gaussian
         perms = np.asarray(self.relabelings)
         if len(perms) == 1:
-            return self._log_prob0(target, X, beta, Y)
-        logs = jax.vmap(lambda p: self._log_prob0(target, X, beta, Y[p]))(perms)
+            return self._log_prob0(target, X, beta, Y, gaussian)
+        logs = jax.vmap(lambda p: self._log_prob0(target, X, beta, Y[p], gaussian))(perms)
         return jax.nn.logsumexp(logs) - math.log(len(perms))
 
     def sample(self, key: PRNGKeyArray, target, X, beta) -> ConditionalSample:
         """One Y ~ q(Y | X) with its exact log-density."""
         k_eps, k_perm = jr.split(key)
         eps = jr.normal(k_eps, (self.n_y,), X.dtype)
-        xi, log_q0 = self._from_eps(target, X, beta, eps)
+        gaussian = self._gaussian(target, X)
+        xi, log_q0 = self._from_eps(gaussian, beta, eps)
         Y, log_det_y = target.y_cartesian(X, xi)
         periodic = np.asarray(self.periodic, bool)
         back = target.y_internal(X, Y)
@@ -220,7 +226,7 @@ class LearnedConditional(eqx.Module):
             return ConditionalSample(Y, log_q0 - log_det_y, valid)
         # a random relabeling of the draw: the density is the mixture over all of them
         Y = Y[jnp.asarray(perms)[jr.randint(k_perm, (), 0, len(perms))]]
-        return ConditionalSample(Y, self.log_prob(target, X, beta, Y), valid)
+        return ConditionalSample(Y, self.log_prob(target, X, beta, Y, gaussian), valid)
 
 
 def make_conditional(key: PRNGKeyArray, target, settings: ConditionalSettings):
