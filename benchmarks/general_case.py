@@ -114,7 +114,13 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "general_case")
     p.add_argument("--jsonl", type=Path, default=None, help="append every row here as it ends")
     p.add_argument("--write", type=Path, default=None, help="put the table into this markdown")
+    p.add_argument("--table-from", type=Path, default=None,
+                   help="no runs: tabulate the rows of a --jsonl file (runs of several sittings)")
     args = p.parse_args()
+    if args.table_from is not None:
+        rows = [json.loads(line) for line in args.table_from.read_text().splitlines() if line]
+        publish(table(rows), args.write)
+        return
     updates = {k: getattr(args, k) for k in ("first_beta_updates", "updates_per_beta",
                                              "final_beta_updates") if getattr(args, k)}
     rows = []
@@ -130,12 +136,15 @@ def main() -> None:
                 if args.jsonl is not None:
                     with open(args.jsonl, "a") as f:
                         f.write(json.dumps(row) + "\n")
-    text = table(rows)
+    publish(table(rows), args.write)
+
+
+def publish(text: str, write: Path | None) -> None:
     print(text)
-    if args.write is not None:
+    if write is not None:
         stamp = (f"{datetime.date.today()}, {platform.node() or 'machine'} ({os.cpu_count()} "
                  f"CPU cores), `python benchmarks/general_case.py {' '.join(os.sys.argv[1:])}`")
-        replace_section(args.write, "general-case", stamp, text)
+        replace_section(write, "general-case", stamp, text)
 
 
 if __name__ == "__main__":
