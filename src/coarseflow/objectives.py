@@ -13,7 +13,6 @@ from typing import NamedTuple
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.random as jr
 from jaxtyping import Array, Float
 
 from coarseflow.model.flow import sample_with_log_det
@@ -64,6 +63,11 @@ def forward_kl_loss(params, static, X: Float[Array, "S n_x"], weights: Float[Arr
     """
     flow = eqx.combine(params, static)
     log_q = flow.log_prob(jax.lax.stop_gradient(X))
+    return _centred_forward(log_q, weights)
+
+
+def _centred_forward(log_q: Float[Array, " S"], weights: Float[Array, " S"]):
+    """-sum_i (w_i - 1/S_ok) log q_i over the finite log q_i, the weights held fixed."""
     ok = jnp.isfinite(log_q)
     centred = jax.lax.stop_gradient(weights - 1.0 / jnp.maximum(jnp.sum(ok), 1))
     return -jnp.sum(jnp.where(ok, centred * log_q, 0.0))
@@ -109,8 +113,7 @@ def joint_terms(flow, conditional, key, target, z: Float[Array, "S n_x"], beta,
     """
     X, log_det = sample_with_log_det(flow, z)
     log_qX = flow.base_dist.log_prob(z) - log_det
-    keys = jr.split(key, z.shape[0])
-    draws = jax.vmap(lambda k, x: conditional.sample(k, target, x, beta))(keys, X)
+    draws = conditional.sample_batch(key, target, X, beta)
     u, gx, gy = _energy_forces(target, X, draws.Y, beta, force_clip)
     log_q = log_qX + draws.log_q
     ok = (draws.valid & jnp.isfinite(log_q) & jnp.isfinite(u)
@@ -125,8 +128,7 @@ def conditional_terms(conditional, key, target, X, beta, force_clip: float) -> J
     ``hybrid`` objective's part for q(Y|X). log q(X) is not part of it (surrogate, log_weights
     leave it out)."""
     X = jax.lax.stop_gradient(X)
-    keys = jr.split(key, X.shape[0])
-    draws = jax.vmap(lambda k, x: conditional.sample(k, target, x, beta))(keys, X)
+    draws = conditional.sample_batch(key, target, X, beta)
     u, _, gy = _energy_forces(target, X, draws.Y, beta, force_clip)
     ok = draws.valid & jnp.isfinite(draws.log_q) & jnp.isfinite(u) & jnp.all(
         jnp.isfinite(gy), -1)
@@ -141,6 +143,4 @@ def joint_forward_kl_loss(flow, conditional, target, X, Y, beta, weights):
     X, Y = jax.lax.stop_gradient(X), jax.lax.stop_gradient(Y)
     log_q = flow.log_prob(X) + jax.vmap(
         lambda x, y: conditional.log_prob(target, x, beta, y))(X, Y)
-    ok = jnp.isfinite(log_q) & (weights >= 0)
-    centred = jax.lax.stop_gradient(weights - 1.0 / jnp.maximum(jnp.sum(ok), 1))
-    return -jnp.sum(jnp.where(ok, centred * log_q, 0.0))
+    return _centred_forward(log_q, weights)

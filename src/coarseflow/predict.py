@@ -229,8 +229,7 @@ def sample_q_y(key, target, X: Float[Array, "S n_x"], beta, conditional: str,
 def sample_learned(key, target, X: Float[Array, "S n_x"], beta, learned):
     """(Y (S, n_y), log q(Y|X) (S,), NaN (S,)) from a learned conditional; samples outside its
     valid range get log q = +inf, i.e. weight zero (see :mod:`coarseflow.model.conditional`)."""
-    keys = jr.split(key, X.shape[0])
-    draws = jax.vmap(lambda k, x: learned.sample(k, target, x, beta))(keys, X)
+    draws = learned.sample_batch(key, target, X, beta)
     log_q = jnp.where(draws.valid, draws.log_q, jnp.inf)
     return draws.Y, log_q, jnp.full(X.shape[:1], jnp.nan, X.dtype)
 
@@ -279,6 +278,39 @@ def draw_samples(
     log_w = np.where(np.isfinite(log_w), log_w, -np.inf)
     return Samples(x=x, X=X, log_qX=log_qX, log_q=log_q, energy=u, log_weights=log_w,
                    ais_acceptance=acceptance)
+
+
+def fit_to_laplace(conditional, target, X, beta, settings: PredictionSettings):
+    """A learned conditional (:mod:`coarseflow.model.conditional`) with b and L set from the
+    :func:`laplace_fit` of p_beta(Y|X) at each row of X (S, n_x).
+
+    b is the mean offset of the fits' modes from xi_ref (periodic ones wrapped), L the Cholesky
+    factor of the mean of their covariances times beta (so beta-free, as in the model). Rows
+    whose fit is not finite are left out; if none is finite the conditional stays as it is.
+    """
+    beta = jnp.asarray(beta)
+
+    def one(x):
+        xi, lam, vec = laplace_fit(target, x, beta, settings)
+        xi_ref = target.y_internal(x, target.y_init(x))
+        cov = (vec / lam) @ vec.T * beta
+        return xi - xi_ref, cov
+
+    offsets, covs = jax.jit(jax.vmap(one))(X)
+    periodic = np.asarray(conditional.periodic, bool)
+    offsets = jnp.where(periodic, jnp.mod(offsets + jnp.pi, 2 * jnp.pi) - jnp.pi, offsets)
+    ok = jnp.all(jnp.isfinite(offsets), -1) & jnp.all(jnp.isfinite(covs), (-2, -1))
+    if not bool(jnp.any(ok)):
+        return conditional
+    n_ok = jnp.sum(ok)
+    loc = jnp.sum(jnp.where(ok[:, None], offsets, 0.0), 0) / n_ok
+    cov = jnp.sum(jnp.where(ok[:, None, None], covs, 0.0), 0) / n_ok
+    n = conditional.n_y
+    cov = cov + 1e-9 * jnp.trace(cov) / n * jnp.eye(n)
+    L = jnp.linalg.cholesky(cov)
+    rows, cols = np.tril_indices(n, -1)
+    return eqx.tree_at(lambda c: (c.loc, c.log_diag, c.lower), conditional,
+                       (loc, jnp.log(jnp.diag(L)), L[rows, cols]))
 
 
 def log_partition_estimate(log_weights: Float[Array, " N"]) -> float:

@@ -230,9 +230,9 @@ def update_step(params, static, opt_state, key, beta, lr_factor, target, optimiz
     if training.objective != "joint":
         y0 = None
         if training.objective == "hybrid":  # the chains start from q(Y|X), n_chains per X
-            keys = jr.split(jr.fold_in(key, 3), (S, chains.n_chains))
-            y0 = jax.lax.stop_gradient(jax.vmap(lambda ks, x: jax.vmap(
-                lambda k: conditional.sample(k, target, x, beta).Y)(ks))(keys, X))
+            starts = jnp.repeat(X, chains.n_chains, axis=0)
+            y0 = conditional.sample_batch(jr.fold_in(key, 3), target, starts, beta).Y
+            y0 = jax.lax.stop_gradient(y0.reshape(S, chains.n_chains, -1))
         mf = chain_states(jr.fold_in(key, 1), target, X, beta, chains, y0)
         force = control_variate_forces(mf) if chains.control_variate else mf.force
         force = clip_forces(force, training.force_clip)
@@ -304,8 +304,7 @@ def _finite_mean(values: list[float]) -> float | None:
 def _energies_of_samples(flow, conditional, key, beta, target, chains, n: int):
     X = flow.sample(jr.fold_in(key, 0), (n,))
     if conditional is not None:
-        keys = jr.split(jr.fold_in(key, 1), n)
-        Y = jax.vmap(lambda k, x: conditional.sample(k, target, x, beta).Y)(keys, X)
+        Y = conditional.sample_batch(jr.fold_in(key, 1), target, X, beta).Y
         return jax.vmap(target.energy_xy)(X, Y), jnp.asarray(n)
     mf = chain_states(jr.fold_in(key, 1), target, X, beta, chains)
     return jax.vmap(target.energy_xy)(X, mf.y_last[:, 0]), jnp.sum(mf.n_evals) + n

@@ -12,9 +12,9 @@ import numpy as np
 
 from coarseflow.config import Config, build_target, load_config, to_toml
 from coarseflow.errors import ConfigError
-from coarseflow.model.conditional import fit_to_laplace, make_conditional
+from coarseflow.model.conditional import make_conditional
 from coarseflow.model.flow import make_flow, split_trainable
-from coarseflow.predict import Samples, draw_samples
+from coarseflow.predict import Samples, draw_samples, fit_to_laplace
 from coarseflow.runs import RunDir, atomic_write_text
 from coarseflow.training import TrainResult, train
 
@@ -54,7 +54,7 @@ def initial_model(config: Config, target, init=None):
         if conditional is not None:
             X = flow.sample(jr.key(config.conditional.seed + 1),
                             (config.conditional.laplace_fits,))
-            conditional = fit_to_laplace(conditional, None, target, X,
+            conditional = fit_to_laplace(conditional, target, X,
                                          config.tempering.first_beta(), config.prediction)
         return flow, conditional
     run = RunDir(init).require_existing()

@@ -17,9 +17,10 @@ h(X) are features of X: the flow's box coordinates (``target.x_bijection()`` inv
 standardised to the box, angles as (sin, cos). mu(X) = xi_ref(X) + b + net(h), with xi_ref the
 target's own starting point (``y_internal(X, y_init(X))``); log diag L and the strictly lower
 part of L are constants plus net(h). The net's last layer starts at zero, so the untrained
-conditional is one Gaussian in xi around xi_ref + b, whose b and L :func:`fit_to_laplace` sets
-from the Laplace fits of p(Y|X) that prediction computes. The 1 / sqrt(beta) makes the width
-follow the tempering ladder as a near-harmonic p_beta(Y|X) does (exactly so for the mixture).
+conditional is one Gaussian in xi around xi_ref + b, whose b and L
+:func:`coarseflow.predict.fit_to_laplace` sets from the Laplace fits of p(Y|X). The
+1 / sqrt(beta) makes the width follow the tempering ladder as a near-harmonic p_beta(Y|X)
+does (exactly so for the mixture).
 
 Exact symmetries: the target's ``y_relabelings()`` (S, n_y) are permutations of Y that leave
 u(X, .) unchanged (a methyl's hydrogens). The conditional is their symmetrised mixture
@@ -228,11 +229,17 @@ class LearnedConditional(eqx.Module):
         Y = Y[jnp.asarray(perms)[jr.randint(k_perm, (), 0, len(perms))]]
         return ConditionalSample(Y, self.log_prob(target, X, beta, Y, gaussian), valid)
 
+    def sample_batch(self, key: PRNGKeyArray, target, X: Float[Array, "S n_x"],
+                     beta) -> ConditionalSample:
+        """One draw for each row of X: :meth:`sample` with a leading batch axis S."""
+        keys = jr.split(key, X.shape[0])
+        return jax.vmap(lambda k, x: self.sample(k, target, x, beta))(keys, X)
+
 
 def make_conditional(key: PRNGKeyArray, target, settings: ConditionalSettings):
     """The untrained conditional of ``settings.kind`` for ``target`` (None for "chains").
 
-    Before :func:`fit_to_laplace` it is the unit Gaussian in xi around the target's xi_ref.
+    Before :func:`coarseflow.predict.fit_to_laplace`: the unit Gaussian in xi around xi_ref.
     """
     if not settings.learned:
         return None
@@ -266,37 +273,3 @@ def make_conditional(key: PRNGKeyArray, target, settings: ConditionalSettings):
         relabelings=tuple(tuple(int(i) for i in p) for p in perms),
     )
 
-
-def fit_to_laplace(conditional: LearnedConditional, key, target, X, beta, prediction):
-    """``conditional`` with b and L set from Laplace fits of p_beta(Y|X) at the rows of X.
-
-    b is the mean offset of the fits' modes from xi_ref (periodic ones wrapped), L the Cholesky
-    factor of the mean of their covariances times beta (so beta-free, as in the model). Rows
-    whose fit is not finite are left out; if none is finite the conditional stays as it is.
-    """
-    from coarseflow.predict import laplace_fit
-
-    del key
-    beta = jnp.asarray(beta)
-
-    def one(x):
-        xi, lam, vec = laplace_fit(target, x, beta, prediction)
-        xi_ref = target.y_internal(x, target.y_init(x))
-        cov = (vec / lam) @ vec.T * beta
-        return xi - xi_ref, cov
-
-    offsets, covs = jax.jit(jax.vmap(one))(X)
-    periodic = np.asarray(conditional.periodic, bool)
-    offsets = jnp.where(periodic, _wrap(offsets), offsets)
-    ok = jnp.all(jnp.isfinite(offsets), -1) & jnp.all(jnp.isfinite(covs), (-2, -1))
-    if not bool(jnp.any(ok)):
-        return conditional
-    n_ok = jnp.sum(ok)
-    loc = jnp.sum(jnp.where(ok[:, None], offsets, 0.0), 0) / n_ok
-    cov = jnp.sum(jnp.where(ok[:, None, None], covs, 0.0), 0) / n_ok
-    n = conditional.n_y
-    cov = cov + 1e-9 * jnp.trace(cov) / n * jnp.eye(n)
-    L = jnp.linalg.cholesky(cov)
-    rows, cols = np.tril_indices(n, -1)
-    return eqx.tree_at(lambda c: (c.loc, c.log_diag, c.lower), conditional,
-                       (loc, jnp.log(jnp.diag(L)), L[rows, cols]))
