@@ -5,8 +5,8 @@
     python benchmarks/general_case.py --write docs/benchmarks.md
 
 Each run trains the shipped config (configs/<system>.toml) with [training] objective set to
-mean_force (the paper's: chains on Y|X, [conditional] kind = chains), joint or hybrid (a learned
-Gaussian q(Y|X)), and [training] seed = [model] seed = [conditional] seed = the seed, into
+mean_force (the paper's: chains on Y|X, [conditional] kind = chains), joint, hybrid or fab (a
+learned Gaussian q(Y|X)), and [training] seed = [model] seed = [conditional] seed = the seed, into
 --out/<system>-<objective>-<seed>; then evaluates it on [prediction] n_samples samples. The
 energy evaluations are those the training counted (updates and ladder samples; the Laplace fits
 that start a learned conditional are not included); prediction adds one per sample with a
@@ -37,7 +37,7 @@ from coarseflow.workflow import train_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEMS = ("gmm_16d_unequal", "many_well_32")
-OBJECTIVES = ("mean_force", "joint", "hybrid")
+OBJECTIVES = ("mean_force", "joint", "hybrid", "fab")
 COLUMNS = ("evals", "train_s", "n_betas", "ess_fraction", "pareto_k", "log_Z_error", "err_raw",
            "err_reweighted")
 

@@ -224,7 +224,7 @@ def test_objective_and_conditional_must_agree():
     base = {"target": {"kind": "gaussian_mixture"}}
     with pytest.raises(ConfigError, match="set \\[conditional\\] kind"):
         parse_config(base | {"training": {"objective": "joint"}})
-    with pytest.raises(ConfigError, match="use objective = 'hybrid' or 'joint'"):
+    with pytest.raises(ConfigError, match="use objective = 'joint', 'hybrid' or 'fab'"):
         parse_config(base | {"conditional": {"kind": "gaussian"}})
     with pytest.raises(ConfigError, match=r"\[training\] objective"):
-        parse_config(base | {"training": {"objective": "fab"}})
+        parse_config(base | {"training": {"objective": "fabulous"}})

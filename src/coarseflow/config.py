@@ -116,9 +116,9 @@ def parse_config(raw: dict) -> Config:
     if learned != (objective != "mean_force"):
         raise ConfigError(
             f"[training] objective = {objective!r} with [conditional] kind = "
-            f"{config.conditional.kind!r}: " + ("joint and hybrid train a learned q(Y|X); set "
+            f"{config.conditional.kind!r}: " + ("joint, hybrid and fab train a learned q(Y|X); set "
             "[conditional] kind = 'gaussian' or 'flow'" if not learned else "mean_force does not "
-            "train the conditional; use objective = 'hybrid' or 'joint'"))
+            "train the conditional; use objective = 'joint', 'hybrid' or 'fab'"))
     return config
 
 

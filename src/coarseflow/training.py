@@ -16,6 +16,7 @@ import optax
 from tqdm.auto import tqdm
 
 from coarseflow.errors import ConfigError
+from coarseflow.fab import FabBatch, alpha2_loss, fab_batch
 from coarseflow.model.flow import sample_with_log_det, split_trainable
 from coarseflow.objectives import (
     clip_forces,
@@ -33,7 +34,7 @@ from coarseflow.samplers.conditional import ChainSettings, control_variate_force
 from coarseflow.targets.base import AbstractTarget
 from coarseflow.tempering import AbstractSchedule
 
-OBJECTIVES = ("mean_force", "joint", "hybrid")
+OBJECTIVES = ("mean_force", "joint", "hybrid", "fab")
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,10 @@ class TrainingSettings:
     ``objective``: ``mean_force`` (the paper's: q(X) by the MCMC mean force), ``joint`` (the
     reparameterised reverse KL of q(X) q(Y|X), no chains) or ``hybrid`` (q(X) by the mean
     force of chains started from q(Y|X), q(Y|X) by its conditional reverse KL on the same X).
-    The last two need a learned ``[conditional]``.
+    ``fab``: the alpha = 2 divergence of q(X) q(Y|X), estimated by AIS from q toward
+    p_beta^2 / q (:mod:`coarseflow.fab`; mass-covering), ``fab_steps`` MALA steps of size
+    ``fab_step_size`` per path in q's latent space. The last three need a learned
+    ``[conditional]``.
     """
 
     batch_size: int = 128
@@ -79,6 +83,8 @@ class TrainingSettings:
     forward_kl_weight: float = 0.0
     objective: str = "mean_force"
     force_clip: float = 10.0
+    fab_steps: int = 8
+    fab_step_size: float = 0.3
     skip_window: int = 50
     skip_factor: float = 10.0
     clip_factor: float = 3.0
@@ -86,7 +92,7 @@ class TrainingSettings:
 
     def __post_init__(self):
         positive = ["batch_size", "learning_rate", "updates_per_beta", "first_beta_updates",
-                    "tempering_samples", "skip_window", "force_clip"]
+                    "tempering_samples", "skip_window", "force_clip", "fab_step_size"]
         for name in positive:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"[training] {name}: expected a number > 0, "
@@ -94,6 +100,9 @@ class TrainingSettings:
         if self.final_beta_updates is not None and not self.final_beta_updates > 0:
             raise ConfigError("[training] final_beta_updates: expected a number > 0, "
                               f"got {self.final_beta_updates!r}")
+        if not (isinstance(self.fab_steps, int) and self.fab_steps >= 1):
+            raise ConfigError("[training] fab_steps: expected an integer >= 1, "
+                              f"got {self.fab_steps!r}")
         if not 0 < self.lr_final_fraction <= 1:
             raise ConfigError("[training] lr_final_fraction: expected a number in (0, 1], "
                               f"got {self.lr_final_fraction!r}")
@@ -176,6 +185,7 @@ class _Fixed(NamedTuple):
     z: jax.Array  # (S, n_x) base draws
     force: jax.Array  # (S, n_x) mean force (mean_force, hybrid); zeros for joint
     weights: jax.Array  # (S,) forward-term weights of mean_force (else recomputed inside)
+    fab: FabBatch | None = None  # the AIS end points of fab
 
 
 def _loss(params, static, key, beta, fixed: _Fixed, target, training: TrainingSettings):
@@ -186,6 +196,11 @@ def _loss(params, static, key, beta, fixed: _Fixed, target, training: TrainingSe
     """
     flow, conditional = eqx.combine(params, static)
     lam = training.forward_kl_weight
+    if training.objective == "fab":
+        batch = fixed.fab
+        value = alpha2_loss(flow, conditional, target, beta, batch)
+        return value, (jnp.sum(jnp.isfinite(batch.log_weights)), batch.start_log_weights,
+                       batch.start_u, jnp.asarray(0))
     if training.objective == "mean_force":
         value, n_used = surrogate_loss(params[0], static[0], fixed.z, fixed.force)
         if lam > 0:
@@ -214,11 +229,12 @@ def _loss(params, static, key, beta, fixed: _Fixed, target, training: TrainingSe
 @eqx.filter_jit
 def update_step(params, static, opt_state, key, beta, lr_factor, target, optimizer,
                 training: TrainingSettings, chains: ChainSettings,
-                prediction: PredictionSettings = PredictionSettings()):
+                prediction: PredictionSettings = PredictionSettings(), fab_step=None):
     """One update at inverse temperature ``beta`` (traced: no recompiling per beta).
 
     ``params`` / ``static``: the trainable and fixed parts of (flow, conditional), the
-    conditional None unless learned. Returns (params, opt_state, StepInfo).
+    conditional None unless learned. ``fab_step``: the fab objective's MALA step size (traced;
+    default ``training.fab_step_size``). Returns (params, opt_state, StepInfo).
     """
     flow, conditional = eqx.combine(params, static)
     S = training.batch_size
@@ -226,8 +242,13 @@ def update_step(params, static, opt_state, key, beta, lr_factor, target, optimiz
     X, log_det = jax.lax.stop_gradient(sample_with_log_det(flow, z))
     nan = jnp.asarray(jnp.nan)
     force, weights, evals = jnp.zeros_like(X), jnp.zeros(S), jnp.asarray(0)
-    acceptance, heating, chain_energy = nan, nan, None
-    if training.objective != "joint":
+    acceptance, heating, chain_energy, fab = nan, nan, None, None
+    if training.objective == "fab":
+        fab = fab_batch(flow, conditional, jr.fold_in(key, 5), target, beta, S,
+                        training.fab_steps,
+                        training.fab_step_size if fab_step is None else fab_step)
+        evals, acceptance = fab.n_evals, fab.acceptance
+    elif training.objective != "joint":
         y0 = None
         if training.objective == "hybrid":  # the chains start from q(Y|X), n_chains per X
             starts = jnp.repeat(X, chains.n_chains, axis=0)
@@ -244,7 +265,7 @@ def update_step(params, static, opt_state, key, beta, lr_factor, target, optimiz
         log_w = _batch_log_weights(jr.fold_in(key, 2), flow, target, z, X, log_det, beta,
                                    prediction)
         weights, batch_ess = _normalised(log_w)
-    fixed = _Fixed(z, force, weights)
+    fixed = _Fixed(z, force, weights, fab)
     (loss, (n_used, log_w, energies, loss_evals)), grads = eqx.filter_value_and_grad(
         _loss, has_aux=True)(params, static, jr.fold_in(key, 4), beta, fixed, target, training)
     if log_w is not None:
@@ -266,6 +287,18 @@ def update_step(params, static, opt_state, key, beta, lr_factor, target, optimiz
         energy_evals=evals + loss_evals,
     )
     return params, opt_state, info
+
+
+FAB_ACCEPTANCE = 0.6  # the MALA acceptance the fab step size is steered to
+FAB_ADAPT = 0.2  # gain of the steering: log step += FAB_ADAPT * (acceptance - FAB_ACCEPTANCE)
+
+
+def adapt_fab_step(step: float, acceptance: float) -> float:
+    """The fab objective's next MALA step size after an update whose mean acceptance was
+    ``acceptance``: steered toward FAB_ACCEPTANCE, as q (and so the latent target) changes."""
+    if not np.isfinite(acceptance):
+        return step
+    return float(step * np.exp(FAB_ADAPT * (acceptance - FAB_ACCEPTANCE)))
 
 
 HEATING_LIMIT = 0.25  # kT; alanine dipeptide runs that drifted heated by ~1 kT (docs/molecules.md)
@@ -369,7 +402,8 @@ def train(
         raise ConfigError(f"[training] objective = {training.objective!r} needs "
                           + ("a learned [conditional] kind (gaussian or flow)"
                              if conditional is None else "[conditional] kind = 'chains' "
-                             "(the learned conditional would not be trained); use 'hybrid'"))
+                             "(the learned conditional would not be trained); use 'joint', "
+                             "'hybrid' or 'fab'"))
     optimizer = training.optimizer()
     params, static = split_trainable((flow, conditional))
     opt_state = optimizer.init(params)
@@ -377,6 +411,7 @@ def train(
     beta, index, step, betas = schedule.first_beta(), 0, 0, []
     evals_total = 0  # energy + gradient evaluations of all updates and ladder samples so far
     elapsed = 0.0  # training time of earlier processes (s), so that wall_time adds up on resume
+    fab_step = training.fab_step_size  # adapted after every update of the fab objective
 
     if resume and run is not None and run.checkpoints():
         meta = run.find_checkpoint()
@@ -386,6 +421,7 @@ def train(
         elapsed = meta["wall_time"]
         run.truncate_metrics(step)
         evals_total = meta.get("energy_evals", 0)
+        fab_step = meta.get("fab_step_size", fab_step)
         if meta["next_beta"] is None:
             return TrainResult(*eqx.combine(params, static), betas)
         beta = meta["next_beta"]
@@ -407,8 +443,11 @@ def train(
             params, opt_state, info = update_step(
                 params, static, opt_state, jr.fold_in(beta_key, i), jnp.asarray(beta),
                 jnp.asarray(lr_factor), target, optimizer, training, chains, prediction,
+                jnp.asarray(fab_step),
             )
             info = jax.device_get(info)
+            if training.objective == "fab":
+                fab_step = adapt_fab_step(fab_step, float(info.acceptance))
             evals_total += int(info.energy_evals)
             heating.append(float(info.chain_heating))
             records.append({
@@ -440,6 +479,7 @@ def train(
                 "mean_energy": float(np.nanmean(energies)),
                 "chain_heating": _finite_mean(heating),
                 "energy_evals": evals_total,
+                "fab_step_size": fab_step,
             })
         warning = heating_warning(beta, heating)
         if warning is not None:

@@ -211,20 +211,27 @@ class LearnedConditional(eqx.Module):
         logs = jax.vmap(lambda p: self._log_prob0(target, X, beta, Y[p], gaussian))(perms)
         return jax.nn.logsumexp(logs) - math.log(len(perms))
 
-    def sample(self, key: PRNGKeyArray, target, X, beta) -> ConditionalSample:
-        """One Y ~ q(Y | X) with its exact log-density."""
-        k_eps, k_perm = jr.split(key)
-        eps = jr.normal(k_eps, (self.n_y,), X.dtype)
-        gaussian = self._gaussian(target, X)
+    def transform(self, target, X, beta, eps, gaussian=None) -> ConditionalSample:
+        """Y (n_y,) for the base draw eps (n_y,) ~ N(0, I), with the unsymmetrised log q0(Y|X)
+        and whether Y is valid (its internal coordinates give back xi)."""
+        gaussian = self._gaussian(target, X) if gaussian is None else gaussian
         xi, log_q0 = self._from_eps(gaussian, beta, eps)
         Y, log_det_y = target.y_cartesian(X, xi)
         periodic = np.asarray(self.periodic, bool)
         back = target.y_internal(X, Y)
         miss = jnp.where(periodic, _wrap(back - xi), back - xi)
         valid = jnp.all(jnp.abs(miss) <= 1e-3 * (1.0 + jnp.abs(xi)))
+        return ConditionalSample(Y, log_q0 - log_det_y, valid)
+
+    def sample(self, key: PRNGKeyArray, target, X, beta) -> ConditionalSample:
+        """One Y ~ q(Y | X) with its exact log-density."""
+        k_eps, k_perm = jr.split(key)
+        eps = jr.normal(k_eps, (self.n_y,), X.dtype)
+        gaussian = self._gaussian(target, X)
+        Y, log_q0, valid = self.transform(target, X, beta, eps, gaussian)
         perms = np.asarray(self.relabelings)
         if len(perms) == 1:
-            return ConditionalSample(Y, log_q0 - log_det_y, valid)
+            return ConditionalSample(Y, log_q0, valid)
         # a random relabeling of the draw: the density is the mixture over all of them
         Y = Y[jnp.asarray(perms)[jr.randint(k_perm, (), 0, len(perms))]]
         return ConditionalSample(Y, self.log_prob(target, X, beta, Y, gaussian), valid)

@@ -1,15 +1,16 @@
-"""Annealed importance sampling (Neal 2001) from a standard normal to an unnormalised density.
+"""Annealed importance sampling (Neal 2001) from a normalised base density to an unnormalised one.
 
-The path is geometric, log pi_t(z) = (1 - t) log N(z; 0, I) + t log gamma(z), with t_k = k / K
-for k = 0 ... K. z_0 ~ N(0, I); at each k = 1 ... K the log-weight gains
+The path is geometric, log pi_t(z) = (1 - t) log q0(z) + t log gamma(z), with t_k = k / K for
+k = 0 ... K. z_0 ~ q0; at each k = 1 ... K the log-weight gains
 
-    (t_k - t_{k-1}) * (log gamma(z_{k-1}) - log N(z_{k-1}; 0, I))
+    (t_k - t_{k-1}) * (log gamma(z_{k-1}) - log q0(z_{k-1}))
 
 and z_k is one MALA step (identity preconditioner, step ``step_size``) that leaves pi_{t_k}
 invariant. Then E[exp(log w)] = ∫ gamma exactly (for any K, any step size), and (z_K, w) is a
 properly weighted sample of gamma / ∫ gamma: E[w f(z_K)] = ∫ gamma f. K = 0 is plain importance
-sampling from N(0, I). The closer gamma is to a standard normal (``predict`` whitens Y|X by its
-Laplace fit), the shorter the path can be.
+sampling from q0. :func:`annealed_importance` starts from N(0, I) (``predict`` whitens Y|X by
+its Laplace fit, so that gamma is close to it); :func:`anneal` from any q0 with a log-density
+that autodiff can differentiate (``fab`` starts from the flow's own base).
 """
 
 from __future__ import annotations
@@ -24,11 +25,14 @@ from jaxtyping import Array, PRNGKeyArray
 
 class Annealed(NamedTuple):
     """z: the final state (d,); log_weight (): log of the AIS weight, an unbiased estimate of
-    ∫ gamma in exp; acceptance (): mean MALA acceptance probability over the K steps."""
+    ∫ gamma in exp; acceptance (): mean MALA acceptance probability over the K steps; aux:
+    what ``log_gamma`` returned beside its value at z_0 (``()`` for :func:`annealed_importance`).
+    """
 
     z: Array
     log_weight: Array
     acceptance: Array
+    aux: object = ()
 
 
 def _log_normal(z: Array) -> Array:
@@ -50,48 +54,75 @@ def annealed_importance(
     """
     key0, key_path = jax.random.split(key)
     z0 = jax.random.normal(key0, (d,), dtype)
-    value_and_grad = jax.value_and_grad(log_gamma)
+    return anneal(key_path, _log_normal, lambda z: (log_gamma(z), ()), z0, n_steps, step_size)
+
+
+def anneal(
+    key: PRNGKeyArray,
+    log_base: Callable[[Array], Array],
+    log_gamma: Callable[[Array], tuple[Array, object]],
+    z0: Array,
+    n_steps: int,
+    step_size: float,
+) -> Annealed:
+    """AIS from the base q0 (``log_base``: normalised, z (d,) -> scalar) to ``log_gamma``
+    (z -> (value, aux)), starting at z0 (d,) ~ q0, in ``n_steps`` MALA steps.
+
+    A proposal where log q0, log gamma or a gradient is not finite is rejected; a start where
+    log gamma is not finite has weight zero (log_weight = -inf). ``aux`` at z0 is returned.
+    """
+    dtype, d = z0.dtype, z0.shape[0]
+
+    def value_and_grad(z):
+        (lg, aux), g = jax.value_and_grad(log_gamma, has_aux=True)(z)
+        lb, gb = jax.value_and_grad(log_base)(z)
+        return lg, lb, g, gb, aux
 
     def evaluate(z):
-        lg, g = value_and_grad(z)
-        ok = jnp.isfinite(lg) & jnp.all(jnp.isfinite(g))
-        return jnp.where(ok, lg, -jnp.inf), jnp.where(ok, g, 0.0)
+        lg, lb, g, gb, _ = value_and_grad(z)
+        ok = (jnp.isfinite(lg) & jnp.isfinite(lb) & jnp.all(jnp.isfinite(g))
+              & jnp.all(jnp.isfinite(gb)))
+        return (jnp.where(ok, lg, -jnp.inf), jnp.where(ok, lb, -jnp.inf),
+                jnp.where(ok, g, 0.0), jnp.where(ok, gb, 0.0))
 
-    lg0, g0 = evaluate(z0)
+    lg0, lb0, g0, gb0, aux0 = value_and_grad(z0)
+    ok0 = jnp.isfinite(lg0) & jnp.all(jnp.isfinite(g0))
+    lg0, g0 = jnp.where(ok0, lg0, -jnp.inf), jnp.where(ok0, g0, 0.0)
     if n_steps == 0:
-        return Annealed(z0, lg0 - _log_normal(z0), jnp.asarray(1.0, dtype))
+        return Annealed(z0, lg0 - lb0, jnp.asarray(1.0, dtype), aux0)
     h = step_size
 
-    def log_pi(t, z, lg):
-        return (1.0 - t) * _log_normal(z) + t * lg
+    def log_pi(t, lg, lb):
+        return (1.0 - t) * lb + t * lg
 
-    def grad_pi(t, z, g):
-        return -(1.0 - t) * z + t * g
+    def grad_pi(t, g, gb):
+        return (1.0 - t) * gb + t * g
 
     # MALA written here rather than kernels.mala_kernel: the target changes with t at every
-    # step, and the carry keeps log gamma and its gradient, so pi_t and its gradient at any t
-    # cost nothing; a fixed-target kernel would re-evaluate gamma at each new t (twice the work).
+    # step, and the carry keeps log gamma, log q0 and their gradients, so pi_t and its gradient
+    # at any t cost nothing; a fixed-target kernel would re-evaluate gamma at each new t.
     def body(carry, inputs):
-        z, lg, g, log_w = carry
+        z, lg, lb, g, gb, log_w = carry
         t_prev, t, k = inputs
-        log_w = log_w + (t - t_prev) * (lg - _log_normal(z))
+        log_w = log_w + (t - t_prev) * (lg - lb)
         draws = jax.random.normal(k, (d + 1,), dtype)
         noise, u = draws[:d], draws[d]
-        z_new = z + 0.5 * h * h * grad_pi(t, z, g) + h * noise
-        lg_new, g_new = evaluate(z_new)
-        back = (z - z_new - 0.5 * h * h * grad_pi(t, z_new, g_new)) / h
-        log_alpha = (log_pi(t, z_new, lg_new) - log_pi(t, z, lg)
+        z_new = z + 0.5 * h * h * grad_pi(t, g, gb) + h * noise
+        lg_new, lb_new, g_new, gb_new = evaluate(z_new)
+        back = (z - z_new - 0.5 * h * h * grad_pi(t, g_new, gb_new)) / h
+        log_alpha = (log_pi(t, lg_new, lb_new) - log_pi(t, lg, lb)
                      - 0.5 * jnp.sum(back**2) + 0.5 * jnp.sum(noise**2))
-        log_alpha = jnp.where(jnp.isfinite(lg_new) & ~jnp.isnan(log_alpha), log_alpha, -jnp.inf)
+        finite = jnp.isfinite(lg_new) & jnp.isfinite(lb_new) & ~jnp.isnan(log_alpha)
+        log_alpha = jnp.where(finite, log_alpha, -jnp.inf)
         accept = jax.scipy.special.log_ndtr(u) < log_alpha
-        z, lg, g = (jnp.where(accept, a, b) for a, b in ((z_new, z), (lg_new, lg), (g_new, g)))
-        return (z, lg, g, log_w), jnp.exp(jnp.minimum(log_alpha, 0.0))
+        new, old = (z_new, lg_new, lb_new, g_new, gb_new), (z, lg, lb, g, gb)
+        z, lg, lb, g, gb = (jnp.where(accept, a, b) for a, b in zip(new, old, strict=True))
+        return (z, lg, lb, g, gb, log_w), jnp.exp(jnp.minimum(log_alpha, 0.0))
 
     t = jnp.linspace(0.0, 1.0, n_steps + 1, dtype=dtype)
-    keys = jax.random.split(key_path, n_steps)
-    init = (z0, lg0, g0, jnp.zeros((), dtype))
-    (z, _, _, log_w), acc = jax.lax.scan(body, init, (t[:-1], t[1:], keys))
+    keys = jax.random.split(key, n_steps)
+    init = (z0, lg0, lb0, g0, gb0, jnp.zeros((), dtype))
+    (z, _, _, _, _, log_w), acc = jax.lax.scan(body, init, (t[:-1], t[1:], keys))
     # a start outside gamma's support has weight zero whatever the path did afterwards
     log_w = jnp.where(jnp.isfinite(lg0), log_w, -jnp.inf)
-    return Annealed(z, log_w, jnp.mean(acc))
-
+    return Annealed(z, log_w, jnp.mean(acc), aux0)
