@@ -47,6 +47,8 @@ def variant(raw: dict, objective: str, seed: int, updates: dict) -> dict:
     raw.setdefault("training", {}).update(updates)
     raw.setdefault("training", {})["objective"] = objective
     raw["training"]["seed"] = seed
+    if objective == "fab":  # mass-covering already: no forward term
+        raw["training"].pop("forward_kl_weight", None)
     raw.setdefault("model", {})["seed"] = seed
     kind = "chains" if objective == "mean_force" else "gaussian"
     raw["conditional"] = {**raw.get("conditional", {}), "kind": kind, "seed": seed}
@@ -65,6 +67,7 @@ def run_one(raw: dict, out: Path, n_samples: int | None) -> dict:
     err_rw = {k: final.get(k) for k in ("max_weight_error_reweighted",
                                         "max_right_well_error_reweighted")}
     return {
+        "permutation": parse_config(raw).model.permutation,
         "evals": meta["energy_evals"], "train_s": train_s, "n_betas": len(result.betas),
         "ess_fraction": final["ess_fraction"], "pareto_k": final["pareto_k"],
         "log_Z_error": final["log_Z_estimate"] - final["log_Z_exact"],
@@ -81,16 +84,21 @@ def fmt(v) -> str:
     return f"{v:.3f}"
 
 
+def label(row: dict) -> str:
+    """The objective, and the flow's permutations where they are flowjax's random ones."""
+    return row["objective"] + (" (random perm.)" if row.get("permutation") == "random" else "")
+
+
 def table(rows: list[dict]) -> str:
     head = "| system | objective | seed | " + " | ".join(COLUMNS) + " |"
     lines = [head, "|" + "---|" * (len(COLUMNS) + 3)]
     for r in rows:
-        lines.append(f"| {r['system']} | {r['objective']} | {r['seed']} | "
+        lines.append(f"| {r['system']} | {label(r)} | {r['seed']} | "
                      + " | ".join(fmt(r[c]) for c in COLUMNS) + " |")
-    groups = sorted({(r["system"], r["objective"]) for r in rows},
+    groups = sorted({(r["system"], label(r)) for r in rows},
                     key=lambda g: (SYSTEMS.index(g[0]) if g[0] in SYSTEMS else 99, g[1]))
     for system, objective in groups:
-        mine = [r for r in rows if (r["system"], r["objective"]) == (system, objective)]
+        mine = [r for r in rows if (r["system"], label(r)) == (system, objective)]
         if len(mine) < 2:
             continue
         cells = []
@@ -111,6 +119,8 @@ def main() -> None:
     for name in ("first_beta_updates", "updates_per_beta", "final_beta_updates"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=None,
                        help=f"[training] {name} for every run (default: the config's)")
+    p.add_argument("--permutation", default=None, choices=("alternating", "random"),
+                   help="[model] permutation for every run (default: the config's)")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "general_case")
     p.add_argument("--jsonl", type=Path, default=None, help="append every row here as it ends")
     p.add_argument("--write", type=Path, default=None, help="put the table into this markdown")
@@ -126,6 +136,8 @@ def main() -> None:
     rows = []
     for system in args.systems:
         raw = tomllib.loads((ROOT / "configs" / f"{system}.toml").read_text())
+        if args.permutation is not None:
+            raw.setdefault("model", {})["permutation"] = args.permutation
         for objective in args.objectives:
             for seed in args.seeds:
                 out = args.out / f"{system}-{objective}-{seed}"

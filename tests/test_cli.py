@@ -147,3 +147,19 @@ def test_compilation_cache_follows_the_environment(tmp_path, monkeypatch):
         assert jax.config.jax_compilation_cache_dir == before
     finally:
         jax.config.update("jax_compilation_cache_dir", before)
+
+
+def test_a_run_without_model_marker_loads_with_random_permutations(tiny_run, tmp_path):
+    # runs trained before model.json had flowjax's random permutations: they load that way
+    import json
+    import shutil
+
+    from coarseflow.workflow import MODEL_MARKER, load_run
+
+    assert json.loads((tiny_run / MODEL_MARKER).read_text()) == {
+        "flow_permutation": "alternating"}
+    old = tmp_path / "old"
+    shutil.copytree(tiny_run, old)
+    (old / MODEL_MARKER).unlink()
+    assert load_run(old).config.model.permutation == "random"
+    assert load_run(tiny_run).config.model.permutation == "alternating"

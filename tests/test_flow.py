@@ -131,3 +131,46 @@ def test_bad_box_and_settings():
         make_flow(jr.key(0), lower=np.array([1.0]), upper=np.array([0.0]))
     with pytest.raises(ConfigError, match="knots"):
         FlowSettings(knots=1)
+
+
+def _untouched_outputs(n_x, layers, seed, permutation):
+    """Output coordinates that no trainable parameter moves (no layer transforms them)."""
+    import equinox as eqx
+
+    flow = make_flow(jr.key(seed), lower=-np.ones(n_x), upper=np.ones(n_x),
+                     settings=FlowSettings(knots=4, layers=layers, nn_width=8, nn_depth=1,
+                                           permutation=permutation))
+    params, static = split_trainable(flow)
+    leaves, tree = jax.tree.flatten(params)
+    keys = jr.split(jr.key(7), len(leaves))
+    moved = jax.tree.unflatten(tree, [p + 0.3 * jr.normal(k, p.shape, p.dtype)
+                                      for p, k in zip(leaves, keys, strict=True)])
+    z = flow.base_dist.sample(jr.key(3), (64,))
+    a = sample_with_log_det(flow, z)[0]
+    b = sample_with_log_det(eqx.combine(moved, static), z)[0]
+    return np.flatnonzero(np.all(np.abs(a - b) < 1e-12, axis=0))
+
+
+@pytest.mark.parametrize(("n_x", "layers"), [(3, 2), (16, 6), (17, 5)])
+def test_alternating_permutations_transform_every_coordinate(n_x, layers):
+    for seed in range(3):
+        assert _untouched_outputs(n_x, layers, seed, "alternating").size == 0
+
+
+def test_random_permutations_can_leave_a_coordinate_untransformed():
+    # the bug the alternating ones fix: ManyWell-32's model seed 0 (16 X, 6 layers)
+    assert _untouched_outputs(16, 6, 0, "random").size >= 1
+
+
+def test_alternating_permutations_alternate():
+    from coarseflow.model.flow import alternating_permutations
+
+    for dim in (2, 5, 16):
+        k = dim // 2
+        perms = alternating_permutations(jr.key(0), dim, 6, k)
+        order = np.arange(dim)  # the coordinate at each position
+        for perm in perms:
+            assert sorted(perm) == list(range(dim))
+            kept = set(order[:k])
+            order = order[perm]
+            assert kept <= set(order[k:])  # kept now: transformed next

@@ -112,6 +112,9 @@ class TrainingSettings:
         if self.objective not in OBJECTIVES:
             raise ConfigError(f"[training] objective: expected one of {', '.join(OBJECTIVES)}, "
                               f"got {self.objective!r}")
+        if self.objective == "fab" and self.forward_kl_weight > 0:
+            raise ConfigError("[training] forward_kl_weight: fab's loss is mass-covering "
+                              "already and takes no forward term; set it to 0")
         if not self.skip_factor > self.clip_factor > 1:
             raise ConfigError("[training] need skip_factor > clip_factor > 1, got "
                               f"{self.skip_factor!r} and {self.clip_factor!r}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import NamedTuple
@@ -29,6 +30,19 @@ def build_model(config: Config, target):
     """(flow q(X), learned conditional q(Y|X) or None), untrained: the structure of a run."""
     conditional = make_conditional(jr.key(config.conditional.seed), target, config.conditional)
     return build_flow(config, target), conditional
+
+
+MODEL_MARKER = "model.json"  # how the run's flow was built, beyond config.toml
+
+
+def as_trained(config: Config, run: RunDir) -> Config:
+    """``config`` with [model] permutation as the run was trained: a run whose checkpoints
+    predate model.json (before 2026-12-04) had flowjax's random permutations; its checkpoints
+    hold only the trained parameters, so the structure must be rebuilt the same way."""
+    if not run.checkpoints() or (run.root / MODEL_MARKER).exists():
+        return config
+    model = dataclasses.replace(config.model, permutation="random")
+    return dataclasses.replace(config, model=model)
 
 
 def _checkpoint_loader(config: Config, model):
@@ -83,10 +97,14 @@ def train_from_config(config: Config, out, *, resume: bool = False, progress: bo
         if load_config(run.config_path).raw != config.raw:
             raise ConfigError(f"--resume: the config differs from {run.config_path}; "
                               "resume with the same config")
+    config = as_trained(config, run) if resume else config
     target = build_target(config.target)
     flow, conditional = initial_model(config, target, init)
     run.root.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run.config_path, to_toml(config.raw))
+    if not (resume and run.checkpoints()):
+        atomic_write_text(run.root / MODEL_MARKER,
+                          json.dumps({"flow_permutation": config.model.permutation}))
     if init is not None:
         meta = RunDir(init).find_checkpoint()
         atomic_write_text(run.root / "init.json", json.dumps(
@@ -104,7 +122,7 @@ def run_flows(path, betas: list[float] | None = None):
     loaded into that one structure, so jitted functions compile once for all checkpoints.
     """
     run = RunDir(path).require_existing()
-    config = load_config(run.config_path)
+    config = as_trained(load_config(run.config_path), run)
     target = build_target(config.target)
     load = _checkpoint_loader(config, build_model(config, target))
     metas = run.checkpoints() if betas is None else [run.find_checkpoint(b) for b in betas]

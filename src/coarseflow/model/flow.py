@@ -13,7 +13,13 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import paramax
-from flowjax.bijections import AbstractBijection, Affine, Chain, RationalQuadraticSpline
+from flowjax.bijections import (
+    AbstractBijection,
+    Affine,
+    Chain,
+    Permute,
+    RationalQuadraticSpline,
+)
 from flowjax.distributions import AbstractDistribution, Transformed
 from flowjax.flows import coupling_flow
 from jax.scipy.special import log_ndtr
@@ -56,6 +62,9 @@ class BoxBase(AbstractDistribution):
         return jnp.where(np.asarray(self.uniform), flat, normal)
 
 
+PERMUTATIONS = ("alternating", "random")
+
+
 class FlowSettings(eqx.Module):
     """Sizes of q(X). ``interval`` is the spline half-width B (also the base's truncation).
 
@@ -63,6 +72,14 @@ class FlowSettings(eqx.Module):
     (``x_periodic``: a molecule's CG dihedrals), so q starts flat over them, as p is at small
     beta. A normal base starts q with a std of 45 degrees (B = 4) about the window's centre:
     on alanine dipeptide 51% in C5 and 0.3% in C7ax, against 16% and 9% in MD at the first beta.
+
+    ``permutation``: how coordinates are shuffled between coupling layers. ``alternating``
+    (default): the coordinates a layer leaves unchanged are among those the next layer
+    transforms, in a random order, so every coordinate is transformed in at least every other
+    layer. ``random``: flowjax's independent random permutations (coarseflow before 2026-12-04),
+    which leave a coordinate untransformed by every layer with probability 2^-layers: 1 of the
+    16 X of ManyWell-32 in model seed 0 and 2 in seed 1 at 6 layers, whose wells' weights then
+    stayed at the base's 50 / 50 whatever the objective (docs/benchmarks.md).
     """
 
     knots: int = 8
@@ -71,6 +88,7 @@ class FlowSettings(eqx.Module):
     nn_width: int = 64
     nn_depth: int = 2
     uniform_angles: bool = True
+    permutation: str = "alternating"
     seed: int = 0
 
     def __check_init__(self):
@@ -80,6 +98,7 @@ class FlowSettings(eqx.Module):
             "layers": self.layers >= 1,
             "nn_width": self.nn_width >= 1,
             "nn_depth": self.nn_depth >= 0,
+            "permutation": self.permutation in PERMUTATIONS,
         }
         for name, ok in checks.items():
             if not ok:
@@ -118,6 +137,8 @@ def make_flow(
         nn_activation=jax.nn.gelu,
         invert=False,  # fast forward transform: training samples X = f(z)
     ).bijection
+    if settings.permutation == "alternating":
+        splines = _alternate(splines, lower.size, key)
     splines = start_as_identity(splines)
     uniform = None
     if periodic is not None and settings.uniform_angles:
@@ -127,6 +148,42 @@ def make_flow(
     to_box = paramax.non_trainable(Affine(loc=(upper + lower) / 2, scale=(upper - lower) / (2 * b)))
     layers = [splines, to_box] + ([paramax.non_trainable(output)] if output is not None else [])
     return Transformed(base, Chain(layers))
+
+
+def alternating_permutations(key: PRNGKeyArray, dim: int, layers: int,
+                             untransformed: int) -> np.ndarray:
+    """(layers, dim) int: the permutation after each coupling layer, y = x[perm], such that
+    the ``untransformed`` positions [0, untransformed) of one layer land in the next layer's
+    transformed positions; the rest of those positions, and the order within each part, are
+    random. Every coordinate is then transformed in at least every other layer."""
+    rng = np.random.default_rng(np.asarray(jr.key_data(key)).ravel())
+    k = untransformed
+    perms = []
+    for _ in range(layers):
+        kept, changed = np.arange(k), rng.permutation(np.arange(k, dim))
+        # the next layer's transformed part: all of this layer's kept ones and dim - 2k of
+        # the changed ones; its kept part: the remaining changed ones
+        transformed = rng.permutation(np.concatenate([kept, changed[:dim - 2 * k]]))
+        perms.append(np.concatenate([changed[dim - 2 * k:], transformed]))
+    return np.stack(perms)
+
+
+def _alternate(splines, dim: int, key: PRNGKeyArray):
+    """coupling_flow's Scan of (coupling, permute) layers with :func:`alternating_permutations`
+    in place of its random ones."""
+    if not isinstance(getattr(splines, "bijection", None), Chain):
+        return splines  # a single layer: nothing to permute
+    coupling, permute = splines.bijection.bijections
+    if not isinstance(permute, Permute):
+        return splines  # dim 2: flowjax flips the two coordinates, which alternates already
+    layers = permute.permutation[0].shape[0]
+    perms = alternating_permutations(jr.fold_in(key, 1), dim, layers,
+                                     int(coupling.untransformed_dim))
+    inverse = np.argsort(perms, axis=-1)
+    return eqx.tree_at(
+        lambda s: (s.bijection.bijections[1].permutation,
+                   s.bijection.bijections[1].inverse_permutation),
+        splines, ((jnp.asarray(perms, jnp.int32),), (jnp.asarray(inverse, jnp.int32),)))
 
 
 def _is_mlp(node) -> bool:
