@@ -82,7 +82,7 @@ def test_final_beta_updates_set_the_updates_at_beta_one_only(tmp_path):
     assert per_beta == [6, 4, 9]
     # a one-beta ladder is its first beta
     assert TrainingSettings(first_beta_updates=7, final_beta_updates=9).updates_at(0, 1.0) == 7
-    with pytest.raises(ConfigError, match=r"final_beta_updates: expected a number > 0"):
+    with pytest.raises(ConfigError, match=r"final_beta_updates: expected an integer > 0"):
         TrainingSettings(final_beta_updates=0)
 
 

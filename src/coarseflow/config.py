@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from coarseflow.checks import show
 from coarseflow.errors import ConfigError
 from coarseflow.model.conditional import ConditionalSettings
 from coarseflow.model.flow import FlowSettings
@@ -91,14 +92,33 @@ def settings_from_table(cls, table: dict, section: str):
     return cls(**kwargs)
 
 
-def parse_config(raw: dict) -> Config:
+def _check_shape(raw) -> None:
+    """Known sections, each a table; [target] present with a string ``kind``."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config: expected TOML tables, got {type(raw).__name__}")
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
         raise ConfigError(f"config: unknown section [{unknown[0]}]; expected: "
                           + ", ".join(SECTIONS))
-    if "target" not in raw or "kind" not in raw.get("target", {}):
+    for section, table in raw.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"[{section}]: expected a table ([{section}] and its keys), got "
+                              f"{section} = {show(table)}")
+    if "kind" not in raw.get("target", {}):
         raise ConfigError("config: [target] kind is required (double_well, gaussian_mixture, "
                           "many_well, molecule)")
+    kind = raw["target"]["kind"]
+    if not isinstance(kind, str):
+        raise ConfigError(f"[target] kind: expected a string such as \"double_well\", got "
+                          f"{show(kind)}")
+
+
+def parse_config(raw: dict) -> Config:
+    """A checked :class:`Config` from a parsed TOML dict; ConfigError names the first bad key.
+
+    Every section is checked here, [target] (the target is built) and [reference] included,
+    so that nothing fails after a run directory is created."""
+    _check_shape(raw)
     config = Config(
         target=dict(raw["target"]),
         model=settings_from_table(FlowSettings, raw.get("model", {}), "model"),
@@ -112,6 +132,10 @@ def parse_config(raw: dict) -> Config:
         raw=raw,
     )
     build_target(config.target)  # validate the target table now, not after training starts
+    if "reference" in raw:
+        from coarseflow.reference import ReferenceSettings
+
+        settings_from_table(ReferenceSettings, raw["reference"], "reference")
     learned, objective = config.conditional.learned, config.training.objective
     if learned != (objective != "mean_force"):
         raise ConfigError(
@@ -127,10 +151,35 @@ def load_config(path) -> Config:
     if not path.is_file():
         raise ConfigError(f"config file {path}: not found")
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(read_text_file(path, "config file"))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path}: not valid TOML ({e})") from None
     return parse_config(_absolute_paths(raw))
+
+
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def read_text_file(path: Path, what: str) -> str:
+    """The UTF-8 text of ``path``; ConfigError (naming ``what`` and the file) for a file that
+    cannot be read, is larger than a config could be, or is not UTF-8 text (binary, UTF-16)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as e:
+        raise ConfigError(f"{what} {path}: cannot read it ({e.strerror or e})") from None
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{what} {path}: larger than {MAX_CONFIG_BYTES} bytes; not a config")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        hint = " (it looks like UTF-16: save it as UTF-8)" if data[:2] in (
+            b"\xff\xfe", b"\xfe\xff") else ""
+        raise ConfigError(f"{what} {path}: not UTF-8 text (byte 0x{data[e.start]:02x} at "
+                          f"position {e.start}){hint}") from None
+    if "\x00" in text:
+        raise ConfigError(f"{what} {path}: not a text file (it contains NUL bytes)")
+    return text.removeprefix("\ufeff")
 
 
 PATH_KEYS = ("pdb", "reference")  # [target] keys that may name files
@@ -140,12 +189,14 @@ def _absolute_paths(raw: dict) -> dict:
     """[target] file paths made absolute (relative ones are relative to the working directory),
     so that the copy of the config in a run directory works from anywhere. Built-in names
     (e.g. pdb = "alanine_dipeptide") are not files and stay as they are."""
-    target = dict(raw.get("target", {}))
+    if not isinstance(raw.get("target"), dict):
+        return raw  # parse_config says what is wrong with it
+    target = dict(raw["target"])
     for key in PATH_KEYS:
         value = target.get(key)
         if isinstance(value, str) and Path(value).is_file():
             target[key] = str(Path(value).resolve())
-    return {**raw, "target": target} if "target" in raw else raw
+    return {**raw, "target": target}
 
 
 def _target_classes() -> dict[str, type]:
@@ -164,6 +215,8 @@ def build_target(table: dict):
     """A Target from a [target] table: ``kind`` plus the keyword arguments of that target."""
     table = dict(table)
     kind = table.pop("kind")
+    if not isinstance(kind, str):
+        raise ConfigError(f"[target] kind: expected a string, got {show(kind)}")
     classes = _target_classes()
     if kind not in classes:
         raise ConfigError(f"[target] kind: expected one of {sorted(classes)}, got {kind!r}")

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Bool, Float, Int
 
+from coarseflow.checks import is_int, is_number
 from coarseflow.errors import ConfigError
 
 __all__ = [
@@ -60,24 +61,16 @@ class SkipClipState(NamedTuple):
     last_clipped: Bool[Array, ""]
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
-
-
 def _validate(window: Any, skip_factor: Any, clip_factor: Any, min_history: Any) -> None:
-    if not _is_int(min_history) or min_history < 1:
+    if not is_int(min_history) or min_history < 1:
         raise ConfigError(f"min_history: expected an integer >= 1, got {min_history!r}")
-    if not _is_int(window) or window < min_history:
+    if not is_int(window) or window < min_history:
         raise ConfigError(
             f"window: expected an integer >= min_history = {min_history}, got {window!r}"
         )
-    if not _is_number(clip_factor) or not 1.0 < clip_factor < float("inf"):
+    if not is_number(clip_factor) or not 1.0 < clip_factor < float("inf"):
         raise ConfigError(f"clip_factor: expected a finite number > 1, got {clip_factor!r}")
-    if not _is_number(skip_factor) or not clip_factor < skip_factor < float("inf"):
+    if not is_number(skip_factor) or not clip_factor < skip_factor < float("inf"):
         raise ConfigError(
             f"skip_factor: expected a finite number > clip_factor = {clip_factor}, "
             f"got {skip_factor!r}"

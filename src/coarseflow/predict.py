@@ -67,21 +67,17 @@ class PredictionSettings:
     batch_size: int = 1000
 
     def __post_init__(self):
-        if self.conditional not in _CONDITIONALS:
-            raise ConfigError(f"[prediction] conditional: expected one of {_CONDITIONALS}, "
-                              f"got {self.conditional!r}")
-        if self.ladder_samples is not None and not self.ladder_samples > 0:
-            raise ConfigError("[prediction] ladder_samples: expected an integer > 0, "
-                              f"got {self.ladder_samples!r}")
+        from coarseflow import checks
+
+        checks.choice("[prediction] conditional", self.conditional, _CONDITIONALS)
         for name in ("n_samples", "batch_size", "ais_paths"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"[prediction] {name}: expected an integer > 0, "
-                                  f"got {getattr(self, name)!r}")
-        if min(self.minimize_steps, self.newton_steps, self.ais_steps) < 0:
-            raise ConfigError("[prediction] minimize_steps, newton_steps, ais_steps: expected "
-                              "integers >= 0")
-        if not (self.minimize_lr > 0 and self.ais_step_size > 0):
-            raise ConfigError("[prediction] minimize_lr, ais_step_size: expected numbers > 0")
+            checks.integer(f"[prediction] {name}", getattr(self, name), 1)
+        if self.ladder_samples is not None:
+            checks.integer("[prediction] ladder_samples", self.ladder_samples, 1)
+        for name in ("minimize_steps", "newton_steps", "ais_steps"):
+            checks.integer(f"[prediction] {name}", getattr(self, name), 0)
+        for name in ("minimize_lr", "ais_step_size"):
+            checks.number(f"[prediction] {name}", getattr(self, name), 0.0)
 
 
 class Samples(NamedTuple):

@@ -44,6 +44,7 @@ import equinox as eqx
 import numpy as np
 from jaxtyping import Float
 
+from coarseflow.checks import is_int, is_number
 from coarseflow.errors import ConfigError
 
 __all__ = [
@@ -62,6 +63,12 @@ __all__ = [
 
 # Betas closer than this to 1 count as 1; two betas closer than this count as the same rung.
 BETA_ATOL = 1e-12
+# A ladder's betas are >= MIN_BETA (a temperature at most 10^6 times the target's), adjacent
+# rungs at least MIN_STEP apart (so their 12-decimal checkpoint names differ) and at most
+# MAX_RUNGS of them.
+MIN_BETA = 1e-6
+MIN_STEP = 1e-9
+MAX_RUNGS = 100_000
 _SECTION = "[tempering]"
 
 
@@ -76,33 +83,39 @@ def _show(value: Any) -> str:
     return str(value)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float | np.integer | np.floating) and not isinstance(
-        value, bool | np.bool_
-    )
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int | np.integer) and not isinstance(value, bool | np.bool_)
-
-
 def _error(field: str, expected: str, value: Any) -> ConfigError:
     return ConfigError(f"{_SECTION} {field}: expected {expected}, got {_show(value)}")
 
 
 def _check_open_unit(field: str, value: Any) -> None:
-    if not (_is_number(value) and 0.0 < float(value) < 1.0):
+    if not (is_number(value) and 0.0 < float(value) < 1.0):
         raise _error(field, "a number in (0, 1)", value)
 
 
+def _check_beta0(value: Any) -> None:
+    _check_open_unit("beta0", value)
+    if float(value) < MIN_BETA:
+        raise _error("beta0", f"a number in [{MIN_BETA:g}, 1)", value)
+
+
 def _check_n_betas(value: Any) -> None:
-    if not (_is_int(value) and value >= 2):
+    if not (is_int(value) and value >= 2):
         raise _error("n_betas", "an integer >= 2", value)
+    if value > MAX_RUNGS:
+        raise _error("n_betas", f"an integer from 2 to {MAX_RUNGS}", value)
+
+
+def _check_gaps(ladder: tuple[float, ...]) -> None:
+    """Adjacent rungs of a spaced ladder at least MIN_STEP apart."""
+    gaps = np.diff(np.asarray(ladder))
+    if gaps.size and float(gaps.min()) < MIN_STEP:
+        raise ConfigError(f"{_SECTION} n_betas: {len(ladder)} betas from beta0 = "
+                          f"{ladder[0]:g} to 1 are closer than {MIN_STEP:g}; use fewer")
 
 
 def _check_beta(beta: Any) -> float:
     """A beta passed to next_beta by the training loop: a number in (0, 1] (else a bug)."""
-    if not _is_number(beta) or not 0.0 < float(beta) <= 1.0 + BETA_ATOL:
+    if not is_number(beta) or not 0.0 < float(beta) <= 1.0 + BETA_ATOL:
         raise ValueError(f"beta: expected a number in (0, 1], got {_show(beta)}")
     return float(beta)
 
@@ -122,7 +135,7 @@ def _to_float_tuple(value: Any) -> Any:
 
     Anything else is passed through unchanged so that __check_init__ can report it.
     """
-    if isinstance(value, list | tuple | np.ndarray) and all(_is_number(v) for v in value):
+    if isinstance(value, list | tuple | np.ndarray) and all(is_number(v) for v in value):
         return tuple(float(v) for v in value)
     return value
 
@@ -153,8 +166,9 @@ class _SpacedLadder(AbstractSchedule):
     n_betas: eqx.AbstractVar[int]
 
     def __check_init__(self):
-        _check_open_unit("beta0", self.beta0)
+        _check_beta0(self.beta0)
         _check_n_betas(self.n_betas)
+        _check_gaps(self.ladder())
 
     def ladder(self) -> tuple[float, ...]:
         raise NotImplementedError
@@ -198,15 +212,24 @@ class Explicit(AbstractSchedule):
 
     def __check_init__(self):
         betas = self.betas
-        if not isinstance(betas, tuple) or len(betas) == 0 or not all(map(_is_number, betas)):
+        if not isinstance(betas, tuple) or len(betas) == 0 or not all(map(is_number, betas)):
             raise _error("betas", "a non-empty list of numbers in (0, 1] ending with 1", betas)
+        if len(betas) > MAX_RUNGS:
+            raise _error("betas", f"at most {MAX_RUNGS} values", f"{len(betas)} values")
         for i, b in enumerate(betas):
             if not (math.isfinite(b) and 0.0 < b <= 1.0):
                 raise _error(f"betas[{i}]", "a number in (0, 1]", b)
+            if b < MIN_BETA:
+                raise _error(f"betas[{i}]", f"a number in [{MIN_BETA:g}, 1]", b)
         for i in range(1, len(betas)):
             if not betas[i] > betas[i - 1] + BETA_ATOL:
                 raise ConfigError(
                     f"{_SECTION} betas: expected strictly increasing values, got "
+                    f"betas[{i - 1}] = {betas[i - 1]} followed by betas[{i}] = {betas[i]}"
+                )
+            if betas[i] - betas[i - 1] < MIN_STEP:
+                raise ConfigError(
+                    f"{_SECTION} betas: expected values at least {MIN_STEP:g} apart, got "
                     f"betas[{i - 1}] = {betas[i - 1]} followed by betas[{i}] = {betas[i]}"
                 )
         if betas[-1] != 1.0:
@@ -281,9 +304,9 @@ class Adaptive(AbstractSchedule):
     max_step: float = 0.5
 
     def __check_init__(self):
-        _check_open_unit("beta0", self.beta0)
+        _check_beta0(self.beta0)
         kl, ess = self.max_kl_increase, self.min_ess_fraction
-        if kl is not None and not (_is_number(kl) and 0.0 < float(kl) < math.inf):
+        if kl is not None and not (is_number(kl) and 0.0 < float(kl) < math.inf):
             raise _error("max_kl_increase", "a finite number > 0 (or unset)", kl)
         if ess is not None:
             _check_open_unit("min_ess_fraction", ess)
@@ -292,12 +315,14 @@ class Adaptive(AbstractSchedule):
                 f"{_SECTION} max_kl_increase, min_ess_fraction: expected at least one to be set, "
                 "got neither"
             )
-        if not (_is_number(self.max_step) and 0.0 < float(self.max_step) <= 1.0):
+        if not (is_number(self.max_step) and 0.0 < float(self.max_step) <= 1.0):
             raise _error("max_step", "a number in (0, 1]", self.max_step)
-        if not (_is_number(self.min_step) and 0.0 < float(self.min_step) <= float(self.max_step)):
+        if not (is_number(self.min_step) and 0.0 < float(self.min_step) <= float(self.max_step)):
             raise _error(
                 "min_step", f"a number in (0, max_step = {_show(self.max_step)}]", self.min_step
             )
+        if float(self.min_step) < MIN_STEP:
+            raise _error("min_step", f"a number >= {MIN_STEP:g}", self.min_step)
 
     def first_beta(self) -> float:
         return float(self.beta0)
@@ -396,12 +421,12 @@ def schedule_from_config(d: Mapping[str, Any]) -> AbstractSchedule:
             kwargs[key] = None
             continue
         if key == "betas":
-            if not isinstance(value, list | tuple) or not all(_is_number(v) for v in value):
+            if not isinstance(value, list | tuple) or not all(is_number(v) for v in value):
                 raise _error(key, "a list of numbers", value)
         elif key == "n_betas":
-            if not _is_int(value):
+            if not is_int(value):
                 raise _error(key, "an integer >= 2", value)
-        elif not _is_number(value):
+        elif not is_number(value):
             expected = "a number or false" if key in _OPTIONAL else "a number"
             raise _error(key, expected, value)
         kwargs[key] = value
@@ -419,7 +444,7 @@ def schedule_to_config(schedule: AbstractSchedule) -> dict[str, Any]:
                     value = [float(v) for v in value]
                 elif value is None:
                     value = False
-                elif _is_int(value) and key == "n_betas":
+                elif is_int(value) and key == "n_betas":
                     value = int(value)
                 else:
                     value = float(value)
@@ -438,7 +463,7 @@ def ladder_label(beta: float) -> str:
 
     Distinct for betas more than 1e-12 apart, and string order is beta order.
     """
-    if not _is_number(beta) or not 0.0 < float(beta) <= 1.0 + BETA_ATOL:
+    if not is_number(beta) or not 0.0 < float(beta) <= 1.0 + BETA_ATOL:
         raise ValueError(f"ladder_label: expected beta in (0, 1], got {_show(beta)}")
     label = f"{min(float(beta), 1.0):.12f}"
     if float(label) <= 0.0:

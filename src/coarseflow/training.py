@@ -91,33 +91,33 @@ class TrainingSettings:
     seed: int = 0
 
     def __post_init__(self):
-        positive = ["batch_size", "learning_rate", "updates_per_beta", "first_beta_updates",
-                    "tempering_samples", "skip_window", "force_clip", "fab_step_size"]
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"[training] {name}: expected a number > 0, "
-                                  f"got {getattr(self, name)!r}")
-        if self.final_beta_updates is not None and not self.final_beta_updates > 0:
-            raise ConfigError("[training] final_beta_updates: expected a number > 0, "
-                              f"got {self.final_beta_updates!r}")
-        if not (isinstance(self.fab_steps, int) and self.fab_steps >= 1):
-            raise ConfigError("[training] fab_steps: expected an integer >= 1, "
-                              f"got {self.fab_steps!r}")
-        if not 0 < self.lr_final_fraction <= 1:
-            raise ConfigError("[training] lr_final_fraction: expected a number in (0, 1], "
-                              f"got {self.lr_final_fraction!r}")
-        if not self.forward_kl_weight >= 0:
-            raise ConfigError("[training] forward_kl_weight: expected a number >= 0, "
-                              f"got {self.forward_kl_weight!r}")
-        if self.objective not in OBJECTIVES:
-            raise ConfigError(f"[training] objective: expected one of {', '.join(OBJECTIVES)}, "
-                              f"got {self.objective!r}")
+        from coarseflow import checks
+
+        def key(name):
+            return f"[training] {name}"
+
+        for name in ("batch_size", "updates_per_beta", "first_beta_updates",
+                     "tempering_samples", "fab_steps"):
+            checks.integer(key(name), getattr(self, name), 1)
+        # the gradient guard's first 10 norms only calibrate it (optim.adam_with_skip_clip)
+        checks.integer(key("skip_window"), self.skip_window, 10)
+        if self.final_beta_updates is not None:
+            checks.integer(key("final_beta_updates"), self.final_beta_updates, 1)
+        checks.number(key("learning_rate"), self.learning_rate, 0.0, 1.0)
+        checks.number(key("lr_final_fraction"), self.lr_final_fraction, 0.0, 1.0)
+        checks.number(key("forward_kl_weight"), self.forward_kl_weight, 0.0, 1e6,
+                      low_open=False)
+        for name in ("force_clip", "fab_step_size"):
+            checks.number(key(name), getattr(self, name), 0.0)
+        checks.choice(key("objective"), self.objective, OBJECTIVES)
+        checks.seed(key("seed"), self.seed)
         if self.objective == "fab" and self.forward_kl_weight > 0:
             raise ConfigError("[training] forward_kl_weight: fab's loss is mass-covering "
                               "already and takes no forward term; set it to 0")
-        if not self.skip_factor > self.clip_factor > 1:
-            raise ConfigError("[training] need skip_factor > clip_factor > 1, got "
-                              f"{self.skip_factor!r} and {self.clip_factor!r}")
+        clip = checks.number(key("clip_factor"), self.clip_factor, 1.0)
+        if not (checks.is_finite(self.skip_factor) and self.skip_factor > clip):
+            raise checks.fail(key("skip_factor"), f"a finite number > clip_factor = {clip:g}",
+                              self.skip_factor)
 
     def updates_at(self, index: int, beta: float) -> int:
         """Updates at the ``index``-th beta of the ladder, ``beta``."""

@@ -75,18 +75,15 @@ class ConditionalSettings(eqx.Module):
     seed: int = eqx.field(default=0, static=True)
 
     def __check_init__(self):
-        if not isinstance(self.kind, str) or self.kind not in KINDS:
-            raise ConfigError(f"[conditional] kind: expected one of {', '.join(KINDS)}, "
-                              f"got {self.kind!r}")
+        from coarseflow import checks
+
+        checks.choice("[conditional] kind", self.kind, KINDS)
         for name, low in (("nn_width", 1), ("nn_depth", 0), ("knots", 2), ("layers", 1),
                           ("laplace_fits", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"[conditional] {name}: expected an integer >= {low}, "
-                                  f"got {value!r}")
-        if not (isinstance(self.interval, int | float) and 0 < self.interval < math.inf):
-            raise ConfigError(f"[conditional] interval: expected a number > 0, "
-                              f"got {self.interval!r}")
+            checks.integer(f"[conditional] {name}", getattr(self, name), low,
+                           checks.MAX_COUNT if name == "laplace_fits" else 100_000)
+        checks.number("[conditional] interval", self.interval, 0.0, 100.0)
+        checks.seed("[conditional] seed", self.seed)
 
     @property
     def learned(self) -> bool:

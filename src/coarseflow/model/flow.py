@@ -63,6 +63,8 @@ class BoxBase(AbstractDistribution):
 
 
 PERMUTATIONS = ("alternating", "random")
+MAX_SIZE = 100_000  # knots, layers, nn_width, nn_depth: beyond this a typo, not a model
+MAX_INTERVAL = 100.0  # the spline half-width B, in standard deviations of the base
 
 
 class FlowSettings(eqx.Module):
@@ -92,17 +94,14 @@ class FlowSettings(eqx.Module):
     seed: int = 0
 
     def __check_init__(self):
-        checks = {
-            "knots": self.knots >= 2,
-            "interval": self.interval > 0,
-            "layers": self.layers >= 1,
-            "nn_width": self.nn_width >= 1,
-            "nn_depth": self.nn_depth >= 0,
-            "permutation": self.permutation in PERMUTATIONS,
-        }
-        for name, ok in checks.items():
-            if not ok:
-                raise ConfigError(f"[model] {name}: out of range, got {getattr(self, name)!r}")
+        from coarseflow import checks
+
+        for name, low in (("knots", 2), ("layers", 1), ("nn_width", 1), ("nn_depth", 0)):
+            checks.integer(f"[model] {name}", getattr(self, name), low, MAX_SIZE)
+        checks.number("[model] interval", self.interval, 0.0, MAX_INTERVAL)
+        checks.boolean("[model] uniform_angles", self.uniform_angles)
+        checks.choice("[model] permutation", self.permutation, PERMUTATIONS)
+        checks.seed("[model] seed", self.seed)
 
 
 def make_flow(

@@ -29,7 +29,6 @@ process, time rescaled.)
 
 from __future__ import annotations
 
-import numbers
 from typing import NamedTuple
 
 import equinox as eqx
@@ -37,7 +36,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from coarseflow.errors import ConfigError
+from coarseflow import checks
 from coarseflow.samplers.kernels import (
     EnergyXY,
     Kernel,
@@ -47,14 +46,6 @@ from coarseflow.samplers.kernels import (
 )
 
 KERNELS = ("mala", "hmc", "baoab")
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _is_real(value) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 class ChainSettings(eqx.Module):
@@ -94,17 +85,10 @@ class ChainSettings(eqx.Module):
     control_variate: bool = eqx.field(default=True, static=True)
 
     def __check_init__(self):
-        if not isinstance(self.control_variate, bool):
-            raise ConfigError("[chains] control_variate: expected true or false, "
-                              f"got {self.control_variate!r}")
-        if not isinstance(self.kernel, str) or self.kernel not in KERNELS:
-            raise ConfigError(
-                f"[chains] kernel: expected one of {', '.join(KERNELS)}, got {self.kernel!r}"
-            )
+        checks.boolean("[chains] control_variate", self.control_variate)
+        checks.choice("[chains] kernel", self.kernel, KERNELS)
         for name in ("step_size", "friction", "warm_start_lr"):
-            value = getattr(self, name)
-            if not _is_real(value) or not 0 < value < float("inf"):
-                raise ConfigError(f"[chains] {name}: expected a number > 0, got {value!r}")
+            checks.number(f"[chains] {name}", getattr(self, name), 0.0)
         for name, low in (
             ("n_chains", 1),
             ("n_burn", 0),
@@ -113,9 +97,7 @@ class ChainSettings(eqx.Module):
             ("hmc_leapfrog", 1),
             ("warm_start_steps", 0),
         ):
-            value = getattr(self, name)
-            if not _is_int(value) or value < low:
-                raise ConfigError(f"[chains] {name}: expected an integer >= {low}, got {value!r}")
+            checks.integer(f"[chains] {name}", getattr(self, name), low)
 
     @property
     def n_steps(self) -> int:
