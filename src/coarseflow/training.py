@@ -29,10 +29,10 @@ from coarseflow.objectives import (
 )
 from coarseflow.optim import adam_with_skip_clip, find_skip_clip_state, global_norm
 from coarseflow.predict import PredictionSettings, resolve_conditional, sample_q_y
-from coarseflow.runs import RunDir
+from coarseflow.runs import RunDir, all_finite
 from coarseflow.samplers.conditional import ChainSettings, control_variate_forces, mean_force
 from coarseflow.targets.base import AbstractTarget
-from coarseflow.tempering import AbstractSchedule
+from coarseflow.tempering import AbstractSchedule, Adaptive
 
 OBJECTIVES = ("mean_force", "joint", "hybrid", "fab")
 
@@ -370,6 +370,60 @@ def check_energy_finite(flow, target: AbstractTarget, key) -> None:
                           "check the energy function and the box [target] bounds")
 
 
+# When training stops by itself (docs/reliability.md). A run of the shipped configs never comes
+# near these: all its updates but the optimiser's first 10 (calibration) are applied, n_used is
+# the whole batch (the double well, the mixtures) or nearly, and its adaptive ladders take
+# 10-30 betas from 0.01 to 1.
+STOP_WINDOW = 50  # consecutive updates that must all be skipped / starved to stop
+MIN_USED_FRACTION = 0.1  # an update is starved below this fraction of finite samples (n_used)
+LADDER_WINDOW = 5  # the adaptive ladder's last steps judged together
+LADDER_PACE_LIMIT = 1000  # stop when, at the largest of those steps, beta = 1 is farther away
+
+
+class TrainingStopped(ConfigError):
+    """Training stopped itself, after saving a checkpoint; the message says why and what to do."""
+
+
+class Streaks(NamedTuple):
+    """Consecutive updates (across betas, carried by checkpoints) that were skipped by the
+    gradient guard, and that were starved (n_used < MIN_USED_FRACTION of the batch)."""
+
+    skipped: int = 0
+    starved: int = 0
+
+    def after(self, skipped: bool, n_used: int, batch_size: int) -> Streaks:
+        starved = n_used < MIN_USED_FRACTION * batch_size
+        return Streaks(self.skipped + 1 if skipped else 0, self.starved + 1 if starved else 0)
+
+
+def stop_reason(streaks: Streaks, batch_size: int, schedule: AbstractSchedule,
+                betas: list[float], next_beta: float | None) -> str | None:
+    """Why training should stop now, in words, or None. Judged after each beta's checkpoint.
+
+    ``betas``: the betas reached so far (the last one just checkpointed); ``next_beta``: the
+    one the schedule chose next (None: the ladder is done).
+    """
+    if streaks.starved >= STOP_WINDOW:
+        return (f"in each of the last {streaks.starved} updates fewer than "
+                f"{MIN_USED_FRACTION:.0%} of the {batch_size} samples had a finite energy or "
+                "force (n_used in metrics.jsonl): the energy is finite on only a small part of "
+                "the box; check the energy function and the [target] bounds")
+    if streaks.skipped >= STOP_WINDOW:
+        return (f"the last {streaks.skipped} updates were all skipped by the gradient guard "
+                "(non-finite or exploding gradients; 'skipped' in metrics.jsonl): nothing is "
+                "being learned; check [training] learning_rate and forward_kl_weight and the "
+                "energy")
+    if isinstance(schedule, Adaptive) and next_beta is not None:
+        steps = np.diff([*betas, next_beta])[-LADDER_WINDOW:]
+        if steps.size == LADDER_WINDOW and (1.0 - next_beta) > LADDER_PACE_LIMIT * steps.max():
+            return (f"the adaptive ladder's last {LADDER_WINDOW} steps were at most "
+                    f"{steps.max():.2g}: at that pace beta = 1 is more than "
+                    f"{LADDER_PACE_LIMIT} betas away (the model's energies vary too widely "
+                    "for larger steps); raise [tempering] min_step or max_kl_increase, or use "
+                    "an explicit ladder")
+    return None
+
+
 class TrainResult(NamedTuple):
     flow: eqx.Module
     conditional: eqx.Module | None  # the learned q(Y|X), None with the chains
@@ -407,6 +461,17 @@ def train(
                              if conditional is None else "[conditional] kind = 'chains' "
                              "(the learned conditional would not be trained); use 'joint', "
                              "'hybrid' or 'fab'"))
+    if run is None:
+        return _train_loop(target, flow, schedule, training, chains, None, prediction,
+                           conditional, resume, progress, max_betas)
+    with run.locked():  # reentrant: train_from_config holds it already
+        return _train_loop(target, flow, schedule, training, chains, run, prediction,
+                           conditional, resume, progress, max_betas)
+
+
+def _train_loop(target, flow, schedule, training, chains, run, prediction, conditional,
+                resume, progress, max_betas) -> TrainResult:
+    """train(), with ``run`` (if any) locked by this process."""
     optimizer = training.optimizer()
     params, static = split_trainable((flow, conditional))
     opt_state = optimizer.init(params)
@@ -415,20 +480,29 @@ def train(
     evals_total = 0  # energy + gradient evaluations of all updates and ladder samples so far
     elapsed = 0.0  # training time of earlier processes (s), so that wall_time adds up on resume
     fab_step = training.fab_step_size  # adapted after every update of the fab objective
+    streaks = Streaks()
 
     if resume and run is not None and run.checkpoints():
-        meta = run.find_checkpoint()
-        params, opt_state = run.load_checkpoint((params, opt_state), meta)
-        betas = [m["beta"] for m in run.checkpoints()]
+        # the newest intact checkpoint; damaged ones are renamed *.damaged (kept) and redone
+        run.set_aside_damaged()
+        meta, (params, opt_state) = run.load_newest(
+            (params, opt_state), lambda tree: all_finite(tree[0]), set_aside=True)
+        betas = [m["beta"] for m in run.checkpoints() if m["beta"] <= meta["beta"]]
         step, index = meta["step"], meta["index"] + 1
-        elapsed = meta["wall_time"]
-        run.truncate_metrics(step)
+        elapsed = meta.get("wall_time", 0.0)
         evals_total = meta.get("energy_evals", 0)
         fab_step = meta.get("fab_step_size", fab_step)
+        streaks = Streaks(meta.get("skipped_streak", 0), meta.get("starved_streak", 0))
+        run.truncate_metrics(step)
         if meta["next_beta"] is None:
             return TrainResult(*eqx.combine(params, static), betas)
         beta = meta["next_beta"]
     else:
+        if resume and run is not None:
+            run.refuse_if_damaged()  # only damaged checkpoints: resuming would start afresh
+        if run is not None:
+            # a fresh start: the lines of a process killed before its first checkpoint go
+            run.truncate_metrics(0)
         check_energy_finite(flow, target, jr.fold_in(root_key, -1 % 2**31))
 
     # the bar's n is the last beta reached (a resumed run starts where it stopped)
@@ -452,6 +526,7 @@ def train(
             if training.objective == "fab":
                 fab_step = adapt_fab_step(fab_step, float(info.acceptance))
             evals_total += int(info.energy_evals)
+            streaks = streaks.after(bool(info.skipped), int(info.n_used), training.batch_size)
             heating.append(float(info.chain_heating))
             records.append({
                 "step": step, "beta": float(beta), "loss": float(info.loss),
@@ -483,12 +558,18 @@ def train(
                 "chain_heating": _finite_mean(heating),
                 "energy_evals": evals_total,
                 "fab_step_size": fab_step,
+                "skipped_streak": streaks.skipped, "starved_streak": streaks.starved,
             })
         warning = heating_warning(beta, heating)
         if warning is not None:
             tqdm.write(warning, file=sys.stderr)
         betas.append(float(beta))
         bar.update(float(beta) - bar.n)
+        reason = stop_reason(streaks, training.batch_size, schedule, betas, next_beta)
+        if reason is not None:  # after the checkpoint: the user can sample or resume it
+            bar.close()
+            raise TrainingStopped(f"training stopped after beta = {beta:.6g} (checkpoint "
+                                  f"saved): {reason}")
         if next_beta is None or (max_betas is not None and index + 1 >= max_betas):
             break
         beta, index = float(next_beta), index + 1

@@ -16,7 +16,14 @@ from coarseflow.errors import ConfigError
 from coarseflow.model.conditional import make_conditional
 from coarseflow.model.flow import make_flow, split_trainable
 from coarseflow.predict import Samples, draw_samples, fit_to_laplace
-from coarseflow.runs import RunDir, atomic_write_text
+from coarseflow.runs import (
+    DamagedCheckpoint,
+    RunDir,
+    all_finite,
+    atomic_write_text,
+    config_hash,
+    warn_once,
+)
 from coarseflow.training import TrainResult, train
 
 
@@ -47,15 +54,26 @@ def as_trained(config: Config, run: RunDir) -> Config:
 
 def _checkpoint_loader(config: Config, model):
     """A function (run, metadata) -> the (flow, conditional) of that checkpoint, in
-    ``model``'s structure."""
+    ``model``'s structure; a damaged checkpoint (or one of NaN / inf parameters) raises
+    runs.DamagedCheckpoint naming its file."""
     params, static = split_trainable(model)
     template = (params, config.training.optimizer().init(params))
 
-    def load(run: RunDir, meta: dict):
-        loaded, _ = run.load_checkpoint(template, meta)
-        return eqx.combine(loaded, static)
+    def load(run: RunDir, meta: dict | None):
+        """``meta`` None: the newest intact checkpoint, skipping damaged ones with a warning."""
+        if meta is None:
+            meta, (loaded, _) = run.load_newest(template, _finite_params)
+        else:
+            loaded, _ = run.load_checkpoint(template, meta, _finite_params)
+        return meta, eqx.combine(loaded, static)
 
     return load
+
+
+def _finite_params(tree) -> bool:
+    """Whether a loaded (params, optimiser state) has finite parameters: training never
+    writes NaN / inf ones (the gradient guard skips such updates), so they mean damage."""
+    return all_finite(tree[0])
 
 
 def initial_model(config: Config, target, init=None):
@@ -71,9 +89,14 @@ def initial_model(config: Config, target, init=None):
             conditional = fit_to_laplace(conditional, target, X,
                                          config.tempering.first_beta(), config.prediction)
         return flow, conditional
+    return _init_checkpoint(config, (flow, conditional), init)[1]
+
+
+def _init_checkpoint(config: Config, model, init) -> tuple[dict, tuple]:
+    """(metadata, model) of run ``init``'s newest intact checkpoint, in ``model``'s structure."""
     run = RunDir(init).require_existing()
     try:
-        return _checkpoint_loader(config, (flow, conditional))(run, run.find_checkpoint())
+        return _checkpoint_loader(config, model)(run, None)
     except ConfigError:
         raise
     except Exception as err:  # equinox reports a shape or structure mismatch in many ways
@@ -85,11 +108,24 @@ def train_from_config(config: Config, out, *, resume: bool = False, progress: bo
                       max_betas: int | None = None, init=None) -> TrainResult:
     """Train into run directory ``out``; refused if it has checkpoints, unless resuming.
 
-    ``init`` (a run directory): start from its last checkpoint's flow (with a fresh optimiser)
-    instead of an untrained one, e.g. to continue a finished run along another ladder. It is
-    recorded in ``out``/init.json; a resumed run continues from its own checkpoints.
+    ``out`` must be new, empty or a run of this same config (``RunDir.claim``: never a user's
+    folder, never a run of another config); it is locked while training, so a second writer
+    is refused. ``init`` (a run directory): start from its newest intact checkpoint's flow
+    (with a fresh optimiser) instead of an untrained one, e.g. to continue a finished run
+    along another ladder. It is recorded in ``out``/init.json; a resumed run continues from
+    its own checkpoints.
     """
     run = RunDir(out)
+    run.claim(config_hash(config.raw), lambda path: config_hash(load_config(path).raw))
+    try:
+        return _train_claimed(config, run, resume, progress, max_betas, init)
+    finally:
+        run.release()
+
+
+def _train_claimed(config: Config, run: RunDir, resume: bool, progress: bool,
+                   max_betas: int | None, init) -> TrainResult:
+    """train_from_config once ``run`` is owned and locked."""
     if run.checkpoints() and not resume:
         raise ConfigError(f"run directory {run.root} already has checkpoints; "
                           "pass --resume to continue it or choose another --out")
@@ -99,34 +135,59 @@ def train_from_config(config: Config, out, *, resume: bool = False, progress: bo
                               "resume with the same config")
     config = as_trained(config, run) if resume else config
     target = build_target(config.target)
-    flow, conditional = initial_model(config, target, init)
-    run.root.mkdir(parents=True, exist_ok=True)
+    if init is None:
+        flow, conditional = initial_model(config, target)
+    else:
+        init_meta, (flow, conditional) = _init_checkpoint(config, build_model(config, target),
+                                                          init)
     atomic_write_text(run.config_path, to_toml(config.raw))
     if not (resume and run.checkpoints()):
         atomic_write_text(run.root / MODEL_MARKER,
                           json.dumps({"flow_permutation": config.model.permutation}))
     if init is not None:
-        meta = RunDir(init).find_checkpoint()
         atomic_write_text(run.root / "init.json", json.dumps(
-            {"run": str(Path(init).resolve()), "beta": meta["beta"], "step": meta["step"]}))
+            {"run": str(Path(init).resolve()), "beta": init_meta["beta"],
+             "step": init_meta["step"]}))
     return train(target, flow, config.tempering, config.training, config.chains, run,
                  prediction=config.prediction, conditional=conditional, resume=resume,
                  progress=progress, max_betas=max_betas)
 
 
+def _open_run(path):
+    """(run, config, target, load) of run ``path``: ``load(run, meta)`` gives a checkpoint's
+    (meta, (flow, conditional)), all in one structure built once."""
+    run = RunDir(path).require_existing()
+    config = as_trained(load_config(run.config_path), run)
+    target = build_target(config.target)
+    return run, config, target, _checkpoint_loader(config, build_model(config, target))
+
+
 def run_flows(path, betas: list[float] | None = None):
     """(config, target, [(metadata, (flow, conditional)), ...]) for the checkpoints of
-    ``betas`` (default: all); the conditional is None unless learned.
+    ``betas`` (default: all intact ones, each damaged one skipped with a warning naming it);
+    the conditional is None unless learned. A named beta whose checkpoint is damaged: one line.
 
     The target and the flow's structure are built once and every checkpoint's parameters are
     loaded into that one structure, so jitted functions compile once for all checkpoints.
     """
-    run = RunDir(path).require_existing()
-    config = as_trained(load_config(run.config_path), run)
-    target = build_target(config.target)
-    load = _checkpoint_loader(config, build_model(config, target))
-    metas = run.checkpoints() if betas is None else [run.find_checkpoint(b) for b in betas]
-    flows = [(meta, load(run, meta)) for meta in metas]
+    run, config, target, load = _open_run(path)
+    if betas is not None:
+        return config, target, [load(run, run.find_checkpoint(b)) for b in betas]
+    flows, damaged = [], []
+    for meta in run.checkpoints():
+        try:
+            flows.append(load(run, meta))
+        except DamagedCheckpoint as err:
+            damaged.append(err)
+    if not flows and not damaged:
+        raise ConfigError(f"run directory {run.root}: no intact checkpoint (none written, or "
+                          "every one damaged: see the warnings)")
+    if not flows:
+        names = ", ".join(err.path.name for err in damaged)
+        raise ConfigError(f"run directory {run.root}: no intact checkpoint ({damaged[0]}; "
+                          f"damaged: {names})")
+    for err in damaged:
+        warn_once(f"{err}; skipped")
     return config, target, flows
 
 
@@ -139,10 +200,11 @@ class LoadedRun(NamedTuple):
 
 
 def load_run(path, beta: float | None = None) -> LoadedRun:
-    """The checkpoint of ``beta`` (default: last) of run ``path``, with its config and target."""
-    if beta is None:
-        beta = RunDir(path).require_existing().find_checkpoint()["beta"]
-    config, target, [(meta, (flow, conditional))] = run_flows(path, [beta])
+    """The checkpoint of ``beta`` (default: the newest intact one, damaged newer ones skipped
+    with a warning) of run ``path``, with its config and target."""
+    run, config, target, load = _open_run(path)
+    meta = None if beta is None else run.find_checkpoint(beta)
+    meta, (flow, conditional) = load(run, meta)
     return LoadedRun(config, target, flow, conditional, meta)
 
 

@@ -129,10 +129,16 @@ def evaluate_run(path, *, n_samples: int | None = None, seed: int = 1,
     The last checkpoint gets ``n_samples`` (default: [prediction] n_samples), the ones before it
     at most [prediction] ladder_samples.
     """
+    run = RunDir(path).require_existing()
+    with run.locked():  # it writes summary.json and figures/: one writer at a time
+        return _evaluate(run, n_samples, seed, progress)
+
+
+def _evaluate(run: RunDir, n_samples: int | None, seed: int, progress: bool) -> dict:
+    """evaluate_run, with ``run`` locked."""
     from coarseflow.workflow import run_flows, write_summary
 
-    run = RunDir(path).require_existing()
-    config, target, flows = run_flows(path)
+    config, target, flows = run_flows(run.root)
     n_final = config.prediction.n_samples if n_samples is None else n_samples
     n_ladder = min(n_final, config.prediction.ladder_samples or n_final)
     per_beta, by_beta = [], {}
