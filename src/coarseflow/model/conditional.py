@@ -25,7 +25,9 @@ does (exactly so for the mixture).
 Exact symmetries: the target's ``y_relabelings()`` (S, n_y) are permutations of Y that leave
 u(X, .) unchanged (a methyl's hydrogens). The conditional is their symmetrised mixture
 q(Y|X) = (1/S) sum_sigma q0(Y[sigma] | X): a sample of q0 is relabeled by a random sigma, and
-the density sums over all S. So one copy learned stands for all, exactly.
+the density sums over all S. So one copy learned stands for all, exactly. Where the target's
+relabelings permute xi (``y_internal_relabelings``: a molecule places a methyl's hydrogens from
+one frame), the sum needs xi and its log-det once, not once per relabeling.
 
 Samples whose xi leaves the range that ``y_internal`` returns (a negative bond length, an angle
 beyond pi) are flagged ``valid = False``: their importance weight is zero, which keeps the
@@ -141,6 +143,9 @@ class LearnedConditional(eqx.Module):
     features: XFeatures
     periodic: tuple[bool, ...] = eqx.field(static=True)
     relabelings: tuple[tuple[int, ...], ...] = eqx.field(static=True)
+    # the same relabelings acting on xi (the target's y_internal_relabelings), or None
+    xi_relabelings: tuple[tuple[int, ...], ...] | None = eqx.field(static=True, default=None)
+
     @property
     def n_y(self) -> int:
         return len(self.periodic)
@@ -205,8 +210,15 @@ class LearnedConditional(eqx.Module):
         perms = np.asarray(self.relabelings)
         if len(perms) == 1:
             return self._log_prob0(target, X, beta, Y, gaussian)
-        logs = jax.vmap(lambda p: self._log_prob0(target, X, beta, Y[p], gaussian))(perms)
-        return jax.nn.logsumexp(logs) - math.log(len(perms))
+        if self.xi_relabelings is None:
+            logs = jax.vmap(lambda p: self._log_prob0(target, X, beta, Y[p], gaussian))(perms)
+            return jax.nn.logsumexp(logs) - math.log(len(perms))
+        # the relabelings permute xi and keep log|det dY/dxi|: one coordinate transform
+        xi = target.y_internal(X, Y)
+        _, log_det_y = target.y_cartesian(X, xi)
+        logs = jax.vmap(lambda p: self._log_prob_xi(xi[p], beta, gaussian))(
+            np.asarray(self.xi_relabelings))
+        return jax.nn.logsumexp(logs) - math.log(len(perms)) - log_det_y
 
     def transform(self, target, X, beta, eps, gaussian=None) -> ConditionalSample:
         """Y (n_y,) for the base draw eps (n_y,) ~ N(0, I), with the unsymmetrised log q0(Y|X)
@@ -271,9 +283,12 @@ def make_conditional(key: PRNGKeyArray, target, settings: ConditionalSettings):
         ).bijection
         spline = start_as_identity(spline)
     perms = np.asarray(target.y_relabelings(), dtype=np.int64).reshape(-1, n_y)
+    xi_perms = target.y_internal_relabelings()
     return LearnedConditional(
         net=net, loc=jnp.zeros(n_y), log_diag=jnp.zeros(n_y), lower=jnp.zeros(n_low),
         spline=spline, features=features, periodic=tuple(bool(p) for p in target.y_periodic()),
         relabelings=tuple(tuple(int(i) for i in p) for p in perms),
+        xi_relabelings=None if xi_perms is None or len(perms) == 1
+        else tuple(tuple(int(i) for i in p) for p in np.asarray(xi_perms).reshape(-1, n_y)),
     )
 

@@ -101,6 +101,13 @@ class AbstractTarget(eqx.Module):
         symmetrised over them. Default: the identity alone."""
         return np.arange(self.partition.n_y)[None, :]
 
+    def y_internal_relabelings(self) -> np.ndarray | None:
+        """(S, n_y) int: the relabelings acting on the internal coordinates,
+        y_internal(X, Y[sigma]) = y_internal(X, Y)[pi] with log|det dY/dxi| unchanged, or None
+        where they do not act as permutations of xi. A target that overrides ``y_internal``
+        overrides this too; here y_internal is Y itself."""
+        return self.y_relabelings()
+
     def y_in_domain(self, X: Float[Array, " n_x"], Y: Float[Array, " n_y"],
                     Y_ref: Float[Array, " n_y"]) -> Array:
         """Whether Y is in the fundamental domain, around Y_ref, of the relabelings counted by
