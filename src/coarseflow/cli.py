@@ -13,6 +13,80 @@ from pathlib import Path
 
 from coarseflow.errors import ConfigError
 
+SAMPLE_SUFFIXES = (".npz", ".pdb", ".dcd")
+
+
+class _UsageError(Exception):
+    """A command line that argparse could not parse; main prints it as one line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line (no usage block), like every other user error."""
+
+    def error(self, message):
+        raise _UsageError(f"{message} (see {self.prog} --help)")
+
+
+def _count(text: str) -> int:
+    """An -n value: an integer, also written as 1e4 (argparse's type for counts)."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not value.is_integer():
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}")
+    return int(value)
+
+
+def _check_output(flag: str, value, *, directory: bool, suffixes: tuple[str, ...] = ()) -> None:
+    """An output path the command can create or replace: not empty, no regular file among its
+    parents, and (a directory) not an existing non-directory / (a file) not an existing
+    directory or device, ending in one of ``suffixes``."""
+    if value is None:
+        return
+    if not str(value).strip():
+        raise ConfigError(f"{flag}: expected a path, got {value!r}")
+    path = Path(value)
+    for parent in path.absolute().parents:
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"{flag} {path}: {parent} is not a directory")
+    if directory and path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {path}: exists and is not a directory (a run directory "
+                          "is a folder)")
+    if not directory and path.is_dir():
+        raise ConfigError(f"{flag} {path}: is a directory; expected a file name"
+                          + (" ending in " + " or ".join(suffixes) if suffixes else ""))
+    if not directory and path.exists() and not path.is_file():
+        raise ConfigError(f"{flag} {path}: exists and is not a regular file")
+    if suffixes and path.suffix.lower() not in suffixes:
+        raise ConfigError(f"{flag} {path}: expected a file name ending in "
+                          + " or ".join(suffixes))
+
+
+def _check_args(args) -> None:
+    """Every value of the command line in range, before anything is loaded or written."""
+    from coarseflow import checks
+
+    if getattr(args, "n", None) is not None:
+        checks.integer("-n", args.n, 1)
+    if getattr(args, "seed", None) is not None:
+        checks.seed("--seed", args.seed)
+    if getattr(args, "beta", None) is not None:
+        checks.number("--beta", args.beta, 0.0, 1.0)
+    if getattr(args, "resume", False) and getattr(args, "init", None) is not None:
+        raise ConfigError("--resume and --init: choose one (a resumed run continues from its "
+                          "own checkpoints; --init starts a new run from another run's flow)")
+    if args.command in ("train", "demo"):
+        _check_output("--out", args.out, directory=True)
+    elif args.command == "sample":
+        _check_output("-o", args.output, directory=False, suffixes=SAMPLE_SUFFIXES)
+    elif args.command == "reference":
+        _check_output("-o", args.output, directory=False, suffixes=(".npz",))
+
 
 def _cmd_train(args) -> int:
     from coarseflow.analysis.evaluation import evaluate_run
@@ -20,7 +94,7 @@ def _cmd_train(args) -> int:
     from coarseflow.workflow import train_from_config
 
     config = load_config(args.config)
-    out = Path(args.out) if args.out else Path("runs") / Path(args.config).stem
+    out = Path(args.out) if args.out is not None else Path("runs") / Path(args.config).stem
     result = train_from_config(config, out, resume=args.resume, progress=not args.quiet,
                                init=args.init)
     print(f"trained {len(result.betas)} betas up to beta = {result.betas[-1]:.4g}; run: {out}")
@@ -35,7 +109,8 @@ def _cmd_sample(args) -> int:
     from coarseflow.workflow import sample_run, write_samples
 
     target, samples, beta = sample_run(args.run, n=args.n, beta=args.beta, seed=args.seed)
-    out = Path(args.output) if args.output else Path(args.run) / "samples" / f"beta_{beta:.6g}.npz"
+    out = (Path(args.output) if args.output is not None
+           else Path(args.run) / "samples" / f"beta_{beta:.6g}.npz")
     write_samples(out, target, samples, beta)
     n_ess, k = ess(samples.log_weights), pareto_k(samples.log_weights)
     if k != k:  # NaN
@@ -91,7 +166,7 @@ def _print_summary(summary: dict) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="coarseflow", description=__doc__)
+    p = _Parser(prog="coarseflow", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model along a tempering ladder")
@@ -102,28 +177,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start from the flow of RUN's last checkpoint (same [model] and [target])")
     t.add_argument("--no-evaluate", action="store_true", help="skip evaluation after training")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_script_flag(t)
     t.set_defaults(func=_cmd_train)
 
     s = sub.add_parser("sample", help="draw one-shot all-atom samples with importance weights")
     s.add_argument("run", help="run directory written by train or demo")
-    s.add_argument("-n", type=int, default=None, help="number of samples")
+    s.add_argument("-n", type=_count, default=None, help="number of samples")
     s.add_argument("--beta", type=float, default=None, help="checkpoint beta (default: last)")
     s.add_argument("-o", "--output", help="output .npz (or .pdb/.dcd for molecules)")
     s.add_argument("--seed", type=int, default=0)
+    _add_script_flag(s)
     s.set_defaults(func=_cmd_sample)
 
     e = sub.add_parser("evaluate", help="metrics and figures for every checkpoint of a run")
     e.add_argument("run", help="run directory")
-    e.add_argument("-n", type=int, default=None,
+    e.add_argument("-n", type=_count, default=None,
                    help="samples at the last checkpoint (default: [prediction] n_samples; "
                         "earlier ones: at most [prediction] ladder_samples)")
     e.add_argument("--quiet", action="store_true")
+    _add_script_flag(e)
     e.set_defaults(func=_cmd_evaluate)
 
     r = sub.add_parser("reference", help="ground truth for a molecule by replica-exchange MD")
     r.add_argument("config", help="molecule config TOML ([target] kind = 'molecule')")
     r.add_argument("-o", "--output", help="output .npz (default: <config>_reference.npz)")
     r.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
+    _add_script_flag(r)
     r.set_defaults(func=_cmd_reference)
 
     d = sub.add_parser("demo", help="the double well end to end (about a minute on a laptop)")
@@ -132,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=_cmd_demo)
     return p
+
+
+def _add_script_flag(parser) -> None:
+    parser.add_argument("--allow-forcefield-scripts", action="store_true",
+                        help="let force-field XML files run the Python code they carry "
+                             "(<InitializationScript>, <Script>); refused by default")
 
 
 def enable_compilation_cache() -> None:
@@ -147,12 +232,17 @@ def enable_compilation_cache() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    enable_compilation_cache()
-    if getattr(args, "n", None) is not None and args.n <= 0:
-        print(f"coarseflow: error: -n: expected a positive integer, got {args.n}", file=sys.stderr)
-        return 2
     try:
+        args = build_parser().parse_args(argv)
+    except _UsageError as e:
+        print(f"coarseflow: error: {e}", file=sys.stderr)
+        return 2
+    enable_compilation_cache()
+    from coarseflow.forcefield.trust import allow_forcefield_scripts
+
+    allow_forcefield_scripts(getattr(args, "allow_forcefield_scripts", False))
+    try:
+        _check_args(args)
         return args.func(args)
     except ConfigError as e:
         print(f"coarseflow: error: {e}", file=sys.stderr)

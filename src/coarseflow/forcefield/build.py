@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from coarseflow.errors import ConfigError
+from coarseflow.forcefield.trust import check_forcefield_files, check_structure
 
 DEFAULT_FORCEFIELD_FILES = ("amber99sbildn.xml", "amber99_obc.xml")
 
@@ -43,6 +44,7 @@ def build_system(
         return _build_amber_system(path, forcefield_files)
     if not path.is_file():
         raise ConfigError(f"molecule: PDB file '{path}' does not exist")
+    _check_has_atoms(path)
     try:
         pdb = app.PDBFile(str(path))
     except Exception as err:  # OpenMM raises a variety of types for malformed files
@@ -50,7 +52,10 @@ def build_system(
     if pdb.topology.getNumAtoms() == 0:
         raise ConfigError(f"molecule: PDB file '{path}' contains no atoms")
 
+    positions = np.asarray(pdb.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
+    check_structure(f"PDB file '{path}'", positions, pdb.topology)
     files = DEFAULT_FORCEFIELD_FILES if forcefield_files is None else tuple(forcefield_files)
+    check_forcefield_files(files)
     try:
         forcefield = app.ForceField(*files)
     except Exception as err:  # ValueError / OSError for a missing file, XML errors otherwise
@@ -74,8 +79,17 @@ def build_system(
         raise ConfigError(
             f"force field: cannot parametrise '{path}' with {list(files)}: {err}"
         ) from err
-    positions = np.asarray(pdb.getPositions(asNumpy=True).value_in_unit(unit.nanometer))
     return pdb.topology, positions.astype(np.float64), system
+
+
+def _check_has_atoms(path: Path) -> None:
+    """A PDB file without ATOM / HETATM records (empty, or not a PDB file) in one line, before
+    OpenMM reads it (whose message would be 'list index out of range')."""
+    with open(path, "rb") as f:
+        records = (line[:6] for line in f)
+        if not any(r.startswith((b"ATOM  ", b"HETATM")) for r in records):
+            raise ConfigError(f"molecule: PDB file '{path}' contains no atoms (no ATOM or "
+                              "HETATM records)")
 
 
 def _build_amber_system(path: Path, forcefield_files):
@@ -119,4 +133,5 @@ def _build_amber_system(path: Path, forcefield_files):
             f"molecule: '{found[0]}' has {positions.shape[0]} atoms, '{path}' "
             f"{system.getNumParticles()}"
         )
+    check_structure(f"coordinates '{found[0]}'", positions, prmtop.topology)
     return prmtop.topology, positions.astype(np.float64), system
