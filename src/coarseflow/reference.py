@@ -104,26 +104,17 @@ class ReferenceSettings:
                 f"[reference] {key}: expected {expected}, got {getattr(self, key)!r}"
             )
 
-        def integer(key, minimum):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-                fail(key, f"an integer >= {minimum}")
-
-        def number(key, low, high):
-            value = getattr(self, key)
-            ok = isinstance(value, int | float) and not isinstance(value, bool)
-            if not ok or not (low < value <= high):
-                fail(key, f"a number in ({low}, {high}]")
+        from coarseflow import checks
 
         for key, minimum in (
             ("n_replicas", 1), ("n_chains", 1), ("n_steps", 1), ("burn_in_steps", 0),
-            ("record_every", 1), ("exchange_every", 1), ("n_blocks", 2), ("seed", 0),
+            ("record_every", 1), ("exchange_every", 1), ("n_blocks", 2),
             ("openmm_check_steps", 0),
         ):  # fmt: skip
-            integer(key, minimum)
-        number("t_max", 0.0, 1e5)
-        number("time_step_ps", 0.0, 0.005)
-        number("friction_per_ps", 0.0, 1e4)
+            checks.integer(f"[reference] {key}", getattr(self, key), minimum, 10**12)
+        checks.seed("[reference] seed", self.seed)
+        for key, high in (("t_max", 1e5), ("time_step_ps", 0.005), ("friction_per_ps", 1e4)):
+            checks.number(f"[reference] {key}", getattr(self, key), 0.0, high)
         for key in ("n_steps", "burn_in_steps", "openmm_check_steps"):
             if getattr(self, key) % self.record_every:
                 fail(key, f"a multiple of record_every ({self.record_every})")

@@ -11,6 +11,7 @@ import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 from scipy import special, stats
 
+from coarseflow import checks
 from coarseflow.errors import ConfigError
 from coarseflow.partition import Partition
 from coarseflow.targets.base import AbstractTarget, concrete_beta
@@ -20,18 +21,15 @@ from coarseflow.targets.base import AbstractTarget, concrete_beta
 _BOX_TAIL = 1e-6
 
 
+MAX_DIMENSION = 10_000  # n_x, n_y, n_components: a test problem, held in memory whole
+
+
 def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise ConfigError(f"gaussian_mixture {name}: expected an integer >= 1, got {value!r}")
-    return int(value)
+    return checks.integer(f"gaussian_mixture {name}", value, 1, MAX_DIMENSION)
 
 
 def _positive_float(name: str, value) -> None:
-    ok = not isinstance(value, bool) and isinstance(value, int | float | np.integer | np.floating)
-    if not ok or not (math.isfinite(float(value)) and float(value) > 0.0):
-        raise ConfigError(
-            f"gaussian_mixture {name}: expected a positive finite number, got {value!r}"
-        )
+    checks.number(f"gaussian_mixture {name}", value, 0.0)
 
 
 
@@ -90,9 +88,7 @@ class GaussianMixture(AbstractTarget):
         self.n_x = _positive_int("n_x", n_x)
         self.n_y = self.n_x if n_y is None else _positive_int("n_y", n_y)
         self.n_components = _positive_int("n_components", n_components)
-        if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-            raise ConfigError(f"gaussian_mixture seed: expected an integer >= 0, got {seed!r}")
-        self.seed = int(seed)
+        self.seed = checks.seed("gaussian_mixture seed", seed)
         self.width = width
         self.cond_width = cond_width
         self.support_beta = support_beta

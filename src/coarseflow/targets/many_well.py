@@ -12,6 +12,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 from scipy import integrate, optimize
 
+from coarseflow import checks
 from coarseflow.errors import ConfigError
 from coarseflow.partition import Partition
 from coarseflow.targets.base import AbstractTarget, concrete_beta
@@ -134,10 +135,7 @@ class ManyWell(AbstractTarget):
     support_beta: float = eqx.field(static=True)
 
     def __init__(self, n_wells: int = 16, support_beta: float = 1e-2):
-        m = n_wells
-        if isinstance(m, bool) or not isinstance(m, int | np.integer) or m < 1:
-            raise _error("n_wells", "an integer >= 1", m)
-        self.n_wells = int(m)
+        self.n_wells = checks.integer("many_well n_wells", n_wells, 1, 10_000)
         self.support_beta = support_beta
         self.partition = Partition.from_x(2 * self.n_wells, range(0, 2 * self.n_wells, 2))
 
