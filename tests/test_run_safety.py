@@ -47,6 +47,15 @@ def test_a_new_or_empty_folder_becomes_a_run(tmp_path):
         RunDir(root).claim(HASH, never)  # the same config again: accepted
 
 
+def test_a_claim_killed_before_its_marker_is_taken_up(tmp_path):
+    (tmp_path / LOCK).write_text("pid 1 on elsewhere\n")
+    (tmp_path / f".{MARKER}.k2j3.tmp").write_text('{"config_')
+    run = RunDir(tmp_path)
+    run.claim(HASH, never)
+    run.release()
+    assert {p.name for p in tmp_path.iterdir()} == {MARKER, LOCK}
+
+
 def test_a_users_folder_is_never_written_into(tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()

@@ -150,8 +150,11 @@ class RunDir:
         root = self.root
         if root.exists() and not root.is_dir():
             raise ConfigError(f"--out {root}: exists and is not a directory")
-        # a folder holding only the lock is a claim killed before it wrote the marker
-        if root.is_dir() and any(p.name != LOCK for p in root.iterdir()) and not self.is_run():
+        # a folder holding only the lock (and the marker's temporary file) is a claim killed
+        # before it wrote the marker
+        leftovers = [p.name for p in root.iterdir() if p.name != LOCK and not _is_tmp(p.name)] \
+            if root.is_dir() else []
+        if leftovers and not self.is_run():
             raise ConfigError(f"--out {root}: a non-empty folder that is not a coarseflow run "
                               f"(no {MARKER}); choose a new or empty folder")
         root.mkdir(parents=True, exist_ok=True)
@@ -422,7 +425,12 @@ class RunDir:
 
 def _run_name(name: str) -> bool:
     """Whether a run directory's own files may have this name (a leftover .tmp included)."""
-    return name in RUN_NAMES or (name.startswith(".") and name.endswith(".tmp"))
+    return name in RUN_NAMES or _is_tmp(name)
+
+
+def _is_tmp(name: str) -> bool:
+    """Whether ``name`` is that of an atomic write's temporary file (.NAME.XXXX.tmp)."""
+    return name.startswith(".") and name.endswith(".tmp")
 
 
 def _read_meta(json_path: Path) -> tuple[dict | None, str | None]:
