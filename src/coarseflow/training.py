@@ -450,10 +450,13 @@ def train(
     flow when ``training.objective`` is joint or hybrid; None for mean_force.
 
     With ``run``, every beta reached is checkpointed (flow + optimiser state + metadata) and
-    every update appends one line to metrics.jsonl. ``resume=True`` continues from the last
-    checkpoint and gives exactly the result of an uninterrupted run: the random keys of each
-    beta are derived from (seed, index of the beta), not from how far a previous process got.
-    ``max_betas`` stops after that many betas (for tests and budgets).
+    every update appends one line to metrics.jsonl; ``run`` is locked meanwhile
+    (``RunDir.acquire``). ``resume=True`` continues from the newest intact checkpoint and gives
+    exactly the result of an uninterrupted run: the random keys of each beta are derived from
+    (seed, index of the beta), not from how far a previous process got. Every start cuts
+    metrics.jsonl back to the updates its checkpoint covers (none on a fresh start).
+    ``max_betas`` stops after that many betas (for tests and budgets). Raises TrainingStopped,
+    after that beta's checkpoint, when ``stop_reason`` says training is going nowhere.
     """
     if (conditional is None) != (training.objective == "mean_force"):
         raise ConfigError(f"[training] objective = {training.objective!r} needs "
