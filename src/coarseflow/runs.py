@@ -162,8 +162,9 @@ class RunDir:
         try:
             recorded = self._recorded_hash(hash_of_config_file)
             if recorded is not None and recorded != config_hash:
+                source = MARKER if self.marker_path.is_file() else "its config.toml"
                 raise ConfigError(f"run directory {root}: the config differs from the one it "
-                                  f"was made with ({MARKER}: config_hash {recorded[:12]}..., "
+                                  f"was made with ({source}: config hash {recorded[:12]}..., "
                                   f"this config {config_hash[:12]}...); resume or restart "
                                   "with the same config, or choose another --out")
             if not self.marker_path.is_file():
