@@ -39,10 +39,12 @@ from coarseflow.samplers.annealing import anneal
 
 
 class FabBatch(NamedTuple):
-    """AIS end points of one update, all (S,) unless noted, held fixed by the loss.
+    """AIS end points of S paths (:func:`latent_ais`), all (S,) unless noted; fab's loss holds
+    them fixed.
 
-    ``X`` (S, n_x), ``Y`` (S, n_y): the end points; ``log_weights``: their AIS log-weights
-    toward p_beta^2 / q (-inf where unusable); ``acceptance``: mean MALA acceptance;
+    ``X`` (S, n_x), ``Y`` (S, n_y): the end points (Y not relabeled); ``log_weights``: their
+    AIS log-weights toward the path's target (-inf where unusable); ``acceptance``: each
+    path's mean MALA acceptance;
     ``start_log_weights``: log p_beta / q of the paths' starting draws x ~ q, -inf where not
     usable (their ESS is q's own); ``start_u``: reduced energy there; ``n_evals`` ():
     energy + gradient evaluations made.
@@ -74,10 +76,19 @@ def _latent(flow, conditional, target, beta, u):
     return X, Y, log_qX + log_q0Y, log_qX + log_qY, valid
 
 
-def fab_batch(flow, conditional, key, target, beta, n: int, n_steps: int,
-              step_size: float) -> FabBatch:
-    """``n`` AIS paths from q(X) q(Y|X) toward p_beta^2 / q (the module docstring); called
-    outside the gradient (the loss holds the end points fixed)."""
+TOWARD = ("p2/q", "p")
+
+
+def latent_ais(flow, conditional, key, target, beta, n: int, n_steps: int, step_size: float,
+               toward: str) -> FabBatch:
+    """``n`` AIS paths in q's latent space from q(X) q(Y|X) toward ``toward``: "p2/q" (fab's
+    g of the module docstring; called outside the gradient, the loss holds the end points
+    fixed) or "p", p_beta itself, whose pull-back r(u) p(x) / q(x) has integral Z(beta)
+    exactly (p / q is the same for every relabeling of a draw): the weights are then unbiased
+    for Z and the end points x = T(u), self-normalised, estimate any observable that the
+    relabelings leave unchanged (prediction's refinement, :func:`coarseflow.predict.refine`)."""
+    if toward not in TOWARD:
+        raise ValueError(f"toward: expected one of {TOWARD}, got {toward!r}")
     n_x, n_y = target.partition.n_x, target.partition.n_y
 
     def log_base(u):
@@ -87,7 +98,9 @@ def fab_batch(flow, conditional, key, target, beta, n: int, n_steps: int,
         X, Y, log_q0, log_q, valid = _latent(flow, conditional, target, beta, u)
         energy = target.energy_xy(X, Y)
         log_w = -beta * energy - log_q
-        value = log_base(u) + (-beta * energy - log_q0) + log_w
+        value = log_base(u) + log_w
+        if toward == "p2/q":
+            value = value + (-beta * energy - log_q0)
         value = jnp.where(valid, value, -jnp.inf)
         return value, (jnp.where(valid & jnp.isfinite(log_w), log_w, -jnp.inf), energy)
 
@@ -99,7 +112,7 @@ def fab_batch(flow, conditional, key, target, beta, n: int, n_steps: int,
     X, Y, _, _, valid = jax.vmap(lambda u: _latent(flow, conditional, target, beta, u))(out.z)
     log_w = jnp.where(valid & jnp.isfinite(out.log_weight), out.log_weight, -jnp.inf)
     start_log_w, start_u = out.aux
-    return FabBatch(X, Y, log_w, jnp.mean(out.acceptance), start_log_w, start_u,
+    return FabBatch(X, Y, log_w, out.acceptance, start_log_w, start_u,
                     jnp.asarray(n * (n_steps + 1)))
 
 

@@ -16,7 +16,7 @@ import optax
 from tqdm.auto import tqdm
 
 from coarseflow.errors import ConfigError
-from coarseflow.fab import FabBatch, alpha2_loss, fab_batch
+from coarseflow.fab import FabBatch, alpha2_loss, latent_ais
 from coarseflow.model.flow import sample_with_log_det, split_trainable
 from coarseflow.objectives import (
     clip_forces,
@@ -247,10 +247,10 @@ def update_step(params, static, opt_state, key, beta, lr_factor, target, optimiz
     force, weights, evals = jnp.zeros_like(X), jnp.zeros(S), jnp.asarray(0)
     acceptance, heating, chain_energy, fab = nan, nan, None, None
     if training.objective == "fab":
-        fab = fab_batch(flow, conditional, jr.fold_in(key, 5), target, beta, S,
-                        training.fab_steps,
-                        training.fab_step_size if fab_step is None else fab_step)
-        evals, acceptance = fab.n_evals, fab.acceptance
+        fab = latent_ais(flow, conditional, jr.fold_in(key, 5), target, beta, S,
+                         training.fab_steps,
+                         training.fab_step_size if fab_step is None else fab_step, "p2/q")
+        evals, acceptance = fab.n_evals, jnp.mean(fab.acceptance)
     elif training.objective != "joint":
         y0 = None
         if training.objective == "hybrid":  # the chains start from q(Y|X), n_chains per X

@@ -15,7 +15,7 @@ from coarseflow.config import Config, build_target, load_config, to_toml
 from coarseflow.errors import ConfigError
 from coarseflow.model.conditional import make_conditional
 from coarseflow.model.flow import make_flow, split_trainable
-from coarseflow.predict import Samples, draw_samples, fit_to_laplace
+from coarseflow.predict import Samples, draw_samples, fit_to_laplace, refine
 from coarseflow.runs import (
     DamagedCheckpoint,
     RunDir,
@@ -209,10 +209,16 @@ def load_run(path, beta: float | None = None) -> LoadedRun:
 
 
 def sample_run(path, *, n: int | None = None, beta: float | None = None, seed: int = 0):
-    """(target, Samples, beta) drawn from the checkpoint of ``beta`` of run ``path``."""
+    """(target, Samples, beta) drawn from the checkpoint of ``beta`` of run ``path``; refined
+    by AIS toward p_beta (``predict.refine``) when [prediction] refine_steps > 0 and the run
+    has a learned conditional."""
     config, target, flow, conditional, meta = load_run(path, beta)
-    samples = draw_samples(jr.key(seed), flow, target, meta["beta"], config.prediction, n=n,
-                           conditional=conditional)
+    if conditional is not None and config.prediction.refine_steps > 0:
+        samples, _ = refine(jr.key(seed), flow, conditional, target, meta["beta"],
+                            config.prediction, n=n)
+    else:
+        samples = draw_samples(jr.key(seed), flow, target, meta["beta"], config.prediction,
+                               n=n, conditional=conditional)
     return target, samples, meta["beta"]
 
 

@@ -9,7 +9,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from coarseflow.analysis import metrics, plots
-from coarseflow.predict import Samples, draw_samples, log_partition_estimate
+from coarseflow.predict import Samples, draw_samples, log_partition_estimate, refine
 from coarseflow.runs import RunDir
 from coarseflow.targets import DoubleWell, GaussianMixture, ManyWell
 
@@ -154,6 +154,13 @@ def _evaluate(run: RunDir, n_samples: int | None, seed: int, progress: bool) -> 
             # kT; absent from checkpoints written before it was logged
             "chain_heating": meta.get("chain_heating")})
         by_beta[meta["beta"]] = s
+    meta, (flow, conditional) = flows[-1]
+    if conditional is not None and config.prediction.refine_steps > 0:
+        # the sampled model refined by AIS toward p: its own ESS, Pareto k, log Z, errors
+        beta = meta["beta"]
+        refined, info = refine(jr.key(seed), flow, conditional, target, beta,
+                               config.prediction, n=n_final)
+        per_beta[-1]["refined"] = reference_metrics(target, refined, beta) | info
     figures = _figures(run, target, by_beta)
     summary = {
         "final": per_beta[-1],

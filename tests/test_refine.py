@@ -1,0 +1,86 @@
+"""Prediction's refinement: AIS in q's latent space from q(X) q(Y|X) toward p_beta, on the
+Gaussian mixture at beta = 0.1 (log Z exact, the mean of X by quadrature)."""
+
+import jax.random as jr
+import numpy as np
+import pytest
+from test_fab import _setup
+
+from coarseflow.analysis.metrics import ess_fraction, normalized_weights
+from coarseflow.errors import ConfigError
+from coarseflow.predict import PredictionSettings, draw_samples, log_partition_estimate, refine
+
+BETA = 0.1
+
+
+@pytest.fixture(scope="module")
+def refined():
+    # q(X) a perturbed flow (one-shot ESS 0.17), q(Y|X) exact
+    target, flow, cond = _setup()
+    settings = PredictionSettings(n_samples=4000, batch_size=2000, refine_steps=10,
+                                  refine_step_size=0.2)
+    one_shot = draw_samples(jr.key(2), flow, target, BETA, settings, conditional=cond)
+    samples, info = refine(jr.key(2), flow, cond, target, BETA, settings)
+    return target, one_shot, samples, info
+
+
+def test_refined_weights_are_unbiased_for_z(refined):
+    target, _, samples, _ = refined
+    z = np.exp(float(target.log_partition(BETA)))
+    w = np.exp(samples.log_weights)
+    assert abs(w.mean() - z) < 4 * w.std() / np.sqrt(w.size)
+    # measured: 0.010 from the exact log Z (one-shot: 0.016)
+    assert abs(log_partition_estimate(samples.log_weights) - np.log(z)) < 0.03
+
+
+def test_refinement_raises_the_ess_and_reweights_to_the_exact_mean(refined):
+    target, one_shot, samples, info = refined
+    # measured: 0.17 one-shot, 0.38 refined (10 steps; 0.55 with 30)
+    assert ess_fraction(samples.log_weights) > ess_fraction(one_shot.log_weights) + 0.1
+    # E_beta[X] by quadrature: p_beta(X) ∝ p(X)^beta for the mixture (same Y|X width everywhere)
+    lower, upper = target.x_bounds()
+    axes = [np.linspace(lo, hi, 301) for lo, hi in zip(lower, upper, strict=True)]
+    grid = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 2)
+    density = np.exp(BETA * np.asarray(target.log_marginal(grid)))
+    exact = density @ grid / density.sum()
+    w = np.asarray(normalized_weights(samples.log_weights))
+    estimate = w @ samples.X
+    stderr = np.sqrt(w**2 @ (samples.X - estimate) ** 2)
+    assert np.all(np.abs(estimate - exact) < 4 * stderr)
+    # the pilot picked the step whose acceptance is nearest 60 %; evaluations counted
+    assert 0.4 < info["refine_acceptance"] < 0.8
+    assert info["refine_step_size"] in 0.2 * 2.0 ** np.arange(-3, 3)
+    assert info["refine_energy_evals"] == (6 * 256 + 4000) * 12
+    # log q is the density the AIS weight implies
+    np.testing.assert_allclose(samples.log_q, -BETA * samples.energy - samples.log_weights)
+
+
+def test_refinement_needs_a_learned_conditional():
+    target, flow, _ = _setup()
+    with pytest.raises(ConfigError, match="refine_steps"):
+        refine(jr.key(0), flow, None, target, 1.0, PredictionSettings(refine_steps=2))
+    with pytest.raises(ConfigError, match="refine_steps"):
+        PredictionSettings(refine_steps=-1)
+
+
+def test_a_run_with_refine_steps_reports_and_samples_the_refinement(tmp_path):
+    from coarseflow.analysis.evaluation import evaluate_run
+    from coarseflow.config import parse_config
+    from coarseflow.workflow import sample_run, train_from_config
+
+    raw = {"target": {"kind": "gaussian_mixture", "n_x": 2, "support_beta": 0.5},
+           "model": {"knots": 4, "layers": 2, "nn_width": 8},
+           "conditional": {"kind": "gaussian", "nn_width": 8, "laplace_fits": 4},
+           "training": {"objective": "joint", "batch_size": 32, "first_beta_updates": 4,
+                        "updates_per_beta": 2, "tempering_samples": 64},
+           "tempering": {"kind": "explicit", "betas": [0.5, 1.0]},
+           "prediction": {"n_samples": 300, "refine_steps": 3}}
+    train_from_config(parse_config(raw), tmp_path / "run", progress=False)
+    final = evaluate_run(tmp_path / "run", progress=False)["final"]
+    refined = final["refined"]
+    assert refined["n_samples"] == 300 and refined["refine_steps"] == 3
+    assert refined["refine_energy_evals"] == (6 * 256 + 300) * 5
+    assert np.isfinite(refined["log_Z_estimate"]) and 0 < refined["ess_fraction"] <= 1
+    assert "max_weight_error_reweighted" in refined  # the target's own errors, refined
+    _, samples, _ = sample_run(tmp_path / "run", n=50)
+    assert samples.x.shape[0] == 50 and np.all(np.isfinite(samples.ais_acceptance))
