@@ -260,3 +260,12 @@ def test_allowed_forcefield_scripts_run(tmp_path):
     finally:
         allow_forcefield_scripts(False)
     assert marker.read_text() == "ran"
+
+
+@pytest.mark.parametrize(("key", "value"), [("temperature", 1e9), ("temperature", 0.0),
+                                            ("box_margin", 50.0), ("box_margin", "wide")])
+def test_molecule_temperature_and_box_are_range_checked(key, value):
+    from coarseflow.targets.molecule import Molecule
+
+    with pytest.raises(ConfigError, match=rf"^\[target\] {key}: expected"):
+        Molecule(**{key: value})

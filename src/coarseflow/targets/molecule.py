@@ -20,6 +20,7 @@ from jaxtyping import Array, Float
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import shortest_path
 
+from coarseflow import checks
 from coarseflow.analysis import observables as obs
 from coarseflow.errors import ConfigError
 from coarseflow.forcefield import (
@@ -423,13 +424,9 @@ class Molecule(AbstractTarget):
             means the shipped ``data/<name>_reference.npz``); evaluation then compares the
             beta = 1 model with it.
         """
-        for name, value in (("temperature", temperature), ("box_margin", box_margin)):
-            if (
-                isinstance(value, bool)
-                or not isinstance(value, int | float | np.integer | np.floating)
-                or not (math.isfinite(float(value)) and float(value) > 0)
-            ):
-                raise ConfigError(f"[target] {name}: expected a positive number, got {value!r}")
+        # a temperature past 1e5 K or a box wider than 10 nm is a typo, not a molecule
+        checks.number("[target] temperature", temperature, 0.0, 1e5)
+        checks.number("[target] box_margin", box_margin, 0.0, 10.0)
         if forcefield is not None:
             forcefield = (forcefield,) if isinstance(forcefield, str) else tuple(forcefield)
         path, builtin_selection = _resolve_pdb(pdb)
