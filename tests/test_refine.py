@@ -61,26 +61,3 @@ def test_refinement_needs_a_learned_conditional():
         refine(jr.key(0), flow, None, target, 1.0, PredictionSettings(refine_steps=2))
     with pytest.raises(ConfigError, match="refine_steps"):
         PredictionSettings(refine_steps=-1)
-
-
-def test_a_run_with_refine_steps_reports_and_samples_the_refinement(tmp_path):
-    from coarseflow.analysis.evaluation import evaluate_run
-    from coarseflow.config import parse_config
-    from coarseflow.workflow import sample_run, train_from_config
-
-    raw = {"target": {"kind": "gaussian_mixture", "n_x": 2, "support_beta": 0.5},
-           "model": {"knots": 4, "layers": 2, "nn_width": 8},
-           "conditional": {"kind": "gaussian", "nn_width": 8, "laplace_fits": 4},
-           "training": {"objective": "joint", "batch_size": 32, "first_beta_updates": 4,
-                        "updates_per_beta": 2, "tempering_samples": 64},
-           "tempering": {"kind": "explicit", "betas": [0.5, 1.0]},
-           "prediction": {"n_samples": 300, "refine_steps": 3}}
-    train_from_config(parse_config(raw), tmp_path / "run", progress=False)
-    final = evaluate_run(tmp_path / "run", progress=False)["final"]
-    refined = final["refined"]
-    assert refined["n_samples"] == 300 and refined["refine_steps"] == 3
-    assert refined["refine_energy_evals"] == (6 * 256 + 300) * 5
-    assert np.isfinite(refined["log_Z_estimate"]) and 0 < refined["ess_fraction"] <= 1
-    assert "max_weight_error_reweighted" in refined  # the target's own errors, refined
-    _, samples, _ = sample_run(tmp_path / "run", n=50)
-    assert samples.x.shape[0] == 50 and np.all(np.isfinite(samples.ais_acceptance))

@@ -27,6 +27,12 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{message} (see {self.prog} --help)")
 
 
+def _add_refine_flag(parser) -> None:
+    parser.add_argument("--refine-steps", type=_count, default=None, metavar="K",
+                        help="refine a learned model's samples by AIS toward p in K MALA steps "
+                             "each (default: [prediction] refine_steps)")
+
+
 def _count(text: str) -> int:
     """An -n value: an integer, also written as 1e4 (argparse's type for counts)."""
     try:
@@ -108,7 +114,8 @@ def _cmd_sample(args) -> int:
     from coarseflow.analysis.metrics import ess, pareto_k
     from coarseflow.workflow import sample_run, write_samples
 
-    target, samples, beta = sample_run(args.run, n=args.n, beta=args.beta, seed=args.seed)
+    target, samples, beta = sample_run(args.run, n=args.n, beta=args.beta, seed=args.seed,
+                                       refine_steps=args.refine_steps)
     out = (Path(args.output) if args.output is not None
            else Path(args.run) / "samples" / f"beta_{beta:.6g}.npz")
     write_samples(out, target, samples, beta)
@@ -124,7 +131,8 @@ def _cmd_sample(args) -> int:
 def _cmd_evaluate(args) -> int:
     from coarseflow.analysis.evaluation import evaluate_run
 
-    summary = evaluate_run(args.run, n_samples=args.n, progress=not args.quiet)
+    summary = evaluate_run(args.run, n_samples=args.n, progress=not args.quiet,
+                           refine_steps=args.refine_steps)
     _print_summary(summary)
     return 0
 
@@ -153,13 +161,23 @@ def _cmd_reference(args) -> int:
     return 0
 
 
+def _number(v) -> str:
+    return f"{v:.5g}" if isinstance(v, float) else str(v)
+
+
 def _print_summary(summary: dict) -> None:
     final = summary["final"]
     keys = [k for k in final if not isinstance(final[k], list | dict)]
     print("final model (beta = {:.4g}):".format(final["beta"]))
     for k in keys:
         v = final[k]
-        print(f"  {k:28s} {v:.5g}" if isinstance(v, float) else f"  {k:28s} {v}")
+        print(f"  {k:28s} {_number(v)}")
+    if "refined" in final:
+        r = final["refined"]
+        print(f"refined by AIS toward p ({r['refine_steps']} steps of {r['refine_step_size']:.3g},"
+              f" acceptance {r['refine_acceptance']:.2f}, {r['refine_energy_evals']} "
+              f"evaluations): ESS fraction {r['ess_fraction']:.4g}, Pareto k "
+              f"{_number(r['pareto_k'])}, log Z {_number(r['log_Z_estimate'])}")
     print(f"summary: {summary['summary_path']}")
     for fig in summary["figures"]:
         print(f"figure:  {fig}")
@@ -186,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--beta", type=float, default=None, help="checkpoint beta (default: last)")
     s.add_argument("-o", "--output", help="output .npz (or .pdb/.dcd for molecules)")
     s.add_argument("--seed", type=int, default=0)
+    _add_refine_flag(s)
     _add_script_flag(s)
     s.set_defaults(func=_cmd_sample)
 
@@ -195,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="samples at the last checkpoint (default: [prediction] n_samples; "
                         "earlier ones: at most [prediction] ladder_samples)")
     e.add_argument("--quiet", action="store_true")
+    _add_refine_flag(e)
     _add_script_flag(e)
     e.set_defaults(func=_cmd_evaluate)
 

@@ -15,7 +15,13 @@ from coarseflow.config import Config, build_target, load_config, to_toml
 from coarseflow.errors import ConfigError
 from coarseflow.model.conditional import make_conditional
 from coarseflow.model.flow import make_flow, split_trainable
-from coarseflow.predict import Samples, draw_samples, fit_to_laplace, refine
+from coarseflow.predict import (
+    PredictionSettings,
+    Samples,
+    draw_samples,
+    fit_to_laplace,
+    refine,
+)
 from coarseflow.runs import (
     DamagedCheckpoint,
     RunDir,
@@ -208,18 +214,27 @@ def load_run(path, beta: float | None = None) -> LoadedRun:
     return LoadedRun(config, target, flow, conditional, meta)
 
 
-def sample_run(path, *, n: int | None = None, beta: float | None = None, seed: int = 0):
+def sample_run(path, *, n: int | None = None, beta: float | None = None, seed: int = 0,
+               refine_steps: int | None = None):
     """(target, Samples, beta) drawn from the checkpoint of ``beta`` of run ``path``; refined
-    by AIS toward p_beta (``predict.refine``) when [prediction] refine_steps > 0 and the run
-    has a learned conditional."""
+    by AIS toward p_beta (``predict.refine``) when ``refine_steps`` (default: [prediction]
+    refine_steps) > 0 and the run has a learned conditional."""
     config, target, flow, conditional, meta = load_run(path, beta)
-    if conditional is not None and config.prediction.refine_steps > 0:
-        samples, _ = refine(jr.key(seed), flow, conditional, target, meta["beta"],
-                            config.prediction, n=n)
+    prediction = with_refine_steps(config.prediction, refine_steps)
+    if conditional is not None and prediction.refine_steps > 0:
+        samples, _ = refine(jr.key(seed), flow, conditional, target, meta["beta"], prediction,
+                            n=n)
     else:
         samples = draw_samples(jr.key(seed), flow, target, meta["beta"], config.prediction,
                                n=n, conditional=conditional)
     return target, samples, meta["beta"]
+
+
+def with_refine_steps(prediction: PredictionSettings, refine_steps: int | None):
+    """``prediction`` with ``refine_steps`` when given (checked like the config's)."""
+    if refine_steps is None:
+        return prediction
+    return dataclasses.replace(prediction, refine_steps=refine_steps)
 
 
 def write_samples(path, target, samples: Samples, beta: float) -> Path:

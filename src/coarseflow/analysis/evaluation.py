@@ -123,22 +123,26 @@ def _figures(run: RunDir, target, by_beta: dict[float, Samples]) -> list[Path]:
 
 
 def evaluate_run(path, *, n_samples: int | None = None, seed: int = 1,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, refine_steps: int | None = None) -> dict:
     """Metrics for every checkpoint of run ``path``; writes summary.json and figures/*.png.
 
     The last checkpoint gets ``n_samples`` (default: [prediction] n_samples), the ones before it
-    at most [prediction] ladder_samples.
+    at most [prediction] ladder_samples. With a learned conditional and ``refine_steps``
+    (default: [prediction] refine_steps) > 0, the last one's samples refined by AIS toward p
+    (``predict.refine``) are evaluated too, under "refined".
     """
     run = RunDir(path).require_existing()
     with run.locked():  # it writes summary.json and figures/: one writer at a time
-        return _evaluate(run, n_samples, seed, progress)
+        return _evaluate(run, n_samples, seed, progress, refine_steps)
 
 
-def _evaluate(run: RunDir, n_samples: int | None, seed: int, progress: bool) -> dict:
+def _evaluate(run: RunDir, n_samples: int | None, seed: int, progress: bool,
+              refine_steps: int | None) -> dict:
     """evaluate_run, with ``run`` locked."""
-    from coarseflow.workflow import run_flows, write_summary
+    from coarseflow.workflow import run_flows, with_refine_steps, write_summary
 
     config, target, flows = run_flows(run.root)
+    prediction = with_refine_steps(config.prediction, refine_steps)
     n_final = config.prediction.n_samples if n_samples is None else n_samples
     n_ladder = min(n_final, config.prediction.ladder_samples or n_final)
     per_beta, by_beta = [], {}
@@ -155,11 +159,11 @@ def _evaluate(run: RunDir, n_samples: int | None, seed: int, progress: bool) -> 
             "chain_heating": meta.get("chain_heating")})
         by_beta[meta["beta"]] = s
     meta, (flow, conditional) = flows[-1]
-    if conditional is not None and config.prediction.refine_steps > 0:
+    if conditional is not None and prediction.refine_steps > 0:
         # the sampled model refined by AIS toward p: its own ESS, Pareto k, log Z, errors
         beta = meta["beta"]
-        refined, info = refine(jr.key(seed), flow, conditional, target, beta,
-                               config.prediction, n=n_final)
+        refined, info = refine(jr.key(seed), flow, conditional, target, beta, prediction,
+                               n=n_final)
         per_beta[-1]["refined"] = reference_metrics(target, refined, beta) | info
     figures = _figures(run, target, by_beta)
     summary = {
