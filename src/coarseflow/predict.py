@@ -70,7 +70,7 @@ class PredictionSettings:
     ais_paths: int = 4
     batch_size: int = 1000
     refine_steps: int = 0
-    refine_step_size: float = 0.05
+    refine_step_size: float = 0.2
 
     def __post_init__(self):
         from coarseflow import checks
