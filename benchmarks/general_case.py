@@ -124,7 +124,9 @@ def table(rows: list[dict]) -> str:
         cells = []
         for c in COLUMNS:
             v = np.asarray([r[c] for r in mine if r.get(c) is not None], float)
-            cells.append(f"{np.mean(v):.3g} ± {np.std(v, ddof=1):.2g}" if len(v) > 1 else "n/a")
+            digits = 7 if c == "log_Z" else 3  # an absolute log Z: its spread is in the 3rd decimal
+            cells.append(f"{np.mean(v):.{digits}g} ± {np.std(v, ddof=1):.2g}" if len(v) > 1
+                         else "n/a")
         lines.append(f"| **{system}** | **{objective}** | mean ± sd ({len(mine)}) | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines)
