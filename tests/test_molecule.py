@@ -344,8 +344,12 @@ def test_field_config_builds_the_openmmtools_alanine_dipeptide():
 
     config = load_config(ROOT / "configs" / "alanine_dipeptide_field.toml")
     assert config.target["pdb"] == "alanine_dipeptide_implicit"
-    assert "forcefield" not in config.target and "reference" not in config.target
+    assert "forcefield" not in config.target
+    assert config.target["reference"] == "alanine_dipeptide_implicit"  # built in
     target = build_target(config.target)
+    reference = target.info.reference
+    assert reference["phi"].shape == (192_000, 1) and reference["psi"].shape == (192_000, 1)
+    assert reference["populations_err"].shape == (6,)
     assert isinstance(target, Molecule) and target.n_atoms == 22 and target.temperature == 300.0
     # C of ACE, N, CA, C of ALA, N of NME: the prmtop lists CB before ALA's C
     assert target.cg_atoms == (4, 6, 8, 14, 16) and target.n == 60
