@@ -251,6 +251,14 @@ def _batch(flow, target, key, beta, n: int, conditional: str, settings: Predicti
     return x, X, log_qX, log_q, u, -beta * u - log_q, acceptance
 
 
+def _in_batches(n: int, batch_size: int, draw) -> list[np.ndarray]:
+    """``draw(i, m)`` for batches i of m <= batch_size that make up n, each returning a tuple of
+    arrays with leading axis m; the tuple's arrays concatenated (NumPy) over the batches."""
+    parts = [[np.asarray(a) for a in draw(i, min(batch_size, n - start))]
+             for i, start in enumerate(range(0, n, batch_size))]
+    return [np.concatenate(p) for p in zip(*parts, strict=True)]
+
+
 def draw_samples(
     key,
     flow,
@@ -268,14 +276,10 @@ def draw_samples(
     learned = conditional
     conditional = "learned" if learned is not None else resolve_conditional(
         target, settings.conditional)
-    parts = []
-    for i, start in enumerate(range(0, n, settings.batch_size)):
-        m = min(settings.batch_size, n - start)
-        out = _batch(flow, target, jr.fold_in(key, i), jnp.asarray(beta), m, conditional, settings,
-                     learned)
-        parts.append([np.asarray(a) for a in out])
-    x, X, log_qX, log_q, u, log_w, acceptance = (np.concatenate(p)
-                                                 for p in zip(*parts, strict=True))
+    x, X, log_qX, log_q, u, log_w, acceptance = _in_batches(
+        n, settings.batch_size, lambda i, m: _batch(flow, target, jr.fold_in(key, i),
+                                                    jnp.asarray(beta), m, conditional, settings,
+                                                    learned))
     # a non-finite energy means zero weight, not a poisoned estimate
     log_w = np.where(np.isfinite(log_w), log_w, -np.inf)
     return Samples(x=x, X=X, log_qX=log_qX, log_q=log_q, energy=u, log_weights=log_w,
@@ -368,14 +372,9 @@ def refine(key, flow, conditional, target: AbstractTarget, beta: float,
                                          beta, _PILOT_PATHS, steps, jnp.asarray(h))[-1]))
              for i, h in enumerate(candidates)]
     step = float(candidates[int(np.argmin(np.abs(np.asarray(pilot) - REFINE_ACCEPTANCE)))])
-    parts = []
-    for i, start in enumerate(range(0, n, settings.batch_size)):
-        m = min(settings.batch_size, n - start)
-        out = _refine_batch(flow, conditional, target, jr.fold_in(key, i), beta, m, steps,
-                            jnp.asarray(step))
-        parts.append([np.asarray(a) for a in out])
-    x, X, log_qX, log_q, u, log_w, acceptance = (np.concatenate(p)
-                                                 for p in zip(*parts, strict=True))
+    x, X, log_qX, log_q, u, log_w, acceptance = _in_batches(
+        n, settings.batch_size, lambda i, m: _refine_batch(
+            flow, conditional, target, jr.fold_in(key, i), beta, m, steps, jnp.asarray(step)))
     # each path (pilot ones too): steps + 1 evaluations with gradient, and its end's energy
     evals = (len(candidates) * _PILOT_PATHS + n) * (steps + 2)
     info = {"refine_steps": steps, "refine_step_size": step,
