@@ -14,7 +14,6 @@ import pytest
 from coarseflow.config import settings_from_table
 from coarseflow.errors import ConfigError
 from coarseflow.samplers.replica_exchange import (
-    BOLTZMANN_KJ_PER_MOL_K,
     MDState,
     baoab_step,
     exchange,
@@ -22,6 +21,7 @@ from coarseflow.samplers.replica_exchange import (
     run_replica_exchange,
     temperature_ladder,
 )
+from coarseflow.units import MOLAR_GAS_CONSTANT
 
 # ---- BAOAB -------------------------------------------------------------------------------------
 
@@ -129,7 +129,7 @@ def test_replica_exchange_double_well_beats_plain_langevin():
     def left_population(temperatures_kT, key):
         result = run_replica_exchange(
             _double_well, lambda x: {"x": x[0]}, jnp.array([-1.0]), jnp.ones(1),
-            np.asarray(temperatures_kT) / BOLTZMANN_KJ_PER_MOL_K, key=key, **kw,
+            np.asarray(temperatures_kT) / MOLAR_GAS_CONSTANT, key=key, **kw,
         )
         per_chain = (result.records["x"] < 0).mean(axis=0)  # (C,)
         return per_chain.mean(), per_chain.std(ddof=1) / np.sqrt(per_chain.size), result

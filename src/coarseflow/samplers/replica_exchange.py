@@ -38,16 +38,10 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from coarseflow.units import kT_from_kelvin
+
 EnergyFn = Callable[[Array], Array]
 ObserveFn = Callable[[Array], Any]
-
-BOLTZMANN_KJ_PER_MOL_K = 8.314462618e-3  # k_B in kJ/mol/K (molar gas constant R)
-
-
-def kT_from_kelvin(temperature):
-    """k_B T in kJ/mol for a temperature (or array of temperatures) in K."""
-    return BOLTZMANN_KJ_PER_MOL_K * np.asarray(temperature, dtype=np.float64)
-
 
 def temperature_ladder(t_min: float, t_max: float, n: int) -> np.ndarray:
     """Geometric temperature ladder (n,) in K from t_min to t_max; [t_min] when n == 1."""
@@ -402,13 +396,11 @@ def run_replica_exchange(
 
 
 __all__ = [
-    "BOLTZMANN_KJ_PER_MOL_K",
     "MDState",
     "ReplicaExchangeResult",
     "ReplicaState",
     "baoab_step",
     "exchange",
-    "kT_from_kelvin",
     "make_block",
     "maxwell_boltzmann",
     "md_init",
