@@ -11,14 +11,13 @@ Angles are in radians in (-pi, pi], lengths in nm.
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import ArrayLike, Float, Int
 
 from coarseflow.analysis.metrics import weighted_mean_stderr
+from coarseflow.forcefield.geometry import dihedrals
 
 __all__ = [
     "BASINS",
@@ -55,9 +54,10 @@ def dihedral(
 ) -> Float[ArrayLike, "*batch m"]:
     """Dihedral angle(s) of the atoms ``quad`` = (i, j, k, l) in radians, in (-pi, pi].
 
-    IUPAC sign convention (as mdtraj.compute_dihedrals): looking along j -> k, the angle is
-    positive when the bond k -> l is rotated clockwise from i -> j. ``quad`` is (4,) for one
-    angle (result shape (...)) or (m, 4) for several (result (..., m)).
+    IUPAC sign convention (as mdtraj.compute_dihedrals and OpenMM): looking along j -> k, the
+    angle is positive when the bond k -> l is rotated clockwise from i -> j. ``quad`` is (4,)
+    for one angle (result shape (...)) or (m, 4) for several (result (..., m)). The indices are
+    checked here; the angle is :func:`coarseflow.forcefield.geometry.dihedrals`.
     """
     xp = _xp(positions)
     pos = _positions(positions, xp)
@@ -67,15 +67,8 @@ def dihedral(
     n_atoms = pos.shape[-2]
     if q.size and (q.min() < -n_atoms or q.max() >= n_atoms):
         raise ValueError(f"quad: atom indices {q.tolist()} outside [0, {n_atoms})")
-    p0, p1, p2, p3 = (pos[..., q[..., i], :] for i in range(4))
-    b1, b2, b3 = p1 - p0, p2 - p1, p3 - p2
-    c1 = xp.cross(b2, b3)
-    c2 = xp.cross(b1, b2)
-    y = xp.sum(b1 * c1, axis=-1) * xp.sqrt(xp.sum(b2 * b2, axis=-1))
-    x = xp.sum(c1 * c2, axis=-1)
-    angle = xp.arctan2(y, x)
-    # arctan2 gives -pi for y = -0.0; the documented range is (-pi, pi]
-    return xp.where(angle <= -math.pi, math.pi, angle)
+    angles = dihedrals(pos, q.reshape(-1, 4))
+    return angles.reshape(angles.shape[:-1] + q.shape[:-1])
 
 
 def phi_psi_indices(topology) -> tuple[np.ndarray, np.ndarray]:

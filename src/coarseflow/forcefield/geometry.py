@@ -1,11 +1,16 @@
-"""Differentiable geometry for the energy terms: displacements, distances, angles, dihedrals.
+"""Differentiable geometry: displacements, distances, angles and the one dihedral of coarseflow.
 
 Vectors are carried as coordinate components ``(x, y, z)``, each an array over atoms or atom
 tuples: a trailing axis of length 3 vectorises badly on CPU (XLA loops over the minor axis).
+Angles are in radians, lengths in nm. ``angles`` and ``dihedrals`` (and the vector helpers they
+use) work on NumPy and on JAX arrays with any leading batch shape: NumPy in gives NumPy out (the
+analysis of long trajectories stays in float64 on the host), a JAX array (or tracer) in gives
+a JAX array out.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import equinox as eqx
@@ -20,11 +25,16 @@ Gather = Literal["auto", "matmul", "index"]
 MATMUL_GATHER_MAX_ENTRIES = 2**18
 
 
-def components(positions: Float[Array, "n 3"], index: Int[Array, " m"] | None = None) -> Vec:
-    """(x, y, z) of all atoms, each (n,), or of the atoms ``index``, each (m,)."""
+def _xp(*arrays):
+    """jax.numpy if any argument is a JAX array (or tracer), else numpy."""
+    return jnp if any(isinstance(a, jax.Array) for a in arrays) else np
+
+
+def components(positions: Float[Array, "*batch n 3"], index: Int[Array, " m"] | None = None) -> Vec:
+    """(x, y, z) of all atoms, each (*batch, n), or of the atoms ``index``, each (*batch, m)."""
     if index is None:
-        return positions[:, 0], positions[:, 1], positions[:, 2]
-    return positions[index, 0], positions[index, 1], positions[index, 2]
+        return positions[..., 0], positions[..., 1], positions[..., 2]
+    return positions[..., index, 0], positions[..., index, 1], positions[..., index, 2]
 
 
 def sub(a: Vec, b: Vec) -> Vec:
@@ -41,8 +51,9 @@ def cross(a: Vec, b: Vec) -> Vec:
 
 def safe_sqrt(x: Array) -> Array:
     """sqrt(x) for x >= 0, with gradient 0 (not NaN) at x = 0."""
+    xp = _xp(x)
     positive = x > 0
-    return jnp.where(positive, jnp.sqrt(jnp.where(positive, x, 1.0)), 0.0)
+    return xp.where(positive, xp.sqrt(xp.where(positive, x, 1.0)), 0.0)
 
 
 def squared_distances(positions: Float[Array, "n 3"]) -> Float[Array, "n n"]:
@@ -70,7 +81,8 @@ def angle_from_vectors(u: Vec, v: Vec) -> Array:
     """Angle between u and v in radians, in [0, pi]."""
     # atan2(|u x v|, u.v) keeps full precision near 0 and pi, where arccos loses it.
     w = cross(u, v)
-    return jnp.arctan2(safe_sqrt(dot(w, w)), dot(u, v))
+    sin, cos = safe_sqrt(dot(w, w)), dot(u, v)
+    return _xp(sin, cos).arctan2(sin, cos)
 
 
 def dihedral_xy(b1: Vec, b2: Vec, b3: Vec) -> tuple[Array, Array]:
@@ -81,7 +93,9 @@ def dihedral_xy(b1: Vec, b2: Vec, b3: Vec) -> tuple[Array, Array]:
     return dot(cross(b1, b2), n2), safe_sqrt(dot(b2, b2)) * dot(b1, n2)
 
 
-def angles(positions: Float[Array, "n 3"], atoms: Int[Array, "m 3"]) -> Float[Array, " m"]:
+def angles(
+    positions: Float[Array, "*batch n 3"], atoms: Int[Array, "m 3"]
+) -> Float[Array, "*batch m"]:
     """Angles i-j-k in radians, in [0, pi]; atoms (m, 3) holds (i, j, k), j the vertex."""
     vertex = components(positions, atoms[:, 1])
     return angle_from_vectors(
@@ -90,11 +104,18 @@ def angles(positions: Float[Array, "n 3"], atoms: Int[Array, "m 3"]) -> Float[Ar
     )
 
 
-def dihedrals(positions: Float[Array, "n 3"], atoms: Int[Array, "m 4"]) -> Float[Array, " m"]:
-    """Dihedral angles i-j-k-l in radians, in (-pi, pi], IUPAC sign convention (as OpenMM)."""
+def dihedrals(
+    positions: Float[Array, "*batch n 3"], atoms: Int[Array, "m 4"]
+) -> Float[Array, "*batch m"]:
+    """Dihedral angles i-j-k-l in radians, in (-pi, pi], IUPAC sign convention (as OpenMM and
+    mdtraj): looking along j -> k, the angle is positive when the bond k -> l is rotated
+    clockwise from i -> j."""
     p = [components(positions, atoms[:, k]) for k in range(4)]
     x, y = dihedral_xy(sub(p[1], p[0]), sub(p[2], p[1]), sub(p[3], p[2]))
-    return jnp.arctan2(y, x)
+    xp = _xp(x, y)
+    angle = xp.arctan2(y, x)
+    # arctan2 gives -pi for y = -0.0: the range is (-pi, pi]
+    return xp.where(angle <= -math.pi, math.pi, angle)
 
 
 class Displacements(eqx.Module):

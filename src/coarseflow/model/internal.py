@@ -8,7 +8,7 @@ are written as internal coordinates, in this order:
 * c: r_bc and the angle theta_abc (at b), so c = b + r_bc (sin theta, 0, -cos theta);
 * every other CG atom i, in the order of ``placements`` (breadth-first over the bonds): the
   distance r_ij, the angle theta_ijk (at j) and the dihedral phi_ijkl (IUPAC sign, as
-  ``coarseflow.analysis.observables.dihedral``), placed from j, k, l by NeRF.
+  ``coarseflow.forcefield.geometry.dihedrals``), placed from j, k, l by NeRF.
 
 The forward map (internal -> Cartesian) is block-triangular, so
 log|det J| = log r_bc + sum_i [2 log r_i + log sin theta_i] (the 2D polar element of c, the
@@ -29,6 +29,8 @@ import numpy as np
 from flowjax.bijections import AbstractBijection
 from jaxtyping import Array, Float
 
+from coarseflow.forcefield.geometry import angles, dihedrals
+
 TWO_PI = 2.0 * math.pi
 _COLLINEAR = 0.15  # rad: an angle within this of 0 or pi makes a dihedral's frame unusable
 
@@ -37,18 +39,10 @@ def _norm(v):
     return jnp.sqrt(jnp.sum(v * v, axis=-1))
 
 
-def _angle(p, q, r):
-    """Angle p-q-r (at q) in [0, pi], via atan2 (accurate near 0 and pi)."""
-    u, v = p - q, r - q
-    return jnp.arctan2(_norm(jnp.cross(u, v)), jnp.sum(u * v, axis=-1))
-
-
-def _dihedral(p0, p1, p2, p3):
-    """Dihedral p0-p1-p2-p3 in (-pi, pi], IUPAC sign (as observables.dihedral)."""
-    b1, b2, b3 = p1 - p0, p2 - p1, p3 - p2
-    c1, c2 = jnp.cross(b2, b3), jnp.cross(b1, b2)
-    y = jnp.sum(b1 * c1, axis=-1) * _norm(b2)
-    return jnp.arctan2(y, jnp.sum(c1 * c2, axis=-1))
+def _bond_angle_dihedral(pos: Float[Array, "n 3"], quads: np.ndarray) -> Float[Array, "m 3"]:
+    """(r_ij, angle ijk, dihedral ijkl) (m, 3) of the atom quadruplets ``quads`` (m, 4)."""
+    i, j = pos[quads[:, 0]], pos[quads[:, 1]]
+    return jnp.stack([_norm(i - j), angles(pos, quads[:, :3]), dihedrals(pos, quads)], axis=-1)
 
 
 def _place(p3, k, j, r, theta, phi):
@@ -156,12 +150,11 @@ class ZMatrix(AbstractBijection):
     def internal(self, pos: Float[Array, "n_atoms 3"]) -> Float[Array, " n_x"]:
         """Internal coordinates (n_x,) of local positions (N_cg, 3) (any rigid frame)."""
         a, b, c = self.gauge
-        parts = [_norm(pos[b] - pos[a]), _norm(pos[c] - pos[b]), _angle(pos[a], pos[b], pos[c])]
-        for n, (i, j, k, h) in enumerate(self.placements):
-            phi = _dihedral(pos[i], pos[j], pos[k], pos[h])
-            phi = self.seams[n] + jnp.mod(phi - self.seams[n], TWO_PI)
-            parts += [_norm(pos[i] - pos[j]), _angle(pos[i], pos[j], pos[k]), phi]
-        return jnp.stack(parts)
+        first = jnp.stack([_norm(pos[b] - pos[a]), _norm(pos[c] - pos[b]),
+                           angles(pos, np.array([[a, b, c]]))[0]])
+        placed = _bond_angle_dihedral(pos, np.asarray(self.placements).reshape(-1, 4))
+        phi = self.seams + jnp.mod(placed[:, 2] - self.seams, TWO_PI)
+        return jnp.concatenate([first, placed.at[:, 2].set(phi).reshape(-1)])
 
     def inverse_and_log_det(self, y, condition=None):
         y = jnp.asarray(y)
@@ -273,6 +266,4 @@ class AtomPlacements(eqx.Module):
 
     def internal(self, pos: Float[Array, "n_atoms 3"]) -> Float[Array, " n_y"]:
         """Internal coordinates xi (3 m,) of all positions (dihedrals in (-pi, pi])."""
-        i, j, k, h = (pos[np.asarray(c)] for c in zip(*self.placements, strict=True))
-        xi = jnp.stack([_norm(i - j), _angle(i, j, k), _dihedral(i, j, k, h)], axis=-1)
-        return xi.reshape(-1)
+        return _bond_angle_dihedral(pos, np.asarray(self.placements).reshape(-1, 4)).reshape(-1)
