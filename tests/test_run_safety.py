@@ -318,10 +318,10 @@ def _fake_training(monkeypatch, *, skipped=False, n_used=16, energies=None):
 
     nan = np.float64(np.nan)
 
-    def update_step(params, static, opt_state, *args):
+    def update_step(state, *args):
         info = training.StepInfo(np.float64(0.0), np.float64(1.0), np.bool_(skipped),
                                  np.int64(n_used), nan, nan, nan, nan, np.int64(0))
-        return params, opt_state, info
+        return state, info
 
     u = np.zeros(32) if energies is None else energies
     monkeypatch.setattr(training, "update_step", update_step)
@@ -331,10 +331,11 @@ def _fake_training(monkeypatch, *, skipped=False, n_used=16, energies=None):
 def _train_fake(run, schedule, updates=30):
     import jax
 
+    from coarseflow.checkpointing import train_into
     from coarseflow.model.flow import FlowSettings, make_flow
     from coarseflow.samplers.conditional import ChainSettings
     from coarseflow.targets import DoubleWell
-    from coarseflow.training import TrainingSettings, train
+    from coarseflow.training import TrainingSettings
 
     target = DoubleWell()
     lower, upper = target.x_bounds()
@@ -342,7 +343,7 @@ def _train_fake(run, schedule, updates=30):
                      settings=FlowSettings(knots=4, layers=1, nn_width=8))
     settings = TrainingSettings(batch_size=16, first_beta_updates=updates,
                                 updates_per_beta=updates, tempering_samples=32)
-    return train(target, flow, schedule, settings, ChainSettings(), run, progress=False)
+    return train_into(run, target, flow, schedule, settings, ChainSettings(), progress=False)
 
 
 @pytest.mark.parametrize(("fake", "reason"), [

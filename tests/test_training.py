@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from coarseflow.checkpointing import train_into
 from coarseflow.config import parse_config
 from coarseflow.errors import ConfigError
 from coarseflow.model.flow import FlowSettings, make_flow, split_trainable
@@ -107,7 +108,9 @@ def _train(target, updates=20, run=None):
     settings = TrainingSettings(batch_size=64, first_beta_updates=updates, tempering_samples=32,
                                 learning_rate=1e-2)
     chains = ChainSettings(n_chains=1, n_burn=2, n_keep=2, warm_start_steps=0)
-    return train(target, flow, Explicit((1.0,)), settings, chains, run, progress=False)
+    if run is None:
+        return train(target, flow, Explicit((1.0,)), settings, chains, progress=False)
+    return train_into(run, target, flow, Explicit((1.0,)), settings, chains, progress=False)
 
 
 def test_nan_energies_are_dropped_not_learned(tmp_path):

@@ -1,4 +1,7 @@
-"""The tempering loop: train q(X) by reverse KL at each beta of a ladder, checkpoint every beta."""
+"""Training along the tempering ladder: ``init`` / ``update_step`` over a TrainState (the
+optax / blackjax pattern), and ``train``, the ladder walk around them, which reports through
+Callbacks (the application layer records metrics and checkpoints:
+:mod:`coarseflow.checkpointing`)."""
 
 from __future__ import annotations
 
@@ -29,7 +32,6 @@ from coarseflow.objectives import (
 )
 from coarseflow.optim import adam_with_skip_clip, find_skip_clip_state, global_norm
 from coarseflow.predict import PredictionSettings, resolve_conditional, sample_q_y
-from coarseflow.runs import RunDir, all_finite
 from coarseflow.samplers.conditional import ChainSettings, control_variate_forces, mean_force
 from coarseflow.targets.base import AbstractTarget
 from coarseflow.tempering import AbstractSchedule, Adaptive
@@ -127,13 +129,34 @@ class TrainingSettings:
             return self.final_beta_updates
         return self.updates_per_beta
 
-    def optimizer(self) -> optax.GradientTransformation:
-        return adam_with_skip_clip(
-            self.learning_rate,
-            window=self.skip_window,
-            skip_factor=self.skip_factor,
-            clip_factor=self.clip_factor,
+    def optimizer(self) -> optax.GradientTransformationExtraArgs:
+        """Adam behind the gradient guard, its steps scaled by the ``lr_factor`` that each
+        update passes (the decay within a beta, :func:`lr_factor`)."""
+        return optax.chain(
+            adam_with_skip_clip(
+                self.learning_rate,
+                window=self.skip_window,
+                skip_factor=self.skip_factor,
+                clip_factor=self.clip_factor,
+            ),
+            scale_by_lr_factor(),
         )
+
+    def lr_factor(self, i: int, n_updates: int) -> float:
+        """The learning rate's factor at update ``i`` of a beta's ``n_updates``: linear from 1
+        to ``lr_final_fraction``."""
+        frac = i / max(n_updates - 1, 1)
+        return 1.0 - (1.0 - self.lr_final_fraction) * frac
+
+
+def scale_by_lr_factor() -> optax.GradientTransformationExtraArgs:
+    """Updates times the extra argument ``lr_factor`` (traced: one compile for every factor).
+    Stateless, so a checkpoint's optimiser state has the same leaves as without it."""
+
+    def update(updates, state, params=None, *, lr_factor=1.0, **extra_args):
+        return jax.tree.map(lambda u: lr_factor * u, updates), state
+
+    return optax.GradientTransformationExtraArgs(lambda params: optax.EmptyState(), update)
 
 
 METRICS_FLUSH = 25  # updates between writes to metrics.jsonl (resume truncates past the checkpoint)
@@ -229,16 +252,41 @@ def _loss(params, static, key, beta, fixed: _Fixed, target, training: TrainingSe
     return value, (n_used, log_w, terms.u, terms.n_evals)
 
 
+class TrainState(NamedTuple):
+    """What one update carries to the next (a pytree): the trainable leaves of the model
+    (flow, conditional) and the optimiser's state. :func:`init` makes it, :func:`update_step`
+    advances it."""
+
+    params: object
+    opt_state: object
+
+
+class UpdateSettings(NamedTuple):
+    """The settings an update reads (static: hashable frozen dataclasses)."""
+
+    training: TrainingSettings
+    chains: ChainSettings
+    prediction: PredictionSettings = PredictionSettings()
+
+
+def init(model, training: TrainingSettings) -> tuple[TrainState, object]:
+    """(the first TrainState, the model's fixed part) of ``model`` = (flow, conditional), the
+    conditional None with the chains: ``eqx.combine(state.params, static)`` is the model."""
+    params, static = split_trainable(model)
+    return TrainState(params, training.optimizer().init(params)), static
+
+
 @eqx.filter_jit
-def update_step(params, static, opt_state, key, beta, lr_factor, target, optimizer,
-                training: TrainingSettings, chains: ChainSettings,
-                prediction: PredictionSettings = PredictionSettings(), fab_step=None):
+def update_step(state: TrainState, static, key, beta, lr_factor, fab_step, target,
+                settings: UpdateSettings) -> tuple[TrainState, StepInfo]:
     """One update at inverse temperature ``beta`` (traced: no recompiling per beta).
 
-    ``params`` / ``static``: the trainable and fixed parts of (flow, conditional), the
-    conditional None unless learned. ``fab_step``: the fab objective's MALA step size (traced;
-    default ``training.fab_step_size``). Returns (params, opt_state, StepInfo).
+    ``static``: the model's fixed part (:func:`init`); ``lr_factor``: the learning rate's
+    factor (:meth:`TrainingSettings.lr_factor`); ``fab_step``: the fab objective's MALA step
+    size (traced; ignored by the other objectives).
     """
+    training, chains, prediction = settings
+    params, opt_state = state
     flow, conditional = eqx.combine(params, static)
     S = training.batch_size
     z = flow.base_dist.sample(jr.fold_in(key, 0), (S,))
@@ -248,8 +296,7 @@ def update_step(params, static, opt_state, key, beta, lr_factor, target, optimiz
     acceptance, heating, chain_energy, fab = nan, nan, None, None
     if training.objective == "fab":
         fab = latent_ais(flow, conditional, jr.fold_in(key, 5), target, beta, S,
-                         training.fab_steps,
-                         training.fab_step_size if fab_step is None else fab_step, "p2/q")
+                         training.fab_steps, fab_step, "p2/q")
         evals, acceptance = fab.n_evals, jnp.mean(fab.acceptance)
     elif training.objective != "joint":
         y0 = None
@@ -274,14 +321,13 @@ def update_step(params, static, opt_state, key, beta, lr_factor, target, optimiz
     if log_w is not None:
         batch_ess = _normalised(log_w)[1]
     energies = chain_energy if chain_energy is not None else energies
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    updates = jax.tree.map(lambda u: lr_factor * u, updates)
+    updates, opt_state = training.optimizer().update(grads, opt_state, params,
+                                                     lr_factor=lr_factor)
     params = eqx.apply_updates(params, updates)
-    skipped = find_skip_clip_state(opt_state).last_skipped
     info = StepInfo(
         loss=loss,
         grad_norm=global_norm(grads),
-        skipped=skipped,
+        skipped=find_skip_clip_state(opt_state).last_skipped,
         n_used=n_used,
         acceptance=acceptance,
         mean_energy=jnp.nanmean(jnp.where(jnp.isfinite(energies), energies, jnp.nan)),
@@ -289,7 +335,7 @@ def update_step(params, static, opt_state, key, beta, lr_factor, target, optimiz
         chain_heating=heating,
         energy_evals=evals + loss_evals,
     )
-    return params, opt_state, info
+    return TrainState(params, opt_state), info
 
 
 FAB_ACCEPTANCE = 0.6  # the MALA acceptance the fab step size is steered to
@@ -430,33 +476,65 @@ class TrainResult(NamedTuple):
     betas: list[float]
 
 
+class LadderState(NamedTuple):
+    """Where a walk along the ladder stands after a beta: what a checkpoint holds and a resumed
+    run starts from (``train(start=...)``).
+
+    ``beta``: the next beta to train (None: the ladder is done), ``index`` its place on the
+    ladder; ``step``: updates made; ``betas``: the betas reached; ``energy_evals``: energy +
+    gradient evaluations of all updates and ladder samples; ``wall_time``: seconds of training
+    (all processes); ``fab_step``: fab's adapted MALA step size; ``streaks``: for stop_reason.
+    """
+
+    state: TrainState
+    beta: float | None
+    index: int = 0
+    step: int = 0
+    betas: tuple[float, ...] = ()
+    energy_evals: int = 0
+    wall_time: float = 0.0
+    fab_step: float = 0.3
+    streaks: Streaks = Streaks()
+
+
+class Callbacks:
+    """What train() reports, for the application layer to record (e.g. a run directory's
+    metrics.jsonl and checkpoints: :mod:`coarseflow.checkpointing`). The defaults do nothing."""
+
+    def on_updates(self, records: list[dict]) -> None:
+        """Per-update records (step, beta, loss, ...), every METRICS_FLUSH updates and at the
+        end of each beta."""
+
+    def on_beta(self, beta: float, ladder: LadderState, summary: dict) -> None:
+        """After each beta: ``ladder`` is the state to resume from (its ``beta`` the next one);
+        ``summary``: that beta's n_updates, mean_energy, chain_heating."""
+
+
 def train(
     target: AbstractTarget,
     flow,
     schedule: AbstractSchedule,
     training: TrainingSettings,
     chains: ChainSettings,
-    run: RunDir | None = None,
     *,
-    prediction: PredictionSettings = PredictionSettings(),
     conditional=None,
-    resume: bool = False,
+    prediction: PredictionSettings = PredictionSettings(),
+    start: LadderState | None = None,
+    callbacks: Callbacks | None = None,
     progress: bool = True,
     max_betas: int | None = None,
 ) -> TrainResult:
-    """Train ``flow`` along the ladder of ``schedule`` and return it with the betas reached.
+    """Train ``flow`` (and a learned ``conditional``) along the ladder of ``schedule``; return
+    them with the betas reached.
 
     ``conditional``: a learned q(Y|X) (:mod:`coarseflow.model.conditional`) trained with the
-    flow when ``training.objective`` is joint or hybrid; None for mean_force.
-
-    With ``run``, every beta reached is checkpointed (flow + optimiser state + metadata) and
-    every update appends one line to metrics.jsonl; ``run`` is locked meanwhile
-    (``RunDir.acquire``). ``resume=True`` continues from the newest intact checkpoint and gives
-    exactly the result of an uninterrupted run: the random keys of each beta are derived from
-    (seed, index of the beta), not from how far a previous process got. Every start cuts
-    metrics.jsonl back to the updates its checkpoint covers (none on a fresh start).
-    ``max_betas`` stops after that many betas (for tests and budgets). Raises TrainingStopped,
-    after that beta's checkpoint, when ``stop_reason`` says training is going nowhere.
+    flow when ``training.objective`` is joint, hybrid or fab; None for mean_force.
+    ``start``: a LadderState to continue from (a checkpoint's; the model's fixed part is taken
+    from ``flow`` and ``conditional``), which gives exactly the result of an uninterrupted run:
+    the random keys of each beta derive from (seed, index of the beta). ``callbacks`` receive
+    the metrics and, after every beta, the state to resume from. ``max_betas`` stops after that
+    many betas (for tests and budgets). Raises TrainingStopped, after that beta's
+    ``on_beta``, when ``stop_reason`` says training is going nowhere.
     """
     if (conditional is None) != (training.objective == "mean_force"):
         raise ConfigError(f"[training] objective = {training.objective!r} needs "
@@ -464,117 +542,80 @@ def train(
                              if conditional is None else "[conditional] kind = 'chains' "
                              "(the learned conditional would not be trained); use 'joint', "
                              "'hybrid' or 'fab'"))
-    if run is None:
-        return _train_loop(target, flow, schedule, training, chains, None, prediction,
-                           conditional, resume, progress, max_betas)
-    with run.locked():  # reentrant: train_from_config holds it already
-        return _train_loop(target, flow, schedule, training, chains, run, prediction,
-                           conditional, resume, progress, max_betas)
-
-
-def _train_loop(target, flow, schedule, training, chains, run, prediction, conditional,
-                resume, progress, max_betas) -> TrainResult:
-    """train(), with ``run`` (if any) locked by this process."""
-    optimizer = training.optimizer()
-    params, static = split_trainable((flow, conditional))
-    opt_state = optimizer.init(params)
-    root_key = jr.key(training.seed)
-    beta, index, step, betas = schedule.first_beta(), 0, 0, []
-    evals_total = 0  # energy + gradient evaluations of all updates and ladder samples so far
-    elapsed = 0.0  # training time of earlier processes (s), so that wall_time adds up on resume
-    fab_step = training.fab_step_size  # adapted after every update of the fab objective
-    streaks = Streaks()
-
-    if resume and run is not None and run.checkpoints():
-        # the newest intact checkpoint; damaged ones are renamed *.damaged (kept) and redone
-        run.set_aside_damaged()
-        meta, (params, opt_state) = run.load_newest(
-            (params, opt_state), lambda tree: all_finite(tree[0]), set_aside=True)
-        betas = [m["beta"] for m in run.checkpoints() if m["beta"] <= meta["beta"]]
-        step, index = meta["step"], meta["index"] + 1
-        elapsed = meta.get("wall_time", 0.0)
-        evals_total = meta.get("energy_evals", 0)
-        fab_step = meta.get("fab_step_size", fab_step)
-        streaks = Streaks(meta.get("skipped_streak", 0), meta.get("starved_streak", 0))
-        run.truncate_metrics(step)
-        if meta["next_beta"] is None:
-            return TrainResult(*eqx.combine(params, static), betas)
-        beta = meta["next_beta"]
-    else:
-        if resume and run is not None:
-            run.refuse_if_damaged()  # only damaged checkpoints: resuming would start afresh
-        if run is not None:
-            # a fresh start: the lines of a process killed before its first checkpoint go
-            run.truncate_metrics(0)
-        check_energy_finite(flow, target, jr.fold_in(root_key, -1 % 2**31))
-
+    state, static = init((flow, conditional), training)
+    if start is None:
+        start = LadderState(state, schedule.first_beta(), fab_step=training.fab_step_size)
+        check_energy_finite(flow, target, jr.fold_in(jr.key(training.seed), -1 % 2**31))
+    ladder, callbacks = start, Callbacks() if callbacks is None else callbacks
+    settings = UpdateSettings(training, chains, prediction)
     # the bar's n is the last beta reached (a resumed run starts where it stopped)
-    bar = tqdm(total=1.0, initial=betas[-1] if betas else 0.0, disable=not progress,
-               desc="beta", unit="", leave=True,
+    bar = tqdm(total=1.0, initial=ladder.betas[-1] if ladder.betas else 0.0,
+               disable=not progress, desc="beta", unit="", leave=True,
                bar_format="{l_bar}{bar}| beta {n:.4f}/1 [{elapsed}<{remaining}]")
-    t0 = time.perf_counter() - elapsed
-    while True:
-        n_updates = training.updates_at(index, beta)
-        beta_key = jr.fold_in(root_key, index)
-        records, heating = [], []
-        for i in range(n_updates):
-            frac = i / max(n_updates - 1, 1)
-            lr_factor = 1.0 - (1.0 - training.lr_final_fraction) * frac
-            params, opt_state, info = update_step(
-                params, static, opt_state, jr.fold_in(beta_key, i), jnp.asarray(beta),
-                jnp.asarray(lr_factor), target, optimizer, training, chains, prediction,
-                jnp.asarray(fab_step),
-            )
-            info = jax.device_get(info)
-            if training.objective == "fab":
-                fab_step = adapt_fab_step(fab_step, float(info.acceptance))
-            evals_total += int(info.energy_evals)
-            streaks = streaks.after(bool(info.skipped), int(info.n_used), training.batch_size)
-            heating.append(float(info.chain_heating))
-            records.append({
-                "step": step, "beta": float(beta), "loss": float(info.loss),
-                "grad_norm": float(info.grad_norm), "skipped": bool(info.skipped),
-                "n_used": int(info.n_used), "acceptance": float(info.acceptance),
-                "mean_energy": float(info.mean_energy),
-                "batch_ess": _float_or_none(info.batch_ess),
-                "chain_heating": _float_or_none(info.chain_heating),
-                "lr": training.learning_rate * lr_factor,
-                "energy_evals": evals_total,
-                "wall_time": time.perf_counter() - t0,
-            })
-            step += 1
-            if run is not None and len(records) >= METRICS_FLUSH:
-                run.append_metrics(records)  # visible while a long beta trains
-                records = []
-        flow_now, conditional_now = eqx.combine(params, static)
-        energies, evals = model_energies(flow_now, jr.fold_in(root_key, 2**20 + index), beta,
-                                         target, chains, training.tempering_samples,
-                                         training.batch_size, conditional_now)
-        evals_total += evals
-        next_beta = schedule.next_beta(beta, energies)
-        if run is not None:
-            run.append_metrics(records)
-            run.save_checkpoint(beta, (params, opt_state), {
-                "index": index, "step": step, "next_beta": next_beta,
-                "n_updates": n_updates, "wall_time": time.perf_counter() - t0,
-                "mean_energy": float(np.nanmean(energies)),
-                "chain_heating": _finite_mean(heating),
-                "energy_evals": evals_total,
-                "fab_step_size": fab_step,
-                "skipped_streak": streaks.skipped, "starved_streak": streaks.starved,
-            })
-        warning = heating_warning(beta, heating)
-        if warning is not None:
-            tqdm.write(warning, file=sys.stderr)
-        betas.append(float(beta))
-        bar.update(float(beta) - bar.n)
-        reason = stop_reason(streaks, training.batch_size, schedule, betas, next_beta)
-        if reason is not None:  # after the checkpoint: the user can sample or resume it
+    t0 = time.perf_counter() - ladder.wall_time
+    while ladder.beta is not None:
+        ladder = _train_beta(ladder, static, target, schedule, settings, callbacks, t0)
+        bar.update(ladder.betas[-1] - bar.n)
+        reason = stop_reason(ladder.streaks, training.batch_size, schedule,
+                             list(ladder.betas), ladder.beta)
+        if reason is not None:  # after on_beta's checkpoint: the user can sample or resume
             bar.close()
-            raise TrainingStopped(f"training stopped after beta = {beta:.6g} (checkpoint "
-                                  f"saved): {reason}")
-        if next_beta is None or (max_betas is not None and index + 1 >= max_betas):
+            raise TrainingStopped(f"training stopped after beta = {ladder.betas[-1]:.6g} "
+                                  f"(checkpoint saved): {reason}")
+        if max_betas is not None and ladder.index >= max_betas:
             break
-        beta, index = float(next_beta), index + 1
     bar.close()
-    return TrainResult(*eqx.combine(params, static), betas)
+    return TrainResult(*eqx.combine(ladder.state.params, static), list(ladder.betas))
+
+
+def _train_beta(ladder: LadderState, static, target, schedule, settings: UpdateSettings,
+                callbacks: Callbacks, t0: float) -> LadderState:
+    """The updates at ``ladder.beta``, then the ladder's samples there and the next beta."""
+    training, chains, _ = settings
+    state, beta, index, step = ladder.state, ladder.beta, ladder.index, ladder.step
+    evals, fab_step, streaks = ladder.energy_evals, ladder.fab_step, ladder.streaks
+    n_updates = training.updates_at(index, beta)
+    root_key = jr.key(training.seed)
+    beta_key = jr.fold_in(root_key, index)
+    records, heating = [], []
+    for i in range(n_updates):
+        lr_factor = training.lr_factor(i, n_updates)
+        state, info = update_step(state, static, jr.fold_in(beta_key, i), jnp.asarray(beta),
+                                  jnp.asarray(lr_factor), jnp.asarray(fab_step), target,
+                                  settings)
+        info = jax.device_get(info)
+        if training.objective == "fab":
+            fab_step = adapt_fab_step(fab_step, float(info.acceptance))
+        evals += int(info.energy_evals)
+        streaks = streaks.after(bool(info.skipped), int(info.n_used), training.batch_size)
+        heating.append(float(info.chain_heating))
+        records.append({
+            "step": step, "beta": float(beta), "loss": float(info.loss),
+            "grad_norm": float(info.grad_norm), "skipped": bool(info.skipped),
+            "n_used": int(info.n_used), "acceptance": float(info.acceptance),
+            "mean_energy": float(info.mean_energy),
+            "batch_ess": _float_or_none(info.batch_ess),
+            "chain_heating": _float_or_none(info.chain_heating),
+            "lr": training.learning_rate * lr_factor,
+            "energy_evals": evals,
+            "wall_time": time.perf_counter() - t0,
+        })
+        step += 1
+        if len(records) >= METRICS_FLUSH:
+            callbacks.on_updates(records)  # visible while a long beta trains
+            records = []
+    flow, conditional = eqx.combine(state.params, static)
+    energies, ladder_evals = model_energies(flow, jr.fold_in(root_key, 2**20 + index), beta,
+                                            target, chains, training.tempering_samples,
+                                            training.batch_size, conditional)
+    next_beta = schedule.next_beta(beta, energies)
+    ladder = LadderState(state, next_beta, index + 1, step, (*ladder.betas, float(beta)),
+                         evals + ladder_evals, time.perf_counter() - t0, fab_step, streaks)
+    callbacks.on_updates(records)
+    callbacks.on_beta(float(beta), ladder, {
+        "n_updates": n_updates, "mean_energy": float(np.nanmean(energies)),
+        "chain_heating": _finite_mean(heating)})
+    warning = heating_warning(beta, heating)
+    if warning is not None:
+        tqdm.write(warning, file=sys.stderr)
+    return ladder

@@ -11,6 +11,7 @@ import equinox as eqx
 import jax.random as jr
 import numpy as np
 
+from coarseflow.checkpointing import train_into
 from coarseflow.config import Config, build_target, load_config, to_toml
 from coarseflow.errors import ConfigError
 from coarseflow.model.conditional import make_conditional
@@ -30,7 +31,7 @@ from coarseflow.runs import (
     config_hash,
     warn_once,
 )
-from coarseflow.training import TrainResult, train
+from coarseflow.training import TrainResult
 
 
 def build_flow(config: Config, target):
@@ -154,9 +155,9 @@ def _train_claimed(config: Config, run: RunDir, resume: bool, progress: bool,
         atomic_write_text(run.root / "init.json", json.dumps(
             {"run": str(Path(init).resolve()), "beta": init_meta["beta"],
              "step": init_meta["step"]}))
-    return train(target, flow, config.tempering, config.training, config.chains, run,
-                 prediction=config.prediction, conditional=conditional, resume=resume,
-                 progress=progress, max_betas=max_betas)
+    return train_into(run, target, flow, config.tempering, config.training, config.chains,
+                      conditional=conditional, resume=resume, prediction=config.prediction,
+                      progress=progress, max_betas=max_betas)
 
 
 def _open_run(path):

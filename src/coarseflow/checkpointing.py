@@ -1,0 +1,79 @@
+"""train()'s record in a run directory: metrics.jsonl, one checkpoint per beta, and the state a
+resumed run starts from. The application layer's side of :class:`coarseflow.training.Callbacks`:
+training itself knows nothing of files."""
+
+from __future__ import annotations
+
+import equinox as eqx
+
+from coarseflow.runs import RunDir, all_finite
+from coarseflow.training import (
+    Callbacks,
+    LadderState,
+    Streaks,
+    TrainResult,
+    TrainState,
+    init,
+    train,
+)
+
+
+class RunRecorder(Callbacks):
+    """Appends the updates' records to ``run``'s metrics.jsonl and checkpoints every beta:
+    (params, optimiser state) and the metadata a resume reads back (:func:`resume_point`)."""
+
+    def __init__(self, run: RunDir):
+        self.run = run
+
+    def on_updates(self, records: list[dict]) -> None:
+        self.run.append_metrics(records)
+
+    def on_beta(self, beta: float, ladder: LadderState, summary: dict) -> None:
+        self.run.save_checkpoint(beta, (ladder.state.params, ladder.state.opt_state), {
+            "index": ladder.index - 1, "step": ladder.step, "next_beta": ladder.beta,
+            "n_updates": summary["n_updates"], "wall_time": ladder.wall_time,
+            "mean_energy": summary["mean_energy"], "chain_heating": summary["chain_heating"],
+            "energy_evals": ladder.energy_evals,
+            "fab_step_size": ladder.fab_step,
+            "skipped_streak": ladder.streaks.skipped, "starved_streak": ladder.streaks.starved,
+        })
+
+
+def resume_point(run: RunDir, model, training) -> LadderState | None:
+    """The LadderState of ``run``'s newest intact checkpoint (damaged ones are set aside, and
+    metrics.jsonl is cut back to the updates it covers), or None where it has none.
+
+    ``model`` = (flow, conditional): the structure to load into (its trainable leaves are
+    replaced)."""
+    if not run.checkpoints():
+        run.refuse_if_damaged()  # only damaged checkpoints: resuming would start afresh
+        return None
+    run.set_aside_damaged()
+    template, _ = init(model, training)
+    meta, (params, opt_state) = run.load_newest(
+        tuple(template), lambda tree: all_finite(tree[0]), set_aside=True)
+    run.truncate_metrics(meta["step"])
+    return LadderState(
+        TrainState(params, opt_state), meta["next_beta"], meta["index"] + 1, meta["step"],
+        tuple(m["beta"] for m in run.checkpoints() if m["beta"] <= meta["beta"]),
+        meta.get("energy_evals", 0), meta.get("wall_time", 0.0),
+        meta.get("fab_step_size", training.fab_step_size),
+        Streaks(meta.get("skipped_streak", 0), meta.get("starved_streak", 0)))
+
+
+def train_into(run: RunDir, target, flow, schedule, training, chains, *, conditional=None,
+               resume: bool = False, **kwargs) -> TrainResult:
+    """:func:`coarseflow.training.train` recorded in ``run`` (locked meanwhile): every update
+    in metrics.jsonl, every beta checkpointed. ``resume=True`` continues from the newest intact
+    checkpoint; otherwise (or where there is none) metrics.jsonl starts empty, so the lines of a
+    process killed before its first checkpoint go. ``kwargs``: train()'s."""
+    with run.locked():  # reentrant: train_from_config holds it already
+        start = resume_point(run, (flow, conditional), training) if resume else None
+        if start is None:
+            run.truncate_metrics(0)
+        elif start.beta is None:  # the ladder was finished
+            flow, conditional = eqx.combine(start.state.params,
+                                            init((flow, conditional), training)[1])
+            return TrainResult(flow, conditional, list(start.betas))
+        return train(target, flow, schedule, training, chains, conditional=conditional,
+                     start=start, callbacks=RunRecorder(run), **kwargs)
