@@ -5,12 +5,13 @@ k = 0 ... K. z_0 ~ q0; at each k = 1 ... K the log-weight gains
 
     (t_k - t_{k-1}) * (log gamma(z_{k-1}) - log q0(z_{k-1}))
 
-and z_k is one MALA step (identity preconditioner, step ``step_size``) that leaves pi_{t_k}
-invariant. Then E[exp(log w)] = ∫ gamma exactly (for any K, any step size), and (z_K, w) is a
-properly weighted sample of gamma / ∫ gamma: E[w f(z_K)] = ∫ gamma f. K = 0 is plain importance
-sampling from q0. :func:`annealed_importance` starts from N(0, I) (``predict`` whitens Y|X by
-its Laplace fit, so that gamma is close to it); :func:`anneal` from any q0 with a log-density
-that autodiff can differentiate (``fab`` starts from the flow's own base).
+and z_k is one MALA step (:func:`coarseflow.samplers.langevin.mala_step`, identity mass
+matrix, step ``step_size``) that leaves pi_{t_k} invariant. Then E[exp(log w)] = ∫ gamma
+exactly (for any K, any step size), and (z_K, w) is a properly weighted sample of
+gamma / ∫ gamma: E[w f(z_K)] = ∫ gamma f. K = 0 is plain importance sampling from q0.
+:func:`annealed_importance` starts from N(0, I) (``predict`` whitens Y|X by its Laplace fit, so
+that gamma is close to it); :func:`anneal` from any q0 with a log-density that autodiff can
+differentiate (``fab`` starts from the flow's own base).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, PRNGKeyArray
+
+from coarseflow.samplers.langevin import MALAState, mala_step
 
 
 class Annealed(NamedTuple):
@@ -71,7 +74,7 @@ def anneal(
     A proposal where log q0, log gamma or a gradient is not finite is rejected; a start where
     log gamma is not finite has weight zero (log_weight = -inf). ``aux`` at z0 is returned.
     """
-    dtype, d = z0.dtype, z0.shape[0]
+    dtype = z0.dtype
 
     def value_and_grad(z):
         (lg, aux), g = jax.value_and_grad(log_gamma, has_aux=True)(z)
@@ -90,34 +93,19 @@ def anneal(
     lg0, g0 = jnp.where(ok0, lg0, -jnp.inf), jnp.where(ok0, g0, 0.0)
     if n_steps == 0:
         return Annealed(z0, lg0 - lb0, jnp.asarray(1.0, dtype), aux0)
-    h = step_size
 
-    def log_pi(t, lg, lb):
-        return (1.0 - t) * lb + t * lg
+    def at(t, z, lg, lb, g, gb) -> MALAState:
+        """The state under pi_t, log gamma and log q0 and their gradients carried in aux: pi_t
+        and its gradient at any t cost no evaluation."""
+        return MALAState(z, (1.0 - t) * lb + t * lg, (1.0 - t) * gb + t * g, (lg, lb, g, gb))
 
-    def grad_pi(t, g, gb):
-        return (1.0 - t) * gb + t * g
-
-    # MALA written here rather than kernels.mala_kernel: the target changes with t at every
-    # step, and the carry keeps log gamma, log q0 and their gradients, so pi_t and its gradient
-    # at any t cost nothing; a fixed-target kernel would re-evaluate gamma at each new t.
     def body(carry, inputs):
         z, lg, lb, g, gb, log_w = carry
         t_prev, t, k = inputs
         log_w = log_w + (t - t_prev) * (lg - lb)
-        draws = jax.random.normal(k, (d + 1,), dtype)
-        noise, u = draws[:d], draws[d]
-        z_new = z + 0.5 * h * h * grad_pi(t, g, gb) + h * noise
-        lg_new, lb_new, g_new, gb_new = evaluate(z_new)
-        back = (z - z_new - 0.5 * h * h * grad_pi(t, g_new, gb_new)) / h
-        log_alpha = (log_pi(t, lg_new, lb_new) - log_pi(t, lg, lb)
-                     - 0.5 * jnp.sum(back**2) + 0.5 * jnp.sum(noise**2))
-        finite = jnp.isfinite(lg_new) & jnp.isfinite(lb_new) & ~jnp.isnan(log_alpha)
-        log_alpha = jnp.where(finite, log_alpha, -jnp.inf)
-        accept = jax.scipy.special.log_ndtr(u) < log_alpha
-        new, old = (z_new, lg_new, lb_new, g_new, gb_new), (z, lg, lb, g, gb)
-        z, lg, lb, g, gb = (jnp.where(accept, a, b) for a, b in zip(new, old, strict=True))
-        return (z, lg, lb, g, gb, log_w), jnp.exp(jnp.minimum(log_alpha, 0.0))
+        state, p_accept = mala_step(k, at(t, z, lg, lb, g, gb),
+                                    lambda z: at(t, z, *evaluate(z)), step_size)
+        return (state.z, *state.aux, log_w), p_accept
 
     t = jnp.linspace(0.0, 1.0, n_steps + 1, dtype=dtype)
     keys = jax.random.split(key, n_steps)

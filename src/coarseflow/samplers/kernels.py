@@ -12,17 +12,17 @@ follow stiffness) coordinates take smaller steps. :mod:`coarseflow.samplers.cond
 ``step_size / sqrt(beta)`` (and ``friction * sqrt(beta)``) so that its settings are those of the
 dynamics of u at k_B T = 1 / beta.
 
-* ``mala``: Metropolis-adjusted Langevin with a diagonal mass matrix. Written here rather than
-  taken from ``blackjax.mala`` because blackjax's MALA has no mass matrix, and because one joint
-  ``value_and_grad`` over (X, Y) gives d u / d X at every state for free, so the mean force costs
-  no extra energy evaluation.
+* ``mala``: Metropolis-adjusted Langevin with a diagonal mass matrix
+  (:func:`coarseflow.samplers.langevin.mala_step`). One joint ``value_and_grad`` over (X, Y)
+  gives d u / d X at every state for free, so the mean force costs no extra energy evaluation.
 * ``hmc``: ``blackjax.hmc`` (velocity Verlet, ``hmc_leapfrog`` steps, Metropolis test) with
   ``inverse_mass_matrix = 1 / m`` and the step jittered by +-20% per proposal. d u / d X is
   evaluated separately, at kept states only.
-* ``baoab``: underdamped Langevin dynamics, B-A-O-A-B splitting (Leimkuhler and Matthews 2013),
-  time step ``step_size``, friction ``friction`` (1 / time). No Metropolis test: it samples
-  p(Y | X) up to an O(dt^2) bias in configurational averages (exact for a harmonic potential).
-  A step that lands on a non-finite energy or force is undone and the momentum redrawn.
+* ``baoab``: underdamped Langevin dynamics, B-A-O-A-B splitting
+  (:func:`coarseflow.samplers.langevin.baoab_step`), time step ``step_size``, friction
+  ``friction`` (1 / time). No Metropolis test: it samples p(Y | X) up to an O(dt^2) bias in
+  configurational averages (exact for a harmonic potential). A step that lands on a non-finite
+  energy or force is undone and the velocity redrawn. Its d u / d X is that of the same pass.
 
 A kernel is a :class:`Kernel` of four pure functions; states are NamedTuples so that the kernels
 jit, vmap (over chains and over X) and ``lax.scan`` (over steps).
@@ -37,6 +37,8 @@ import blackjax
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
+
+from coarseflow.samplers.langevin import BAOABState, MALAState, baoab_step, mala_step
 
 EnergyXY = Callable[[Array, Array], Array]
 
@@ -57,42 +59,12 @@ class Kernel(NamedTuple):
     observe: Callable[[Any], tuple[Array, Array, Array]]
 
 
-class LangevinState(NamedTuple):
-    """State of the MALA and BAOAB chains (one chain, one X).
-
-    y (n_y,); u (): reduced energy u(X, y), not multiplied by beta; grad_y (n_y,) = d u / d y;
-    grad_x (n_x,) = d u / d X; momentum (n_y,): BAOAB only (MALA carries zeros).
-    """
-
-    y: Array
-    u: Array
-    grad_y: Array
-    grad_x: Array
-    momentum: Array
-
-
 def energy_and_grads(
     energy_xy: EnergyXY, X: Float[Array, " n_x"], y: Float[Array, " n_y"]
 ) -> tuple[Array, Array, Array]:
     """u(X, y) (), d u / d y (n_y,), d u / d X (n_x,) from one reverse-mode pass."""
     u, (grad_x, grad_y) = jax.value_and_grad(energy_xy, argnums=(0, 1))(X, y)
     return u, grad_y, grad_x
-
-
-def _finite(u: Array, grad_y: Array) -> Array:
-    return jnp.isfinite(u) & jnp.all(jnp.isfinite(grad_y))
-
-
-def _select(pred: Array, a: NamedTuple, b: NamedTuple):
-    return jax.tree.map(lambda s, t: jnp.where(pred, s, t), a, b)
-
-
-def _langevin_position(state: LangevinState) -> Array:
-    return state.y
-
-
-def _langevin_observe(state: LangevinState) -> tuple[Array, Array, Array]:
-    return state.u, state.grad_x, state.grad_y
 
 
 def mala_kernel(
@@ -102,43 +74,27 @@ def mala_kernel(
     inv_mass: Float[Array, " n_y"],
     step_size: float | Array,
 ) -> Kernel:
-    """Metropolis-adjusted Langevin on exp(-beta u(X, .)) with diagonal mass matrix 1 / inv_mass.
+    """Metropolis-adjusted Langevin (:func:`~coarseflow.samplers.langevin.mala_step`) on
+    exp(-beta u(X, .)) with diagonal mass matrix 1 / inv_mass.
 
     Proposal y' = y - (h^2 / 2) M^-1 beta grad_y u(y) + h M^-1/2 xi with h = step_size and
     xi ~ N(0, I); accepted with the Metropolis-Hastings probability. A proposal whose energy or
-    gradient is not finite is rejected. The acceptance reported is min(1, alpha).
+    gradient is not finite is rejected. The acceptance reported is min(1, alpha). The state is a
+    MALAState whose aux is (u, d u / d X, d u / d Y).
     """
-    h = step_size
-    sqrt_inv_mass = jnp.sqrt(inv_mass)
 
     def evaluate(y):
-        u, gy, gx = energy_and_grads(energy_xy, X, y)
-        return LangevinState(y, u, gy, gx, jnp.zeros_like(y))
-
-    def drift(state):
-        return state.y - 0.5 * h * h * inv_mass * beta * state.grad_y
+        u, grad_y, grad_x = energy_and_grads(energy_xy, X, y)
+        return MALAState(y, -beta * u, -beta * grad_y, (u, grad_x, grad_y))
 
     def init(key, y):
         del key
         return evaluate(y)
 
     def step(key, state):
-        # One random call per step (cheaper to compile): n_y proposal normals and one normal z
-        # whose CDF Phi(z) is the uniform of the Metropolis test (log_ndtr(z) = log U).
-        n_y = state.y.shape[0]
-        draws = jax.random.normal(key, (n_y + 1,), state.y.dtype)
-        noise, z = draws[:n_y], draws[n_y]
-        new = evaluate(drift(state) + h * sqrt_inv_mass * noise)
-        log_fwd = -0.5 * jnp.sum(noise**2)
-        back = (state.y - drift(new)) / (h * sqrt_inv_mass)
-        log_bwd = -0.5 * jnp.sum(back**2)
-        log_alpha = -beta * (new.u - state.u) + log_bwd - log_fwd
-        log_alpha = jnp.where(jnp.isnan(log_alpha), -jnp.inf, log_alpha)
-        accept = jax.scipy.special.log_ndtr(z) < log_alpha
-        p_accept = jnp.exp(jnp.minimum(log_alpha, 0.0))
-        return _select(accept, new, state), p_accept
+        return mala_step(key, state, evaluate, step_size, inv_mass)
 
-    return Kernel(init, step, _langevin_position, _langevin_observe)
+    return Kernel(init, step, lambda state: state.z, lambda state: state.aux)
 
 
 def baoab_kernel(
@@ -149,38 +105,31 @@ def baoab_kernel(
     dt: float | Array,
     friction: float | Array,
 ) -> Kernel:
-    """Underdamped Langevin dynamics at k_B T = 1 in the potential beta u(X, .), BAOAB splitting.
+    """Underdamped Langevin dynamics at k_B T = 1 in the potential beta u(X, .), BAOAB splitting
+    (:func:`~coarseflow.samplers.langevin.baoab_step`).
 
-    dY = M^-1 P dt,  dP = -beta grad_y u dt - gamma P dt + sqrt(2 gamma M) dW,  M = 1 / inv_mass,
-    gamma = friction. Momenta start from N(0, M). One energy + gradient evaluation per step (the
-    closing B half-kick reuses the force of the next opening one). If a step lands on a non-finite
-    energy or gradient, it is undone and the momentum redrawn from N(0, M); the "acceptance"
-    returned is 1.0 for an ordinary step and 0.0 for such an undone one.
+    dY = V dt,  dV = -M^-1 beta grad_y u dt - gamma V dt + sqrt(2 gamma M^-1) dW,
+    M = 1 / inv_mass, gamma = friction. Velocities start from N(0, M^-1). One energy + gradient
+    evaluation per step. If a step lands on a non-finite energy or gradient, it is undone and
+    the velocity redrawn from N(0, M^-1); the "acceptance" returned is 1.0 for an ordinary step
+    and 0.0 for such an undone one. The state is a BAOABState whose aux is
+    (d u / d X, d u / d Y).
     """
-    sqrt_mass = 1.0 / jnp.sqrt(inv_mass)
-    c1 = jnp.exp(-friction * dt)
-    c2 = jnp.sqrt(-jnp.expm1(-2.0 * friction * dt))
+    sigma = jnp.sqrt(inv_mass)  # the velocities' std at k_B T = 1
+
+    def accelerate(y):
+        u, grad_y, grad_x = energy_and_grads(energy_xy, X, y)
+        return u, -beta * inv_mass * grad_y, (grad_x, grad_y)
 
     def init(key, y):
-        u, gy, gx = energy_and_grads(energy_xy, X, y)
-        p = sqrt_mass * jax.random.normal(key, y.shape, y.dtype)
-        return LangevinState(y, u, gy, gx, p)
+        u, a, aux = accelerate(y)
+        return BAOABState(y, sigma * jax.random.normal(key, y.shape, y.dtype), u, a, aux)
 
     def step(key, state):
-        xi = jax.random.normal(key, (2,) + state.y.shape, state.y.dtype)
-        p = state.momentum - 0.5 * dt * beta * state.grad_y  # B
-        y = state.y + 0.5 * dt * inv_mass * p  # A
-        p = c1 * p + c2 * sqrt_mass * xi[0]  # O
-        y = y + 0.5 * dt * inv_mass * p  # A
-        u, gy, gx = energy_and_grads(energy_xy, X, y)
-        p = p - 0.5 * dt * beta * gy  # B
-        new = LangevinState(y, u, gy, gx, p)
-        ok = _finite(u, gy) & jnp.all(jnp.isfinite(p))
-        redrawn = sqrt_mass * xi[1]
-        undone = state._replace(momentum=redrawn)
-        return _select(ok, new, undone), ok.astype(y.dtype)
+        state, ok = baoab_step(key, state, accelerate, dt=dt, friction=friction, sigma=sigma)
+        return state, ok.astype(state.x.dtype)
 
-    return Kernel(init, step, _langevin_position, _langevin_observe)
+    return Kernel(init, step, lambda state: state.x, lambda state: (state.energy, *state.aux))
 
 
 def hmc_kernel(

@@ -5,11 +5,12 @@ energies and k_B T in kJ/mol, forces (-dU/dx) in kJ/mol/nm. Since 1 kJ/mol = 1 a
 the acceleration F / m comes out in nm/ps^2 with no conversion factor.
 
 * :func:`baoab_step`: one step of underdamped Langevin dynamics with the B-A-O-A-B splitting
-  (Leimkuhler and Matthews 2013): half kick, half drift, exact Ornstein-Uhlenbeck velocity
-  update, half drift, new force, half kick. One energy+force evaluation per step. It samples
-  exp(-U / k_B T) up to an O(dt^2) bias in configurational averages, exact for a harmonic
-  potential. A step that lands on a non-finite energy or force is undone and the velocities
-  redrawn from Maxwell-Boltzmann (counted in ``MDState.n_reverted``).
+  (Leimkuhler and Matthews 2013) of :mod:`coarseflow.samplers.langevin`, in these units: half
+  kick, half drift, exact Ornstein-Uhlenbeck velocity update, half drift, new force, half kick.
+  One energy+force evaluation per step. It samples exp(-U / k_B T) up to an O(dt^2) bias in
+  configurational averages, exact for a harmonic potential. A step that lands on a non-finite
+  energy or force is undone and the velocities redrawn from Maxwell-Boltzmann (counted in
+  ``MDState.n_reverted``).
 * :func:`exchange`: one round of replica-exchange swap attempts between neighbouring rungs of a
   temperature ladder (even pairs (0,1), (2,3), ... or odd pairs (1,2), (3,4), ...), independently
   for every chain. A swap of the configurations at inverse temperatures b_i, b_j with energies
@@ -38,6 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from coarseflow.samplers import langevin
 from coarseflow.units import kT_from_kelvin
 
 EnergyFn = Callable[[Array], Array]
@@ -105,36 +107,26 @@ def baoab_step(
     time_step: float,
     friction: float,
 ) -> MDState:
-    """One BAOAB Langevin step of one walker.
+    """One BAOAB Langevin step of one walker (:func:`coarseflow.samplers.langevin.baoab_step`).
 
     energy_fn: positions (*shape) nm -> U () kJ/mol; masses (*lead) amu; kT () kJ/mol;
-    time_step in ps; friction in 1/ps. One energy+force evaluation.
+    time_step in ps; friction in 1/ps. One energy+force evaluation. A step that reaches a
+    non-finite energy or force is undone, the velocities redrawn and ``n_reverted`` counts it.
     """
     dtype = state.positions.dtype
     m = _broadcast_masses(masses, state.positions)
-    dt = jnp.asarray(time_step, dtype)
-    kT = jnp.asarray(kT, dtype)
-    c1 = jnp.exp(-jnp.asarray(friction, dtype) * dt)
-    c2 = jnp.sqrt(1.0 - c1 * c1)
-    sigma = jnp.sqrt(kT / m)
-    key_o, key_redraw = jax.random.split(key)
 
-    v = state.velocities + 0.5 * dt * state.forces / m  # B
-    x = state.positions + 0.5 * dt * v  # A
-    v = c1 * v + c2 * sigma * jax.random.normal(key_o, v.shape, dtype)  # O
-    x = x + 0.5 * dt * v  # A
-    energy, forces = _energy_and_forces(energy_fn, x)
-    v = v + 0.5 * dt * forces / m  # B
+    def accelerate(x):
+        energy, forces = _energy_and_forces(energy_fn, x)
+        return energy, forces / m, forces
 
-    ok = jnp.isfinite(energy) & jnp.all(jnp.isfinite(forces))
-    redrawn = sigma * jax.random.normal(key_redraw, v.shape, dtype)
-    return MDState(
-        positions=jnp.where(ok, x, state.positions),
-        velocities=jnp.where(ok, v, redrawn),
-        energy=jnp.where(ok, energy, state.energy),
-        forces=jnp.where(ok, forces, state.forces),
-        n_reverted=state.n_reverted + jnp.where(ok, 0, 1).astype(jnp.int32),
-    )
+    start = langevin.BAOABState(state.positions, state.velocities, state.energy, state.forces / m,
+                       state.forces)
+    new, ok = langevin.baoab_step(
+        key, start, accelerate, dt=jnp.asarray(time_step, dtype),
+        friction=jnp.asarray(friction, dtype), sigma=jnp.sqrt(jnp.asarray(kT, dtype) / m))
+    return MDState(new.x, new.v, new.energy, new.aux,
+                   state.n_reverted + jnp.where(ok, 0, 1).astype(jnp.int32))
 
 
 class ReplicaState(NamedTuple):
