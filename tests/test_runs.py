@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from coarseflow.errors import ConfigError
-from coarseflow.runs import RunDir
+from coarseflow.runs import RunDir, ladder_label, parse_ladder_label
 
 
 def test_checkpoint_round_trip_and_order(tmp_path):
@@ -68,3 +68,34 @@ def test_metrics_append_and_truncate(tmp_path):
 def test_not_a_run_directory(tmp_path):
     with pytest.raises(ConfigError, match="no config.toml"):
         RunDir(tmp_path).require_existing()
+
+
+# ---- checkpoint names (ladder labels) ----------------------------------------------------------
+
+
+def test_ladder_labels_sort_and_round_trip():
+    betas = [1e-3, 0.01 + 1.01e-12, 0.01, 0.01 + 2.1e-12, 0.099, 0.1, 0.5, 0.999999999998, 1.0]
+    labels = [ladder_label(b) for b in betas]
+    assert len(set(labels)) == len(betas)
+    assert len({len(s) for s in labels}) == 1
+    assert sorted(labels) == [ladder_label(b) for b in sorted(betas)]
+    assert ladder_label(0.01) == "0.010000000000" and ladder_label(1.0) == "1.000000000000"
+    for b, s in zip(betas, labels, strict=True):
+        assert parse_ladder_label(s) == pytest.approx(b, abs=5e-13)
+    rng = np.random.default_rng(5)
+    many = rng.uniform(1e-6, 1.0, 2000)
+    assert sorted(ladder_label(b) for b in many) == [ladder_label(b) for b in np.sort(many)]
+
+
+@pytest.mark.parametrize(
+    "label", ["0.01", "2.000000000000", "0.000000000000", "beta_0.100000000000", 0.1]
+)
+def test_parse_ladder_label_errors(label):
+    with pytest.raises(ConfigError, match="ladder label"):
+        parse_ladder_label(label)
+
+
+def test_ladder_label_rejects_out_of_range():
+    for bad in (0.0, -0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError):
+            ladder_label(bad)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from coarseflow.checks import show
+from coarseflow import checks
 from coarseflow.errors import ConfigError
 from coarseflow.model.conditional import ConditionalSettings
 from coarseflow.model.flow import FlowSettings
@@ -60,15 +60,13 @@ def _check_value(section: str, key: str, value, annotation):
             return None
         return _check_value(section, key, value, args[0])
     if annotation is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
+        return checks.boolean(where, value)
     if annotation is int:
-        if isinstance(value, bool) or not isinstance(value, int):
+        if not checks.is_int(value):
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if annotation is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if not checks.is_number(value):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         return float(value)
     if annotation is str:
@@ -103,14 +101,14 @@ def _check_shape(raw) -> None:
     for section, table in raw.items():
         if not isinstance(table, dict):
             raise ConfigError(f"[{section}]: expected a table ([{section}] and its keys), got "
-                              f"{section} = {show(table)}")
+                              f"{section} = {checks.show(table)}")
     if "kind" not in raw.get("target", {}):
         raise ConfigError("config: [target] kind is required (double_well, gaussian_mixture, "
                           "many_well, molecule)")
     kind = raw["target"]["kind"]
     if not isinstance(kind, str):
         raise ConfigError(f"[target] kind: expected a string such as \"double_well\", got "
-                          f"{show(kind)}")
+                          f"{checks.show(kind)}")
 
 
 def parse_config(raw: dict) -> Config:
@@ -216,7 +214,7 @@ def build_target(table: dict):
     table = dict(table)
     kind = table.pop("kind")
     if not isinstance(kind, str):
-        raise ConfigError(f"[target] kind: expected a string, got {show(kind)}")
+        raise ConfigError(f"[target] kind: expected a string, got {checks.show(kind)}")
     classes = _target_classes()
     if kind not in classes:
         raise ConfigError(f"[target] kind: expected one of {sorted(classes)}, got {kind!r}")

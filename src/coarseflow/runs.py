@@ -18,8 +18,8 @@ import fcntl
 import hashlib
 import io
 import json
-import math
 import os
+import re
 import socket
 import sys
 import tempfile
@@ -31,8 +31,8 @@ import equinox as eqx
 import jax
 import numpy as np
 
+from coarseflow.checks import is_finite, is_int, is_number, show
 from coarseflow.errors import ConfigError
-from coarseflow.tempering import ladder_label
 
 MARKER = "coarseflow-run.json"  # what makes a folder a run: config hash + coarseflow version
 LOCK = "coarseflow-run.lock"  # flock'ed while a process writes the run; holds pid + host
@@ -446,15 +446,43 @@ def _read_meta(json_path: Path) -> tuple[dict | None, str | None]:
     if missing:
         return None, f"missing {', '.join(repr(k) for k in missing)}"
     beta, nxt = meta["beta"], meta["next_beta"]
-    if not _is_real(beta) or not 0 < beta <= 1:
+    if not is_finite(beta) or not 0 < beta <= 1:
         return None, f"beta: expected a number in (0, 1], got {beta!r}"
-    if nxt is not None and (not _is_real(nxt) or not nxt > beta):
+    if nxt is not None and (not is_finite(nxt) or not nxt > beta):
         return None, f"next_beta: expected null or a number > beta, got {nxt!r}"
     for key in ("index", "step"):
-        if not (isinstance(meta[key], int) and not isinstance(meta[key], bool)) or meta[key] < 0:
+        if not is_int(meta[key]) or meta[key] < 0:
             return None, f"{key}: expected an integer >= 0, got {meta[key]!r}"
     return meta, None
 
 
-def _is_real(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+# ----------------------------------------------------------------------------- checkpoint names
+
+_LABEL_RE = re.compile(r"[01]\.\d{12}")
+
+
+def ladder_label(beta: float) -> str:
+    """A fixed-width name for ``beta`` in (0, 1]: ``f"{beta:.12f}"``, e.g. '0.010000000000'.
+
+    Distinct for betas more than 1e-12 apart, and string order is beta order. A beta up to
+    1e-12 (the label's resolution) above 1 is 1.
+    """
+    if not is_number(beta) or not 0.0 < float(beta) <= 1.0 + 1e-12:
+        raise ValueError(f"ladder_label: expected beta in (0, 1], got {show(beta)}")
+    label = f"{min(float(beta), 1.0):.12f}"
+    if float(label) <= 0.0:
+        raise ValueError(f"ladder_label: beta {show(beta)} rounds to 0 at 12 decimals")
+    return label
+
+
+def parse_ladder_label(label: str) -> float:
+    """Inverse of ``ladder_label`` (up to the 12-decimal rounding)."""
+    if not isinstance(label, str) or _LABEL_RE.fullmatch(label) is None:
+        raise ConfigError(
+            f"ladder label: expected a beta written as 0.dddddddddddd or 1.000000000000, "
+            f"got {show(label)}"
+        )
+    beta = float(label)
+    if not 0.0 < beta <= 1.0:
+        raise ConfigError(f"ladder label: expected beta in (0, 1], got {label!r}")
+    return beta

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import abc
 import math
-import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,7 +43,7 @@ import equinox as eqx
 import numpy as np
 from jaxtyping import Float
 
-from coarseflow.checks import is_int, is_number
+from coarseflow.checks import fail, is_int, is_number, show
 from coarseflow.errors import ConfigError
 
 __all__ = [
@@ -55,8 +54,6 @@ __all__ = [
     "Linear",
     "estimate_kl_increase",
     "incremental_ess_fraction",
-    "ladder_label",
-    "parse_ladder_label",
     "schedule_from_config",
     "schedule_to_config",
 ]
@@ -75,16 +72,8 @@ _SECTION = "[tempering]"
 # ----------------------------------------------------------------------------- validation helpers
 
 
-def _show(value: Any) -> str:
-    if isinstance(value, str):
-        return repr(value)
-    if isinstance(value, np.generic):
-        return str(value.item())
-    return str(value)
-
-
 def _error(field: str, expected: str, value: Any) -> ConfigError:
-    return ConfigError(f"{_SECTION} {field}: expected {expected}, got {_show(value)}")
+    return fail(f"{_SECTION} {field}", expected, value)
 
 
 def _check_open_unit(field: str, value: Any) -> None:
@@ -116,7 +105,7 @@ def _check_gaps(ladder: tuple[float, ...]) -> None:
 def _check_beta(beta: Any) -> float:
     """A beta passed to next_beta by the training loop: a number in (0, 1] (else a bug)."""
     if not is_number(beta) or not 0.0 < float(beta) <= 1.0 + BETA_ATOL:
-        raise ValueError(f"beta: expected a number in (0, 1], got {_show(beta)}")
+        raise ValueError(f"beta: expected a number in (0, 1], got {show(beta)}")
     return float(beta)
 
 
@@ -319,7 +308,7 @@ class Adaptive(AbstractSchedule):
             raise _error("max_step", "a number in (0, 1]", self.max_step)
         if not (is_number(self.min_step) and 0.0 < float(self.min_step) <= float(self.max_step)):
             raise _error(
-                "min_step", f"a number in (0, max_step = {_show(self.max_step)}]", self.min_step
+                "min_step", f"a number in (0, max_step = {show(self.max_step)}]", self.min_step
             )
         if float(self.min_step) < MIN_STEP:
             raise _error("min_step", f"a number >= {MIN_STEP:g}", self.min_step)
@@ -395,10 +384,10 @@ def schedule_from_config(d: Mapping[str, Any]) -> AbstractSchedule:
     Raises ConfigError naming the key for unknown keys, wrong types and bad values.
     """
     if not isinstance(d, Mapping):
-        raise ConfigError(f"{_SECTION}: expected a table, got {_show(d)}")
+        raise ConfigError(f"{_SECTION}: expected a table, got {show(d)}")
     for key in d:
         if not isinstance(key, str):
-            raise ConfigError(f"{_SECTION}: expected string keys, got {_show(key)}")
+            raise ConfigError(f"{_SECTION}: expected string keys, got {show(key)}")
     if "kind" not in d:
         raise ConfigError(f"{_SECTION} kind: missing; expected one of: {', '.join(_KINDS)}")
     kind = d["kind"]
@@ -451,34 +440,3 @@ def schedule_to_config(schedule: AbstractSchedule) -> dict[str, Any]:
                 out[key] = value
             return out
     raise TypeError(f"schedule_to_config: unknown schedule type {type(schedule).__name__}")
-
-
-# ----------------------------------------------------------------------------- checkpoint names
-
-_LABEL_RE = re.compile(r"[01]\.\d{12}")
-
-
-def ladder_label(beta: float) -> str:
-    """A fixed-width name for ``beta`` in (0, 1]: ``f"{beta:.12f}"``, e.g. '0.010000000000'.
-
-    Distinct for betas more than 1e-12 apart, and string order is beta order.
-    """
-    if not is_number(beta) or not 0.0 < float(beta) <= 1.0 + BETA_ATOL:
-        raise ValueError(f"ladder_label: expected beta in (0, 1], got {_show(beta)}")
-    label = f"{min(float(beta), 1.0):.12f}"
-    if float(label) <= 0.0:
-        raise ValueError(f"ladder_label: beta {_show(beta)} rounds to 0 at 12 decimals")
-    return label
-
-
-def parse_ladder_label(label: str) -> float:
-    """Inverse of ``ladder_label`` (up to the 12-decimal rounding)."""
-    if not isinstance(label, str) or _LABEL_RE.fullmatch(label) is None:
-        raise ConfigError(
-            f"ladder label: expected a beta written as 0.dddddddddddd or 1.000000000000, "
-            f"got {_show(label)}"
-        )
-    beta = float(label)
-    if not 0.0 < beta <= 1.0:
-        raise ConfigError(f"ladder label: expected beta in (0, 1], got {label!r}")
-    return beta
