@@ -12,7 +12,8 @@ import pytest
 pytest.importorskip("openmm")
 pytest.importorskip("mdtraj")
 
-from coarseflow.model.flow import FlowSettings, make_flow  # noqa: E402
+from coarseflow.analysis.molecule_report import MoleculeReport  # noqa: E402
+from coarseflow.model.flow import FlowSettings, box_flow  # noqa: E402
 from coarseflow.model.internal import ZMatrix, zmatrix_placements  # noqa: E402
 from coarseflow.targets.molecule import Molecule  # noqa: E402
 
@@ -107,7 +108,7 @@ def test_dihedrals_are_phi_and_psi(ala2):
     q = _random_internal(ala2, 16, 2)
     X = jax.vmap(zm.transform)(q)
     x = jax.vmap(lambda v: ala2.partition.merge(v, ala2.y_init(v)))(X)
-    o = ala2.observables(np.asarray(x))
+    o = MoleculeReport(ala2).observables(np.asarray(x))
 
     def wrapped(a):
         return (np.asarray(a) + math.pi) % (2 * math.pi) - math.pi
@@ -121,7 +122,7 @@ def test_untrained_flow_energies_internal_vs_cartesian(ala2):
     settings = FlowSettings(layers=2, nn_width=16, nn_depth=1)
     zm = ala2.x_bijection()
     lo, hi = ala2.x_bounds()
-    flow = make_flow(jr.key(0), lower=lo, upper=hi, settings=settings, output=zm)
+    flow = box_flow(jr.key(0), lower=lo, upper=hi, settings=settings, output=zm)
     X, log_q, log_q_inverse = _sample(flow, jr.key(1))
     u = np.asarray(_energies(ala2, X))
     assert np.all(np.isfinite(u)) and np.all(np.isfinite(np.asarray(log_q)))
@@ -130,7 +131,7 @@ def test_untrained_flow_energies_internal_vs_cartesian(ala2):
                                rtol=1e-8, atol=1e-8)
     # Cartesian box: the same flow without the bijection
     clo, chi = ala2.cartesian_x_bounds()
-    cart = make_flow(jr.key(0), lower=clo, upper=chi, settings=settings)
+    cart = box_flow(jr.key(0), lower=clo, upper=chi, settings=settings)
     u_cart = np.asarray(_energies(ala2, _sample(cart, jr.key(1))[0]))
     # measured (these seeds, 256 samples): internal coordinates: median ~ 14, 82 % below 100,
     # 90th percentile ~ 2e2; Cartesian box: median ~ 5e3, 1 % below 100, 90th percentile ~ 1e8
@@ -227,7 +228,7 @@ def test_methyl_rotors_are_equivalent_and_the_domain_holds_one_relabeling(ala2):
 
 
 def test_equivalent_rotors_tolerate_rounding_but_not_other_parameters():
-    from coarseflow.targets.molecule import _equivalent_rotors
+    from coarseflow.targets.molecule import equivalent_rotors
 
     # l - k - c with three terminal atoms on c; energy 100 + sum_i a_i |r_i|^2
     ref = np.array([[0, 0, 0], [1, 0, 0], [2, 0, 0], [2.5, 1, 0], [2.6, -0.5, 0.9],
@@ -240,7 +241,7 @@ def test_equivalent_rotors_tolerate_rounding_but_not_other_parameters():
         a = jnp.asarray([1.0, 1.0, 1.0, *a_terminals])
         ff = type("FF", (), {"energy": staticmethod(
             lambda x: 100.0 + jnp.sum(a * jnp.sum(jnp.asarray(x) ** 2, axis=1)))})
-        return _equivalent_rotors(ff, hops, np.array([3, 4, 5]), ref)
+        return equivalent_rotors(ff, hops, np.array([3, 4, 5]), ref)
 
     assert rotors([0.5, 0.5, 0.5]) == ((2, 1, 0, (3, 4, 5)),)
     # float32-sized differences (~1e-6 of the energy) still count as equivalent ...

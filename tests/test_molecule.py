@@ -13,9 +13,11 @@ pytest.importorskip("openmm")
 mdtraj = pytest.importorskip("mdtraj")
 
 from coarseflow.analysis import observables as obs  # noqa: E402
+from coarseflow.analysis.molecule_report import MoleculeReport  # noqa: E402
 from coarseflow.errors import ConfigError  # noqa: E402
 from coarseflow.forcefield import build_system  # noqa: E402
-from coarseflow.targets.molecule import MOLAR_GAS_CONSTANT, Molecule  # noqa: E402
+from coarseflow.targets.molecule import Molecule  # noqa: E402
+from coarseflow.units import MOLAR_GAS_CONSTANT  # noqa: E402
 
 GS = "tests/data/ace_gly_ser_nme.pdb"
 ROOT = Path(__file__).resolve().parents[1]
@@ -254,6 +256,24 @@ def test_write_trajectory_round_trips(ala2, tmp_path):
     np.testing.assert_allclose(traj.xyz, pos, atol=1e-5)
 
 
+def test_molecules_from_equal_inputs_are_equal_static_data(ala2):
+    """The static record compares by value: a rebuilt Molecule reuses every compiled function."""
+    other = Molecule()
+    assert other.info == ala2.info and hash(other.info) == hash(ala2.info)
+    assert jax.tree_util.tree_structure(other) == jax.tree_util.tree_structure(ala2)
+    traces = []
+
+    @eqx.filter_jit
+    def energy(target, x):
+        traces.append(1)  # runs once per compilation
+        return target.energy(x)
+
+    assert float(energy(ala2, ala2.reference_x)) == float(energy(other, other.reference_x))
+    assert len(traces) == 1
+    moved = Molecule(fixed_atoms=[4, 6, 8])  # another gauge frame: other static data
+    assert jax.tree_util.tree_structure(moved) != jax.tree_util.tree_structure(ala2)
+
+
 def test_second_molecule_with_backbone_selection():
     m = Molecule(pdb=GS, cg_selection="backbone")
     assert m.n_atoms == 30 and len(m.cg_atoms) == 12 and m.partition.n_x == 30
@@ -264,7 +284,7 @@ def test_second_molecule_with_backbone_selection():
     assert float(eqx.filter_jit(m.energy)(m.reference_x)) == pytest.approx(want[0] / m.kT, rel=1e-8)
     X, Y = m.partition.split(m.reference_x)
     np.testing.assert_allclose(np.asarray(m.y_init(X)), np.asarray(Y), atol=1e-10)
-    o = m.observables(np.asarray(m.reference_x)[None])
+    o = MoleculeReport(m).observables(np.asarray(m.reference_x)[None])
     traj = mdtraj.load(GS)
     np.testing.assert_allclose(o["phi"], mdtraj.compute_phi(traj)[1], atol=1e-5)
     np.testing.assert_allclose(o["psi"], mdtraj.compute_psi(traj)[1], atol=1e-5)
@@ -291,12 +311,13 @@ def test_observables_metrics_and_figures(ala2, tmp_path):
     np.savez(ref_path, phi=phi_ref, psi=psi_ref, rg=np.full(4, 0.3),
              basins=np.array([*obs.BASINS, "other"]), populations_err=err)
     m = Molecule(reference=str(ref_path))
-    o = m.observables(x)
+    report = MoleculeReport(m)
+    o = report.observables(x)
     assert o["phi"].shape == (4, 1) and o["rg"].shape == (4,)
     np.testing.assert_allclose(np.degrees(o["psi"][:, 0]), [c[1] for c in centres], atol=1e-8)
 
     samples = _Samples(x, np.log(w))
-    out = m.observables_metrics(samples, w, 1.0)
+    out = report.metrics(samples, w, 1.0)
     assert out["basin_alpha_R_raw"] == pytest.approx(0.5)
     assert out["basin_alpha_R_reweighted"] == pytest.approx(0.2)
     assert out["basin_alpha_L_reweighted"] == pytest.approx(0.6)
@@ -309,10 +330,10 @@ def test_observables_metrics_and_figures(ala2, tmp_path):
     assert out["rg_mean_reweighted"] == pytest.approx(float(np.sum(w * o["rg"])))
     assert 0 < out["ramachandran_js_raw"] < np.log(2) and out["ramachandran_kl_raw"] > 0
     assert out["ramachandran_kl_reweighted"] != out["ramachandran_kl_raw"]
-    low = m.observables_metrics(samples, w, 0.5)  # the reference is only for beta = 1
+    low = report.metrics(samples, w, 0.5)  # the reference is only for beta = 1
     assert "basin_alpha_R_reference" not in low and "ramachandran_kl_raw" not in low
 
-    figs = m.plot_figures(tmp_path / "figs", {0.5: samples, 1.0: samples})
+    figs = report.figures(tmp_path / "figs", {0.5: samples, 1.0: samples})
     names = sorted(p.name for p in figs)
     assert names == ["ramachandran_beta_0.5.png", "ramachandran_beta_1.png",
                      "ramachandran_reweighted.png", "rg.png", "rmsd.png"]

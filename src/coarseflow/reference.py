@@ -50,12 +50,6 @@ from coarseflow.errors import ConfigError
 from coarseflow.runs import atomic_write_bytes
 from coarseflow.samplers.replica_exchange import run_replica_exchange, temperature_ladder
 
-BUILTIN_MOLECULES = {
-    "alanine_dipeptide": "alanine_dipeptide.pdb",
-    "alanine_dipeptide_implicit": "alanine_dipeptide_implicit.prmtop",  # openmmtools', OBC1
-}
-"""As coarseflow.targets.molecule.BUILTIN_MOLECULES (name -> file in coarseflow/data); an
-unset forcefield is the file's default (forcefield.build_system)."""
 LEFT_BASINS = ("C5", "C7eq/PII", "alpha_R")  # phi < 0 (and the wrapped beta region)
 SHIPPED_REFERENCE = "alanine_dipeptide_reference.npz"
 NPZ_KEYS = (
@@ -156,7 +150,9 @@ def openmm_minimise(system, positions, max_iterations: int) -> tuple[np.ndarray,
 
 
 class _Molecule:
-    """What the reference needs of a [target] table with kind = "molecule"."""
+    """What the reference needs of a [target] table with kind = "molecule": the files are those
+    a :class:`coarseflow.targets.molecule.Molecule` of the table reads (its registry), the
+    structure is minimised by OpenMM, all atoms move."""
 
     def __init__(self, table: dict[str, Any]):
         kind = table.get("kind")
@@ -164,17 +160,11 @@ class _Molecule:
             raise ConfigError(
                 f"[target] kind: `coarseflow reference` needs kind = \"molecule\", got {kind!r}"
             )
-        self.pdb_path = _pdb_path(table.get("pdb", "alanine_dipeptide"))
-        forcefield = table.get("forcefield")  # None: the default of the file (build_system)
-        if isinstance(forcefield, str):
-            forcefield = [forcefield]
-        if forcefield is not None and (not isinstance(forcefield, list | tuple) or not all(
-            isinstance(f, str) for f in forcefield
-        )):
-            raise ConfigError(
-                f"[target] forcefield: expected a list of XML file names, got {forcefield!r}"
-            )
-        self.forcefield = None if forcefield is None else tuple(forcefield)
+        from coarseflow.targets.molecule.registry import forcefield_files, resolve_pdb
+
+        self.pdb_path = Path(resolve_pdb(table.get("pdb", "alanine_dipeptide"))[0])
+        # None: the default of the file (build_system)
+        self.forcefield = forcefield_files(table.get("forcefield"))
         temperature = table.get("temperature", 300.0)
         if isinstance(temperature, bool) or not isinstance(temperature, int | float) or not (
             temperature > 0
@@ -243,18 +233,6 @@ def _chiral_volumes(positions, atoms: np.ndarray):
     centre = positions[..., atoms[:, 0], :]
     a, b, c = (positions[..., atoms[:, k], :] - centre for k in (1, 2, 3))
     return xp.sum(a * xp.cross(b, c), axis=-1)
-
-
-def _pdb_path(pdb) -> Path:
-    if not isinstance(pdb, str):
-        raise ConfigError(f"[target] pdb: expected a built-in name or a path, got {pdb!r}")
-    if pdb in BUILTIN_MOLECULES:
-        return Path(str(resources.files("coarseflow") / "data" / BUILTIN_MOLECULES[pdb]))
-    path = Path(pdb).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"[target] pdb: no built-in molecule or file {pdb!r} (built-in: "
-                          + ", ".join(BUILTIN_MOLECULES) + ")")
-    return path
 
 
 # ---- statistics --------------------------------------------------------------------------------

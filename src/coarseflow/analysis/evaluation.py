@@ -9,17 +9,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from coarseflow.analysis import metrics, plots
+from coarseflow.analysis.reports import report_for
 from coarseflow.predict import Samples, draw_samples, log_partition_estimate, refine
 from coarseflow.runs import RunDir
-from coarseflow.targets import DoubleWell, GaussianMixture, ManyWell
-
-
-def _is_one(beta: float) -> bool:
-    return abs(beta - 1.0) < 1e-9
 
 
 def reference_metrics(target, samples: Samples, beta: float) -> dict:
-    """Metrics of one checkpoint: ESS and, where the target has exact references, errors.
+    """Metrics of one checkpoint: ESS and, where the target has exact references, errors
+    (the target's report, ``reports.report_for``).
 
     'raw' numbers use the one-shot samples as they are; 'reweighted' ones use the normalised
     importance weights (self-normalised importance sampling).
@@ -37,89 +34,12 @@ def reference_metrics(target, samples: Samples, beta: float) -> dict:
     }
     if np.any(np.isfinite(samples.ais_acceptance)):
         out["ais_acceptance"] = float(np.nanmean(samples.ais_acceptance))
-    X = samples.X
-    if isinstance(target, DoubleWell):
-        right = X[:, 0] > 0
-        exact = target.well_mass(beta)
-        lo, hi = target.x_bounds()
-
-        def density(g):
-            return target.marginal_density(g, beta)
-
-        out |= {
-            "right_well_mass_raw": float(np.mean(right)),
-            "right_well_mass_reweighted": float(np.sum(w * right)),
-            "right_well_mass_exact": float(exact),
-            "right_well_error_raw": float(abs(np.mean(right) - exact)),
-            "right_well_error_reweighted": float(abs(np.sum(w * right) - exact)),
-            "tv_x1_raw": metrics.histogram_tv(X[:, 0], density, 200, (lo[0], hi[0])),
-            "tv_x1_reweighted": metrics.histogram_tv(X[:, 0], density, 200, (lo[0], hi[0]),
-                                                     weights=w),
-            "log_Z_exact": float(target.log_partition(beta)),
-        }
-    elif isinstance(target, GaussianMixture):
-        k = target.n_components
-        labels = np.asarray(target.component_of(X))
-        raw = metrics.mode_masses(labels, k)
-        rew = metrics.mode_masses(labels, k, weights=w)
-        out |= {"component_masses_raw": raw.tolist(), "component_masses_reweighted": rew.tolist()}
-        if _is_one(beta):
-            exact = np.asarray(target.component_weights)
-            ref = np.asarray(target.sample(jr.key(12345), len(X)))[:, : target.n_x]
-            tv_raw = [metrics.histogram_tv(X[:, i], ref[:, i], 100) for i in range(target.n_x)]
-            tv_rew = [metrics.histogram_tv(X[:, i], ref[:, i], 100, weights=w)
-                      for i in range(target.n_x)]
-            log_p = np.asarray(target.log_marginal(X))
-            out |= {
-                "component_weights_exact": exact.tolist(),
-                "components_found": int(np.sum(raw > 0.2 * exact)),
-                "max_weight_error_raw": float(np.max(np.abs(raw - exact))),
-                "max_weight_error_reweighted": float(np.max(np.abs(rew - exact))),
-                "worst_marginal_tv_raw": float(max(tv_raw)),
-                "worst_marginal_tv_reweighted": float(max(tv_rew)),
-                "kl_q_p": float(np.mean(samples.log_qX - log_p)),
-                "log_Z_exact": float(target.log_partition(1.0)),
-            }
-    elif isinstance(target, ManyWell):
-        right = X > 0  # (N, m): which well each coordinate is in
-        exact = target.well_mass(beta)
-        log_z = float(target.log_partition(beta))
-        out |= {
-            "right_well_mass_exact": float(exact),
-            "max_right_well_error_raw": float(np.max(np.abs(np.mean(right, axis=0) - exact))),
-            "max_right_well_error_reweighted": float(np.max(np.abs(w @ right - exact))),
-            "log_Z_exact": log_z,
-            "log_Z_error": float(out["log_Z_estimate"] - log_z),  # signed: estimate - exact
-        }
-    if hasattr(target, "observables_metrics"):
-        out |= target.observables_metrics(samples, w, beta)
-    return out
+    return out | report_for(target).metrics(samples, w, beta)
 
 
 def _figures(run: RunDir, target, by_beta: dict[float, Samples]) -> list[Path]:
     figs = [plots.plot_training_curves(run.figures_dir / "training.png", run.read_metrics())]
-    final_beta = max(by_beta)
-    final = by_beta[final_beta]
-    w_final = np.asarray(metrics.normalized_weights(final.log_weights))
-    if isinstance(target, DoubleWell):
-        lo, hi = target.x_bounds()
-        figs.append(plots.plot_marginals_per_beta(
-            run.figures_dir / "marginals_per_beta.png",
-            {b: s.X[:, 0] for b, s in by_beta.items()},
-            target.marginal_density,
-            range=(float(lo[0]), float(hi[0])),
-        ))
-    elif isinstance(target, GaussianMixture):
-        ref = np.asarray(target.sample(jr.key(12345), len(final.X)))[:, :2]
-        contour = (lambda g: np.asarray(target.log_marginal(g))) if target.n_x == 2 else None
-        figs.append(plots.plot_2d(run.figures_dir / "x_2d.png", final.X[:, :2], contour, ref,
-                                  title=f"q(X) at beta = {final_beta:.3g} (first two X)"))
-        figs.append(plots.plot_2d(run.figures_dir / "x_2d_reweighted.png", final.X[:, :2],
-                                  contour, ref, weights=w_final,
-                                  title="reweighted"))
-    if hasattr(target, "plot_figures"):
-        figs += target.plot_figures(run.figures_dir, by_beta)
-    return figs
+    return figs + report_for(target).figures(run.figures_dir, by_beta)
 
 
 def evaluate_run(path, *, n_samples: int | None = None, seed: int = 1,

@@ -1,0 +1,193 @@
+"""What evaluation reports for each kind of target: metrics against the target's exact
+references and figures, behind one interface (:class:`AbstractReport`, :func:`report_for`).
+
+A report reads a target's physics (exact well masses, mixture weights, observables) and samples
+(``coarseflow.predict.Samples``); the targets know nothing of metrics or plots.
+"""
+
+from __future__ import annotations
+
+import abc
+from pathlib import Path
+
+import equinox as eqx
+import jax.random as jr
+import numpy as np
+
+from coarseflow.analysis import metrics, plots
+from coarseflow.predict import log_partition_estimate
+from coarseflow.targets import AbstractTarget, DoubleWell, GaussianMixture, ManyWell
+
+
+def is_one(beta: float) -> bool:
+    """Whether beta is the target's (1), where the exact references hold."""
+    return abs(float(beta) - 1.0) < 1e-9
+
+
+class AbstractReport(eqx.Module):
+    """Metrics and figures of one target's samples, beyond the ESS that every target gets."""
+
+    target: eqx.AbstractVar[AbstractTarget]
+
+    @abc.abstractmethod
+    def metrics(self, samples, weights: np.ndarray, beta: float) -> dict:
+        """Numbers of one checkpoint's samples; ``weights`` (N,) normalised importance weights.
+        Keys ending "_raw" use the samples as they are, "_reweighted" ones the weights."""
+
+    @abc.abstractmethod
+    def figures(self, figures_dir: Path, by_beta: dict) -> list[Path]:
+        """Figures of the samples ``by_beta`` ({beta: Samples}) in ``figures_dir``; their paths."""
+
+
+class GenericReport(AbstractReport):
+    """A target without exact references (any energy): nothing beyond the ESS."""
+
+    target: AbstractTarget
+
+    def metrics(self, samples, weights, beta) -> dict:
+        return {}
+
+    def figures(self, figures_dir, by_beta) -> list[Path]:
+        return []
+
+
+class DoubleWellReport(AbstractReport):
+    """The right well's mass and the histogram TV of x_1 against the exact marginal."""
+
+    target: DoubleWell
+
+    def metrics(self, samples, weights, beta) -> dict:
+        target, X, w = self.target, samples.X, weights
+        right = X[:, 0] > 0
+        exact = target.well_mass(beta)
+        lo, hi = target.x_bounds()
+
+        def density(g):
+            return target.marginal_density(g, beta)
+
+        return {
+            "right_well_mass_raw": float(np.mean(right)),
+            "right_well_mass_reweighted": float(np.sum(w * right)),
+            "right_well_mass_exact": float(exact),
+            "right_well_error_raw": float(abs(np.mean(right) - exact)),
+            "right_well_error_reweighted": float(abs(np.sum(w * right) - exact)),
+            "tv_x1_raw": metrics.histogram_tv(X[:, 0], density, 200, (lo[0], hi[0])),
+            "tv_x1_reweighted": metrics.histogram_tv(
+                X[:, 0], density, 200, (lo[0], hi[0]), weights=w
+            ),
+            "log_Z_exact": float(target.log_partition(beta)),
+        }
+
+    def figures(self, figures_dir, by_beta) -> list[Path]:
+        lo, hi = self.target.x_bounds()
+        return [
+            plots.plot_marginals_per_beta(
+                Path(figures_dir) / "marginals_per_beta.png",
+                {b: s.X[:, 0] for b, s in by_beta.items()},
+                self.target.marginal_density,
+                range=(float(lo[0]), float(hi[0])),
+            )
+        ]
+
+
+class GaussianMixtureReport(AbstractReport):
+    """Component masses; at beta = 1 their errors, marginal TVs and KL(q || p) of X."""
+
+    target: GaussianMixture
+
+    def metrics(self, samples, weights, beta) -> dict:
+        target, X, w = self.target, samples.X, weights
+        k = target.n_components
+        labels = np.asarray(target.component_of(X))
+        raw = metrics.mode_masses(labels, k)
+        rew = metrics.mode_masses(labels, k, weights=w)
+        out = {"component_masses_raw": raw.tolist(), "component_masses_reweighted": rew.tolist()}
+        if is_one(beta):
+            exact = np.asarray(target.component_weights)
+            ref = np.asarray(target.sample(jr.key(12345), len(X)))[:, : target.n_x]
+            tv_raw = [metrics.histogram_tv(X[:, i], ref[:, i], 100) for i in range(target.n_x)]
+            tv_rew = [
+                metrics.histogram_tv(X[:, i], ref[:, i], 100, weights=w) for i in range(target.n_x)
+            ]
+            log_p = np.asarray(target.log_marginal(X))
+            out |= {
+                "component_weights_exact": exact.tolist(),
+                "components_found": int(np.sum(raw > 0.2 * exact)),
+                "max_weight_error_raw": float(np.max(np.abs(raw - exact))),
+                "max_weight_error_reweighted": float(np.max(np.abs(rew - exact))),
+                "worst_marginal_tv_raw": float(max(tv_raw)),
+                "worst_marginal_tv_reweighted": float(max(tv_rew)),
+                "kl_q_p": float(np.mean(samples.log_qX - log_p)),
+                "log_Z_exact": float(target.log_partition(1.0)),
+            }
+        return out
+
+    def figures(self, figures_dir, by_beta) -> list[Path]:
+        target, figures_dir = self.target, Path(figures_dir)
+        final_beta = max(by_beta)
+        final = by_beta[final_beta]
+        w_final = np.asarray(metrics.normalized_weights(final.log_weights))
+        ref = np.asarray(target.sample(jr.key(12345), len(final.X)))[:, :2]
+        contour = (lambda g: np.asarray(target.log_marginal(g))) if target.n_x == 2 else None
+        return [
+            plots.plot_2d(
+                figures_dir / "x_2d.png",
+                final.X[:, :2],
+                contour,
+                ref,
+                title=f"q(X) at beta = {final_beta:.3g} (first two X)",
+            ),
+            plots.plot_2d(
+                figures_dir / "x_2d_reweighted.png",
+                final.X[:, :2],
+                contour,
+                ref,
+                weights=w_final,
+                title="reweighted",
+            ),
+        ]
+
+
+class ManyWellReport(AbstractReport):
+    """The worst error of a coordinate's right-well mass, and log Z's error."""
+
+    target: ManyWell
+
+    def metrics(self, samples, weights, beta) -> dict:
+        right = samples.X > 0  # (N, m): which well each coordinate is in
+        exact = self.target.well_mass(beta)
+        log_z = float(self.target.log_partition(beta))
+        error = log_partition_estimate(samples.log_weights) - log_z  # signed: estimate - exact
+        return {
+            "right_well_mass_exact": float(exact),
+            "max_right_well_error_raw": float(np.max(np.abs(np.mean(right, axis=0) - exact))),
+            "max_right_well_error_reweighted": float(np.max(np.abs(weights @ right - exact))),
+            "log_Z_exact": log_z,
+            "log_Z_error": float(error),
+        }
+
+    def figures(self, figures_dir, by_beta) -> list[Path]:
+        return []
+
+
+def _report_classes() -> dict[type, type[AbstractReport]]:
+    classes = {
+        DoubleWell: DoubleWellReport,
+        GaussianMixture: GaussianMixtureReport,
+        ManyWell: ManyWellReport,
+    }
+    try:
+        from coarseflow.analysis.molecule_report import MoleculeReport
+        from coarseflow.targets.molecule import Molecule
+    except ImportError:  # openmm / mdtraj not installed: molecules unavailable
+        return classes
+    return {**classes, Molecule: MoleculeReport}
+
+
+def report_for(target: AbstractTarget) -> AbstractReport:
+    """The report of the target's class (or of its nearest base with one); GenericReport else."""
+    classes = _report_classes()
+    for cls in type(target).__mro__:
+        if cls in classes:
+            return classes[cls](target)
+    return GenericReport(target)

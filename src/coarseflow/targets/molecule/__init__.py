@@ -1,0 +1,31 @@
+"""A molecule as a target: PDB (or Amber prmtop) + OpenMM force field -> pure-JAX u(x).
+
+registry     the built-in molecules, the PDB lookup, the force-field files
+topology     CG selection, bond graph, gauge atoms, methyl rotors, phi/psi atoms; MoleculeInfo
+gauge        free coordinates <-> positions in the gauge frame; fast atoms grafted
+zmatrix      the CG atoms' Z-matrix and its dihedral seams; the fast atoms' placements
+io           trajectories written, reference data read
+target       the Molecule itself
+"""
+
+from coarseflow.targets.molecule.registry import (
+    ALANINE_DIPEPTIDE_SELECTION,
+    BUILTIN_MOLECULES,
+    DEFAULT_SELECTION,
+    forcefield_files,
+    resolve_pdb,
+)
+from coarseflow.targets.molecule.target import Molecule
+from coarseflow.targets.molecule.topology import MoleculeInfo, Rotor, equivalent_rotors
+
+__all__ = [
+    "ALANINE_DIPEPTIDE_SELECTION",
+    "BUILTIN_MOLECULES",
+    "DEFAULT_SELECTION",
+    "Molecule",
+    "MoleculeInfo",
+    "Rotor",
+    "equivalent_rotors",
+    "forcefield_files",
+    "resolve_pdb",
+]
