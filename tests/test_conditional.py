@@ -10,7 +10,7 @@ import pytest
 
 from coarseflow.errors import ConfigError
 from coarseflow.model.conditional import ConditionalSettings, make_conditional
-from coarseflow.model.flow import FlowSettings, make_flow, split_trainable
+from coarseflow.model.flow import FlowSettings, box_flow, split_trainable
 from coarseflow.objectives import conditional_terms, joint_terms, masked_mean
 from coarseflow.predict import PredictionSettings, draw_samples
 from coarseflow.targets import GaussianMixture
@@ -88,7 +88,7 @@ def test_joint_gradient_equals_exact_marginal_gradient_when_the_conditional_is_e
     # so the joint estimator's gradient for q(X) is the exact one sample by sample
     target = GaussianMixture(n_x=2, seed=0, weights=[0.2, 0.3, 0.5])
     lower, upper = target.x_bounds()
-    flow = make_flow(jr.key(1), lower=lower, upper=upper,
+    flow = box_flow(jr.key(1), lower=lower, upper=upper,
                      settings=FlowSettings(knots=4, layers=2, nn_width=8))
     flow = _perturbed(flow, jr.key(5), 0.05)
     cond = _exact_conditional(target)
@@ -152,7 +152,7 @@ def test_learned_exact_conditional_gives_exact_weights():
     # as the target's own exact conditional, sample for sample in distribution (log Z = 0)
     target = GaussianMixture(n_x=2, seed=0)
     lower, upper = target.x_bounds()
-    flow = make_flow(jr.key(1), lower=lower, upper=upper,
+    flow = box_flow(jr.key(1), lower=lower, upper=upper,
                      settings=FlowSettings(knots=4, layers=2, nn_width=8))
     s = draw_samples(jr.key(2), flow, target, 1.0, PredictionSettings(n_samples=4000),
                      conditional=_exact_conditional(target))

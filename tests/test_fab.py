@@ -10,7 +10,7 @@ import pytest
 from test_conditional import _exact_conditional, _perturbed
 
 from coarseflow.fab import alpha2_loss, latent_ais
-from coarseflow.model.flow import FlowSettings, make_flow, split_trainable
+from coarseflow.model.flow import FlowSettings, box_flow, split_trainable
 from coarseflow.targets import GaussianMixture
 from coarseflow.training import adapt_fab_step
 
@@ -18,7 +18,7 @@ from coarseflow.training import adapt_fab_step
 def _setup():
     target = GaussianMixture(n_x=2, seed=0, weights=[0.2, 0.3, 0.5])
     lower, upper = target.x_bounds()
-    flow = make_flow(jr.key(1), lower=lower, upper=upper,
+    flow = box_flow(jr.key(1), lower=lower, upper=upper,
                      settings=FlowSettings(knots=4, layers=2, nn_width=8))
     return target, _perturbed(flow, jr.key(5), 0.05), _exact_conditional(target)
 

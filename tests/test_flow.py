@@ -3,12 +3,14 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import pytest
+from flowjax.bijections import Exp, Identity, Stack
 from scipy import integrate, stats
 
 from coarseflow.errors import ConfigError
 from coarseflow.model.flow import (
     BoxBase,
     FlowSettings,
+    box_flow,
     make_flow,
     sample_with_log_det,
     split_trainable,
@@ -18,7 +20,7 @@ from coarseflow.model.flow import (
 def perturbed_flow(n_x, seed=0, scale=0.3):
     """A flow whose spline parameters are random (not the identity it starts as)."""
     lower, upper = -np.arange(1, n_x + 1) * 1.5, np.arange(1, n_x + 1) * 2.0
-    flow = make_flow(jr.key(seed), lower=lower, upper=upper,
+    flow = box_flow(jr.key(seed), lower=lower, upper=upper,
                      settings=FlowSettings(knots=6, layers=3, nn_width=16, nn_depth=1))
     params, static = split_trainable(flow)
     leaves, tree = jax.tree.flatten(params)
@@ -52,7 +54,7 @@ def test_flow_parameters_move_the_flow():
     import equinox as eqx
 
     flow = eqx.combine(params, static)
-    flow0 = make_flow(jr.key(0), lower=-np.array([1.5, 3.0]), upper=np.array([2.0, 4.0]),
+    flow0 = box_flow(jr.key(0), lower=-np.array([1.5, 3.0]), upper=np.array([2.0, 4.0]),
                       settings=FlowSettings(knots=6, layers=3, nn_width=16, nn_depth=1))
     z = flow.base_dist.sample(jr.key(3), (8,))
     assert np.max(np.abs(sample_with_log_det(flow, z)[0] - sample_with_log_det(flow0, z)[0])) > 1e-3
@@ -87,7 +89,7 @@ def test_box_base_checks_its_flags():
 
 def test_untrained_flow_is_its_base_on_the_box():
     lower, upper = np.array([-1.0, 0.0, 2.0]), np.array([1.0, 3.0, 2.5])
-    flow = make_flow(jr.key(0), lower=lower, upper=upper, settings=FlowSettings(layers=3))
+    flow = box_flow(jr.key(0), lower=lower, upper=upper, settings=FlowSettings(layers=3))
     z = flow.base_dist.sample(jr.key(1), (64,))
     X, log_det = sample_with_log_det(flow, z)
     scale = (upper - lower) / (2 * flow.base_dist.bound)
@@ -104,13 +106,13 @@ def test_uniform_angles_start_flat(layers):
     lower, upper = np.array([0.0, -np.pi, 0.0]), np.array([1.0, np.pi, 1.0])
     periodic = np.array([False, True, False])
     settings = FlowSettings(layers=layers)
-    flow = make_flow(jr.key(0), lower=lower, upper=upper, periodic=periodic, settings=settings)
+    flow = box_flow(jr.key(0), lower=lower, upper=upper, periodic=periodic, settings=settings)
     X = np.asarray(flow.sample(jr.key(1), (20000,)))
     counts, _ = np.histogram(X[:, 1], bins=8, range=(-np.pi, np.pi))
     assert np.all(np.abs(counts / 2500 - 1) < 0.1)  # flat over the circle (sd of each ~ 0.02)
     for k in (0, 2):  # the others stay peaked (68 % within one sd)
         assert np.mean(np.abs(X[:, k] - 0.5) < 0.125) > 0.6
-    normal = make_flow(jr.key(0), lower=lower, upper=upper, periodic=periodic,
+    normal = box_flow(jr.key(0), lower=lower, upper=upper, periodic=periodic,
                        settings=FlowSettings(layers=layers, uniform_angles=False))
     Xn = np.asarray(normal.sample(jr.key(1), (20000,)))
     assert np.mean(np.abs(Xn[:, 1]) > 0.75 * np.pi) < 0.01  # a normal base: far side ~ empty
@@ -128,7 +130,7 @@ def test_flow_density_normalised_on_its_box():
 
 def test_bad_box_and_settings():
     with pytest.raises(ConfigError, match="lower < upper"):
-        make_flow(jr.key(0), lower=np.array([1.0]), upper=np.array([0.0]))
+        box_flow(jr.key(0), lower=np.array([1.0]), upper=np.array([0.0]))
     with pytest.raises(ConfigError, match="knots"):
         FlowSettings(knots=1)
 
@@ -137,7 +139,7 @@ def _untouched_outputs(n_x, layers, seed, permutation):
     """Output coordinates that no trainable parameter moves (no layer transforms them)."""
     import equinox as eqx
 
-    flow = make_flow(jr.key(seed), lower=-np.ones(n_x), upper=np.ones(n_x),
+    flow = box_flow(jr.key(seed), lower=-np.ones(n_x), upper=np.ones(n_x),
                      settings=FlowSettings(knots=4, layers=layers, nn_width=8, nn_depth=1,
                                            permutation=permutation))
     params, static = split_trainable(flow)
@@ -174,3 +176,28 @@ def test_alternating_permutations_alternate():
             kept = set(order[:k])
             order = order[perm]
             assert kept <= set(order[k:])  # kept now: transformed next
+
+
+def test_make_flow_reads_the_target():
+    """make_flow(key, target, settings) is box_flow on what the target declares: its box, its
+    fixed bijection (here exp on the first coordinate) and its angles (uniform at the start)."""
+    class Declared:
+        def x_bounds(self):
+            return np.array([-1.0, -np.pi]), np.array([1.0, np.pi])
+
+        def x_bijection(self):
+            return Stack([Exp(), Identity()])
+
+        def x_periodic(self):
+            return np.array([False, True])
+
+    settings = FlowSettings(layers=2, nn_width=8)
+    flow = make_flow(jr.key(3), Declared(), settings)
+    lower, upper = Declared().x_bounds()
+    same = box_flow(jr.key(3), lower=lower, upper=upper, settings=settings,
+                    output=Declared().x_bijection(), periodic=Declared().x_periodic())
+    X = np.asarray(flow.sample(jr.key(4), (4000,)))
+    np.testing.assert_array_equal(X, np.asarray(same.sample(jr.key(4), (4000,))))
+    assert np.all((X[:, 0] >= np.exp(-1.0)) & (X[:, 0] <= np.exp(1.0)))  # exp of the box
+    counts, _ = np.histogram(X[:, 1], bins=4, range=(-np.pi, np.pi))
+    assert np.all(np.abs(counts / 1000 - 1) < 0.15)  # the angle starts flat

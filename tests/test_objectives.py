@@ -7,7 +7,7 @@ import jax.random as jr
 import numpy as np
 import pytest
 
-from coarseflow.model.flow import FlowSettings, make_flow, sample_with_log_det, split_trainable
+from coarseflow.model.flow import FlowSettings, box_flow, sample_with_log_det, split_trainable
 from coarseflow.objectives import clip_forces, surrogate_loss
 from coarseflow.samplers.conditional import ChainSettings
 from coarseflow.targets import GaussianMixture
@@ -30,7 +30,7 @@ def perturbed(flow, scale, seed):
 def test_surrogate_gradient_matches_exact_reverse_kl_gradient(beta):
     target = GaussianMixture(n_x=2, seed=0)
     lower, upper = target.x_bounds()
-    flow = make_flow(jr.key(0), lower=lower, upper=upper,
+    flow = box_flow(jr.key(0), lower=lower, upper=upper,
                      settings=FlowSettings(knots=6, layers=2, nn_width=16, nn_depth=1))
     params, static = perturbed(flow, 0.2, 1)
     z = eqx.combine(params, static).base_dist.sample(jr.key(2), (128,))
@@ -60,7 +60,7 @@ def test_surrogate_gradient_matches_exact_reverse_kl_gradient(beta):
 def test_nonfinite_forces_are_left_out():
     target = GaussianMixture(n_x=2, seed=0)
     lower, upper = target.x_bounds()
-    flow = make_flow(jr.key(0), lower=lower, upper=upper,
+    flow = box_flow(jr.key(0), lower=lower, upper=upper,
                      settings=FlowSettings(knots=4, layers=1, nn_width=8, nn_depth=1))
     params, static = split_trainable(flow)
     z = jr.normal(jr.key(1), (8, 2)) * 0.5
@@ -95,7 +95,7 @@ def test_clip_forces_caps_outliers_at_a_multiple_of_the_median_norm():
 def test_forward_kl_term_vanishes_for_uniform_weights_and_follows_the_weights():
     from coarseflow.objectives import forward_kl_loss
 
-    flow = make_flow(jr.key(0), lower=np.array([-3.0]), upper=np.array([3.0]),
+    flow = box_flow(jr.key(0), lower=np.array([-3.0]), upper=np.array([3.0]),
                      settings=FlowSettings(knots=4, layers=1, nn_width=8, nn_depth=1))
     params, static = split_trainable(flow)
     X = flow.sample(jr.key(1), (200,))

@@ -7,7 +7,7 @@ import pytest
 from scipy import integrate, special, stats
 
 from coarseflow.errors import ConfigError
-from coarseflow.model.flow import make_flow
+from coarseflow.model.flow import box_flow
 from coarseflow.partition import Partition
 from coarseflow.predict import (
     PredictionSettings,
@@ -25,7 +25,7 @@ from coarseflow.targets.base import AbstractTarget
 def test_log_partition_estimate_matches_quadrature(beta):
     target = DoubleWell()
     lower, upper = target.x_bounds()
-    flow = make_flow(jr.key(0), lower=lower, upper=upper)
+    flow = box_flow(jr.key(0), lower=lower, upper=upper)
     s = draw_samples(jr.key(1), flow, target, beta, PredictionSettings(n_samples=40000))
     w = np.exp(s.log_weights - s.log_weights.max())
     # relative standard error of the mean weight -> error of log Z
@@ -56,7 +56,7 @@ def test_laplace_weights_on_a_target_without_exact_conditional():
         return 0.5 * x[0] ** 2 + 0.5 * (x[1] - x[0]) ** 2 / 0.01
 
     target = EnergyTarget(u, Partition.from_x(2, [0]), lower=-6.0, upper=6.0)
-    flow = make_flow(jr.key(0), lower=np.array([-6.0]), upper=np.array([6.0]))
+    flow = box_flow(jr.key(0), lower=np.array([-6.0]), upper=np.array([6.0]))
     s = draw_samples(jr.key(2), flow, target, 1.0, PredictionSettings(n_samples=20000))
     # Z = 2 pi * 0.1 exactly; q(Y|X) is exact, so the weights only correct q(X)
     assert abs(log_partition_estimate(s.log_weights) - np.log(2 * np.pi * 0.1)) < 0.02
@@ -88,7 +88,7 @@ def _quartic_target():
 
 def test_ais_acceptance_is_reported_and_falls_with_the_step():
     target = _quartic_target()
-    flow = make_flow(jr.key(0), lower=np.array([-6.0]), upper=np.array([6.0]))
+    flow = box_flow(jr.key(0), lower=np.array([-6.0]), upper=np.array([6.0]))
     acceptance = []
     for step in (0.2, 0.8, 3.0):
         settings = PredictionSettings(n_samples=200, conditional="ais", ais_steps=10,
@@ -116,7 +116,7 @@ def _quartic_log_z():
 
 def test_ais_log_partition_is_unbiased_and_beats_laplace_on_a_non_gaussian_conditional():
     target = _quartic_target()
-    flow = make_flow(jr.key(0), lower=np.array([-6.0]), upper=np.array([6.0]))
+    flow = box_flow(jr.key(0), lower=np.array([-6.0]), upper=np.array([6.0]))
     ess = {}
     for conditional in ("laplace", "ais"):
         settings = PredictionSettings(n_samples=10000, conditional=conditional, ais_steps=30,
@@ -155,7 +155,7 @@ def test_several_ais_paths_per_x_stay_unbiased_and_divide_the_weights_variance()
         rel_var[paths] = w.var() / w.mean() ** 2
     assert 4 < rel_var[1] / rel_var[8] < 16
 
-    flow = make_flow(jr.key(0), lower=np.array([-6.0]), upper=np.array([6.0]))
+    flow = box_flow(jr.key(0), lower=np.array([-6.0]), upper=np.array([6.0]))
     settings = PredictionSettings(n_samples=4000, conditional="ais", ais_steps=5,
                                   ais_step_size=0.6, ais_paths=8)
     s = draw_samples(jr.key(3), flow, target, 1.0, settings)
@@ -216,7 +216,7 @@ def _ring_log_z():
 @pytest.mark.parametrize("conditional", ["laplace", "ais"])
 def test_weights_are_unbiased_through_the_targets_internal_coordinates(conditional):
     target = _Ring()
-    flow = make_flow(jr.key(0), lower=np.array([-6.0]), upper=np.array([6.0]))
+    flow = box_flow(jr.key(0), lower=np.array([-6.0]), upper=np.array([6.0]))
     settings = PredictionSettings(n_samples=20000, conditional=conditional, ais_steps=20,
                                   minimize_lr=1e-3)
     s = draw_samples(jr.key(3), flow, target, 1.0, settings)
@@ -262,7 +262,7 @@ def test_a_declared_symmetry_keeps_the_weights_unbiased_and_light_tailed():
         return np.exp(-a * a / 4 - 6 * np.exp(-a * a / 0.5))
 
     log_z = np.log(np.sqrt(2 * np.pi) * np.sqrt(np.pi) * integrate.quad(integrand, -20, 20)[0])
-    flow = make_flow(jr.key(0), lower=np.array([-6.0]), upper=np.array([6.0]))
+    flow = box_flow(jr.key(0), lower=np.array([-6.0]), upper=np.array([6.0]))
     ess = {}
     for symmetric in (False, True):
         s = draw_samples(jr.key(4), flow, _Pair(symmetric), 1.0,

@@ -332,14 +332,14 @@ def _train_fake(run, schedule, updates=30):
     import jax
 
     from coarseflow.checkpointing import train_into
-    from coarseflow.model.flow import FlowSettings, make_flow
+    from coarseflow.model.flow import FlowSettings, box_flow
     from coarseflow.samplers.conditional import ChainSettings
     from coarseflow.targets import DoubleWell
     from coarseflow.training import TrainingSettings
 
     target = DoubleWell()
     lower, upper = target.x_bounds()
-    flow = make_flow(jax.random.key(0), lower=lower, upper=upper,
+    flow = box_flow(jax.random.key(0), lower=lower, upper=upper,
                      settings=FlowSettings(knots=4, layers=1, nn_width=8))
     settings = TrainingSettings(batch_size=16, first_beta_updates=updates,
                                 updates_per_beta=updates, tempering_samples=32)

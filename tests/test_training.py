@@ -8,7 +8,7 @@ import pytest
 from coarseflow.checkpointing import train_into
 from coarseflow.config import parse_config
 from coarseflow.errors import ConfigError
-from coarseflow.model.flow import FlowSettings, make_flow, split_trainable
+from coarseflow.model.flow import FlowSettings, box_flow, split_trainable
 from coarseflow.partition import Partition
 from coarseflow.samplers.conditional import ChainSettings
 from coarseflow.targets import EnergyTarget
@@ -103,7 +103,7 @@ def _nan_target(where):
 
 
 def _train(target, updates=20, run=None):
-    flow = make_flow(jax.random.key(0), lower=np.array([-4.0]), upper=np.array([4.0]),
+    flow = box_flow(jax.random.key(0), lower=np.array([-4.0]), upper=np.array([4.0]),
                      settings=FlowSettings(knots=4, layers=1, nn_width=8))
     settings = TrainingSettings(batch_size=64, first_beta_updates=updates, tempering_samples=32,
                                 learning_rate=1e-2)

@@ -35,9 +35,8 @@ from coarseflow.training import TrainResult
 
 
 def build_flow(config: Config, target):
-    lower, upper = target.x_bounds()
-    return make_flow(jr.key(config.model.seed), lower=lower, upper=upper, settings=config.model,
-                     output=target.x_bijection(), periodic=target.x_periodic())
+    """The untrained q(X) of a run: ``model.flow.make_flow`` with [model] and its seed."""
+    return make_flow(jr.key(config.model.seed), target, config.model)
 
 
 def build_model(config: Config, target):

@@ -2,7 +2,10 @@
 
 z ~ N(0, I) truncated to [-B, B]^n_x (uniform on [-B, B] for angles)  ->  spline coupling layers
 (identity outside [-B, B], so z stays inside)  ->  a fixed affine map of [-B, B]^n_x onto the
-target's box for X.
+target's box for X  ->  the target's fixed bijection onto X, if it declares one.
+
+:func:`make_flow` builds q(X) for a target from what the target declares (``x_bounds``,
+``x_bijection``, ``x_periodic``); :func:`box_flow` is the same flow on a box given directly.
 """
 
 from __future__ import annotations
@@ -104,7 +107,17 @@ class FlowSettings(eqx.Module):
         checks.seed("[model] seed", self.seed)
 
 
-def make_flow(
+def make_flow(key: PRNGKeyArray, target, settings: FlowSettings = FlowSettings()) -> Transformed:
+    """The untrained flow q(X) of ``target`` (any AbstractTarget): on its box
+    ``target.x_bounds()``, followed by its fixed ``target.x_bijection()`` (e.g. a molecule's
+    internal -> Cartesian coordinates), uniform at the start over the coordinates that
+    ``target.x_periodic()`` marks as angles (when ``settings.uniform_angles``)."""
+    lower, upper = target.x_bounds()
+    return box_flow(key, lower=lower, upper=upper, settings=settings,
+                    output=target.x_bijection(), periodic=target.x_periodic())
+
+
+def box_flow(
     key: PRNGKeyArray,
     *,
     lower: Float[np.ndarray, " n_x"],
