@@ -10,6 +10,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 from scipy import integrate
 
+from coarseflow import checks
 from coarseflow.errors import ConfigError
 from coarseflow.partition import Partition
 from coarseflow.targets.base import AbstractTarget, concrete_beta
@@ -58,7 +59,7 @@ class DoubleWell(AbstractTarget):
 
     def __check_init__(self):
         b = self.bound
-        if isinstance(b, bool) or not isinstance(b, int | float | np.integer | np.floating):
+        if not checks.is_number(b):
             raise ConfigError(f"double_well bound: expected a positive number, got {b!r}")
         if not (math.isfinite(float(b)) and float(b) > max(abs(_STATIONARY[0]), _STATIONARY[2])):
             raise ConfigError(

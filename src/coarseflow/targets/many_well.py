@@ -141,8 +141,7 @@ class ManyWell(AbstractTarget):
 
     def __check_init__(self):
         s = self.support_beta
-        ok = not isinstance(s, bool) and isinstance(s, int | float | np.integer | np.floating)
-        if not ok or not (math.isfinite(float(s)) and 0.0 < float(s) <= 1.0):
+        if not checks.is_finite(s) or not 0.0 < float(s) <= 1.0:
             raise _error("support_beta", "a number in (0, 1]", s)
 
     # ---- energy and JAX-side exact quantities -------------------------------------------------
