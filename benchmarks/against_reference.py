@@ -24,6 +24,7 @@ import numpy as np
 
 from coarseflow.analysis.evaluation import reference_metrics
 from coarseflow.analysis.metrics import normalized_weights
+from coarseflow.analysis.molecule_report import MoleculeReport
 from coarseflow.config import build_target
 from coarseflow.predict import draw_samples, refine
 from coarseflow.workflow import load_run, with_refine_steps
@@ -34,7 +35,7 @@ BINS = 64
 def ramachandran_tv(target, samples, weights) -> float:
     """Total variation between the reference's and the weighted samples' (phi, psi)
     histograms (BINS x BINS on [-pi, pi)^2), first residue."""
-    obs = target.observables(samples.x)
+    obs = MoleculeReport(target).observables(samples.x)
     ref = target.info.reference
     edges = np.linspace(-math.pi, math.pi, BINS + 1)
     finite = np.isfinite(weights) & np.isfinite(obs["phi"][:, 0]) & np.isfinite(obs["psi"][:, 0])

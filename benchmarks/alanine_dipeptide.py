@@ -34,6 +34,7 @@ import numpy as np
 from _markdown import replace_section  # benchmarks/_markdown.py (run as a script)
 
 from coarseflow.analysis import metrics
+from coarseflow.analysis.molecule_report import MoleculeReport
 from coarseflow.analysis.observables import BASINS, basin_population_errors, basin_populations
 from coarseflow.config import load_config, parse_config
 from coarseflow.predict import draw_samples
@@ -122,7 +123,7 @@ def main() -> None:
     prediction = parse_config(raw).prediction
     s = draw_samples(jr.key(7), flow, target, 1.0, prediction, n=args.n,
                      conditional=conditional)
-    obs = target.observables(s.x)
+    obs = MoleculeReport(target).observables(s.x)
     phi, psi, rg = obs["phi"][:, 0], obs["psi"][:, 0], obs["rg"]
     # raw statistics use every sample; a zero weight (log w = -inf: a path that started outside
     # its domain) only drops out of the reweighted ones

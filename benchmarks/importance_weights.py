@@ -21,8 +21,10 @@ import jax.random as jr
 import numpy as np
 
 from coarseflow.analysis import metrics
+from coarseflow.analysis.molecule_report import MoleculeReport
 from coarseflow.analysis.observables import basin_populations
 from coarseflow.predict import draw_samples
+from coarseflow.targets.molecule import Molecule
 from coarseflow.workflow import load_run
 
 
@@ -59,7 +61,8 @@ def main() -> None:
         w = np.asarray(metrics.normalized_weights(s.log_weights))
         ok = np.isfinite(s.log_weights)
         raw = basins = ""
-        obs = target.observables(s.x) if hasattr(target, "observables") else {}
+        obs = (MoleculeReport(target).observables(s.x) if isinstance(target, Molecule)
+               else {})
         if "phi" in obs and "psi" in obs:
             phi, psi = obs["phi"][:, 0], obs["psi"][:, 0]
             raw = _format(basin_populations(phi, psi))

@@ -51,7 +51,8 @@ def resume_point(run: RunDir, model, training) -> LadderState | None:
     run.set_aside_damaged()
     template, _ = init(model, training)
     meta, (params, opt_state) = run.load_newest(
-        tuple(template), lambda tree: all_finite(tree[0]), set_aside=True)
+        (template.params, template.opt_state), lambda tree: all_finite(tree[0]),
+        set_aside=True)
     run.truncate_metrics(meta["step"])
     return LadderState(
         TrainState(params, opt_state), meta["next_beta"], meta["index"] + 1, meta["step"],

@@ -43,8 +43,9 @@ class FabBatch(NamedTuple):
     them fixed.
 
     ``X`` (S, n_x), ``Y`` (S, n_y): the end points (Y not relabeled); ``log_weights``: their
-    AIS log-weights toward the path's target (-inf where unusable); ``acceptance``: each
-    path's mean MALA acceptance;
+    AIS log-weights toward the path's target (-inf where unusable); ``log_q``: q's exact
+    (symmetrised) log-density at the end points; ``acceptance``: each path's mean MALA
+    acceptance;
     ``start_log_weights``: log p_beta / q of the paths' starting draws x ~ q, -inf where not
     usable (their ESS is q's own); ``start_u``: reduced energy there; ``n_evals`` ():
     energy + gradient evaluations made.
@@ -53,6 +54,7 @@ class FabBatch(NamedTuple):
     X: Array
     Y: Array
     log_weights: Array
+    log_q: Array
     acceptance: Array
     start_log_weights: Array
     start_u: Array
@@ -109,11 +111,13 @@ def latent_ais(flow, conditional, key, target, beta, n: int, n_steps: int, step_
     u0 = jnp.concatenate([z0, jr.normal(k_eps, (n, n_y), z0.dtype)], -1)
     out = jax.vmap(lambda k, u: anneal(k, log_base, log_gamma, u, n_steps, step_size))(
         jr.split(k_path, n), u0)
-    X, Y, _, _, valid = jax.vmap(lambda u: _latent(flow, conditional, target, beta, u))(out.z)
-    log_w = jnp.where(valid & jnp.isfinite(out.log_weight), out.log_weight, -jnp.inf)
+    X, Y, _, log_q, valid = jax.vmap(
+        lambda u: _latent(flow, conditional, target, beta, u))(out.z)
+    valid = valid & jnp.isfinite(out.log_weight) & jnp.isfinite(log_q)
+    log_w = jnp.where(valid, out.log_weight, -jnp.inf)
     start_log_w, start_u = out.aux
-    return FabBatch(X, Y, log_w, out.acceptance, start_log_w, start_u,
-                    jnp.asarray(n * (n_steps + 1)))
+    return FabBatch(X, Y, log_w, jax.lax.stop_gradient(log_q), out.acceptance, start_log_w,
+                    start_u, jnp.asarray(n * (n_steps + 1)))
 
 
 def alpha2_loss(flow, conditional, target, beta, batch: FabBatch) -> Float[Array, ""]:
@@ -126,3 +130,83 @@ def alpha2_loss(flow, conditional, target, beta, batch: FabBatch) -> Float[Array
     weights = jax.nn.softmax(jnp.where(ok, batch.log_weights, -jnp.inf))
     weights = jax.lax.stop_gradient(jnp.where(ok, weights, 0.0))
     return -jnp.sum(jnp.where(ok, weights * log_q, 0.0))
+
+
+class ReplayBuffer(NamedTuple):
+    """FAB's prioritised replay buffer (Midgley et al., ICLR 2023, section 4.2): the AIS end
+    points of the last few batches, reused for several updates. A ring of N entries, all (N,)
+    unless noted: ``X`` (N, n_x), ``Y`` (N, n_y); ``log_weights``: AIS log-weights toward
+    p_beta^2 / q_old, with q_old the q of ``log_q`` (-inf: empty or unusable); ``log_q``: log q_old
+    at the entry; ``head`` (): where the next batch goes.
+
+    As q changes, the target g = p^2 / q changes with it: an entry's weight toward the current
+    g is w_old * q_old / q (:func:`replay_loss` applies the factor, :func:`replay_update` folds
+    it into the entry), so reusing old end points stays consistent.
+    """
+
+    X: Array
+    Y: Array
+    log_weights: Array
+    log_q: Array
+    head: Array
+
+
+def empty_buffer(n: int, n_x: int, n_y: int, dtype) -> ReplayBuffer:
+    """A buffer of ``n`` entries, all empty."""
+    return ReplayBuffer(jnp.zeros((n, n_x), dtype), jnp.zeros((n, n_y), dtype),
+                        jnp.full((n,), -jnp.inf, dtype), jnp.zeros((n,), dtype),
+                        jnp.asarray(0))
+
+
+def replay_add(buffer: ReplayBuffer, batch: FabBatch) -> ReplayBuffer:
+    """``batch``'s S end points written over the oldest S entries (N a multiple of S)."""
+    S = batch.X.shape[0]
+
+    def put(stored, new):
+        return jax.lax.dynamic_update_slice_in_dim(stored, new.astype(stored.dtype),
+                                                   buffer.head, 0)
+
+    return ReplayBuffer(put(buffer.X, batch.X), put(buffer.Y, batch.Y),
+                        put(buffer.log_weights, batch.log_weights),
+                        put(buffer.log_q, batch.log_q),
+                        (buffer.head + S) % buffer.X.shape[0])
+
+
+def replay_draw(key, buffer: ReplayBuffer, m: int) -> Array:
+    """``m`` entry indices (m,), drawn with replacement with probability ∝ the stored weights
+    (by the inverse of their cumulative sum: O(N + m log N) memory and time, where
+    jax.random.categorical would draw an (m, N) array of Gumbel noise)."""
+    cdf = jnp.cumsum(jax.nn.softmax(buffer.log_weights))
+    u = jr.uniform(key, (m,), cdf.dtype) * cdf[-1]
+    return jnp.minimum(jnp.searchsorted(cdf, u, side="right"), cdf.shape[0] - 1)
+
+
+def _replay_log_q(flow, conditional, target, beta, buffer, idx):
+    X, Y = buffer.X[idx], buffer.Y[idx]
+    return flow.log_prob(X) + jax.vmap(
+        lambda x, y: conditional.log_prob(target, x, beta, y))(X, Y)
+
+
+def replay_loss(flow, conditional, target, beta, buffer: ReplayBuffer, idx: Array):
+    """(loss, log q at the entries (m,), held fixed) for the entries ``idx`` (m,) drawn by
+    :func:`replay_draw`: -sum_m c_m log q(x_m), c_m ∝ q_old(x_m) / q(x_m) normalised. Drawn ∝
+    w_old and corrected by c, the entries are weighted ∝ w_old q_old / q, their weight toward
+    the current p^2 / q: the gradient estimates grad D_2(p_beta || q) up to a positive factor,
+    as :func:`alpha2_loss` does with fresh end points."""
+    log_q = _replay_log_q(flow, conditional, target, beta, buffer, idx)
+    ok = jnp.isfinite(log_q)
+    fixed = jax.lax.stop_gradient(log_q)
+    c = jax.nn.softmax(jnp.where(ok, buffer.log_q[idx] - fixed, -jnp.inf))
+    c = jax.lax.stop_gradient(jnp.where(ok, c, 0.0))
+    return -jnp.sum(jnp.where(ok, c * log_q, 0.0)), fixed
+
+
+def replay_update(buffer: ReplayBuffer, idx: Array, log_q: Array) -> ReplayBuffer:
+    """The drawn entries re-based on the q of ``log_q`` (m,): w <- w q_old / q, q_old <- q.
+    An entry drawn twice gets the same values twice; an entry whose log q is not finite is
+    emptied."""
+    log_w = buffer.log_weights[idx] + buffer.log_q[idx] - log_q
+    log_w = jnp.where(jnp.isfinite(log_w), log_w, -jnp.inf)
+    return buffer._replace(log_weights=buffer.log_weights.at[idx].set(log_w),
+                           log_q=buffer.log_q.at[idx].set(jnp.where(jnp.isfinite(log_q),
+                                                                    log_q, 0.0)))

@@ -19,7 +19,17 @@ import optax
 from tqdm.auto import tqdm
 
 from coarseflow.errors import ConfigError
-from coarseflow.fab import FabBatch, alpha2_loss, latent_ais
+from coarseflow.fab import (
+    FabBatch,
+    ReplayBuffer,
+    alpha2_loss,
+    empty_buffer,
+    latent_ais,
+    replay_add,
+    replay_draw,
+    replay_loss,
+    replay_update,
+)
 from coarseflow.model.flow import sample_with_log_det, split_trainable
 from coarseflow.objectives import (
     clip_forces,
@@ -72,7 +82,11 @@ class TrainingSettings:
     ``fab``: the alpha = 2 divergence of q(X) q(Y|X), estimated by AIS from q toward
     p_beta^2 / q (:mod:`coarseflow.fab`; mass-covering), ``fab_steps`` MALA steps of size
     ``fab_step_size`` per path in q's latent space. The last three need a learned
-    ``[conditional]``.
+    ``[conditional]``. ``fab_buffer_size`` (0: none) keeps the end points of the last
+    fab_buffer_size / batch_size AIS batches of a beta in FAB's prioritised replay buffer
+    (:class:`coarseflow.fab.ReplayBuffer`); each update then learns from batch_size entries
+    drawn from it, and a new AIS batch is made every ``fab_reuse`` updates: the energy
+    evaluations per update fall by that factor.
     """
 
     batch_size: int = 128
@@ -87,6 +101,8 @@ class TrainingSettings:
     force_clip: float = 10.0
     fab_steps: int = 8
     fab_step_size: float = 0.3
+    fab_buffer_size: int = 0
+    fab_reuse: int = 1
     skip_window: int = 50
     skip_factor: float = 10.0
     clip_factor: float = 3.0
@@ -99,8 +115,18 @@ class TrainingSettings:
             return f"[training] {name}"
 
         for name in ("batch_size", "updates_per_beta", "first_beta_updates",
-                     "tempering_samples", "fab_steps"):
+                     "tempering_samples", "fab_steps", "fab_reuse"):
             checks.integer(key(name), getattr(self, name), 1)
+        checks.integer(key("fab_buffer_size"), self.fab_buffer_size, 0)
+        if self.fab_buffer_size % self.batch_size:
+            raise checks.fail(key("fab_buffer_size"), "a multiple of batch_size = "
+                              f"{self.batch_size}", self.fab_buffer_size)
+        if self.fab_buffer_size and self.objective != "fab":
+            raise ConfigError("[training] fab_buffer_size: the replay buffer is fab's; "
+                              f"objective is {self.objective!r} (set it to 0)")
+        if self.fab_reuse > 1 and not self.fab_buffer_size:
+            raise ConfigError("[training] fab_reuse: reusing AIS batches needs the replay "
+                              "buffer; set fab_buffer_size (e.g. 8 x batch_size)")
         # the gradient guard's first 10 norms only calibrate it (optim.adam_with_skip_clip)
         checks.integer(key("skip_window"), self.skip_window, 10)
         if self.final_beta_updates is not None:
@@ -211,7 +237,21 @@ class _Fixed(NamedTuple):
     z: jax.Array  # (S, n_x) base draws
     force: jax.Array  # (S, n_x) mean force (mean_force, hybrid); zeros for joint
     weights: jax.Array  # (S,) forward-term weights of mean_force (else recomputed inside)
-    fab: FabBatch | None = None  # the AIS end points of fab
+    fab: FabBatch | None = None  # the AIS end points of fab (without the replay buffer)
+    buffer: ReplayBuffer | None = None  # fab's replay buffer, and the entries drawn from it
+    drawn: jax.Array | None = None
+
+
+class _Aux(NamedTuple):
+    """What the loss reports beside its value: samples used, the batch's log-weights (S,)
+    and energies (S,) (None where the objective has none), evaluations made inside the
+    loss, and the log q of the replay entries drawn (fab with the buffer; else None)."""
+
+    n_used: jax.Array
+    log_weights: jax.Array | None
+    energies: jax.Array | None
+    evals: jax.Array
+    replay_log_q: jax.Array | None = None
 
 
 def _loss(params, static, key, beta, fixed: _Fixed, target, training: TrainingSettings):
@@ -222,18 +262,24 @@ def _loss(params, static, key, beta, fixed: _Fixed, target, training: TrainingSe
     """
     flow, conditional = eqx.combine(params, static)
     lam = training.forward_kl_weight
+    if training.objective == "fab" and fixed.buffer is not None:
+        value, log_q = replay_loss(flow, conditional, target, beta, fixed.buffer, fixed.drawn)
+        batch = fixed.fab  # the AIS batch made this update, if any
+        return value, _Aux(jnp.sum(jnp.isfinite(log_q)),
+                           None if batch is None else batch.start_log_weights,
+                           None if batch is None else batch.start_u, jnp.asarray(0), log_q)
     if training.objective == "fab":
         batch = fixed.fab
         value = alpha2_loss(flow, conditional, target, beta, batch)
-        return value, (jnp.sum(jnp.isfinite(batch.log_weights)), batch.start_log_weights,
-                       batch.start_u, jnp.asarray(0))
+        return value, _Aux(jnp.sum(jnp.isfinite(batch.log_weights)), batch.start_log_weights,
+                           batch.start_u, jnp.asarray(0))
     if training.objective == "mean_force":
         value, n_used = surrogate_loss(params[0], static[0], fixed.z, fixed.force)
         if lam > 0:
             value = value + lam * forward_kl_loss(params[0], static[0],
                                                   sample_with_log_det(flow, fixed.z)[0],
                                                   fixed.weights)
-        return value, (n_used, None, None, jnp.asarray(0))
+        return value, _Aux(n_used, None, None, jnp.asarray(0))
     if training.objective == "joint":
         terms = joint_terms(flow, conditional, key, target, fixed.z, beta, training.force_clip)
         value, n_used, log_w = masked_mean(terms.surrogate, terms.ok), jnp.sum(terms.ok), \
@@ -249,16 +295,18 @@ def _loss(params, static, key, beta, fixed: _Fixed, target, training: TrainingSe
         weights, _ = _normalised(log_w)
         value = value + lam * joint_forward_kl_loss(flow, conditional, target, terms.X, terms.Y,
                                                     beta, weights)
-    return value, (n_used, log_w, terms.u, terms.n_evals)
+    return value, _Aux(n_used, log_w, terms.u, terms.n_evals)
 
 
 class TrainState(NamedTuple):
     """What one update carries to the next (a pytree): the trainable leaves of the model
-    (flow, conditional) and the optimiser's state. :func:`init` makes it, :func:`update_step`
-    advances it."""
+    (flow, conditional), the optimiser's state, and fab's replay buffer (None without it;
+    emptied at every beta, so a checkpoint needs only the first two). :func:`init` makes it,
+    :func:`update_step` advances it."""
 
     params: object
     opt_state: object
+    buffer: ReplayBuffer | None = None
 
 
 class UpdateSettings(NamedTuple):
@@ -276,17 +324,28 @@ def init(model, training: TrainingSettings) -> tuple[TrainState, object]:
     return TrainState(params, training.optimizer().init(params)), static
 
 
+def with_empty_buffer(state: TrainState, target, training: TrainingSettings) -> TrainState:
+    """``state`` with fab's replay buffer emptied (a new beta: the old end points' weights
+    were toward another p_beta), or without one where ``training`` has none."""
+    if not training.fab_buffer_size:
+        return state
+    dtype = jnp.result_type(float)
+    return state._replace(buffer=empty_buffer(training.fab_buffer_size, target.partition.n_x,
+                                              target.partition.n_y, dtype))
+
+
 @eqx.filter_jit
 def update_step(state: TrainState, static, key, beta, lr_factor, fab_step, target,
-                settings: UpdateSettings) -> tuple[TrainState, StepInfo]:
+                settings: UpdateSettings, refresh: bool = True) -> tuple[TrainState, StepInfo]:
     """One update at inverse temperature ``beta`` (traced: no recompiling per beta).
 
     ``static``: the model's fixed part (:func:`init`); ``lr_factor``: the learning rate's
     factor (:meth:`TrainingSettings.lr_factor`); ``fab_step``: the fab objective's MALA step
-    size (traced; ignored by the other objectives).
+    size (traced; ignored by the other objectives); ``refresh`` (static): with fab's replay
+    buffer, whether this update makes a new AIS batch (without it, every update does).
     """
     training, chains, prediction = settings
-    params, opt_state = state
+    params, opt_state, buffer = state
     flow, conditional = eqx.combine(params, static)
     S = training.batch_size
     z = flow.base_dist.sample(jr.fold_in(key, 0), (S,))
@@ -294,10 +353,15 @@ def update_step(state: TrainState, static, key, beta, lr_factor, fab_step, targe
     nan = jnp.asarray(jnp.nan)
     force, weights, evals = jnp.zeros_like(X), jnp.zeros(S), jnp.asarray(0)
     acceptance, heating, chain_energy, fab = nan, nan, None, None
+    drawn = None
     if training.objective == "fab":
-        fab = latent_ais(flow, conditional, jr.fold_in(key, 5), target, beta, S,
-                         training.fab_steps, fab_step, "p2/q")
-        evals, acceptance = fab.n_evals, jnp.mean(fab.acceptance)
+        if buffer is None or refresh:
+            fab = latent_ais(flow, conditional, jr.fold_in(key, 5), target, beta, S,
+                             training.fab_steps, fab_step, "p2/q")
+            evals, acceptance = fab.n_evals, jnp.mean(fab.acceptance)
+        if buffer is not None:
+            buffer = buffer if fab is None else replay_add(buffer, fab)
+            drawn = replay_draw(jr.fold_in(key, 6), buffer, S)
     elif training.objective != "joint":
         y0 = None
         if training.objective == "hybrid":  # the chains start from q(Y|X), n_chains per X
@@ -315,12 +379,16 @@ def update_step(state: TrainState, static, key, beta, lr_factor, fab_step, targe
         log_w = _batch_log_weights(jr.fold_in(key, 2), flow, target, z, X, log_det, beta,
                                    prediction)
         weights, batch_ess = _normalised(log_w)
-    fixed = _Fixed(z, force, weights, fab)
-    (loss, (n_used, log_w, energies, loss_evals)), grads = eqx.filter_value_and_grad(
-        _loss, has_aux=True)(params, static, jr.fold_in(key, 4), beta, fixed, target, training)
+    fixed = _Fixed(z, force, weights, fab, buffer, drawn)
+    (loss, aux), grads = eqx.filter_value_and_grad(_loss, has_aux=True)(
+        params, static, jr.fold_in(key, 4), beta, fixed, target, training)
+    n_used, log_w, energies, loss_evals, replay_log_q = aux
+    if buffer is not None:
+        buffer = replay_update(buffer, drawn, replay_log_q)
     if log_w is not None:
         batch_ess = _normalised(log_w)[1]
     energies = chain_energy if chain_energy is not None else energies
+    energies = jnp.full(S, jnp.nan) if energies is None else energies
     updates, opt_state = training.optimizer().update(grads, opt_state, params,
                                                      lr_factor=lr_factor)
     params = eqx.apply_updates(params, updates)
@@ -335,7 +403,7 @@ def update_step(state: TrainState, static, key, beta, lr_factor, fab_step, targe
         chain_heating=heating,
         energy_evals=evals + loss_evals,
     )
-    return TrainState(params, opt_state), info
+    return TrainState(params, opt_state, buffer), info
 
 
 FAB_ACCEPTANCE = 0.6  # the MALA acceptance the fab step size is steered to
@@ -572,7 +640,8 @@ def _train_beta(ladder: LadderState, static, target, schedule, settings: UpdateS
                 callbacks: Callbacks, t0: float) -> LadderState:
     """The updates at ``ladder.beta``, then the ladder's samples there and the next beta."""
     training, chains, _ = settings
-    state, beta, index, step = ladder.state, ladder.beta, ladder.index, ladder.step
+    state = with_empty_buffer(ladder.state, target, training)
+    beta, index, step = ladder.beta, ladder.index, ladder.step
     evals, fab_step, streaks = ladder.energy_evals, ladder.fab_step, ladder.streaks
     n_updates = training.updates_at(index, beta)
     root_key = jr.key(training.seed)
@@ -582,7 +651,7 @@ def _train_beta(ladder: LadderState, static, target, schedule, settings: UpdateS
         lr_factor = training.lr_factor(i, n_updates)
         state, info = update_step(state, static, jr.fold_in(beta_key, i), jnp.asarray(beta),
                                   jnp.asarray(lr_factor), jnp.asarray(fab_step), target,
-                                  settings)
+                                  settings, i % training.fab_reuse == 0)
         info = jax.device_get(info)
         if training.objective == "fab":
             fab_step = adapt_fab_step(fab_step, float(info.acceptance))
@@ -609,7 +678,8 @@ def _train_beta(ladder: LadderState, static, target, schedule, settings: UpdateS
                                             target, chains, training.tempering_samples,
                                             training.batch_size, conditional)
     next_beta = schedule.next_beta(beta, energies)
-    ladder = LadderState(state, next_beta, index + 1, step, (*ladder.betas, float(beta)),
+    ladder = LadderState(state._replace(buffer=None), next_beta, index + 1, step,
+                         (*ladder.betas, float(beta)),
                          evals + ladder_evals, time.perf_counter() - t0, fab_step, streaks)
     callbacks.on_updates(records)
     callbacks.on_beta(float(beta), ladder, {
