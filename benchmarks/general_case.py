@@ -105,8 +105,19 @@ def fmt(v) -> str:
 
 
 def label(row: dict) -> str:
-    """The objective, and the flow's permutations where they are flowjax's random ones."""
-    return row["objective"] + (" (random perm.)" if row.get("permutation") == "random" else "")
+    """The objective, its --training settings, and the flow's permutations where they are
+    flowjax's random ones."""
+    return (row["objective"] + "".join(f", {k} = {v}" for k, v in row.get("settings", {}).items())
+            + (" (random perm.)" if row.get("permutation") == "random" else ""))
+
+
+def training_setting(text: str) -> tuple[str, int | float]:
+    """'key=value' of a --training option, the value a number."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    number = float(value)
+    return key, int(number) if number.is_integer() and "." not in value else number
 
 
 def table(rows: list[dict]) -> str:
@@ -141,6 +152,10 @@ def main() -> None:
     for name in ("first_beta_updates", "updates_per_beta", "final_beta_updates"):
         p.add_argument("--" + name.replace("_", "-"), type=int, default=None,
                        help=f"[training] {name} for every run (default: the config's)")
+    p.add_argument("--training", type=training_setting, action="append", default=[],
+                   metavar="KEY=VALUE",
+                   help="any other [training] setting for every run, e.g. fab_buffer_size=2048 "
+                        "(repeatable; shown beside the objective in the table)")
     p.add_argument("--permutation", default=None, choices=("alternating", "random"),
                    help="[model] permutation for every run (default: the config's)")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "general_case")
@@ -155,6 +170,7 @@ def main() -> None:
         return
     updates = {k: getattr(args, k) for k in ("first_beta_updates", "updates_per_beta",
                                              "final_beta_updates") if getattr(args, k)}
+    settings = dict(args.training)
     rows = []
     for system in args.systems:
         raw = tomllib.loads((ROOT / "configs" / f"{system}.toml").read_text())
@@ -164,7 +180,9 @@ def main() -> None:
             for seed in args.seeds:
                 out = args.out / f"{system}-{objective}-{seed}"
                 row = {"system": system, "objective": objective, "seed": seed,
-                       **run_one(variant(raw, objective, seed, updates), out, args.n)}
+                       **({"settings": settings} if settings else {}),
+                       **run_one(variant(raw, objective, seed, {**updates, **settings}), out,
+                                 args.n)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 if args.jsonl is not None:
