@@ -163,3 +163,12 @@ def test_a_run_without_model_marker_loads_with_random_permutations(tiny_run, tmp
     (old / MODEL_MARKER).unlink()
     assert load_run(old).config.model.permutation == "random"
     assert load_run(tiny_run).config.model.permutation == "alternating"
+
+
+def test_version_names_coarseflow_and_jax():
+    from importlib.metadata import version
+
+    result = run_cli("--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (f"coarseflow {version('coarseflow')} "
+                                     f"(jax {version('jax')}, jaxlib {version('jaxlib')})")

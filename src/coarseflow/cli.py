@@ -27,6 +27,19 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{message} (see {self.prog} --help)")
 
 
+def _version_line() -> str:
+    """'coarseflow X (jax Y, jaxlib Z)', read from the installed metadata: nothing imported."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    def of(name):
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return f"coarseflow {of('coarseflow')} (jax {of('jax')}, jaxlib {of('jaxlib')})"
+
+
 def _add_refine_flag(parser) -> None:
     parser.add_argument("--refine-steps", type=_count, default=None, metavar="K",
                         help="refine a learned model's samples by AIS toward p in K MALA steps "
@@ -185,6 +198,7 @@ def _print_summary(summary: dict) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="coarseflow", description=__doc__)
+    p.add_argument("--version", action="version", version=_version_line())
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model along a tempering ladder")
