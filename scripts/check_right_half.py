@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from coarseflow.analysis.observables import BASINS, basin_labels, dihedral
-from coarseflow.reference import _Molecule, load_reference, openmm_minimise
+from coarseflow.reference import ReferenceMolecule, load_reference, openmm_minimise
 from coarseflow.samplers.replica_exchange import run_replica_exchange
 
 TARGET = {"kind": "molecule", "pdb": "alanine_dipeptide",
@@ -86,7 +86,7 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    mol = _Molecule(TARGET)
+    mol = ReferenceMolecule(TARGET)
     bonds = [(b[0].index, b[1].index) for b in mol.topology.bonds()]
     record_every, dt = 25, 0.001
     n_steps = int(round(args.ps / dt / record_every)) * record_every

@@ -243,9 +243,9 @@ def test_reference_reads_the_field_alanine_dipeptide():
     """pdb = "alanine_dipeptide_implicit" (openmmtools' prmtop, OBC1) needs no forcefield key."""
     pytest.importorskip("openmm")
     pytest.importorskip("mdtraj")
-    from coarseflow.reference import _Molecule
+    from coarseflow.reference import ReferenceMolecule
 
-    mol = _Molecule({"kind": "molecule", "pdb": "alanine_dipeptide_implicit"})
+    mol = ReferenceMolecule({"kind": "molecule", "pdb": "alanine_dipeptide_implicit"})
     assert mol.pdb_path.name == "alanine_dipeptide_implicit.prmtop" and mol.forcefield is None
     assert "CustomGBForce" in {type(f).__name__ for f in mol.system.getForces()}
     assert mol.phi_atoms.tolist() == [[4, 6, 8, 14]] and mol.minimized_energy < -138.97
