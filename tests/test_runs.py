@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from coarseflow.errors import ConfigError
-from coarseflow.runs import RunDir, ladder_label, parse_ladder_label
+from coarseflow.runs import RunDir, ladder_label, parse_ladder_label, strict_json
 
 
 def test_checkpoint_round_trip_and_order(tmp_path):
@@ -99,3 +99,15 @@ def test_ladder_label_rejects_out_of_range():
     for bad in (0.0, -0.1, 1.5, float("nan")):
         with pytest.raises(ValueError):
             ladder_label(bad)
+
+
+def test_strict_json_writes_null_for_non_finite_numbers_and_plain_numbers_for_arrays():
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    text = strict_json({"nan": float("nan"), "inf": np.float32(np.inf), "k": np.float64(0.5),
+                        "n": np.int64(3), "a": np.array([1.0, np.nan]), "j": jnp.asarray(2.0),
+                        "nested": [{"x": -np.inf}], "ok": True, "none": None})
+    assert json.loads(text, parse_constant=refuse) == {
+        "nan": None, "inf": None, "k": 0.5, "n": 3, "a": [1.0, None], "j": 2.0,
+        "nested": [{"x": None}], "ok": True, "none": None}

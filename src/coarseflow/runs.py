@@ -81,6 +81,26 @@ def all_finite(tree) -> bool:
     return all(bool(np.all(np.isfinite(np.asarray(a)))) for a in leaves)
 
 
+def strict_json(obj, **kwargs) -> str:
+    """JSON text of ``obj`` in which every non-finite number is null: json.dumps would write
+    NaN / Infinity, which no strict JSON reader accepts. NumPy and JAX scalars and arrays become
+    numbers and lists. ``kwargs``: json.dumps's (indent, ...)."""
+    return json.dumps(_plain(obj), allow_nan=False, **kwargs)
+
+
+def _plain(obj):
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    if hasattr(obj, "__array__") and not isinstance(obj, str | bytes):
+        obj = np.asarray(obj)
+        return _plain(obj.tolist()) if obj.ndim else _plain(obj.item())
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
 def atomic_write_bytes(path: Path, write) -> None:
     """Call ``write(fileobj)`` on a temporary file beside ``path``, then rename it to ``path``."""
     path = Path(path)
@@ -251,7 +271,7 @@ class RunDir:
         self.root.mkdir(parents=True, exist_ok=True)
         with open(self.metrics_path, "a") as f:
             for r in records:
-                f.write(json.dumps(r) + "\n")
+                f.write(strict_json(r) + "\n")
             f.flush()
 
     def read_metrics(self) -> list[dict]:
@@ -281,7 +301,7 @@ class RunDir:
         if not self.metrics_path.exists():
             return
         kept = [r for r in self.read_metrics() if r["step"] < last_step]
-        atomic_write_text(self.metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
+        atomic_write_text(self.metrics_path, "".join(strict_json(r) + "\n" for r in kept))
 
     # checkpoints -----------------------------------------------------------------------------
     def checkpoint_paths(self, beta: float) -> tuple[Path, Path]:
@@ -298,7 +318,7 @@ class RunDir:
         data = buffer.getvalue()
         atomic_write_bytes(eqx_path, lambda f: f.write(data))
         # metadata last: a checkpoint counts as written once its .json exists
-        atomic_write_text(json_path, json.dumps(
+        atomic_write_text(json_path, strict_json(
             {**meta, "beta": float(beta), "eqx_sha256": hashlib.sha256(data).hexdigest()},
             indent=1))
         return eqx_path

@@ -29,6 +29,7 @@ from coarseflow.runs import (
     all_finite,
     atomic_write_text,
     config_hash,
+    strict_json,
     warn_once,
 )
 from coarseflow.training import TrainResult
@@ -259,5 +260,5 @@ def write_samples(path, target, samples: Samples, beta: float) -> Path:
 
 
 def write_summary(run: RunDir, summary: dict) -> Path:
-    atomic_write_text(run.summary_path, json.dumps(summary, indent=1, default=float))
+    atomic_write_text(run.summary_path, strict_json(summary, indent=1))
     return run.summary_path

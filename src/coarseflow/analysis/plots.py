@@ -208,6 +208,11 @@ def plot_2d(
     return _save(fig, path)
 
 
+def _column(records: Sequence[Mapping], key: str) -> np.ndarray:
+    """records[i][key] as floats; null (a non-finite value in strict JSON) is NaN."""
+    return np.array([np.nan if r[key] is None else float(r[key]) for r in records])
+
+
 def plot_training_curves(path: str | Path, records: Sequence[Mapping]) -> Path:
     """Loss, gradient norm (log scale) and beta against the update step; skipped updates in red.
 
@@ -222,10 +227,10 @@ def plot_training_curves(path: str | Path, records: Sequence[Mapping]) -> Path:
         missing = [k for k in keys if k not in rec]
         if missing:
             raise ValueError(f"records[{i}]: missing keys {missing} (expected {list(keys)})")
-    step = np.array([float(r["step"]) for r in records])
-    beta = np.array([float(r["beta"]) for r in records])
-    loss = np.array([float(r["loss"]) for r in records])
-    gnorm = np.array([float(r["grad_norm"]) for r in records])
+    step = _column(records, "step")
+    beta = _column(records, "beta")
+    loss = _column(records, "loss")
+    gnorm = _column(records, "grad_norm")
     skipped = np.array([bool(r["skipped"]) for r in records])
 
     heating = np.array([np.nan if r.get("chain_heating") is None else float(r["chain_heating"])
