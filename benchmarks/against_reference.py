@@ -39,8 +39,9 @@ def ramachandran_tv(target, samples, weights) -> float:
     ref = target.info.reference
     edges = np.linspace(-math.pi, math.pi, BINS + 1)
     finite = np.isfinite(weights) & np.isfinite(obs["phi"][:, 0]) & np.isfinite(obs["psi"][:, 0])
-    q, _, _ = np.histogram2d(obs["phi"][finite, 0], obs["psi"][finite, 0], [edges, edges],
-                             weights=weights[finite])
+    q, _, _ = np.histogram2d(
+        obs["phi"][finite, 0], obs["psi"][finite, 0], [edges, edges], weights=weights[finite]
+    )
     p, _, _ = np.histogram2d(ref["phi"][:, 0], ref["psi"][:, 0], [edges, edges])
     return 0.5 * float(np.abs(p / p.sum() - q / q.sum()).sum())
 
@@ -51,11 +52,11 @@ def score(run: Path, reference: Path, n: int, refine_steps: int, seed: int) -> d
     target.x_bijection()  # the molecule scans its dihedral seams once, outside jit
     prediction = with_refine_steps(config.prediction, refine_steps)
     if conditional is not None and prediction.refine_steps > 0:
-        samples, _ = refine(jr.key(seed), flow, conditional, target, meta["beta"], prediction,
-                            n=n)
+        samples, _ = refine(jr.key(seed), flow, conditional, target, meta["beta"], prediction, n=n)
     else:
-        samples = draw_samples(jr.key(seed), flow, target, meta["beta"], prediction, n=n,
-                               conditional=conditional)
+        samples = draw_samples(
+            jr.key(seed), flow, target, meta["beta"], prediction, n=n, conditional=conditional
+        )
     out = reference_metrics(target, samples, meta["beta"])
     w = np.asarray(normalized_weights(samples.log_weights))
     out["ramachandran_tv_reweighted"] = ramachandran_tv(target, samples, w)
@@ -73,22 +74,25 @@ def main() -> None:
     args = parser.parse_args()
     for run in args.runs:
         m = score(run, args.reference, args.n, args.refine_steps, args.seed)
-        print(f"\n{run}: ESS {m['ess_fraction']:.3f} of {m['n_samples']}, Pareto k "
-              f"{m['pareto_k']:.2f}, Ramachandran KL {m['ramachandran_kl_reweighted']:.3f} "
-              f"JS {m['ramachandran_js_reweighted']:.4f} TV {m['ramachandran_tv_reweighted']:.3f}"
-              f" (raw: TV {m['ramachandran_tv_raw']:.3f})")
+        print(
+            f"\n{run}: ESS {m['ess_fraction']:.3f} of {m['n_samples']}, Pareto k "
+            f"{m['pareto_k']:.2f}, Ramachandran KL {m['ramachandran_kl_reweighted']:.3f} "
+            f"JS {m['ramachandran_js_reweighted']:.4f} TV {m['ramachandran_tv_reweighted']:.3f}"
+            f" (raw: TV {m['ramachandran_tv_raw']:.3f})"
+        )
         print("| basin | reweighted | reference | z |")
         print("|---|---|---|---|")
         for key in m:
             if key.startswith("basin_") and key.endswith("_reference"):
-                name = key[len("basin_"):-len("_reference")]
+                name = key[len("basin_") : -len("_reference")]
                 rw, ref = m[f"basin_{name}_reweighted"], m[key]
                 err_rw = m.get(f"basin_{name}_reweighted_err", 0.0)
                 err_ref = m.get(f"basin_{name}_reference_err", 0.0)
                 err = math.hypot(err_rw, err_ref)
                 z = (rw - ref) / err if err > 0 else float("nan")
-                print(f"| {name} | {rw:.4f} ± {err_rw:.4f} | {ref:.4f} ± {err_ref:.4f} | "
-                      f"{z:+.1f} |")
+                print(
+                    f"| {name} | {rw:.4f} ± {err_rw:.4f} | {ref:.4f} ± {err_ref:.4f} | {z:+.1f} |"
+                )
 
 
 if __name__ == "__main__":

@@ -96,11 +96,17 @@ def main() -> None:
     p.add_argument("--set", action="append", default=[], help="section.key=value override")
     p.add_argument("--out", default=str(ROOT / "runs" / "benchmarks" / "alanine_dipeptide"))
     p.add_argument("--resume", action="store_true")
-    p.add_argument("--init", metavar="RUN",
-                   help="start from the flow of RUN's last checkpoint (coarseflow train --init)")
-    p.add_argument("--evaluate-only", action="store_true",
-                   help="no training: evaluate the finished run in --out with this config's "
-                        "[prediction] (e.g. other weights)")
+    p.add_argument(
+        "--init",
+        metavar="RUN",
+        help="start from the flow of RUN's last checkpoint (coarseflow train --init)",
+    )
+    p.add_argument(
+        "--evaluate-only",
+        action="store_true",
+        help="no training: evaluate the finished run in --out with this config's "
+        "[prediction] (e.g. other weights)",
+    )
     p.add_argument("-n", type=int, default=10000, help="model samples for the comparison")
     p.add_argument("--write", help="markdown file whose section --section is replaced")
     p.add_argument("--section", default="alanine", help="marker name of that section")
@@ -113,16 +119,16 @@ def main() -> None:
     else:
         if out.exists() and not args.resume:
             shutil.rmtree(out)
-        n_betas = len(train_from_config(parse_config(raw), out, resume=args.resume,
-                                        init=args.init).betas)
+        n_betas = len(
+            train_from_config(parse_config(raw), out, resume=args.resume, init=args.init).betas
+        )
     meta = RunDir(out).find_checkpoint()
     # training time at the last checkpoint, summed over the processes of a resumed run
     train_s = meta["wall_time"]
     _, target, flow, conditional, _ = load_run(out)
     # [prediction] of the given config, not the run's (--evaluate-only: other weights)
     prediction = parse_config(raw).prediction
-    s = draw_samples(jr.key(7), flow, target, 1.0, prediction, n=args.n,
-                     conditional=conditional)
+    s = draw_samples(jr.key(7), flow, target, 1.0, prediction, n=args.n, conditional=conditional)
     obs = MoleculeReport(target).observables(s.x)
     phi, psi, rg = obs["phi"][:, 0], obs["psi"][:, 0], obs["rg"]
     # raw statistics use every sample; a zero weight (log w = -inf: a path that started outside
@@ -148,8 +154,10 @@ def main() -> None:
     m_ess = int(round(ess))
     if m_ess >= 2048:
         ess_kl, ess_js = metrics.histogram_kl_js(a[:m_ess], b[:m_ess], 64, ANGLES)
-        floor_at_ess = (f" ({ess_kl:.4f} with {m_ess} = ESS frames)",
-                        f" ({ess_js:.4f} with {m_ess})")
+        floor_at_ess = (
+            f" ({ess_kl:.4f} with {m_ess} = ESS frames)",
+            f" ({ess_js:.4f} with {m_ess})",
+        )
     else:
         floor_at_ess = ("", "")
     kl_raw, js_raw = metrics.histogram_kl_js(reference, model, 64, ANGLES)
@@ -162,14 +170,21 @@ def main() -> None:
     pops_rew = basin_populations(phi[ok], psi[ok], w[ok])
     errs_rew = basin_population_errors(phi[ok], psi[ok], w[ok])
     pops_ref = basin_populations(rphi, rpsi)
-    errs = dict(zip((*BASINS, "other"), np.ravel(ref.get("populations_err",
-                    np.full(len(BASINS) + 1, np.nan))).tolist(), strict=True))
+    errs = dict(
+        zip(
+            (*BASINS, "other"),
+            np.ravel(ref.get("populations_err", np.full(len(BASINS) + 1, np.nan))).tolist(),
+            strict=True,
+        )
+    )
     # z: the reweighted population's distance from the reference in their combined errors
     lines = ["| basin | reference | model raw | model reweighted | z |", "|---|---|---|---|---|"]
     for name in (*BASINS, "other"):
         z = (pops_rew[name] - pops_ref[name]) / max(math.hypot(errs_rew[name], errs[name]), 1e-12)
-        lines.append(f"| {name} | {pops_ref[name]:.4f} ± {errs[name]:.4f} | {pops_raw[name]:.4f} "
-                     f"| {pops_rew[name]:.4f} ± {errs_rew[name]:.4f} | {z:+.1f} |")
+        lines.append(
+            f"| {name} | {pops_ref[name]:.4f} ± {errs[name]:.4f} | {pops_raw[name]:.4f} "
+            f"| {pops_rew[name]:.4f} ± {errs_rew[name]:.4f} | {z:+.1f} |"
+        )
     trained = {**load_config(RunDir(out).config_path).raw, "prediction": raw.get("prediction", {})}
     n_eval = evaluations(trained, meta["step"], n_betas, args.n)
     heating = meta.get("chain_heating")  # None for runs trained before it was logged
@@ -195,9 +210,11 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if args.write:
-        stamp = (f"Measured {datetime.date.today()} on {os.cpu_count()} CPU cores "
-                 f"({platform.machine()}). Command: `python benchmarks/alanine_dipeptide.py "
-                 f"{shlex.join(_without(sys.argv[1:], '--write', '--section'))}`.")
+        stamp = (
+            f"Measured {datetime.date.today()} on {os.cpu_count()} CPU cores "
+            f"({platform.machine()}). Command: `python benchmarks/alanine_dipeptide.py "
+            f"{shlex.join(_without(sys.argv[1:], '--write', '--section'))}`."
+        )
         replace_section(args.write, args.section, stamp, table)
 
 

@@ -40,8 +40,19 @@ from coarseflow.workflow import train_from_config
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEMS = ("gmm_16d_unequal", "many_well_32", "alanine_dipeptide_field", "alanine_dipeptide")
 OBJECTIVES = ("mean_force", "joint", "hybrid", "fab")
-COLUMNS = ("evals", "train_s", "n_betas", "ess_fraction", "pareto_k", "log_Z_error", "err_raw",
-           "err_reweighted", "log_Z", "rama_js_reweighted", "basin_max_z")
+COLUMNS = (
+    "evals",
+    "train_s",
+    "n_betas",
+    "ess_fraction",
+    "pareto_k",
+    "log_Z_error",
+    "err_raw",
+    "err_reweighted",
+    "log_Z",
+    "rama_js_reweighted",
+    "basin_max_z",
+)
 
 
 def variant(raw: dict, objective: str, seed: int, updates: dict) -> dict:
@@ -67,20 +78,29 @@ def run_one(raw: dict, out: Path, n_samples: int | None) -> dict:
     meta = RunDir(out).find_checkpoint()
     row = {
         "permutation": parse_config(raw).model.permutation,
-        "evals": meta["energy_evals"], "train_s": train_s, "n_betas": len(result.betas),
-        "ess_fraction": final["ess_fraction"], "pareto_k": final["pareto_k"],
+        "evals": meta["energy_evals"],
+        "train_s": train_s,
+        "n_betas": len(result.betas),
+        "ess_fraction": final["ess_fraction"],
+        "pareto_k": final["pareto_k"],
     }
     if "log_Z_exact" in final:  # the synthetic systems: exact log Z and populations
         err = {k: final.get(k) for k in ("max_weight_error_raw", "max_right_well_error_raw")}
-        err_rw = {k: final.get(k) for k in ("max_weight_error_reweighted",
-                                            "max_right_well_error_reweighted")}
-        row.update(log_Z_error=final["log_Z_estimate"] - final["log_Z_exact"],
-                   err_raw=next(v for v in err.values() if v is not None),
-                   err_reweighted=next(v for v in err_rw.values() if v is not None))
+        err_rw = {
+            k: final.get(k)
+            for k in ("max_weight_error_reweighted", "max_right_well_error_reweighted")
+        }
+        row.update(
+            log_Z_error=final["log_Z_estimate"] - final["log_Z_exact"],
+            err_raw=next(v for v in err.values() if v is not None),
+            err_reweighted=next(v for v in err_rw.values() if v is not None),
+        )
     else:  # a molecule: log Z estimate, and the reference's divergences where it has one
-        row.update(log_Z=final["log_Z_estimate"],
-                   rama_js_reweighted=final.get("ramachandran_js_reweighted"),
-                   basin_max_z=max_basin_z(final))
+        row.update(
+            log_Z=final["log_Z_estimate"],
+            rama_js_reweighted=final.get("ramachandran_js_reweighted"),
+            basin_max_z=max_basin_z(final),
+        )
     return row
 
 
@@ -90,11 +110,13 @@ def max_basin_z(final: dict) -> float | None:
     for key, value in final.items():
         if key.startswith("basin_") and key.endswith("_reference"):
             name = key[: -len("_reference")]
-            err = math.hypot(final.get(name + "_reweighted_err", 0.0),
-                             final.get(name + "_reference_err", 0.0))
+            err = math.hypot(
+                final.get(name + "_reweighted_err", 0.0), final.get(name + "_reference_err", 0.0)
+            )
             if name + "_reweighted" in final and err > 0:
                 z.append(abs(final[name + "_reweighted"] - value) / err)
     return max(z) if z else None
+
 
 def fmt(v) -> str:
     if v is None:
@@ -107,8 +129,11 @@ def fmt(v) -> str:
 def label(row: dict) -> str:
     """The objective, its --training settings, and the flow's permutations where they are
     flowjax's random ones."""
-    return (row["objective"] + "".join(f", {k} = {v}" for k, v in row.get("settings", {}).items())
-            + (" (random perm.)" if row.get("permutation") == "random" else ""))
+    return (
+        row["objective"]
+        + "".join(f", {k} = {v}" for k, v in row.get("settings", {}).items())
+        + (" (random perm.)" if row.get("permutation") == "random" else "")
+    )
 
 
 def training_setting(text: str) -> tuple[str, int | float]:
@@ -124,10 +149,15 @@ def table(rows: list[dict]) -> str:
     head = "| system | objective | seed | " + " | ".join(COLUMNS) + " |"
     lines = [head, "|" + "---|" * (len(COLUMNS) + 3)]
     for r in rows:
-        lines.append(f"| {r['system']} | {label(r)} | {r['seed']} | "
-                     + " | ".join(fmt(r.get(c)) for c in COLUMNS) + " |")
-    groups = sorted({(r["system"], label(r)) for r in rows},
-                    key=lambda g: (SYSTEMS.index(g[0]) if g[0] in SYSTEMS else 99, g[1]))
+        lines.append(
+            f"| {r['system']} | {label(r)} | {r['seed']} | "
+            + " | ".join(fmt(r.get(c)) for c in COLUMNS)
+            + " |"
+        )
+    groups = sorted(
+        {(r["system"], label(r)) for r in rows},
+        key=lambda g: (SYSTEMS.index(g[0]) if g[0] in SYSTEMS else 99, g[1]),
+    )
     for system, objective in groups:
         mine = [r for r in rows if (r["system"], label(r)) == (system, objective)]
         if len(mine) < 2:
@@ -136,10 +166,14 @@ def table(rows: list[dict]) -> str:
         for c in COLUMNS:
             v = np.asarray([r[c] for r in mine if r.get(c) is not None], float)
             digits = 7 if c == "log_Z" else 3  # an absolute log Z: its spread is in the 3rd decimal
-            cells.append(f"{np.mean(v):.{digits}g} ± {np.std(v, ddof=1):.2g}" if len(v) > 1
-                         else "n/a")
-        lines.append(f"| **{system}** | **{objective}** | mean ± sd ({len(mine)}) | "
-                     + " | ".join(cells) + " |")
+            cells.append(
+                f"{np.mean(v):.{digits}g} ± {np.std(v, ddof=1):.2g}" if len(v) > 1 else "n/a"
+            )
+        lines.append(
+            f"| **{system}** | **{objective}** | mean ± sd ({len(mine)}) | "
+            + " | ".join(cells)
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -150,26 +184,46 @@ def main() -> None:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--n", type=int, default=None, help="samples to evaluate (default: config)")
     for name in ("first_beta_updates", "updates_per_beta", "final_beta_updates"):
-        p.add_argument("--" + name.replace("_", "-"), type=int, default=None,
-                       help=f"[training] {name} for every run (default: the config's)")
-    p.add_argument("--training", type=training_setting, action="append", default=[],
-                   metavar="KEY=VALUE",
-                   help="any other [training] setting for every run, e.g. fab_buffer_size=2048 "
-                        "(repeatable; shown beside the objective in the table)")
-    p.add_argument("--permutation", default=None, choices=("alternating", "random"),
-                   help="[model] permutation for every run (default: the config's)")
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            type=int,
+            default=None,
+            help=f"[training] {name} for every run (default: the config's)",
+        )
+    p.add_argument(
+        "--training",
+        type=training_setting,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any other [training] setting for every run, e.g. fab_buffer_size=2048 "
+        "(repeatable; shown beside the objective in the table)",
+    )
+    p.add_argument(
+        "--permutation",
+        default=None,
+        choices=("alternating", "random"),
+        help="[model] permutation for every run (default: the config's)",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "general_case")
     p.add_argument("--jsonl", type=Path, default=None, help="append every row here as it ends")
     p.add_argument("--write", type=Path, default=None, help="put the table into this markdown")
-    p.add_argument("--table-from", type=Path, default=None,
-                   help="no runs: tabulate the rows of a --jsonl file (runs of several sittings)")
+    p.add_argument(
+        "--table-from",
+        type=Path,
+        default=None,
+        help="no runs: tabulate the rows of a --jsonl file (runs of several sittings)",
+    )
     args = p.parse_args()
     if args.table_from is not None:
         rows = [json.loads(line) for line in args.table_from.read_text().splitlines() if line]
         publish(table(rows), args.write)
         return
-    updates = {k: getattr(args, k) for k in ("first_beta_updates", "updates_per_beta",
-                                             "final_beta_updates") if getattr(args, k)}
+    updates = {
+        k: getattr(args, k)
+        for k in ("first_beta_updates", "updates_per_beta", "final_beta_updates")
+        if getattr(args, k)
+    }
     settings = dict(args.training)
     rows = []
     for system in args.systems:
@@ -179,10 +233,13 @@ def main() -> None:
         for objective in args.objectives:
             for seed in args.seeds:
                 out = args.out / f"{system}-{objective}-{seed}"
-                row = {"system": system, "objective": objective, "seed": seed,
-                       **({"settings": settings} if settings else {}),
-                       **run_one(variant(raw, objective, seed, {**updates, **settings}), out,
-                                 args.n)}
+                row = {
+                    "system": system,
+                    "objective": objective,
+                    "seed": seed,
+                    **({"settings": settings} if settings else {}),
+                    **run_one(variant(raw, objective, seed, {**updates, **settings}), out, args.n),
+                }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 if args.jsonl is not None:
@@ -194,8 +251,10 @@ def main() -> None:
 def publish(text: str, write: Path | None) -> None:
     print(text)
     if write is not None:
-        stamp = (f"{datetime.date.today()}, {platform.node() or 'machine'} ({os.cpu_count()} "
-                 f"CPU cores), `python benchmarks/general_case.py {' '.join(os.sys.argv[1:])}`")
+        stamp = (
+            f"{datetime.date.today()}, {platform.node() or 'machine'} ({os.cpu_count()} "
+            f"CPU cores), `python benchmarks/general_case.py {' '.join(os.sys.argv[1:])}`"
+        )
         replace_section(write, "general-case", stamp, text)
 
 

@@ -45,13 +45,19 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("run")
     p.add_argument("--n", type=int, default=5000)
-    p.add_argument("--variant", action="append", required=True,
-                   help="comma-separated [prediction] overrides, e.g. ais_paths=16,ais_steps=50")
+    p.add_argument(
+        "--variant",
+        action="append",
+        required=True,
+        help="comma-separated [prediction] overrides, e.g. ais_paths=16,ais_steps=50",
+    )
     args = p.parse_args()
 
     config, target, flow, _, _ = load_run(args.run)
-    print(f"| variant | time (s) | ESS of {args.n} | Pareto k | largest 10 weights' share | "
-          "finite | raw basins | reweighted basins |")
+    print(
+        f"| variant | time (s) | ESS of {args.n} | Pareto k | largest 10 weights' share | "
+        "finite | raw basins | reweighted basins |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for text in args.variant:
         settings = dataclasses.replace(config.prediction, **parse_variant(text))
@@ -61,15 +67,17 @@ def main() -> None:
         w = np.asarray(metrics.normalized_weights(s.log_weights))
         ok = np.isfinite(s.log_weights)
         raw = basins = ""
-        obs = (MoleculeReport(target).observables(s.x) if isinstance(target, Molecule)
-               else {})
+        obs = MoleculeReport(target).observables(s.x) if isinstance(target, Molecule) else {}
         if "phi" in obs and "psi" in obs:
             phi, psi = obs["phi"][:, 0], obs["psi"][:, 0]
             raw = _format(basin_populations(phi, psi))
             basins = _format(basin_populations(phi[ok], psi[ok], w[ok]))
-        print(f"| {text} | {seconds:.0f} | {float(metrics.ess(s.log_weights)):.0f} | "
-              f"{metrics.pareto_k(s.log_weights):.2f} | "
-              f"{np.sort(w)[-10:].sum():.3f} | {ok.mean():.3f} | {raw} | {basins} |", flush=True)
+        print(
+            f"| {text} | {seconds:.0f} | {float(metrics.ess(s.log_weights)):.0f} | "
+            f"{metrics.pareto_k(s.log_weights):.2f} | "
+            f"{np.sort(w)[-10:].sum():.3f} | {ok.mean():.3f} | {raw} | {basins} |",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -49,8 +49,10 @@ def main() -> None:
     variants = (
         ("one transform (shared methyl frames)", cond),
         ("one transform per relabeling", dataclasses.replace(cond, xi_relabelings=None)),
-        ("unsymmetrised (1 relabeling)", dataclasses.replace(
-            cond, relabelings=cond.relabelings[:1], xi_relabelings=None)),
+        (
+            "unsymmetrised (1 relabeling)",
+            dataclasses.replace(cond, relabelings=cond.relabelings[:1], xi_relabelings=None),
+        ),
     )
 
     def density(c):  # reparameterised draws at one X and their exact log q
@@ -62,8 +64,10 @@ def main() -> None:
         return masked_mean(terms.surrogate, terms.ok)
 
     rows = []
-    for task, fn, of in (("density", density, lambda c: c),
-                         ("joint objective", joint, lambda c: (flow, c))):
+    for task, fn, of in (
+        ("density", density, lambda c: c),
+        ("joint objective", joint, lambda c: (flow, c)),
+    ):
         for name, variant in variants:
             step = eqx.filter_jit(eqx.filter_value_and_grad(fn))
             jax.block_until_ready(step(of(variant)))
@@ -73,13 +77,16 @@ def main() -> None:
                 jax.block_until_ready(step(of(variant)))
                 best = min(best, time.perf_counter() - t0)
             rows.append((task, name, best, float(step(of(variant))[0])))
-    print(f"alanine dipeptide, {n_relabelings} relabelings, batch {args.batch}, "
-          f"{os.cpu_count()} CPU cores, {jax.devices()[0].platform}")
+    print(
+        f"alanine dipeptide, {n_relabelings} relabelings, batch {args.batch}, "
+        f"{os.cpu_count()} CPU cores, {jax.devices()[0].platform}"
+    )
     print("| gradient of | symmetrisation | seconds | ratio | value |")
     print("|---|---|---|---|---|")
     for task, name, t, value in rows:
         base = next(r[2] for r in rows if r[0] == task)
         print(f"| {task} | {name} | {t:.4f} | {t / base:.1f}x | {value:.4f} |")
+
 
 if __name__ == "__main__":
     main()

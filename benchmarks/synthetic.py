@@ -54,8 +54,14 @@ def run_one(raw: dict, out: Path) -> dict:
 
 def row(system: str, variant: str, r: dict) -> dict:
     final, per_beta = r["summary"]["final"], r["summary"]["per_beta"]
-    out = {"system": system, "variant": variant, "n_betas": len(r["betas"]),
-           "updates": r["updates"], "train_s": r["train_s"], "ess_fraction": final["ess_fraction"]}
+    out = {
+        "system": system,
+        "variant": variant,
+        "n_betas": len(r["betas"]),
+        "updates": r["updates"],
+        "train_s": r["train_s"],
+        "ess_fraction": final["ess_fraction"],
+    }
     if system == "double_well":
         inter = [m for m in per_beta if m["beta"] < 1 - 1e-9]
         out |= {
@@ -64,10 +70,12 @@ def row(system: str, variant: str, r: dict) -> dict:
             "mass_exact": final["right_well_mass_exact"],
             "err_raw": final["right_well_error_raw"],
             "err_reweighted": final["right_well_error_reweighted"],
-            "worst_intermediate_err_raw": max((m["right_well_error_raw"] for m in inter),
-                                              default=float("nan")),
+            "worst_intermediate_err_raw": max(
+                (m["right_well_error_raw"] for m in inter), default=float("nan")
+            ),
             "worst_intermediate_err_reweighted": max(
-                (m["right_well_error_reweighted"] for m in inter), default=float("nan")),
+                (m["right_well_error_reweighted"] for m in inter), default=float("nan")
+            ),
             "tv_raw": final["tv_x1_raw"],
         }
     else:
@@ -116,17 +124,22 @@ def main() -> None:
                 tempered = run_one(raw, Path(args.out) / f"{system}-tempered")
                 r = tempered
             else:
-                budget = tempered["updates"] if tempered else raw["training"].get(
-                    "first_beta_updates", 500) * 5
+                budget = (
+                    tempered["updates"]
+                    if tempered
+                    else raw["training"].get("first_beta_updates", 500) * 5
+                )
                 r = run_one(untempered(raw, budget), Path(args.out) / f"{system}-untempered")
             rows.append(row(system, variant, r))
             print(markdown([rows[-1]]), flush=True)
 
     table = markdown(rows)
-    stamp = (f"Measured {datetime.date.today()} on {os.cpu_count()} CPU cores "
-             f"({platform.processor() or platform.machine()}), no GPU. Command: "
-             f"`python benchmarks/synthetic.py --systems {' '.join(args.systems)} "
-             f"--variants {' '.join(args.variants)}`.")
+    stamp = (
+        f"Measured {datetime.date.today()} on {os.cpu_count()} CPU cores "
+        f"({platform.processor() or platform.machine()}), no GPU. Command: "
+        f"`python benchmarks/synthetic.py --systems {' '.join(args.systems)} "
+        f"--variants {' '.join(args.variants)}`."
+    )
     print(table)
     if args.write:
         replace_section(args.write, "synthetic", stamp, table)

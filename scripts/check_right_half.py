@@ -28,8 +28,12 @@ from coarseflow.analysis.observables import BASINS, basin_labels, dihedral
 from coarseflow.reference import ReferenceMolecule, load_reference, openmm_minimise
 from coarseflow.samplers.replica_exchange import run_replica_exchange
 
-TARGET = {"kind": "molecule", "pdb": "alanine_dipeptide",
-          "forcefield": ["amber99sbildn.xml", "amber99_obc.xml"], "temperature": 300.0}
+TARGET = {
+    "kind": "molecule",
+    "pdb": "alanine_dipeptide",
+    "forcefield": ["amber99sbildn.xml", "amber99_obc.xml"],
+    "temperature": 300.0,
+}
 STARTS = {"alpha_L": (60.0, 45.0), "C7ax": (75.0, -65.0)}  # (phi, psi) in degrees
 ALPHA_L, C7AX = BASINS.index("alpha_L"), BASINS.index("C7ax")
 
@@ -60,7 +64,7 @@ def set_dihedral(positions, bonds, atoms, degrees: float) -> np.ndarray:
     r = p[side] - p[b]
     cos, sin = np.cos(angle), np.sin(angle)
     # Rodrigues' rotation about the b-c axis; the sign makes the dihedral grow by ``angle``
-    p[side] = (p[b] + r * cos + np.cross(axis, r) * sin + np.outer(r @ axis, axis) * (1 - cos))
+    p[side] = p[b] + r * cos + np.cross(axis, r) * sin + np.outer(r @ axis, axis) * (1 - cos)
     return p
 
 
@@ -91,8 +95,10 @@ def main(argv=None) -> None:
     record_every, dt = 25, 0.001
     n_steps = int(round(args.ps / dt / record_every)) * record_every
     n_burn = int(round(args.burn_ps / dt / record_every)) * record_every
-    print(f"{args.chains} chains per start, {n_burn * dt:g} ps burn-in + {n_steps * dt:g} ps, "
-          f"300 K, BAOAB 1 fs, friction 1/ps, a frame every {record_every * dt * 1000:g} fs")
+    print(
+        f"{args.chains} chains per start, {n_burn * dt:g} ps burn-in + {n_steps * dt:g} ps, "
+        f"300 K, BAOAB 1 fs, friction 1/ps, a frame every {record_every * dt * 1000:g} fs"
+    )
     rows = []
     pooled = []
     for s, (name, (phi, psi)) in enumerate(STARTS.items()):
@@ -100,28 +106,54 @@ def main(argv=None) -> None:
         p, _ = openmm_minimise(mol.system, set_dihedral(p, bonds, mol.psi_atoms[0], psi), 200)
         start = time.perf_counter()
         result = run_replica_exchange(
-            mol.forcefield_jax.energy, mol.observe, jnp.asarray(p, jnp.float32),
-            jnp.asarray(mol.masses, jnp.float32), np.array([mol.temperature]),
-            n_chains=args.chains, time_step=dt, friction=1.0, n_steps=n_steps,
-            burn_in_steps=n_burn, record_every=record_every, exchange_every=record_every,
+            mol.forcefield_jax.energy,
+            mol.observe,
+            jnp.asarray(p, jnp.float32),
+            jnp.asarray(mol.masses, jnp.float32),
+            np.array([mol.temperature]),
+            n_chains=args.chains,
+            time_step=dt,
+            friction=1.0,
+            n_steps=n_steps,
+            burn_in_steps=n_burn,
+            record_every=record_every,
+            exchange_every=record_every,
             key=jax.random.key(args.seed + s),
         )
         rec = result.records
         labels = basin_labels(rec["phi"][..., 0], rec["psi"][..., 0])  # (frames, chains)
         ratio, err, right = _conditional_c7ax(labels)
-        switches = int(np.sum(np.abs(np.diff((labels == C7AX).astype(int), axis=0))
-                              * ((labels[1:] == ALPHA_L) | (labels[1:] == C7AX))
-                              * ((labels[:-1] == ALPHA_L) | (labels[:-1] == C7AX))))
+        switches = int(
+            np.sum(
+                np.abs(np.diff((labels == C7AX).astype(int), axis=0))
+                * ((labels[1:] == ALPHA_L) | (labels[1:] == C7AX))
+                * ((labels[:-1] == ALPHA_L) | (labels[:-1] == C7AX))
+            )
+        )
         start_label = basin_labels(*np.radians([phi, psi]))
-        rows.append((name, BASINS[int(start_label)], right, ratio, err, switches,
-                     time.perf_counter() - start, result.n_reverted))
+        rows.append(
+            (
+                name,
+                BASINS[int(start_label)],
+                right,
+                ratio,
+                err,
+                switches,
+                time.perf_counter() - start,
+                result.n_reverted,
+            )
+        )
         pooled.append(labels)
-    print("| start | start basin | frames in right half | P(C7ax \\| right half) | "
-          "alpha_L <-> C7ax switches | wall (s) | reverted |")
+    print(
+        "| start | start basin | frames in right half | P(C7ax \\| right half) | "
+        "alpha_L <-> C7ax switches | wall (s) | reverted |"
+    )
     print("|---|---|---|---|---|---|---|")
     for name, lab, right, ratio, err, sw, wall, rev in rows:
-        print(f"| {name} | {lab} | {right:.3f} | {ratio:.4f} ± {err:.4f} | {sw} | {wall:.0f} | "
-              f"{rev} |")
+        print(
+            f"| {name} | {lab} | {right:.3f} | {ratio:.4f} ± {err:.4f} | {sw} | {wall:.0f} | "
+            f"{rev} |"
+        )
     ratio, err, right = _conditional_c7ax(np.concatenate(pooled, axis=1))
     print(f"| both | | {right:.3f} | {ratio:.4f} ± {err:.4f} | | | |")
 
@@ -131,8 +163,10 @@ def main(argv=None) -> None:
     n_chains = int(chains.max()) + 1
     per_chain = np.stack([ref_labels[chains == c] for c in range(n_chains)], axis=1)
     r_ratio, r_err, _ = _conditional_c7ax(per_chain)
-    print(f"reference (replica exchange, {n_chains} ladders): P(C7ax | right half) = "
-          f"{r_ratio:.4f} ± {r_err:.4f}")
+    print(
+        f"reference (replica exchange, {n_chains} ladders): P(C7ax | right half) = "
+        f"{r_ratio:.4f} ± {r_err:.4f}"
+    )
 
 
 if __name__ == "__main__":

@@ -41,8 +41,13 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("config")
     p.add_argument("--batch", type=int, default=256)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="a [training] setting (number or word), repeatable")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a [training] setting (number or word), repeatable",
+    )
     p.add_argument("--conditional", default=None, help="[conditional] kind")
     p.add_argument("--updates", type=int, default=3)
     p.add_argument("--timeout", type=float, default=600.0)
@@ -75,12 +80,21 @@ def main() -> int:
     for i in range(args.updates):
         watchdog = _watchdog(args.timeout)
         t0 = time.perf_counter()
-        state, info = update_step(state, static, jr.key(i), beta, jnp.asarray(1.0),
-                                  jnp.asarray(training.fab_step_size), target, settings)
+        state, info = update_step(
+            state,
+            static,
+            jr.key(i),
+            beta,
+            jnp.asarray(1.0),
+            jnp.asarray(training.fab_step_size),
+            target,
+            settings,
+        )
         jax.block_until_ready(info)
         watchdog.cancel()
-        print(f"update {i}: {time.perf_counter() - t0:.2f} s, loss {float(info.loss):.4g}",
-              flush=True)
+        print(
+            f"update {i}: {time.perf_counter() - t0:.2f} s, loss {float(info.loss):.4g}", flush=True
+        )
     return 0
 
 

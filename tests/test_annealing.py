@@ -13,7 +13,8 @@ from coarseflow.samplers.annealing import annealed_importance
 def _run(log_gamma, d, n_steps, step_size, n=4000, seed=0):
     keys = jr.split(jr.key(seed), n)
     out = jax.jit(jax.vmap(lambda k: annealed_importance(k, log_gamma, d, n_steps, step_size)))(
-        keys)
+        keys
+    )
     return np.asarray(out.z), np.asarray(out.log_weight), np.asarray(out.acceptance)
 
 
@@ -34,8 +35,9 @@ def _quartic(z):
 
 def _quartic_exact(d):
     one = integrate.quad(lambda s: np.exp(-0.25 * s**4 - 0.5 * s**2), -np.inf, np.inf)[0]
-    mean_s2 = integrate.quad(lambda s: s**2 * np.exp(-0.25 * s**4 - 0.5 * s**2),
-                             -np.inf, np.inf)[0] / one
+    mean_s2 = (
+        integrate.quad(lambda s: s**2 * np.exp(-0.25 * s**4 - 0.5 * s**2), -np.inf, np.inf)[0] / one
+    )
     return d * np.log(one), mean_s2
 
 

@@ -37,28 +37,44 @@ def test_overrides_are_parsed_as_toml_values():
     from alanine_dipeptide import _without, apply_overrides
     from importance_weights import parse_variant
 
-    raw = apply_overrides({"training": {"batch_size": 256}},
-                          ["training.batch_size=64", "prediction.conditional=\"laplace\"",
-                           "tempering.max_kl_increase=false", "training.learning_rate=3e-4",
-                           "tempering={kind = \"explicit\", betas = [0.5, 1.0]}"])
-    assert raw == {"training": {"batch_size": 64, "learning_rate": 3e-4},
-                   "prediction": {"conditional": "laplace"},
-                   "tempering": {"kind": "explicit", "betas": [0.5, 1.0]}}
-    assert parse_variant("ais_paths=16, ais_step_size=0.5") == {"ais_paths": 16,
-                                                                "ais_step_size": 0.5}
-    assert _without(["--set", "a=1", "--write", "x.md", "--section=s", "-n", "5"],
-                    "--write", "--section") == ["--set", "a=1", "-n", "5"]
+    raw = apply_overrides(
+        {"training": {"batch_size": 256}},
+        [
+            "training.batch_size=64",
+            'prediction.conditional="laplace"',
+            "tempering.max_kl_increase=false",
+            "training.learning_rate=3e-4",
+            'tempering={kind = "explicit", betas = [0.5, 1.0]}',
+        ],
+    )
+    assert raw == {
+        "training": {"batch_size": 64, "learning_rate": 3e-4},
+        "prediction": {"conditional": "laplace"},
+        "tempering": {"kind": "explicit", "betas": [0.5, 1.0]},
+    }
+    assert parse_variant("ais_paths=16, ais_step_size=0.5") == {
+        "ais_paths": 16,
+        "ais_step_size": 0.5,
+    }
+    assert _without(
+        ["--set", "a=1", "--write", "x.md", "--section=s", "-n", "5"], "--write", "--section"
+    ) == ["--set", "a=1", "-n", "5"]
 
 
 def test_evaluation_count_from_the_settings():
     from alanine_dipeptide import evaluations
 
     raw = {
-        "chains": {"kernel": "baoab", "n_chains": 4, "n_burn": 50, "n_keep": 25, "thin": 2,
-                   "warm_start_steps": 30},
+        "chains": {
+            "kernel": "baoab",
+            "n_chains": 4,
+            "n_burn": 50,
+            "n_keep": 25,
+            "thin": 2,
+            "warm_start_steps": 30,
+        },
         "training": {"batch_size": 256, "tempering_samples": 2048},
-        "prediction": {"minimize_steps": 300, "newton_steps": 5, "ais_steps": 100,
-                       "ais_paths": 16},
+        "prediction": {"minimize_steps": 300, "newton_steps": 5, "ais_steps": 100, "ais_paths": 16},
     }
     per_x = 30 + 4 * (50 + 25 * 2)  # warm start + chains, per sample of X
     per_y = 300 + 51 * (5 + 1) + 100 * 16  # descent, Hessians (51 gradients each), AIS paths

@@ -13,8 +13,9 @@ from coarseflow.runs import RunDir
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "coarseflow.cli", *args], capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "coarseflow.cli", *args], capture_output=True, text=True, timeout=600
+    )
 
 
 def assert_user_error(result, fragment):
@@ -32,8 +33,9 @@ def test_missing_config_file(tmp_path):
 def test_misspelt_key(tmp_path):
     cfg = tmp_path / "c.toml"
     cfg.write_text('[target]\nkind = "double_well"\n[training]\nlearning_rat = 0.1\n')
-    assert_user_error(run_cli("train", str(cfg), "--out", str(tmp_path / "r")),
-                      "unknown key 'learning_rat'")
+    assert_user_error(
+        run_cli("train", str(cfg), "--out", str(tmp_path / "r")), "unknown key 'learning_rat'"
+    )
 
 
 def test_not_a_run(tmp_path):
@@ -111,12 +113,28 @@ def test_train_from_another_runs_flow(tiny_run, tmp_path):
     config = load_config(tiny_run / "config.toml")
     _, _, trained, _, meta = load_run(tiny_run)
     start, _ = initial_model(config, build_target(config.target), init=tiny_run)
-    for a, b in zip(jax.tree.leaves(eqx.filter(start, eqx.is_inexact_array)),
-                    jax.tree.leaves(eqx.filter(trained, eqx.is_inexact_array)), strict=True):
+    for a, b in zip(
+        jax.tree.leaves(eqx.filter(start, eqx.is_inexact_array)),
+        jax.tree.leaves(eqx.filter(trained, eqx.is_inexact_array)),
+        strict=True,
+    ):
         np.testing.assert_array_equal(a, b)
     out = tmp_path / "continued"
-    assert main(["train", str(tiny_run.parent / "tiny.toml"), "--out", str(out), "--init",
-                 str(tiny_run), "--no-evaluate", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(tiny_run.parent / "tiny.toml"),
+                "--out",
+                str(out),
+                "--init",
+                str(tiny_run),
+                "--no-evaluate",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "init.json").read_text())["beta"] == meta["beta"]
     other = tmp_path / "other.toml"
     other.write_text((tiny_run.parent / "tiny.toml").read_text().replace("knots = 4", "knots = 5"))
@@ -156,8 +174,7 @@ def test_a_run_without_model_marker_loads_with_random_permutations(tiny_run, tmp
 
     from coarseflow.workflow import MODEL_MARKER, load_run
 
-    assert json.loads((tiny_run / MODEL_MARKER).read_text()) == {
-        "flow_permutation": "alternating"}
+    assert json.loads((tiny_run / MODEL_MARKER).read_text()) == {"flow_permutation": "alternating"}
     old = tmp_path / "old"
     shutil.copytree(tiny_run, old)
     (old / MODEL_MARKER).unlink()
@@ -170,5 +187,6 @@ def test_version_names_coarseflow_and_jax():
 
     result = run_cli("--version")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == (f"coarseflow {version('coarseflow')} "
-                                     f"(jax {version('jax')}, jaxlib {version('jaxlib')})")
+    assert result.stdout.strip() == (
+        f"coarseflow {version('coarseflow')} (jax {version('jax')}, jaxlib {version('jaxlib')})"
+    )

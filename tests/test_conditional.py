@@ -36,13 +36,13 @@ def _perturbed(conditional, key, scale=0.3):
     params, static = eqx.partition(conditional, eqx.is_inexact_array)
     leaves, tree = jax.tree.flatten(params)
     keys = jr.split(key, len(leaves))
-    leaves = [x + scale * jr.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys,
-                                                                           strict=True)]
+    leaves = [x + scale * jr.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys, strict=True)]
     return eqx.combine(jax.tree.unflatten(tree, leaves), static)
 
 
-@pytest.mark.parametrize(("kind", "target_class"), [("gaussian", _Ring), ("flow", _Ring),
-                                                    ("flow", _Swap)])
+@pytest.mark.parametrize(
+    ("kind", "target_class"), [("gaussian", _Ring), ("flow", _Ring), ("flow", _Swap)]
+)
 def test_density_is_exact_normalised_and_matches_sampling(kind, target_class):
     target = target_class(n_x=2, n_y=2, seed=1)
     cond = make_conditional(jr.key(0), target, ConditionalSettings(kind=kind, nn_width=8))
@@ -54,11 +54,15 @@ def test_density_is_exact_normalised_and_matches_sampling(kind, target_class):
     # integrates to 1 over Y (a grid wide enough for the Gaussian part, the angle's window)
     mean = np.asarray(draws.Y).mean(0)
     g0 = np.linspace(mean[0] - 12, mean[0] + 12, 401)
-    g1 = (np.linspace(-np.pi, np.pi, 401) + mean[1]) if target_class is _Ring else \
-        np.linspace(mean[1] - 12, mean[1] + 12, 401)
+    g1 = (
+        (np.linspace(-np.pi, np.pi, 401) + mean[1])
+        if target_class is _Ring
+        else np.linspace(mean[1] - 12, mean[1] + 12, 401)
+    )
     grid = jnp.asarray(np.stack(np.meshgrid(g0, g1, indexing="ij"), -1).reshape(-1, 2))
-    dens = np.exp(np.asarray(jax.jit(jax.vmap(
-        lambda y: cond.log_prob(target, X, beta, y)))(grid))).reshape(401, 401)
+    dens = np.exp(
+        np.asarray(jax.jit(jax.vmap(lambda y: cond.log_prob(target, X, beta, y)))(grid))
+    ).reshape(401, 401)
     mass = np.trapezoid(np.trapezoid(dens, g1, axis=1), g0)
     if target_class is _Ring:  # the window is one turn: the density is one of 2 pi period
         assert abs(mass - 1.0) < 2e-3
@@ -68,9 +72,10 @@ def test_density_is_exact_normalised_and_matches_sampling(kind, target_class):
 
 def test_symmetrised_density_is_invariant():
     target = _Swap(n_x=2, n_y=2, seed=1)
-    cond = _perturbed(make_conditional(jr.key(0), target, ConditionalSettings(kind="gaussian",
-                                                                             nn_width=8)),
-                      jr.key(3))
+    cond = _perturbed(
+        make_conditional(jr.key(0), target, ConditionalSettings(kind="gaussian", nn_width=8)),
+        jr.key(3),
+    )
     X, Y = jnp.array([0.1, 0.4]), jnp.array([0.7, -1.1])
     a, b = cond.log_prob(target, X, 1.0, Y), cond.log_prob(target, X, 1.0, Y[::-1])
     np.testing.assert_allclose(a, b, rtol=1e-12)
@@ -79,8 +84,7 @@ def test_symmetrised_density_is_invariant():
 def _exact_conditional(target):
     """A learned Gaussian set to the mixture's exact p(Y|X) = N(B X, cond_width^2 / beta)."""
     cond = make_conditional(jr.key(0), target, ConditionalSettings(kind="gaussian", nn_width=8))
-    return eqx.tree_at(lambda c: c.log_diag, cond,
-                       jnp.full(target.n_y, jnp.log(target.cond_width)))
+    return eqx.tree_at(lambda c: c.log_diag, cond, jnp.full(target.n_y, jnp.log(target.cond_width)))
 
 
 def test_joint_gradient_equals_exact_marginal_gradient_when_the_conditional_is_exact():
@@ -88,8 +92,9 @@ def test_joint_gradient_equals_exact_marginal_gradient_when_the_conditional_is_e
     # so the joint estimator's gradient for q(X) is the exact one sample by sample
     target = GaussianMixture(n_x=2, seed=0, weights=[0.2, 0.3, 0.5])
     lower, upper = target.x_bounds()
-    flow = box_flow(jr.key(1), lower=lower, upper=upper,
-                     settings=FlowSettings(knots=4, layers=2, nn_width=8))
+    flow = box_flow(
+        jr.key(1), lower=lower, upper=upper, settings=FlowSettings(knots=4, layers=2, nn_width=8)
+    )
     flow = _perturbed(flow, jr.key(5), 0.05)
     cond = _exact_conditional(target)
     beta = 0.6
@@ -114,14 +119,21 @@ def test_joint_gradient_equals_exact_marginal_gradient_when_the_conditional_is_e
 
 def _gaussian_kl(cond, target, X, beta):
     """Closed form mean over X (S, n_x) of KL(q(Y|X) || p_beta(Y|X)) for a gaussian kind."""
+
     def one(x):
         _, mu, L = cond._gaussian(target, x)
         cov = L @ L.T / beta
         m_p, s_p = target.conditional_gaussian(x, beta)
         d = m_p - mu
         n = mu.shape[0]
-        return 0.5 * (jnp.trace(cov) / s_p[0] ** 2 + d @ d / s_p[0] ** 2 - n
-                      + 2 * n * jnp.log(s_p[0]) - jnp.linalg.slogdet(cov)[1])
+        return 0.5 * (
+            jnp.trace(cov) / s_p[0] ** 2
+            + d @ d / s_p[0] ** 2
+            - n
+            + 2 * n * jnp.log(s_p[0])
+            - jnp.linalg.slogdet(cov)[1]
+        )
+
     return jnp.mean(jax.vmap(one)(X))
 
 
@@ -139,10 +151,13 @@ def test_conditional_gradient_matches_the_closed_form_kl_gradient():
         return masked_mean(t.surrogate, t.ok)
 
     g_mc = jax.tree.leaves(jax.grad(estimator)(params))
-    g_exact = jax.tree.leaves(jax.grad(
-        lambda p: _gaussian_kl(eqx.combine(p, static), target, X, beta))(params))
-    flat_mc, flat_exact = np.concatenate([g.ravel() for g in g_mc]), np.concatenate(
-        [g.ravel() for g in g_exact])
+    g_exact = jax.tree.leaves(
+        jax.grad(lambda p: _gaussian_kl(eqx.combine(p, static), target, X, beta))(params)
+    )
+    flat_mc, flat_exact = (
+        np.concatenate([g.ravel() for g in g_mc]),
+        np.concatenate([g.ravel() for g in g_exact]),
+    )
     # stated tolerance: 2 % of the gradient's norm (64,000 draws)
     assert np.linalg.norm(flat_mc - flat_exact) < 0.02 * np.linalg.norm(flat_exact)
 
@@ -152,10 +167,17 @@ def test_learned_exact_conditional_gives_exact_weights():
     # as the target's own exact conditional, sample for sample in distribution (log Z = 0)
     target = GaussianMixture(n_x=2, seed=0)
     lower, upper = target.x_bounds()
-    flow = box_flow(jr.key(1), lower=lower, upper=upper,
-                     settings=FlowSettings(knots=4, layers=2, nn_width=8))
-    s = draw_samples(jr.key(2), flow, target, 1.0, PredictionSettings(n_samples=4000),
-                     conditional=_exact_conditional(target))
+    flow = box_flow(
+        jr.key(1), lower=lower, upper=upper, settings=FlowSettings(knots=4, layers=2, nn_width=8)
+    )
+    s = draw_samples(
+        jr.key(2),
+        flow,
+        target,
+        1.0,
+        PredictionSettings(n_samples=4000),
+        conditional=_exact_conditional(target),
+    )
     expected = np.asarray(target.log_marginal(s.X)) - s.log_qX
     np.testing.assert_allclose(s.log_weights, expected, rtol=1e-9, atol=1e-9)
 
@@ -167,6 +189,7 @@ def test_settings_errors():
         ConditionalSettings(nn_width=0)
     with pytest.raises(ConfigError, match="needs at least 2 fast coordinates"):
         from coarseflow.targets import DoubleWell
+
         make_conditional(jr.key(0), DoubleWell(), ConditionalSettings(kind="flow"))
 
 
@@ -195,21 +218,29 @@ def test_a_joint_run_resumes_exactly_and_samples_with_its_conditional(tmp_path, 
     from coarseflow.runs import RunDir
     from coarseflow.workflow import load_run, sample_run, train_from_config
 
-    raw = {"target": {"kind": "gaussian_mixture", "n_x": 2, "support_beta": 0.3},
-           "model": {"knots": 4, "layers": 2, "nn_width": 8},
-           "conditional": {"kind": "gaussian", "nn_width": 8, "laplace_fits": 4},
-           "training": {"objective": "joint", "batch_size": 32, "first_beta_updates": 6,
-                        "updates_per_beta": 4, "tempering_samples": 64},
-           "tempering": {"kind": "explicit", "betas": [0.3, 0.6, 1.0]},
-           "prediction": {"n_samples": 200}}
+    raw = {
+        "target": {"kind": "gaussian_mixture", "n_x": 2, "support_beta": 0.3},
+        "model": {"knots": 4, "layers": 2, "nn_width": 8},
+        "conditional": {"kind": "gaussian", "nn_width": 8, "laplace_fits": 4},
+        "training": {
+            "objective": "joint",
+            "batch_size": 32,
+            "first_beta_updates": 6,
+            "updates_per_beta": 4,
+            "tempering_samples": 64,
+        },
+        "tempering": {"kind": "explicit", "betas": [0.3, 0.6, 1.0]},
+        "prediction": {"n_samples": 200},
+    }
     config = parse_config(raw)
     full = train_from_config(config, tmp_path / "full", progress=False)
     train_from_config(config, tmp_path / "part", progress=False, max_betas=2)
     resumed = train_from_config(config, tmp_path / "part", progress=False, resume=True)
-    for a, b in zip(jax.tree.leaves(eqx.filter((full.flow, full.conditional),
-                                               eqx.is_inexact_array)),
-                    jax.tree.leaves(eqx.filter((resumed.flow, resumed.conditional),
-                                               eqx.is_inexact_array)), strict=True):
+    for a, b in zip(
+        jax.tree.leaves(eqx.filter((full.flow, full.conditional), eqx.is_inexact_array)),
+        jax.tree.leaves(eqx.filter((resumed.flow, resumed.conditional), eqx.is_inexact_array)),
+        strict=True,
+    ):
         np.testing.assert_array_equal(a, b)
     loaded = load_run(tmp_path / "full")
     np.testing.assert_array_equal(loaded.conditional.loc, full.conditional.loc)
@@ -222,8 +253,10 @@ def test_a_joint_run_resumes_exactly_and_samples_with_its_conditional(tmp_path, 
     # the refinement on request (tests/test_refine.py checks its numbers)
     _, refined, _ = sample_run(tmp_path / "full", n=100, refine_steps=2)
     assert np.all(np.isfinite(refined.ais_acceptance))
-    assert main(["evaluate", str(tmp_path / "full"), "--quiet", "-n", "100",
-                 "--refine-steps", "2"]) == 0
+    assert (
+        main(["evaluate", str(tmp_path / "full"), "--quiet", "-n", "100", "--refine-steps", "2"])
+        == 0
+    )
     assert "refined by AIS toward p (2 steps" in capsys.readouterr().out
     summary = json.loads((tmp_path / "full" / "summary.json").read_text())
     assert summary["final"]["refined"]["refine_energy_evals"] == (6 * 256 + 100) * 4

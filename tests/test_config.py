@@ -79,7 +79,8 @@ def test_relative_file_paths_become_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     from coarseflow.config import _absolute_paths
 
-    raw = _absolute_paths({"target": {"kind": "molecule", "pdb": "mol.pdb",
-                                      "reference": "alanine_dipeptide"}})
+    raw = _absolute_paths(
+        {"target": {"kind": "molecule", "pdb": "mol.pdb", "reference": "alanine_dipeptide"}}
+    )
     assert raw["target"]["pdb"] == str(pdb.resolve())
     assert raw["target"]["reference"] == "alanine_dipeptide"  # a built-in name, not a file

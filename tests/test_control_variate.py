@@ -9,8 +9,9 @@ from coarseflow.samplers import ChainSettings, control_variate_forces
 from coarseflow.targets import GaussianMixture
 from coarseflow.training import chain_states
 
-SETTINGS = ChainSettings(kernel="mala", step_size=0.05, n_chains=4, n_burn=20, n_keep=10,
-                         warm_start_steps=5)
+SETTINGS = ChainSettings(
+    kernel="mala", step_size=0.05, n_chains=4, n_burn=20, n_keep=10, warm_start_steps=5
+)
 
 
 def test_gaussian_mixture_force_is_exact_with_the_control_variate():

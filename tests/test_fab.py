@@ -27,8 +27,9 @@ from coarseflow.training import adapt_fab_step
 def _setup():
     target = GaussianMixture(n_x=2, seed=0, weights=[0.2, 0.3, 0.5])
     lower, upper = target.x_bounds()
-    flow = box_flow(jr.key(1), lower=lower, upper=upper,
-                     settings=FlowSettings(knots=4, layers=2, nn_width=8))
+    flow = box_flow(
+        jr.key(1), lower=lower, upper=upper, settings=FlowSettings(knots=4, layers=2, nn_width=8)
+    )
     return target, _perturbed(flow, jr.key(5), 0.05), _exact_conditional(target)
 
 
@@ -37,8 +38,10 @@ def _exact_d2_gradient(flow, static_cond, params, target, beta, n_grid=300):
     p_beta(Y|X) exactly, D_2 of the joint is that of the marginal, and p_beta(X) ∝ p(X)^beta
     (the mixture's Y|X has the same width at every X)."""
     lower, upper = target.x_bounds()
-    axes = [np.linspace(lo, hi, n_grid + 1)[:-1] + (hi - lo) / n_grid / 2
-            for lo, hi in zip(lower, upper, strict=True)]
+    axes = [
+        np.linspace(lo, hi, n_grid + 1)[:-1] + (hi - lo) / n_grid / 2
+        for lo, hi in zip(lower, upper, strict=True)
+    ]
     grid = jnp.asarray(np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 2))
     log_p = beta * target.log_marginal(grid)
 
@@ -111,8 +114,9 @@ def test_replay_buffer_gradient_matches_quadrature_after_q_has_moved():
 
     def uncorrected(p):  # the same draws, each weighted 1 / n
         f, c = eqx.combine(p, static)
-        log_q = f.log_prob(buffer.X[drawn]) + jax.vmap(
-            lambda x, y: c.log_prob(target, x, beta, y))(buffer.X[drawn], buffer.Y[drawn])
+        log_q = f.log_prob(buffer.X[drawn]) + jax.vmap(lambda x, y: c.log_prob(target, x, beta, y))(
+            buffer.X[drawn], buffer.Y[drawn]
+        )
         return -jnp.mean(log_q)
 
     b = _flat(exact)
@@ -131,9 +135,11 @@ def test_replay_update_rebases_the_drawn_entries_on_the_current_q():
     assert bool(jnp.all(drawn < 64))  # the empty half is never drawn
     _, log_q = replay_loss(flow_new, cond, target, beta, buffer, drawn)
     updated = replay_update(buffer, drawn, log_q)
-    np.testing.assert_allclose(updated.log_weights[drawn],
-                               buffer.log_weights[drawn] + buffer.log_q[drawn] - log_q,
-                               rtol=1e-10)
+    np.testing.assert_allclose(
+        updated.log_weights[drawn],
+        buffer.log_weights[drawn] + buffer.log_q[drawn] - log_q,
+        rtol=1e-10,
+    )
     # re-based on q_new, the entries need no further correction there: uniform c
     f_params, f_static = eqx.partition(flow_new, eqx.is_inexact_array)
 
@@ -147,9 +153,19 @@ def test_replay_update_rebases_the_drawn_entries_on_the_current_q():
 
 
 def test_replay_add_overwrites_the_oldest_batch():
-    batches = [FabBatch(jnp.full((2, 1), float(i)), jnp.zeros((2, 1)), jnp.zeros(2),
-                        jnp.zeros(2), jnp.ones(2), jnp.zeros(2), jnp.zeros(2), jnp.asarray(2))
-               for i in range(3)]
+    batches = [
+        FabBatch(
+            jnp.full((2, 1), float(i)),
+            jnp.zeros((2, 1)),
+            jnp.zeros(2),
+            jnp.zeros(2),
+            jnp.ones(2),
+            jnp.zeros(2),
+            jnp.zeros(2),
+            jnp.asarray(2),
+        )
+        for i in range(3)
+    ]
     buffer = empty_buffer(4, 1, 1, jnp.float64)
     for b in batches:
         buffer = replay_add(buffer, b)
@@ -180,12 +196,27 @@ def test_training_with_the_replay_buffer_makes_an_ais_batch_every_fab_reuse_upda
             self.records += records
 
     target, flow, cond = _setup()
-    settings = TrainingSettings(batch_size=16, first_beta_updates=6, updates_per_beta=6,
-                                tempering_samples=32, objective="fab", fab_steps=1,
-                                fab_buffer_size=64, fab_reuse=3)
+    settings = TrainingSettings(
+        batch_size=16,
+        first_beta_updates=6,
+        updates_per_beta=6,
+        tempering_samples=32,
+        objective="fab",
+        fab_steps=1,
+        fab_buffer_size=64,
+        fab_reuse=3,
+    )
     seen = Records()
-    result = train(target, flow, Explicit((0.5, 1.0)), settings, ChainSettings(),
-                   conditional=cond, callbacks=seen, progress=False)
+    result = train(
+        target,
+        flow,
+        Explicit((0.5, 1.0)),
+        settings,
+        ChainSettings(),
+        conditional=cond,
+        callbacks=seen,
+        progress=False,
+    )
     assert result.betas == [0.5, 1.0]
     evals = np.diff([0] + [r["energy_evals"] for r in seen.records])
     # AIS batches (16 paths x 2 evaluations) at updates 0 and 3 of each beta; the ladder's 32
@@ -194,11 +225,14 @@ def test_training_with_the_replay_buffer_makes_an_ais_batch_every_fab_reuse_upda
     assert all(r["n_used"] == 16 and np.isfinite(r["loss"]) for r in seen.records)
 
 
-@pytest.mark.parametrize(("settings", "message"), [
-    ({"fab_buffer_size": 24}, "fab_buffer_size: expected a multiple of batch_size = 16"),
-    ({"fab_reuse": 2}, "fab_reuse: reusing AIS batches needs the replay buffer"),
-    ({"fab_buffer_size": 32, "objective": "joint"}, "the replay buffer is fab's"),
-])
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"fab_buffer_size": 24}, "fab_buffer_size: expected a multiple of batch_size = 16"),
+        ({"fab_reuse": 2}, "fab_reuse: reusing AIS batches needs the replay buffer"),
+        ({"fab_buffer_size": 32, "objective": "joint"}, "the replay buffer is fab's"),
+    ],
+)
 def test_replay_buffer_settings_are_checked(settings, message):
     from coarseflow.errors import ConfigError
     from coarseflow.training import TrainingSettings

@@ -20,8 +20,12 @@ from coarseflow.model.flow import (
 def perturbed_flow(n_x, seed=0, scale=0.3):
     """A flow whose spline parameters are random (not the identity it starts as)."""
     lower, upper = -np.arange(1, n_x + 1) * 1.5, np.arange(1, n_x + 1) * 2.0
-    flow = box_flow(jr.key(seed), lower=lower, upper=upper,
-                     settings=FlowSettings(knots=6, layers=3, nn_width=16, nn_depth=1))
+    flow = box_flow(
+        jr.key(seed),
+        lower=lower,
+        upper=upper,
+        settings=FlowSettings(knots=6, layers=3, nn_width=16, nn_depth=1),
+    )
     params, static = split_trainable(flow)
     leaves, tree = jax.tree.flatten(params)
     keys = jr.split(jr.key(seed + 1), len(leaves))
@@ -54,8 +58,12 @@ def test_flow_parameters_move_the_flow():
     import equinox as eqx
 
     flow = eqx.combine(params, static)
-    flow0 = box_flow(jr.key(0), lower=-np.array([1.5, 3.0]), upper=np.array([2.0, 4.0]),
-                      settings=FlowSettings(knots=6, layers=3, nn_width=16, nn_depth=1))
+    flow0 = box_flow(
+        jr.key(0),
+        lower=-np.array([1.5, 3.0]),
+        upper=np.array([2.0, 4.0]),
+        settings=FlowSettings(knots=6, layers=3, nn_width=16, nn_depth=1),
+    )
     z = flow.base_dist.sample(jr.key(3), (8,))
     assert np.max(np.abs(sample_with_log_det(flow, z)[0] - sample_with_log_det(flow0, z)[0])) > 1e-3
 
@@ -70,8 +78,9 @@ def test_box_base_is_normalised(bound):
     np.testing.assert_allclose(flat.log_prob(jnp.array([0.1 * bound])), -np.log(2 * bound))
     mixed = BoxBase(2, bound, [False, True])
     x = jnp.array([0.3, -0.2]) * bound
-    np.testing.assert_allclose(mixed.log_prob(x), d.log_prob(x[:1]) + flat.log_prob(x[1:]),
-                               atol=1e-12)
+    np.testing.assert_allclose(
+        mixed.log_prob(x), d.log_prob(x[:1]) + flat.log_prob(x[1:]), atol=1e-12
+    )
     s = np.asarray(mixed.sample(jr.key(0), (20000,)))
     assert np.all(np.abs(s) <= bound)
     # the uniform coordinate: mean 0, variance B^2 / 3 (standard errors ~ 0.004 B, 0.003 B^2)
@@ -112,8 +121,13 @@ def test_uniform_angles_start_flat(layers):
     assert np.all(np.abs(counts / 2500 - 1) < 0.1)  # flat over the circle (sd of each ~ 0.02)
     for k in (0, 2):  # the others stay peaked (68 % within one sd)
         assert np.mean(np.abs(X[:, k] - 0.5) < 0.125) > 0.6
-    normal = box_flow(jr.key(0), lower=lower, upper=upper, periodic=periodic,
-                       settings=FlowSettings(layers=layers, uniform_angles=False))
+    normal = box_flow(
+        jr.key(0),
+        lower=lower,
+        upper=upper,
+        periodic=periodic,
+        settings=FlowSettings(layers=layers, uniform_angles=False),
+    )
     Xn = np.asarray(normal.sample(jr.key(1), (20000,)))
     assert np.mean(np.abs(Xn[:, 1]) > 0.75 * np.pi) < 0.01  # a normal base: far side ~ empty
 
@@ -139,14 +153,20 @@ def _untouched_outputs(n_x, layers, seed, permutation):
     """Output coordinates that no trainable parameter moves (no layer transforms them)."""
     import equinox as eqx
 
-    flow = box_flow(jr.key(seed), lower=-np.ones(n_x), upper=np.ones(n_x),
-                     settings=FlowSettings(knots=4, layers=layers, nn_width=8, nn_depth=1,
-                                           permutation=permutation))
+    flow = box_flow(
+        jr.key(seed),
+        lower=-np.ones(n_x),
+        upper=np.ones(n_x),
+        settings=FlowSettings(
+            knots=4, layers=layers, nn_width=8, nn_depth=1, permutation=permutation
+        ),
+    )
     params, static = split_trainable(flow)
     leaves, tree = jax.tree.flatten(params)
     keys = jr.split(jr.key(7), len(leaves))
-    moved = jax.tree.unflatten(tree, [p + 0.3 * jr.normal(k, p.shape, p.dtype)
-                                      for p, k in zip(leaves, keys, strict=True)])
+    moved = jax.tree.unflatten(
+        tree, [p + 0.3 * jr.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys, strict=True)]
+    )
     z = flow.base_dist.sample(jr.key(3), (64,))
     a = sample_with_log_det(flow, z)[0]
     b = sample_with_log_det(eqx.combine(moved, static), z)[0]
@@ -181,6 +201,7 @@ def test_alternating_permutations_alternate():
 def test_make_flow_reads_the_target():
     """make_flow(key, target, settings) is box_flow on what the target declares: its box, its
     fixed bijection (here exp on the first coordinate) and its angles (uniform at the start)."""
+
     class Declared:
         def x_bounds(self):
             return np.array([-1.0, -np.pi]), np.array([1.0, np.pi])
@@ -194,8 +215,14 @@ def test_make_flow_reads_the_target():
     settings = FlowSettings(layers=2, nn_width=8)
     flow = make_flow(jr.key(3), Declared(), settings)
     lower, upper = Declared().x_bounds()
-    same = box_flow(jr.key(3), lower=lower, upper=upper, settings=settings,
-                    output=Declared().x_bijection(), periodic=Declared().x_periodic())
+    same = box_flow(
+        jr.key(3),
+        lower=lower,
+        upper=upper,
+        settings=settings,
+        output=Declared().x_bijection(),
+        periodic=Declared().x_periodic(),
+    )
     X = np.asarray(flow.sample(jr.key(4), (4000,)))
     np.testing.assert_array_equal(X, np.asarray(same.sample(jr.key(4), (4000,))))
     assert np.all((X[:, 0] >= np.exp(-1.0)) & (X[:, 0] <= np.exp(1.0)))  # exp of the box

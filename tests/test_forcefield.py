@@ -408,18 +408,32 @@ def _obc1_system(solvent, solute, surface):
     system = openmm.System()
     force = GBSAOBC1Force(solvent, solute, surface, None, 0.0)
     particles = [  # charge e, radius nm, scale
-        (0.4, 0.30, 1.5), (-0.3, 0.10, 0.5), (0.2, 0.11, 0.6), (-0.5, 0.17, 0.72),
-        (0.1, 0.12, 0.85), (0.3, 0.155, 0.79), (-0.6, 0.15, 0.85), (0.4, 0.18, 0.96),
+        (0.4, 0.30, 1.5),
+        (-0.3, 0.10, 0.5),
+        (0.2, 0.11, 0.6),
+        (-0.5, 0.17, 0.72),
+        (0.1, 0.12, 0.85),
+        (0.3, 0.155, 0.79),
+        (-0.6, 0.15, 0.85),
+        (0.4, 0.18, 0.96),
     ]
     for charge, radius, scale in particles:
         system.addParticle(12.0)
         force.addParticle([charge, radius, scale])
     force.finalize()
     system.addForce(force)
-    base = np.array([
-        [0.0, 0.0, 0.0], [0.14, 0.0, 0.0], [0.0, 0.2, 0.0], [0.3, 0.25, 0.1],
-        [-0.25, -0.2, 0.15], [0.1, -0.3, -0.2], [-0.35, 0.1, -0.25], [0.45, -0.1, 0.3],
-    ])
+    base = np.array(
+        [
+            [0.0, 0.0, 0.0],
+            [0.14, 0.0, 0.0],
+            [0.0, 0.2, 0.0],
+            [0.3, 0.25, 0.1],
+            [-0.25, -0.2, 0.15],
+            [0.1, -0.3, -0.2],
+            [-0.35, 0.1, -0.25],
+            [0.45, -0.1, 0.3],
+        ]
+    )
     return system, base
 
 

@@ -28,9 +28,13 @@ from coarseflow.config import SECTIONS
 # 100 examples per test, the same every run (fast: CI); the slow test below reruns this file
 # with COARSEFLOW_FUZZ_EXAMPLES=1000 and fresh random inputs.
 EXAMPLES = int(os.environ.get("COARSEFLOW_FUZZ_EXAMPLES", "100"))
-FUZZ = settings(max_examples=EXAMPLES, derandomize=EXAMPLES == 100, deadline=None,
-                database=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                      HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    derandomize=EXAMPLES == 100,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 _files = itertools.count()
 
 # ---- what each key accepts --------------------------------------------------------------------
@@ -43,55 +47,81 @@ STEPS = 10**12  # [reference] counts
 
 SPEC = {
     "model": {
-        "knots": ("int", 2, SIZE_MAX), "interval": ("num", 0.0, 100.0, True, False),
-        "layers": ("int", 1, SIZE_MAX), "nn_width": ("int", 1, SIZE_MAX),
-        "nn_depth": ("int", 0, SIZE_MAX), "uniform_angles": ("bool",),
-        "permutation": ("choice", ("alternating", "random")), "seed": SEED,
+        "knots": ("int", 2, SIZE_MAX),
+        "interval": ("num", 0.0, 100.0, True, False),
+        "layers": ("int", 1, SIZE_MAX),
+        "nn_width": ("int", 1, SIZE_MAX),
+        "nn_depth": ("int", 0, SIZE_MAX),
+        "uniform_angles": ("bool",),
+        "permutation": ("choice", ("alternating", "random")),
+        "seed": SEED,
     },
     "conditional": {
-        "kind": ("choice", ("chains", "gaussian", "flow")), "nn_width": ("int", 1, SIZE_MAX),
-        "nn_depth": ("int", 0, SIZE_MAX), "knots": ("int", 2, SIZE_MAX),
-        "interval": ("num", 0.0, 100.0, True, False), "layers": ("int", 1, SIZE_MAX),
-        "laplace_fits": ("int", 1, INT_MAX), "seed": SEED,
+        "kind": ("choice", ("chains", "gaussian", "flow")),
+        "nn_width": ("int", 1, SIZE_MAX),
+        "nn_depth": ("int", 0, SIZE_MAX),
+        "knots": ("int", 2, SIZE_MAX),
+        "interval": ("num", 0.0, 100.0, True, False),
+        "layers": ("int", 1, SIZE_MAX),
+        "laplace_fits": ("int", 1, INT_MAX),
+        "seed": SEED,
     },
     "chains": {
         "kernel": ("choice", ("mala", "hmc", "baoab")),
-        "step_size": ("num", 0.0, math.inf, True, True), "n_chains": ("int", 1, INT_MAX),
-        "n_burn": ("int", 0, INT_MAX), "n_keep": ("int", 1, INT_MAX),
-        "thin": ("int", 1, INT_MAX), "hmc_leapfrog": ("int", 1, INT_MAX),
+        "step_size": ("num", 0.0, math.inf, True, True),
+        "n_chains": ("int", 1, INT_MAX),
+        "n_burn": ("int", 0, INT_MAX),
+        "n_keep": ("int", 1, INT_MAX),
+        "thin": ("int", 1, INT_MAX),
+        "hmc_leapfrog": ("int", 1, INT_MAX),
         "friction": ("num", 0.0, math.inf, True, True),
         "warm_start_steps": ("int", 0, INT_MAX),
-        "warm_start_lr": ("num", 0.0, math.inf, True, True), "control_variate": ("bool",),
+        "warm_start_lr": ("num", 0.0, math.inf, True, True),
+        "control_variate": ("bool",),
     },
     "training": {
-        "batch_size": ("int", 1, INT_MAX), "learning_rate": ("num", 0.0, 1.0, True, False),
-        "updates_per_beta": ("int", 1, INT_MAX), "first_beta_updates": ("int", 1, INT_MAX),
+        "batch_size": ("int", 1, INT_MAX),
+        "learning_rate": ("num", 0.0, 1.0, True, False),
+        "updates_per_beta": ("int", 1, INT_MAX),
+        "first_beta_updates": ("int", 1, INT_MAX),
         "final_beta_updates": ("int", 1, INT_MAX),
         "lr_final_fraction": ("num", 0.0, 1.0, True, False),
         "tempering_samples": ("int", 1, INT_MAX),
         "forward_kl_weight": ("num", 0.0, 1e6, False, False),
         "objective": ("choice", ("mean_force", "joint", "hybrid", "fab")),
-        "force_clip": ("num", 0.0, math.inf, True, True), "fab_steps": ("int", 1, INT_MAX),
+        "force_clip": ("num", 0.0, math.inf, True, True),
+        "fab_steps": ("int", 1, INT_MAX),
         "fab_step_size": ("num", 0.0, math.inf, True, True),
         "skip_window": ("int", 10, INT_MAX),
         "skip_factor": ("num", 3.0, math.inf, True, True),  # > clip_factor (3)
-        "clip_factor": ("num", 1.0, math.inf, True, True), "seed": SEED,
+        "clip_factor": ("num", 1.0, math.inf, True, True),
+        "seed": SEED,
     },
     "prediction": {
-        "n_samples": ("int", 1, INT_MAX), "ladder_samples": ("int", 1, INT_MAX),
+        "n_samples": ("int", 1, INT_MAX),
+        "ladder_samples": ("int", 1, INT_MAX),
         "conditional": ("choice", ("auto", "exact", "laplace", "ais")),
-        "minimize_steps": ("int", 0, INT_MAX), "minimize_lr": ("num", 0.0, math.inf, True, True),
-        "newton_steps": ("int", 0, INT_MAX), "ais_steps": ("int", 0, INT_MAX),
-        "ais_step_size": ("num", 0.0, math.inf, True, True), "ais_paths": ("int", 1, INT_MAX),
+        "minimize_steps": ("int", 0, INT_MAX),
+        "minimize_lr": ("num", 0.0, math.inf, True, True),
+        "newton_steps": ("int", 0, INT_MAX),
+        "ais_steps": ("int", 0, INT_MAX),
+        "ais_step_size": ("num", 0.0, math.inf, True, True),
+        "ais_paths": ("int", 1, INT_MAX),
         "batch_size": ("int", 1, INT_MAX),
     },
     "reference": {
-        "n_replicas": ("int", 1, STEPS), "t_max": ("num", 0.0, 1e5, True, False),
-        "n_chains": ("int", 1, STEPS), "time_step_ps": ("num", 0.0, 0.005, True, False),
-        "friction_per_ps": ("num", 0.0, 1e4, True, False), "n_steps": ("int", 1, STEPS),
-        "burn_in_steps": ("int", 0, STEPS), "record_every": ("int", 1, STEPS),
-        "exchange_every": ("int", 1, STEPS), "n_blocks": ("int", 2, STEPS),
-        "seed": SEED, "openmm_check_steps": ("int", 0, STEPS),
+        "n_replicas": ("int", 1, STEPS),
+        "t_max": ("num", 0.0, 1e5, True, False),
+        "n_chains": ("int", 1, STEPS),
+        "time_step_ps": ("num", 0.0, 0.005, True, False),
+        "friction_per_ps": ("num", 0.0, 1e4, True, False),
+        "n_steps": ("int", 1, STEPS),
+        "burn_in_steps": ("int", 0, STEPS),
+        "record_every": ("int", 1, STEPS),
+        "exchange_every": ("int", 1, STEPS),
+        "n_blocks": ("int", 2, STEPS),
+        "seed": SEED,
+        "openmm_check_steps": ("int", 0, STEPS),
         "openmm_platform": ("choice", ("CPU", "Reference")),
         "dtype": ("choice", ("float32", "float64")),
     },
@@ -109,12 +139,14 @@ TEMPERING = {  # kind -> keys (the kind itself is written first)
 }
 TARGETS = {  # target kind -> keys whose range its own checks state
     "double_well": {"bound": ("num", 2.0, math.inf, True, True)},  # > the wells' |x|
-    "gaussian_mixture": {"n_x": ("int", 1, 10_000), "n_components": ("int", 1, 10_000),
-                         "width": ("num", 0.0, math.inf, True, True),
-                         "cond_width": ("num", 0.0, math.inf, True, True),
-                         "support_beta": ("num", 0.0, 1.0, True, False)},
-    "many_well": {"n_wells": ("int", 1, 10_000),
-                  "support_beta": ("num", 0.0, 1.0, True, False)},
+    "gaussian_mixture": {
+        "n_x": ("int", 1, 10_000),
+        "n_components": ("int", 1, 10_000),
+        "width": ("num", 0.0, math.inf, True, True),
+        "cond_width": ("num", 0.0, math.inf, True, True),
+        "support_beta": ("num", 0.0, 1.0, True, False),
+    },
+    "many_well": {"n_wells": ("int", 1, 10_000), "support_beta": ("num", 0.0, 1.0, True, False)},
 }
 
 
@@ -150,9 +182,9 @@ VALUES = st.one_of(SCALARS, st.lists(SCALARS, max_size=3))
 def bad_value(spec):
     """Values that ``spec`` refuses: out of range, not finite, or of another type."""
     near = [0, 1, -1, 2, 10, 2**32, 10**8 + 1, 0.5, 1e-13, 1e300, -0.0]
-    return st.one_of(VALUES, st.sampled_from(near), st.sampled_from([math.nan, math.inf,
-                                                                     -math.inf])
-                     ).filter(lambda v: not accepts(spec, v))
+    return st.one_of(
+        VALUES, st.sampled_from(near), st.sampled_from([math.nan, math.inf, -math.inf])
+    ).filter(lambda v: not accepts(spec, v))
 
 
 def toml_value(value) -> str:
@@ -161,8 +193,13 @@ def toml_value(value) -> str:
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf") if math.isinf(
-            value) else repr(value)
+        return (
+            "nan"
+            if math.isnan(value)
+            else ("inf" if value > 0 else "-inf")
+            if math.isinf(value)
+            else repr(value)
+        )
     if isinstance(value, str):
         return json.dumps(value).replace("\x7f", "\\u007f")
     return "[" + ", ".join(toml_value(v) for v in value) + "]"
@@ -193,8 +230,12 @@ def nothing_runs():
         raise AssertionError("a bad input got past the checks and started work")
 
     with pytest.MonkeyPatch.context() as mp:
-        for module, name in ((workflow, "train_from_config"), (workflow, "sample_run"),
-                             (evaluation, "evaluate_run"), (reference, "reference_main")):
+        for module, name in (
+            (workflow, "train_from_config"),
+            (workflow, "sample_run"),
+            (evaluation, "evaluate_run"),
+            (reference, "reference_main"),
+        ):
             mp.setattr(module, name, refuse)
         yield
 
@@ -238,8 +279,7 @@ def test_bad_setting_values(root, data, key):
 
 
 @FUZZ
-@given(data=st.data(), key=st.sampled_from([(k, n) for k, keys in TEMPERING.items()
-                                            for n in keys]))
+@given(data=st.data(), key=st.sampled_from([(k, n) for k, keys in TEMPERING.items() for n in keys]))
 def test_bad_tempering_values(root, data, key):
     kind, name = key
     spec = TEMPERING[kind][name]
@@ -252,11 +292,14 @@ def test_bad_tempering_values(root, data, key):
 
 
 @FUZZ
-@given(betas=st.lists(st.one_of(st.floats(), st.integers(-3, 3), TEXT), min_size=0,
-                      max_size=5))
+@given(betas=st.lists(st.one_of(st.floats(), st.integers(-3, 3), TEXT), min_size=0, max_size=5))
 def test_bad_explicit_ladders(root, betas):
-    ok = (len(betas) > 0 and all(accepts(("num", 1e-6, 1.0, False, False), b) for b in betas)
-          and all(b - a >= 1e-9 for a, b in itertools.pairwise(betas)) and betas[-1] == 1)
+    ok = (
+        len(betas) > 0
+        and all(accepts(("num", 1e-6, 1.0, False, False), b) for b in betas)
+        and all(b - a >= 1e-9 for a, b in itertools.pairwise(betas))
+        and betas[-1] == 1
+    )
     if ok:
         betas = [*betas, 0.5]  # no longer increasing, nor ending at 1
     line = train_config(root, with_table("tempering", {"kind": "explicit", "betas": betas}))
@@ -282,8 +325,12 @@ KEY_NAME = st.text(string.ascii_letters + string.digits + "_-", min_size=1, max_
 @FUZZ
 @given(section=st.sampled_from([*SPEC, "tempering", "target"]), name=KEY_NAME, value=VALUES)
 def test_unknown_keys(root, section, name, value):
-    known = (SPEC.get(section, {}).keys() | TEMPERING["adaptive"].keys() | {"kind"}
-             | TARGETS["double_well"].keys())
+    known = (
+        SPEC.get(section, {}).keys()
+        | TEMPERING["adaptive"].keys()
+        | {"kind"}
+        | TARGETS["double_well"].keys()
+    )
     if name in known:
         name += "_x"
     table = {"kind": "adaptive", name: value} if section == "tempering" else {name: value}
@@ -306,8 +353,11 @@ def test_unknown_sections_and_non_tables(root, name, value):
 
 
 @FUZZ
-@given(kind=VALUES.filter(lambda v: v not in ("double_well", "gaussian_mixture", "many_well",
-                                              "molecule")))
+@given(
+    kind=VALUES.filter(
+        lambda v: v not in ("double_well", "gaussian_mixture", "many_well", "molecule")
+    )
+)
 def test_bad_target_kinds(root, kind):
     line = train_config(root, f"[target]\nkind = {toml_value(kind)}\n")
     assert "[target] kind" in line, line
@@ -335,9 +385,11 @@ def bad_cli_number(valid):
         return True
 
     # argparse takes "-x" for an option unless it looks like a negative number
-    return st.one_of(numbers.map(repr), numbers.map(str), TEXT).filter(
-        lambda t: not t.startswith("-") or re.fullmatch(r"-\d+|-\d*\.\d+", t)
-    ).filter(refused)
+    return (
+        st.one_of(numbers.map(repr), numbers.map(str), TEXT)
+        .filter(lambda t: not t.startswith("-") or re.fullmatch(r"-\d+|-\d*\.\d+", t))
+        .filter(refused)
+    )
 
 
 CLI = {
@@ -356,8 +408,10 @@ def test_bad_sample_arguments(root, data, flag):
 
 
 @FUZZ
-@given(suffix=st.text(string.ascii_letters + string.digits, max_size=5),
-       command=st.sampled_from(["sample", "reference"]))
+@given(
+    suffix=st.text(string.ascii_letters + string.digits, max_size=5),
+    command=st.sampled_from(["sample", "reference"]),
+)
 def test_bad_output_names(root, suffix, command):
     allowed = (".npz", ".pdb", ".dcd") if command == "sample" else (".npz",)
     name = f"out.{suffix}" if suffix else "out"
@@ -375,6 +429,20 @@ def test_ten_times_as_many_fresh_bad_inputs():
     """This file's generators with 1000 random (not derandomised) examples each: 10,000."""
     env = {**os.environ, "COARSEFLOW_FUZZ_EXAMPLES": "1000"}
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow",
-         __file__], env=env, capture_output=True, text=True, timeout=1800)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-m",
+            "not slow",
+            __file__,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert result.returncode == 0, result.stdout[-4000:]

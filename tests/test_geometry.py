@@ -53,7 +53,9 @@ def test_jax_dihedral_and_angle_match_the_old_forms():
     np.testing.assert_allclose(
         np.asarray(angles(pos, triples)),
         np.asarray(_old_angle(*(pos[:, triples[:, k]] for k in range(3)), jnp)),
-        rtol=1e-14, atol=1e-14)
+        rtol=1e-14,
+        atol=1e-14,
+    )
 
 
 @pytest.mark.parametrize("xp", [np, jnp])
@@ -70,7 +72,8 @@ def test_dihedral_sign():
     """+90 degrees for a clockwise turn (as mdtraj, test_observables), either way along the
     chain, -90 for its mirror image."""
     pos = jnp.array([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 1.0, 1.0]])
-    np.testing.assert_allclose(dihedrals(pos, np.array([[0, 1, 2, 3], [3, 2, 1, 0]])),
-                               [np.pi / 2, np.pi / 2], rtol=1e-15)
+    np.testing.assert_allclose(
+        dihedrals(pos, np.array([[0, 1, 2, 3], [3, 2, 1, 0]])), [np.pi / 2, np.pi / 2], rtol=1e-15
+    )
     mirror = pos * jnp.array([1.0, -1.0, 1.0])
     assert float(dihedrals(mirror, np.array([[0, 1, 2, 3]]))[0]) == pytest.approx(-np.pi / 2)

@@ -55,7 +55,10 @@ def test_alanine_zmatrix_layout_and_bounds(ala2):
     assert zm.gauge == (1, 2, 3)
     assert zm.placements == ((0, 1, 2, 3), (4, 3, 2, 1))  # phi, then psi (reversed)
     assert zm.kinds == ("bond", "bond", "angle", "bond", "angle", "dihedral") + (
-        "bond", "angle", "dihedral")
+        "bond",
+        "angle",
+        "dihedral",
+    )
     lo, hi = ala2.x_bounds()
     X, _ = ala2.partition.split(ala2.reference_x)
     q = np.asarray(zm.inverse(X))
@@ -95,8 +98,11 @@ def test_round_trips_and_log_det(ala2):
     _, want = np.linalg.slogdet(np.asarray(jac))
     np.testing.assert_allclose(np.asarray(ld), want, rtol=1e-9, atol=1e-9)
     # differentiable
-    g = jax.jit(jax.grad(lambda v: jnp.sum(zm.transform_and_log_det(v)[0] ** 2)
-                         + zm.transform_and_log_det(v)[1]))(q[1])
+    g = jax.jit(
+        jax.grad(
+            lambda v: jnp.sum(zm.transform_and_log_det(v)[0] ** 2) + zm.transform_and_log_det(v)[1]
+        )
+    )(q[1])
     assert np.all(np.isfinite(np.asarray(g)))
     # dihedrals outside the window come back wrapped into it
     shifted = q.at[:, zm.dihedral_slots].add(2 * math.pi)
@@ -127,8 +133,7 @@ def test_untrained_flow_energies_internal_vs_cartesian(ala2):
     u = np.asarray(_energies(ala2, X))
     assert np.all(np.isfinite(u)) and np.all(np.isfinite(np.asarray(log_q)))
     # log q(X) by the inverse (as importance weights use it) agrees with the sampling path
-    np.testing.assert_allclose(np.asarray(log_q_inverse), np.asarray(log_q),
-                               rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(np.asarray(log_q_inverse), np.asarray(log_q), rtol=1e-8, atol=1e-8)
     # Cartesian box: the same flow without the bijection
     clo, chi = ala2.cartesian_x_bounds()
     cart = box_flow(jr.key(0), lower=clo, upper=chi, settings=settings)
@@ -194,8 +199,9 @@ def test_fast_atom_internal_coordinates_round_trip_with_exact_log_det(pdb, selec
     periodic = m.y_periodic()
     assert periodic.sum() == len(m.fast_atoms) and xi.shape[-1] == m.partition.n_y
     turned = xi.at[:, np.flatnonzero(periodic)].add(2 * math.pi)
-    np.testing.assert_allclose(np.asarray(jax.vmap(m.y_cartesian)(Xs, turned)[0]),
-                               np.asarray(Ys), atol=1e-10)
+    np.testing.assert_allclose(
+        np.asarray(jax.vmap(m.y_cartesian)(Xs, turned)[0]), np.asarray(Ys), atol=1e-10
+    )
     # every placement distance is a bond: 0.09-0.16 nm in the reference structure
     r = np.asarray(m.y_internal(X, Y)[0::3])
     assert np.all((r > 0.09) & (r < 0.16))
@@ -231,16 +237,25 @@ def test_equivalent_rotors_tolerate_rounding_but_not_other_parameters():
     from coarseflow.targets.molecule import equivalent_rotors
 
     # l - k - c with three terminal atoms on c; energy 100 + sum_i a_i |r_i|^2
-    ref = np.array([[0, 0, 0], [1, 0, 0], [2, 0, 0], [2.5, 1, 0], [2.6, -0.5, 0.9],
-                    [2.4, -0.5, -0.9]], dtype=float)
+    ref = np.array(
+        [[0, 0, 0], [1, 0, 0], [2, 0, 0], [2.5, 1, 0], [2.6, -0.5, 0.9], [2.4, -0.5, -0.9]],
+        dtype=float,
+    )
     hops = np.full((6, 6), 2)
     for i, j in [(0, 1), (1, 2), (2, 3), (2, 4), (2, 5)]:
         hops[i, j] = hops[j, i] = 1
 
     def rotors(a_terminals):
         a = jnp.asarray([1.0, 1.0, 1.0, *a_terminals])
-        ff = type("FF", (), {"energy": staticmethod(
-            lambda x: 100.0 + jnp.sum(a * jnp.sum(jnp.asarray(x) ** 2, axis=1)))})
+        ff = type(
+            "FF",
+            (),
+            {
+                "energy": staticmethod(
+                    lambda x: 100.0 + jnp.sum(a * jnp.sum(jnp.asarray(x) ** 2, axis=1))
+                )
+            },
+        )
         return equivalent_rotors(ff, hops, np.array([3, 4, 5]), ref)
 
     assert rotors([0.5, 0.5, 0.5]) == ((2, 1, 0, (3, 4, 5)),)
@@ -292,14 +307,17 @@ def test_methyl_relabelings_permute_the_internal_coordinates(ala2):
     np.testing.assert_allclose(log_det, log_det[0], rtol=1e-12)
 
     cond = make_conditional(jr.key(0), ala2, ConditionalSettings(kind="gaussian", nn_width=8))
-    cond = eqx.tree_at(lambda c: (c.log_diag, c.lower), cond,
-                       (jnp.full(ala2.partition.n_y, -2.0),
-                        0.05 * jr.normal(jr.key(5), cond.lower.shape)))
+    cond = eqx.tree_at(
+        lambda c: (c.log_diag, c.lower),
+        cond,
+        (jnp.full(ala2.partition.n_y, -2.0), 0.05 * jr.normal(jr.key(5), cond.lower.shape)),
+    )
     draws = jax.jit(jax.vmap(lambda k: cond.sample(k, ala2, X, 0.5)))(jr.split(jr.key(2), 4))
 
     def slow(y_):
         logs = jax.vmap(lambda p: cond._log_prob0(ala2, X, 0.5, y_[p], cond._gaussian(ala2, X)))(
-            perms)
+            perms
+        )
         return jax.nn.logsumexp(logs) - math.log(len(perms))
 
     fast = jax.jit(jax.vmap(lambda y_: cond.log_prob(ala2, X, 0.5, y_)))(draws.Y)

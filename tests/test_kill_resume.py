@@ -86,8 +86,10 @@ def setup(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("kill")
     cache = root / "jax-cache"
-    before = (jax.config.jax_compilation_cache_dir,
-              jax.config.jax_persistent_cache_min_compile_time_secs)
+    before = (
+        jax.config.jax_compilation_cache_dir,
+        jax.config.jax_persistent_cache_min_compile_time_secs,
+    )
     jax.config.update("jax_compilation_cache_dir", str(cache))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     compilation_cache.reset_cache()
@@ -103,11 +105,24 @@ def setup(tmp_path_factory):
 
 
 def start_child(cfg, out, cache, kill_at_write=0):
-    env = {**os.environ, "COARSEFLOW_JAX_CACHE": str(cache),
-           "KILL_AT_WRITE": str(kill_at_write)}
-    return subprocess.Popen([sys.executable, "-c", CHILD, "train", str(cfg), "--out", str(out),
-                             "--quiet", "--no-evaluate"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "COARSEFLOW_JAX_CACHE": str(cache), "KILL_AT_WRITE": str(kill_at_write)}
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            "train",
+            str(cfg),
+            "--out",
+            str(out),
+            "--quiet",
+            "--no-evaluate",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def resume_and_compare(cfg, out, reference):
@@ -214,8 +229,11 @@ def test_sample_and_evaluate_skip_a_damaged_checkpoint(setup, tmp_path, capsys):
     assert [b["beta"] for b in summary["per_beta"]] == [0.4]
     # nothing intact: one line and exit 2 for all three
     (out / "checkpoints" / "beta_0.400000000000.eqx").write_bytes(b"\x00" * 10)
-    for argv in (["sample", str(out)], ["evaluate", str(out), "--quiet"],
-                 ["train", str(out / "config.toml"), "--out", str(out), "--resume", "--quiet"]):
+    for argv in (
+        ["sample", str(out)],
+        ["evaluate", str(out), "--quiet"],
+        ["train", str(out / "config.toml"), "--out", str(out), "--resume", "--quiet"],
+    ):
         assert main(argv) == 2
         err = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
         assert len(err) == 1 and "no intact checkpoint" in err[0], err

@@ -34,6 +34,7 @@ def _grads(y):
 
 def _old_mala(key, y, u, gy, h):
     """kernels.mala_kernel's step before the merge: -> (y, u, gy, acceptance)."""
+
     def drift(y, gy):
         return y - 0.5 * h * h * INV_MASS * BETA * gy
 
@@ -127,8 +128,13 @@ def test_md_baoab_reproduces_the_old_replica_exchange_step(v0):
         if ok:
             want = (x, v, e, -g, state.n_reverted)
         else:
-            want = (state.positions, sigma * xi[1], state.energy, state.forces,
-                    state.n_reverted + 1)
+            want = (
+                state.positions,
+                sigma * xi[1],
+                state.energy,
+                state.forces,
+                state.n_reverted + 1,
+            )
         for got, old in zip(new, want, strict=True):
             np.testing.assert_allclose(got, old, rtol=RTOL, atol=1e-14)
         state = new
@@ -142,10 +148,18 @@ def _old_anneal(key, log_base, log_gamma, z0, n_steps, h):
     def value_and_grad(z):
         lg, g = jax.value_and_grad(log_gamma)(z)
         lb, gb = jax.value_and_grad(log_base)(z)
-        ok = (jnp.isfinite(lg) & jnp.isfinite(lb) & jnp.all(jnp.isfinite(g))
-              & jnp.all(jnp.isfinite(gb)))
-        return (jnp.where(ok, lg, -jnp.inf), jnp.where(ok, lb, -jnp.inf),
-                jnp.where(ok, g, 0.0), jnp.where(ok, gb, 0.0))
+        ok = (
+            jnp.isfinite(lg)
+            & jnp.isfinite(lb)
+            & jnp.all(jnp.isfinite(g))
+            & jnp.all(jnp.isfinite(gb))
+        )
+        return (
+            jnp.where(ok, lg, -jnp.inf),
+            jnp.where(ok, lb, -jnp.inf),
+            jnp.where(ok, g, 0.0),
+            jnp.where(ok, gb, 0.0),
+        )
 
     def body(carry, inputs):
         z, lg, lb, g, gb, log_w = carry
@@ -156,8 +170,14 @@ def _old_anneal(key, log_base, log_gamma, z0, n_steps, h):
         z_new = z + 0.5 * h * h * ((1.0 - t) * gb + t * g) + h * noise
         lg_new, lb_new, g_new, gb_new = value_and_grad(z_new)
         back = (z - z_new - 0.5 * h * h * ((1.0 - t) * gb_new + t * g_new)) / h
-        log_alpha = ((1.0 - t) * lb_new + t * lg_new - (1.0 - t) * lb - t * lg
-                     - 0.5 * jnp.sum(back**2) + 0.5 * jnp.sum(noise**2))
+        log_alpha = (
+            (1.0 - t) * lb_new
+            + t * lg_new
+            - (1.0 - t) * lb
+            - t * lg
+            - 0.5 * jnp.sum(back**2)
+            + 0.5 * jnp.sum(noise**2)
+        )
         finite = jnp.isfinite(lg_new) & jnp.isfinite(lb_new) & ~jnp.isnan(log_alpha)
         log_alpha = jnp.where(finite, log_alpha, -jnp.inf)
         accept = jax.scipy.special.log_ndtr(u) < log_alpha
@@ -174,6 +194,7 @@ def _old_anneal(key, log_base, log_gamma, z0, n_steps, h):
 def test_anneal_reproduces_its_old_mala():
     """A gamma with a hole (log gamma = -inf for z_0 > 1.5), so that rejections of non-finite
     proposals are exercised as well as ordinary ones."""
+
     def log_base(z):
         return -0.5 * jnp.sum(z**2) - jnp.log(2 * jnp.pi)
 
@@ -183,10 +204,12 @@ def test_anneal_reproduces_its_old_mala():
 
     keys = jax.random.split(jax.random.key(0), 8)
     z0 = 0.5 * jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 1), (2,)))(keys)
-    new = jax.jit(jax.vmap(lambda k, z: anneal(k, log_base, lambda z: (log_gamma(z), ()), z,
-                                               25, 0.6)))(keys, z0)
-    z, log_w, acc = jax.jit(jax.vmap(lambda k, z: _old_anneal(k, log_base, log_gamma, z, 25,
-                                                              0.6)))(keys, z0)
+    new = jax.jit(
+        jax.vmap(lambda k, z: anneal(k, log_base, lambda z: (log_gamma(z), ()), z, 25, 0.6))
+    )(keys, z0)
+    z, log_w, acc = jax.jit(jax.vmap(lambda k, z: _old_anneal(k, log_base, log_gamma, z, 25, 0.6)))(
+        keys, z0
+    )
     np.testing.assert_allclose(new.z, z, rtol=RTOL)
     np.testing.assert_allclose(new.log_weight, log_w, rtol=RTOL)
     np.testing.assert_allclose(new.acceptance, acc, rtol=RTOL)

@@ -19,11 +19,21 @@ PACKAGE = SRC / "coarseflow"
 # application, the rest of coarseflow.analysis is analysis); a new top-level module has to be
 # placed here.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("foundation", ("coarseflow.errors", "coarseflow.checks", "coarseflow.units",
-                    "coarseflow.data")),
+    (
+        "foundation",
+        ("coarseflow.errors", "coarseflow.checks", "coarseflow.units", "coarseflow.data"),
+    ),
     # physics and numerics that know no target and no model
-    ("ground", ("coarseflow.forcefield", "coarseflow.partition", "coarseflow.samplers",
-                "coarseflow.tempering", "coarseflow.optim")),
+    (
+        "ground",
+        (
+            "coarseflow.forcefield",
+            "coarseflow.partition",
+            "coarseflow.samplers",
+            "coarseflow.tempering",
+            "coarseflow.optim",
+        ),
+    ),
     # what is sampled and what samples it: a molecule's X is a model.internal Z-matrix, and
     # model.flow.make_flow reads a target's box; so the two share a layer
     ("targets and models", ("coarseflow.targets", "coarseflow.model")),
@@ -32,9 +42,19 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # arrays in, numbers and figures out; reports per target type
     ("analysis", ("coarseflow.analysis",)),
     # files, run directories, configs, commands; nothing below imports them
-    ("application", ("coarseflow.runs", "coarseflow.checkpointing", "coarseflow.config",
-                     "coarseflow.workflow", "coarseflow.analysis.evaluation",
-                     "coarseflow.reference", "coarseflow.cli", "coarseflow.__main__")),
+    (
+        "application",
+        (
+            "coarseflow.runs",
+            "coarseflow.checkpointing",
+            "coarseflow.config",
+            "coarseflow.workflow",
+            "coarseflow.analysis.evaluation",
+            "coarseflow.reference",
+            "coarseflow.cli",
+            "coarseflow.__main__",
+        ),
+    ),
 )
 # the public namespace (coarseflow/__init__.py) sits on top of everything
 FACADE = "coarseflow"
@@ -63,8 +83,10 @@ def layer_of(module: str) -> int:
             if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > len(best):
                 best, index = prefix, i
     if index is None:
-        raise LookupError(f"{module} is in no layer: place it in tests/test_layers.py LAYERS "
-                          "and in docs/architecture.md")
+        raise LookupError(
+            f"{module} is in no layer: place it in tests/test_layers.py LAYERS "
+            "and in docs/architecture.md"
+        )
     return index
 
 
@@ -96,8 +118,12 @@ def imports_of(module: str, source: str | None = None) -> set[str]:
 
 
 def upward_imports() -> set[tuple[str, str]]:
-    return {(module, imported) for module in MODULES for imported in imports_of(module)
-            if imported in MODULES and layer_of(imported) > layer_of(module)}
+    return {
+        (module, imported)
+        for module in MODULES
+        for imported in imports_of(module)
+        if imported in MODULES and layer_of(imported) > layer_of(module)
+    }
 
 
 def test_every_module_has_a_layer():
@@ -120,10 +146,17 @@ def save():
     import coarseflow.runs
 """
     found = imports_of("coarseflow.training", source)
-    assert found == {"coarseflow.checks", "coarseflow.samplers.langevin", "coarseflow.fab",
-                     "coarseflow.model.flow", "coarseflow.targets.base", "coarseflow.runs"}
+    assert found == {
+        "coarseflow.checks",
+        "coarseflow.samplers.langevin",
+        "coarseflow.fab",
+        "coarseflow.model.flow",
+        "coarseflow.targets.base",
+        "coarseflow.runs",
+    }
     assert [m for m in sorted(found) if layer_of(m) > layer_of("coarseflow.training")] == [
-        "coarseflow.runs"]
+        "coarseflow.runs"
+    ]
     assert "coarseflow.analysis.evaluation" in imports_of("coarseflow.cli")  # in a function
 
 
@@ -132,9 +165,11 @@ def test_no_module_imports_a_higher_layer():
     names = [name for name, _ in LAYERS]
 
     def describe(pairs):
-        return "\n".join(f"  {a} ({names[layer_of(a)]}) imports {b} "
-                         f"({'the public namespace' if b == FACADE else names[layer_of(b)]})"
-                         for a, b in sorted(pairs))
+        return "\n".join(
+            f"  {a} ({names[layer_of(a)]}) imports {b} "
+            f"({'the public namespace' if b == FACADE else names[layer_of(b)]})"
+            for a, b in sorted(pairs)
+        )
 
     new = upward - KNOWN_UPWARD
     assert not new, "imports that point up the layers (docs/architecture.md):\n" + describe(new)

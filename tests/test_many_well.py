@@ -45,8 +45,14 @@ def test_energy_is_fab_formula_and_partition_interleaved():
 @pytest.mark.parametrize("beta", [0.01, 0.2, 1.0])
 def test_log_partition_against_independent_integrals(beta):
     mw = ManyWell()
-    z1 = integrate.quad(lambda x: math.exp(beta * _log_p_pair(x, 0.0) - 10 * beta), -np.inf,
-                        np.inf, epsabs=0, epsrel=1e-12, limit=200)[0]
+    z1 = integrate.quad(
+        lambda x: math.exp(beta * _log_p_pair(x, 0.0) - 10 * beta),
+        -np.inf,
+        np.inf,
+        epsabs=0,
+        epsrel=1e-12,
+        limit=200,
+    )[0]
     ref = 16 * (math.log(z1) + 10 * beta + 0.5 * math.log(2 * math.pi / beta))
     assert mw.log_partition(beta) == pytest.approx(ref, rel=1e-11)
     assert mw.log_partition_x1(beta) == pytest.approx(_trapezoid_log_z1(beta), abs=1e-9)
@@ -81,8 +87,7 @@ def test_conditional_gaussian_is_exact():
     for Y in rng.normal(scale=3.0, size=(3, 4)):
         Y = jnp.asarray(Y)
         du = beta * (mw.energy_xy(X, Y) - mw.energy_xy(X, jnp.zeros(4)))
-        assert float(du) == pytest.approx(float(0.5 * jnp.sum(((Y - mean) / std) ** 2)),
-                                          rel=1e-12)
+        assert float(du) == pytest.approx(float(0.5 * jnp.sum(((Y - mean) / std) ** 2)), rel=1e-12)
 
 
 def test_marginal_normalised_and_well_mass():
@@ -167,14 +172,25 @@ def test_reference_metrics_with_exact_samples():
     x = np.asarray(mw.sample(jax.random.key(3), n))
     X = x[:, 0::2]
     u = np.asarray(jax.vmap(mw.energy)(jnp.asarray(x)))
-    log_q = np.asarray(mw.log_marginal(X)) - 0.5 * np.sum(x[:, 1::2] ** 2, 1) - 2 * math.log(
-        2 * math.pi)
-    s = Samples(x=x, X=X, log_qX=np.asarray(mw.log_marginal(X)), log_q=log_q, energy=u,
-                log_weights=-u - log_q, ais_acceptance=np.full(n, np.nan))
+    log_q = (
+        np.asarray(mw.log_marginal(X))
+        - 0.5 * np.sum(x[:, 1::2] ** 2, 1)
+        - 2 * math.log(2 * math.pi)
+    )
+    s = Samples(
+        x=x,
+        X=X,
+        log_qX=np.asarray(mw.log_marginal(X)),
+        log_q=log_q,
+        energy=u,
+        log_weights=-u - log_q,
+        ais_acceptance=np.full(n, np.nan),
+    )
     out = reference_metrics(mw, s, 1.0)
     # q = p exactly: every weight is Z, so log Z is exact and raw = reweighted
     assert out["log_Z_exact"] == pytest.approx(mw.log_partition(1.0), abs=1e-12)
     assert abs(out["log_Z_error"]) < 1e-9
     assert out["max_right_well_error_raw"] == pytest.approx(
-        out["max_right_well_error_reweighted"], abs=1e-9)
+        out["max_right_well_error_reweighted"], abs=1e-9
+    )
     assert out["max_right_well_error_raw"] < 0.02

@@ -65,8 +65,9 @@ def test_pareto_k_invariances_and_edge_cases():
 def test_weighted_mean_stderr_equal_weights_and_repeated_importance_sampling():
     rng = np.random.default_rng(3)
     f = rng.normal(size=(500, 2))
-    np.testing.assert_allclose(weighted_mean_stderr(f, np.ones(500)),
-                               f.std(axis=0) / np.sqrt(500), rtol=1e-12)
+    np.testing.assert_allclose(
+        weighted_mean_stderr(f, np.ones(500)), f.std(axis=0) / np.sqrt(500), rtol=1e-12
+    )
     # proposal N(0, 1), target N(0.5, 1): P(x > 0.5) = 1/2. The spread of 400 independent
     # self-normalised estimates matches the mean predicted error.
     estimates, predicted = [], []

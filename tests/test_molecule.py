@@ -53,11 +53,13 @@ def energies(ala2):
 def _rotation(seed):
     q = np.random.default_rng(seed).normal(size=4)
     a, b, c, d = q / np.linalg.norm(q)
-    return np.array([
-        [a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
-        [2 * (b * c + a * d), a * a - b * b + c * c - d * d, 2 * (c * d - a * b)],
-        [2 * (b * d - a * c), 2 * (c * d + a * b), a * a - b * b - c * c + d * d],
-    ])
+    return np.array(
+        [
+            [a * a + b * b - c * c - d * d, 2 * (b * c - a * d), 2 * (b * d + a * c)],
+            [2 * (b * c + a * d), a * a - b * b + c * c - d * d, 2 * (c * d - a * b)],
+            [2 * (b * d - a * c), 2 * (c * d + a * b), a * a - b * b - c * c + d * d],
+        ]
+    )
 
 
 def _openmm(path, positions):
@@ -73,8 +75,9 @@ def _openmm(path, positions):
         context.setPositions(p * unit.nanometer)
         state = context.getState(getEnergy=True, getForces=True)
         energies.append(state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
-        forces.append(state.getForces(asNumpy=True).value_in_unit(
-            unit.kilojoule_per_mole / unit.nanometer))
+        forces.append(
+            state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)
+        )
     return np.asarray(energies), np.asarray(forces)
 
 
@@ -171,16 +174,26 @@ def _rotate_about_bond(positions, topology, j, k, angle):
 
 def _set_phi_psi(molecule, phi_deg, psi_deg):
     pos = np.asarray(molecule.info.reference_positions, dtype=np.float64)
-    for quad, target in ((molecule.info.phi_quads[0], phi_deg), (molecule.info.psi_quads[0],
-                                                                  psi_deg)):
+    for quad, target in (
+        (molecule.info.phi_quads[0], phi_deg),
+        (molecule.info.psi_quads[0], psi_deg),
+    ):
         delta = np.radians(target) - obs.dihedral(pos, quad)
         pos = _rotate_about_bond(pos, molecule.topology, int(quad[1]), int(quad[2]), delta)
     return pos
 
 
 def test_y_init_grafts_fast_atoms_onto_any_backbone(ala2, energies):
-    centres = [(-150, 160), (-80, 75), (-70, 145), (-75, -40), (60, 40), (75, -65), (-90, 0),
-               (170, 170)]
+    centres = [
+        (-150, 160),
+        (-80, 75),
+        (-70, 145),
+        (-75, -40),
+        (60, 40),
+        (75, -65),
+        (-90, 0),
+        (170, 170),
+    ]
     pos = np.stack([_set_phi_psi(ala2, *c) for c in centres])
     phi, psi = obs.phi_psi(pos, ala2.topology)
     np.testing.assert_allclose(np.degrees(phi[:, 0]), [c[0] for c in centres], atol=1e-8)
@@ -308,8 +321,14 @@ def test_observables_metrics_and_figures(ala2, tmp_path):
     phi_ref = np.radians([-75.0, -75.0, -75.0, 60.0])
     psi_ref = np.radians([-40.0, -40.0, -40.0, 40.0])
     err = np.arange(6) / 100.0
-    np.savez(ref_path, phi=phi_ref, psi=psi_ref, rg=np.full(4, 0.3),
-             basins=np.array([*obs.BASINS, "other"]), populations_err=err)
+    np.savez(
+        ref_path,
+        phi=phi_ref,
+        psi=psi_ref,
+        rg=np.full(4, 0.3),
+        basins=np.array([*obs.BASINS, "other"]),
+        populations_err=err,
+    )
     m = Molecule(reference=str(ref_path))
     report = MoleculeReport(m)
     o = report.observables(x)
@@ -335,8 +354,13 @@ def test_observables_metrics_and_figures(ala2, tmp_path):
 
     figs = report.figures(tmp_path / "figs", {0.5: samples, 1.0: samples})
     names = sorted(p.name for p in figs)
-    assert names == ["ramachandran_beta_0.5.png", "ramachandran_beta_1.png",
-                     "ramachandran_reweighted.png", "rg.png", "rmsd.png"]
+    assert names == [
+        "ramachandran_beta_0.5.png",
+        "ramachandran_beta_1.png",
+        "ramachandran_reweighted.png",
+        "rg.png",
+        "rmsd.png",
+    ]
     assert all(p.stat().st_size > 1000 for p in figs)
 
     bad = tmp_path / "bad.npz"

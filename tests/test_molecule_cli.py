@@ -118,8 +118,14 @@ def npz_samples(ala2_run, tmp_path_factory):
 def test_train_writes_summary_and_figures(ala2_run):
     summary = json.loads((ala2_run / "summary.json").read_text())
     text = json.dumps(summary)
-    for key in ("basin_C5_raw", "basin_alpha_R_reweighted", "basin_alpha_L_reference",
-                "ramachandran_kl_raw", "ramachandran_kl_reweighted", "ramachandran_js_raw"):
+    for key in (
+        "basin_C5_raw",
+        "basin_alpha_R_reweighted",
+        "basin_alpha_L_reference",
+        "ramachandran_kl_raw",
+        "ramachandran_kl_reweighted",
+        "ramachandran_js_raw",
+    ):
         assert f'"{key}"' in text, key
     final = summary["final"]
     assert final["beta"] == pytest.approx(1.0)
@@ -150,8 +156,13 @@ def test_sample_npz_contract(npz_samples, ala2):
     np.testing.assert_allclose(u, npz_samples["energy"], rtol=1e-6)
     # bonded distances are physical: C-H bonds (their atoms are fast but for CA)
     top = ala2.topology
-    ch = np.array([(b[0].index, b[1].index) for b in top.bonds
-                   if {b[0].element.symbol, b[1].element.symbol} == {"C", "H"}])
+    ch = np.array(
+        [
+            (b[0].index, b[1].index)
+            for b in top.bonds
+            if {b[0].element.symbol, b[1].element.symbol} == {"C", "H"}
+        ]
+    )
     assert len(ch) == 10  # ACE 3, ALA CA 1 + CB 3, NME 3
     d = np.linalg.norm(x[:, ch[:, 0]] - x[:, ch[:, 1]], axis=-1)
     assert 0.10 < np.median(d) < 0.125, d
@@ -176,8 +187,9 @@ def test_sample_trajectory(ala2_run, ala2, tmp_path, suffix):
 
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "coarseflow.cli", *args], capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "coarseflow.cli", *args], capture_output=True, text=True, timeout=600
+    )
 
 
 def assert_user_error(result, fragment):
@@ -208,8 +220,9 @@ def test_bad_molecule_input(tmp_path, case):
     else:
         pdb = tmp_path / "xyz.pdb"
         pdb.write_text(UNKNOWN_RESIDUE_PDB)
-        cfg = write_config(tmp_path / "c.toml", pdb=f'"{pdb}"',
-                           extra='cg_selection = "name C1 C2 C3"\n')
+        cfg = write_config(
+            tmp_path / "c.toml", pdb=f'"{pdb}"', extra='cg_selection = "name C1 C2 C3"\n'
+        )
         fragment = "no template for residue 'XYZ'"
     out = tmp_path / "run"
     assert_user_error(run_cli("train", str(cfg), "--out", str(out), "--quiet"), fragment)

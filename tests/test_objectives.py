@@ -30,8 +30,12 @@ def perturbed(flow, scale, seed):
 def test_surrogate_gradient_matches_exact_reverse_kl_gradient(beta):
     target = GaussianMixture(n_x=2, seed=0)
     lower, upper = target.x_bounds()
-    flow = box_flow(jr.key(0), lower=lower, upper=upper,
-                     settings=FlowSettings(knots=6, layers=2, nn_width=16, nn_depth=1))
+    flow = box_flow(
+        jr.key(0),
+        lower=lower,
+        upper=upper,
+        settings=FlowSettings(knots=6, layers=2, nn_width=16, nn_depth=1),
+    )
     params, static = perturbed(flow, 0.2, 1)
     z = eqx.combine(params, static).base_dist.sample(jr.key(2), (128,))
 
@@ -42,8 +46,9 @@ def test_surrogate_gradient_matches_exact_reverse_kl_gradient(beta):
 
     g_exact = flat(jax.grad(exact_kl)(params))
     X = sample_with_log_det(eqx.combine(params, static), z)[0]
-    chains = ChainSettings(kernel="mala", step_size=0.05, n_chains=8, n_burn=20, n_keep=40,
-                           warm_start_steps=5)
+    chains = ChainSettings(
+        kernel="mala", step_size=0.05, n_chains=8, n_burn=20, n_keep=40, warm_start_steps=5
+    )
     mf = chain_states(jr.key(3), target, X, beta, chains)
     g_mcmc = flat(jax.grad(lambda p: surrogate_loss(p, static, z, mf.force)[0])(params))
     cosine = g_exact @ g_mcmc / np.linalg.norm(g_exact) / np.linalg.norm(g_mcmc)
@@ -60,8 +65,12 @@ def test_surrogate_gradient_matches_exact_reverse_kl_gradient(beta):
 def test_nonfinite_forces_are_left_out():
     target = GaussianMixture(n_x=2, seed=0)
     lower, upper = target.x_bounds()
-    flow = box_flow(jr.key(0), lower=lower, upper=upper,
-                     settings=FlowSettings(knots=4, layers=1, nn_width=8, nn_depth=1))
+    flow = box_flow(
+        jr.key(0),
+        lower=lower,
+        upper=upper,
+        settings=FlowSettings(knots=4, layers=1, nn_width=8, nn_depth=1),
+    )
     params, static = split_trainable(flow)
     z = jr.normal(jr.key(1), (8, 2)) * 0.5
     force = jnp.ones((8, 2)).at[3].set(jnp.nan)
@@ -85,8 +94,9 @@ def test_clip_forces_caps_outliers_at_a_multiple_of_the_median_norm():
     out = np.asarray(clip_forces(jnp.asarray(clash), 10.0))
     median = np.median(np.linalg.norm(np.delete(clash, 7, axis=0), axis=1))
     assert np.linalg.norm(out[4]) == pytest.approx(10 * median, rel=1e-12)
-    np.testing.assert_allclose(out[4] / np.linalg.norm(out[4]),
-                               force[4] / np.linalg.norm(force[4]), rtol=1e-12)  # direction kept
+    np.testing.assert_allclose(
+        out[4] / np.linalg.norm(out[4]), force[4] / np.linalg.norm(force[4]), rtol=1e-12
+    )  # direction kept
     assert np.all(np.isnan(out[7]))  # left for surrogate_loss to drop
     keep = np.array([i not in (4, 7) for i in range(9)])
     np.testing.assert_array_equal(out[keep], clash[keep])
@@ -95,8 +105,12 @@ def test_clip_forces_caps_outliers_at_a_multiple_of_the_median_norm():
 def test_forward_kl_term_vanishes_for_uniform_weights_and_follows_the_weights():
     from coarseflow.objectives import forward_kl_loss
 
-    flow = box_flow(jr.key(0), lower=np.array([-3.0]), upper=np.array([3.0]),
-                     settings=FlowSettings(knots=4, layers=1, nn_width=8, nn_depth=1))
+    flow = box_flow(
+        jr.key(0),
+        lower=np.array([-3.0]),
+        upper=np.array([3.0]),
+        settings=FlowSettings(knots=4, layers=1, nn_width=8, nn_depth=1),
+    )
     params, static = split_trainable(flow)
     X = flow.sample(jr.key(1), (200,))
     uniform = jnp.full(200, 1 / 200)

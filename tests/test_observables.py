@@ -89,8 +89,9 @@ def test_rmsd_agrees_with_mdtraj_and_ignores_rigid_motion():
     np.testing.assert_allclose(np.asarray(got_jax), want, atol=2e-5)
     # a rotated, translated copy (a proper rotation) has RMSD 0; its mirror image does not
     c, s = np.cos(0.7), np.sin(0.7)
-    rot = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]) @ np.array([[1, 0, 0], [0, c, s],
-                                                                  [0, -s, c]])
+    rot = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]) @ np.array(
+        [[1, 0, 0], [0, c, s], [0, -s, c]]
+    )
     moved = xyz[0] @ rot.T + np.array([1.0, -2.0, 0.5])
     assert obs.rmsd(moved, xyz[0]) == pytest.approx(0.0, abs=1e-7)
     assert obs.rmsd(moved * np.array([1, 1, -1]), xyz[0]) > 0.05
@@ -109,8 +110,15 @@ def test_basin_labels_of_known_points():
     for name, (phi, psi) in CENTRES.items():
         label = obs.basin_labels(np.radians(phi), np.radians(psi))
         assert obs.BASINS[int(label)] == name
-    extra = {(-70, 145): "C7eq/PII", (170, 170): "C5", (-170, -170): "C5", (150, -60): "alpha_R",
-             (-120.0, 100): "C7eq/PII", (-120.01, 100): "C5", (60, -10): "alpha_L"}
+    extra = {
+        (-70, 145): "C7eq/PII",
+        (170, 170): "C5",
+        (-170, -170): "C5",
+        (150, -60): "alpha_R",
+        (-120.0, 100): "C7eq/PII",
+        (-120.01, 100): "C5",
+        (60, -10): "alpha_L",
+    }
     for (phi, psi), name in extra.items():
         assert obs.BASINS[int(obs.basin_labels(np.radians(phi), np.radians(psi)))] == name
     assert obs.basin_labels(np.radians(60), np.radians(170)) == len(obs.BASINS)  # other

@@ -135,8 +135,9 @@ def test_first_min_history_gradients_only_calibrate():
 
 def test_lasting_change_of_scale_is_adopted():
     """A persistent 100x jump is skipped at first, then accepted once it fills the history."""
-    opt = skip_or_clip(optax.identity(), window=10, skip_factor=10.0, clip_factor=3.0,
-                       min_history=5)
+    opt = skip_or_clip(
+        optax.identity(), window=10, skip_factor=10.0, clip_factor=3.0, min_history=5
+    )
     state = opt.init(PARAMS)
     _, state = feed(opt, state, [1.0] * 10)
     skipped = []

@@ -91,27 +91,33 @@ def test_ais_acceptance_is_reported_and_falls_with_the_step():
     flow = box_flow(jr.key(0), lower=np.array([-6.0]), upper=np.array([6.0]))
     acceptance = []
     for step in (0.2, 0.8, 3.0):
-        settings = PredictionSettings(n_samples=200, conditional="ais", ais_steps=10,
-                                      ais_step_size=step, ais_paths=2)
+        settings = PredictionSettings(
+            n_samples=200, conditional="ais", ais_steps=10, ais_step_size=step, ais_paths=2
+        )
         s = draw_samples(jr.key(4), flow, target, 1.0, settings)
         assert s.ais_acceptance.shape == (200,)
         assert np.all((s.ais_acceptance >= 0) & (s.ais_acceptance <= 1))
         acceptance.append(s.ais_acceptance.mean())
     assert 0.9 < acceptance[0] and acceptance[0] > acceptance[1] > acceptance[2]
-    laplace = draw_samples(jr.key(4), flow, target, 1.0,
-                           PredictionSettings(n_samples=20, conditional="laplace"))
+    laplace = draw_samples(
+        jr.key(4), flow, target, 1.0, PredictionSettings(n_samples=20, conditional="laplace")
+    )
     assert np.all(np.isnan(laplace.ais_acceptance))
 
 
 def _quartic_y_moment(x, power=0):
     """∫ y^power exp(-a(x) y^4 / 4 - y^2 / 2) dy: one fast coordinate of the quartic target."""
-    return integrate.quad(lambda y: y**power * np.exp(-0.25 * (1 + x * x) * y**4 - 0.5 * y * y),
-                          -np.inf, np.inf)[0]
+    return integrate.quad(
+        lambda y: y**power * np.exp(-0.25 * (1 + x * x) * y**4 - 0.5 * y * y), -np.inf, np.inf
+    )[0]
 
 
 def _quartic_log_z():
-    return np.log(integrate.quad(lambda x: np.exp(-0.5 * x * x) * _quartic_y_moment(x) ** 3,
-                                 -np.inf, np.inf)[0])
+    return np.log(
+        integrate.quad(lambda x: np.exp(-0.5 * x * x) * _quartic_y_moment(x) ** 3, -np.inf, np.inf)[
+            0
+        ]
+    )
 
 
 def test_ais_log_partition_is_unbiased_and_beats_laplace_on_a_non_gaussian_conditional():
@@ -119,8 +125,9 @@ def test_ais_log_partition_is_unbiased_and_beats_laplace_on_a_non_gaussian_condi
     flow = box_flow(jr.key(0), lower=np.array([-6.0]), upper=np.array([6.0]))
     ess = {}
     for conditional in ("laplace", "ais"):
-        settings = PredictionSettings(n_samples=10000, conditional=conditional, ais_steps=30,
-                                      ais_step_size=0.6)
+        settings = PredictionSettings(
+            n_samples=10000, conditional=conditional, ais_steps=30, ais_step_size=0.6
+        )
         s = draw_samples(jr.key(2), flow, target, 1.0, settings)
         w = np.exp(s.log_weights - s.log_weights.max())
         stderr = np.std(w) / np.mean(w) / np.sqrt(len(w))
@@ -148,7 +155,8 @@ def test_several_ais_paths_per_x_stay_unbiased_and_divide_the_weights_variance()
     for paths in (1, 8):
         settings = PredictionSettings(ais_steps=5, ais_step_size=0.6, ais_paths=paths)
         Y, log_q, _ = jax.vmap(lambda k, s=settings: conditional_ais(target, X, 1.0, k, s))(
-            jr.split(jr.key(paths), 4000))
+            jr.split(jr.key(paths), 4000)
+        )
         # the X part of u is 0.5 x0^2: log w = -u(X, Y) - log q(Y|X) estimates it plus log Z(X)
         w = np.exp(-jax.vmap(lambda y: target.energy_xy(X, y))(Y) - log_q + 0.5 * x0**2)
         assert abs(w.mean() - z_y) < 5 * w.std() / np.sqrt(len(w))
@@ -156,8 +164,9 @@ def test_several_ais_paths_per_x_stay_unbiased_and_divide_the_weights_variance()
     assert 4 < rel_var[1] / rel_var[8] < 16
 
     flow = box_flow(jr.key(0), lower=np.array([-6.0]), upper=np.array([6.0]))
-    settings = PredictionSettings(n_samples=4000, conditional="ais", ais_steps=5,
-                                  ais_step_size=0.6, ais_paths=8)
+    settings = PredictionSettings(
+        n_samples=4000, conditional="ais", ais_steps=5, ais_step_size=0.6, ais_paths=8
+    )
     s = draw_samples(jr.key(3), flow, target, 1.0, settings)
     w = np.exp(s.log_weights - s.log_weights.max())
     stderr = np.std(w) / np.mean(w) / np.sqrt(len(w))
@@ -207,7 +216,8 @@ def _ring_log_z():
     def z_y(x):  # 2 pi I0(kappa) * ∫_0^inf r exp(-(r - R)^2 / (2 s^2)) dr, in closed form
         R = 1.0 + 0.5 * x * x
         radial = s * s * np.exp(-R * R / (2 * s * s)) + R * s * np.sqrt(np.pi / 2) * (
-            1 + special.erf(R / (s * np.sqrt(2))))
+            1 + special.erf(R / (s * np.sqrt(2)))
+        )
         return 2 * np.pi * special.i0(RING_KAPPA) * radial
 
     return np.log(integrate.quad(lambda x: np.exp(-0.5 * x * x) * z_y(x), -np.inf, np.inf)[0])
@@ -217,8 +227,9 @@ def _ring_log_z():
 def test_weights_are_unbiased_through_the_targets_internal_coordinates(conditional):
     target = _Ring()
     flow = box_flow(jr.key(0), lower=np.array([-6.0]), upper=np.array([6.0]))
-    settings = PredictionSettings(n_samples=20000, conditional=conditional, ais_steps=20,
-                                  minimize_lr=1e-3)
+    settings = PredictionSettings(
+        n_samples=20000, conditional=conditional, ais_steps=20, minimize_lr=1e-3
+    )
     s = draw_samples(jr.key(3), flow, target, 1.0, settings)
     w = np.exp(s.log_weights - s.log_weights.max())
     stderr = np.std(w) / np.mean(w) / np.sqrt(len(w))
@@ -265,12 +276,17 @@ def test_a_declared_symmetry_keeps_the_weights_unbiased_and_light_tailed():
     flow = box_flow(jr.key(0), lower=np.array([-6.0]), upper=np.array([6.0]))
     ess = {}
     for symmetric in (False, True):
-        s = draw_samples(jr.key(4), flow, _Pair(symmetric), 1.0,
-                         PredictionSettings(n_samples=20000, conditional="ais", ais_steps=10,
-                                            ais_paths=1))
+        s = draw_samples(
+            jr.key(4),
+            flow,
+            _Pair(symmetric),
+            1.0,
+            PredictionSettings(n_samples=20000, conditional="ais", ais_steps=10, ais_paths=1),
+        )
         lw = s.log_weights
-        ess[symmetric] = 1.0 / np.sum(np.exp(2 * (lw - lw.max()))) * np.sum(
-            np.exp(lw - lw.max())) ** 2
+        ess[symmetric] = (
+            1.0 / np.sum(np.exp(2 * (lw - lw.max()))) * np.sum(np.exp(lw - lw.max())) ** 2
+        )
         if symmetric:
             w = np.exp(lw - lw.max())
             stderr = np.std(w) / np.mean(w) / np.sqrt(len(w))

@@ -29,8 +29,10 @@ def test_every_public_name_is_its_modules_object():
 def test_import_coarseflow_imports_no_submodule():
     """Lazy: ``import coarseflow`` loads none of its modules (nor JAX), so the CLI's start and a
     lower module's ``from coarseflow import checks`` stay cheap."""
-    code = ("import sys, coarseflow; print(sorted(m for m in sys.modules "
-            "if m.startswith('coarseflow.') or m == 'jax'))")
+    code = (
+        "import sys, coarseflow; print(sorted(m for m in sys.modules "
+        "if m.startswith('coarseflow.') or m == 'jax'))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -47,6 +49,6 @@ def test_readme_python_example_runs():
     assert namespace["ess"] > 1000  # about 1900: q(X) is close to the double well's p(X)
     # log Z = log(0.1 sqrt(2 pi) * integral of exp(-(x^2 - 1)^2 / 0.1) over [-2.5, 2.5])
     x = np.linspace(-2.5, 2.5, 200_001)
-    exact = np.log(0.1 * np.sqrt(2 * np.pi) * np.trapezoid(np.exp(-(x * x - 1) ** 2 / 0.1), x))
+    exact = np.log(0.1 * np.sqrt(2 * np.pi) * np.trapezoid(np.exp(-((x * x - 1) ** 2) / 0.1), x))
     assert exact == pytest.approx(-1.9413, abs=1e-4)
     assert namespace["log_z"] == pytest.approx(exact, abs=0.03)

@@ -70,8 +70,9 @@ def test_baoab_undoes_non_finite_step():
         return jnp.where(x[0] > 0.5, jnp.nan, 0.5 * jnp.sum(x * x))
 
     state = md_init(energy, jnp.array([0.49]), jnp.array([100.0]))
-    new = baoab_step(energy, state, jax.random.key(0), masses=jnp.ones(1), kT=1.0,
-                     time_step=0.01, friction=1.0)
+    new = baoab_step(
+        energy, state, jax.random.key(0), masses=jnp.ones(1), kT=1.0, time_step=0.01, friction=1.0
+    )
     assert float(new.positions[0]) == pytest.approx(0.49)
     assert int(new.n_reverted) == 1
     assert np.isfinite(float(new.energy))
@@ -85,13 +86,18 @@ def test_exchange_swaps_and_rescales_velocities():
     sqrt(T_new / T_old); rung 2 is untouched; at parity 1 pair (1, 2) is tried instead."""
     kT = jnp.array([1.0, 2.0, 4.0])
     positions = jnp.arange(3.0).reshape(3, 1, 1)  # (R, C, d)
-    md = MDState(positions=positions, velocities=jnp.ones((3, 1, 1)),
-                 energy=jnp.array([[100.0], [0.0], [-100.0]]), forces=jnp.zeros((3, 1, 1)),
-                 n_reverted=jnp.zeros((3, 1), jnp.int32))
+    md = MDState(
+        positions=positions,
+        velocities=jnp.ones((3, 1, 1)),
+        energy=jnp.array([[100.0], [0.0], [-100.0]]),
+        forces=jnp.zeros((3, 1, 1)),
+        n_reverted=jnp.zeros((3, 1), jnp.int32),
+    )
     new, prob, attempts = exchange(md, jax.random.key(0), kT=kT, parity=0)
     np.testing.assert_allclose(np.asarray(new.positions).ravel(), [1.0, 0.0, 2.0])
-    np.testing.assert_allclose(np.asarray(new.velocities).ravel(),
-                               [np.sqrt(1 / 2), np.sqrt(2 / 1), 1.0])
+    np.testing.assert_allclose(
+        np.asarray(new.velocities).ravel(), [np.sqrt(1 / 2), np.sqrt(2 / 1), 1.0]
+    )
     np.testing.assert_allclose(np.asarray(new.energy).ravel(), [0.0, 100.0, -100.0])
     np.testing.assert_allclose(np.asarray(prob), [1.0, 0.0])
     np.testing.assert_allclose(np.asarray(attempts), [1.0, 0.0])
@@ -123,13 +129,26 @@ def test_replica_exchange_double_well_beats_plain_langevin():
     kT_min = 1.0
     exact = _exact_left_population(kT_min)
     ladder_kT = temperature_ladder(kT_min, 10.0, 6)
-    kw = dict(n_chains=32, time_step=0.01, friction=1.0, n_steps=10_000, burn_in_steps=1000,
-              record_every=10, exchange_every=10, progress=False)
+    kw = dict(
+        n_chains=32,
+        time_step=0.01,
+        friction=1.0,
+        n_steps=10_000,
+        burn_in_steps=1000,
+        record_every=10,
+        exchange_every=10,
+        progress=False,
+    )
 
     def left_population(temperatures_kT, key):
         result = run_replica_exchange(
-            _double_well, lambda x: {"x": x[0]}, jnp.array([-1.0]), jnp.ones(1),
-            np.asarray(temperatures_kT) / MOLAR_GAS_CONSTANT, key=key, **kw,
+            _double_well,
+            lambda x: {"x": x[0]},
+            jnp.array([-1.0]),
+            jnp.ones(1),
+            np.asarray(temperatures_kT) / MOLAR_GAS_CONSTANT,
+            key=key,
+            **kw,
         )
         per_chain = (result.records["x"] < 0).mean(axis=0)  # (C,)
         return per_chain.mean(), per_chain.std(ddof=1) / np.sqrt(per_chain.size), result

@@ -17,8 +17,9 @@ BETA = 0.1
 def refined():
     # q(X) a perturbed flow (one-shot ESS 0.17), q(Y|X) exact
     target, flow, cond = _setup()
-    settings = PredictionSettings(n_samples=4000, batch_size=2000, refine_steps=10,
-                                  refine_step_size=0.2)
+    settings = PredictionSettings(
+        n_samples=4000, batch_size=2000, refine_steps=10, refine_step_size=0.2
+    )
     one_shot = draw_samples(jr.key(2), flow, target, BETA, settings, conditional=cond)
     samples, info = refine(jr.key(2), flow, cond, target, BETA, settings)
     return target, one_shot, samples, info

@@ -106,8 +106,11 @@ def test_a_second_writer_is_refused_in_one_line(tmp_path):
     first.claim(HASH, never)
     with first.locked():  # reentrant for the holder (train inside train_from_config)
         pass
-    with pytest.raises(ConfigError, match=rf"being written by another process "
-                                          rf"\(pid {os.getpid()} on {socket.gethostname()}"):
+    with pytest.raises(
+        ConfigError,
+        match=rf"being written by another process "
+        rf"\(pid {os.getpid()} on {socket.gethostname()}",
+    ):
         RunDir(tmp_path).claim(HASH, never)
     with pytest.raises(ConfigError, match="being written"):
         RunDir(tmp_path).acquire()
@@ -127,9 +130,11 @@ def test_the_cli_refuses_a_second_writer(tmp_path, capsys):
     holder = RunDir(tmp_path / "run")
     holder.claim(config_hash(load_config(cfg).raw), never)
     holder.config_path.write_text(cfg.read_text())
-    for argv in (["train", str(cfg), "--out", str(holder.root), "--quiet"],
-                 ["train", str(cfg), "--out", str(holder.root), "--resume", "--quiet"],
-                 ["evaluate", str(holder.root), "--quiet"]):
+    for argv in (
+        ["train", str(cfg), "--out", str(holder.root), "--quiet"],
+        ["train", str(cfg), "--out", str(holder.root), "--resume", "--quiet"],
+        ["evaluate", str(holder.root), "--quiet"],
+    ):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and "being written by another process" in err[0], err
@@ -138,10 +143,13 @@ def test_the_cli_refuses_a_second_writer(tmp_path, capsys):
 
 def test_a_killed_writers_lock_is_taken_over(tmp_path):
     """flock dies with its process: a writer killed by SIGKILL leaves no lock behind."""
-    code = ("import sys, time; from coarseflow.runs import RunDir; r = RunDir(sys.argv[1]); "
-            "r.acquire(); print('locked', flush=True); time.sleep(60)")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE,
-                            text=True)
+    code = (
+        "import sys, time; from coarseflow.runs import RunDir; r = RunDir(sys.argv[1]); "
+        "r.acquire(); print('locked', flush=True); time.sleep(60)"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout.readline().strip() == "locked"
         with pytest.raises(ConfigError, match=f"pid {proc.pid} on"):
@@ -160,8 +168,10 @@ def test_a_killed_writers_lock_is_taken_over(tmp_path):
 def test_temporary_files_of_a_dead_writer_are_removed(tmp_path):
     run = RunDir(tmp_path)
     run.checkpoint_dir.mkdir()
-    stale = [tmp_path / ".summary.json.abc123.tmp",
-             run.checkpoint_dir / ".beta_1.000000000000.eqx.x1y2.tmp"]
+    stale = [
+        tmp_path / ".summary.json.abc123.tmp",
+        run.checkpoint_dir / ".beta_1.000000000000.eqx.x1y2.tmp",
+    ]
     for path in stale:
         path.write_text("half")
     (tmp_path / "keep.tmp").write_text("not ours: no leading dot")
@@ -180,7 +190,8 @@ def test_a_torn_last_line_of_metrics_is_dropped(tmp_path, capsys):
     assert capsys.readouterr().err == ""  # expected after a kill: no warning
     run.truncate_metrics(2)
     assert run.metrics_path.read_text() == "".join(
-        json.dumps({"step": i, "loss": 0.5}) + "\n" for i in range(2))
+        json.dumps({"step": i, "loss": 0.5}) + "\n" for i in range(2)
+    )
     # a bad line in the middle is damage, not a kill: dropped with a warning naming the line
     with open(run.metrics_path, "a") as f:
         f.write("\x00\x00garbage\n" + json.dumps({"step": 2, "loss": 0.5}) + "\n")
@@ -219,6 +230,7 @@ def _drop_key(key):
         meta = json.loads(path.read_text())
         del meta[key]
         path.write_text(json.dumps(meta))
+
     return damage
 
 
@@ -269,8 +281,11 @@ def test_no_intact_checkpoint_is_one_line(tmp_path):
     run = three_checkpoints(tmp_path)
     for b in (0.1, 0.4, 1.0):
         run.checkpoint_paths(b)[0].write_bytes(b"")
-    with pytest.raises(ConfigError, match=r"no intact checkpoint .*damaged: beta_1.*, "
-                                          r"beta_0.4.*, beta_0.1"):
+    with pytest.raises(
+        ConfigError,
+        match=r"no intact checkpoint .*damaged: beta_1.*, "
+        r"beta_0.4.*, beta_0.1",
+    ):
         run.load_newest(TEMPLATE)
     with pytest.raises(ConfigError, match="no checkpoints yet"):
         RunDir(tmp_path / "none").load_newest(TEMPLATE)
@@ -283,8 +298,11 @@ def test_no_intact_checkpoint_is_one_line(tmp_path):
 
 def test_non_finite_parameters_are_damage(tmp_path, capsys):
     run = three_checkpoints(tmp_path)
-    run.save_checkpoint(1.0, (jnp.full(3, jnp.nan), {"w": jnp.ones((2, 2))}),
-                        {"index": 2, "step": 30, "next_beta": None})
+    run.save_checkpoint(
+        1.0,
+        (jnp.full(3, jnp.nan), {"w": jnp.ones((2, 2))}),
+        {"index": 2, "step": 30, "next_beta": None},
+    )
     meta, _ = run.load_newest(TEMPLATE, all_finite)
     assert meta["beta"] == 0.4
     assert "holds non-finite parameters" in capsys.readouterr().err
@@ -319,8 +337,17 @@ def _fake_training(monkeypatch, *, skipped=False, n_used=16, energies=None):
     nan = np.float64(np.nan)
 
     def update_step(state, *args):
-        info = training.StepInfo(np.float64(0.0), np.float64(1.0), np.bool_(skipped),
-                                 np.int64(n_used), nan, nan, nan, nan, np.int64(0))
+        info = training.StepInfo(
+            np.float64(0.0),
+            np.float64(1.0),
+            np.bool_(skipped),
+            np.int64(n_used),
+            nan,
+            nan,
+            nan,
+            nan,
+            np.int64(0),
+        )
         return state, info
 
     u = np.zeros(32) if energies is None else energies
@@ -339,17 +366,25 @@ def _train_fake(run, schedule, updates=30):
 
     target = DoubleWell()
     lower, upper = target.x_bounds()
-    flow = box_flow(jax.random.key(0), lower=lower, upper=upper,
-                     settings=FlowSettings(knots=4, layers=1, nn_width=8))
-    settings = TrainingSettings(batch_size=16, first_beta_updates=updates,
-                                updates_per_beta=updates, tempering_samples=32)
+    flow = box_flow(
+        jax.random.key(0),
+        lower=lower,
+        upper=upper,
+        settings=FlowSettings(knots=4, layers=1, nn_width=8),
+    )
+    settings = TrainingSettings(
+        batch_size=16, first_beta_updates=updates, updates_per_beta=updates, tempering_samples=32
+    )
     return train_into(run, target, flow, schedule, settings, ChainSettings(), progress=False)
 
 
-@pytest.mark.parametrize(("fake", "reason"), [
-    ({"skipped": True}, "the last 60 updates were all skipped"),
-    ({"n_used": 1}, "fewer than 10% of the 16 samples had a finite energy"),
-])
+@pytest.mark.parametrize(
+    ("fake", "reason"),
+    [
+        ({"skipped": True}, "the last 60 updates were all skipped"),
+        ({"n_used": 1}, "fewer than 10% of the 16 samples had a finite energy"),
+    ],
+)
 def test_training_stops_when_nothing_is_learned(tmp_path, monkeypatch, fake, reason):
     from coarseflow.tempering import Explicit
     from coarseflow.training import TrainingStopped
@@ -357,8 +392,11 @@ def test_training_stops_when_nothing_is_learned(tmp_path, monkeypatch, fake, rea
     _fake_training(monkeypatch, **fake)
     run = RunDir(tmp_path)
     # 30 updates per beta: the second beta's checkpoint is the first after 50 such updates
-    with pytest.raises(TrainingStopped, match=rf"after beta = 0.2 \(checkpoint saved\): "
-                                              rf".*{reason}"):
+    with pytest.raises(
+        TrainingStopped,
+        match=rf"after beta = 0.2 \(checkpoint saved\): "
+        rf".*{reason}",
+    ):
         _train_fake(run, Explicit((0.1, 0.2, 0.5, 1.0)))
     assert [m["beta"] for m in run.checkpoints()] == [0.1, 0.2]
     assert len(run.read_metrics()) == 60
@@ -371,8 +409,11 @@ def test_training_stops_when_the_adaptive_ladder_stalls(tmp_path, monkeypatch):
     # energies this spread allow only min_step: 1e-4 per beta, ~10^4 betas to go
     _fake_training(monkeypatch, energies=np.tile([0.0, 1e6], 16))
     run = RunDir(tmp_path)
-    with pytest.raises(TrainingStopped, match=r"ladder's last 5 steps were at most 0.0001: "
-                                              r".*more than 1000 betas away"):
+    with pytest.raises(
+        TrainingStopped,
+        match=r"ladder's last 5 steps were at most 0.0001: "
+        r".*more than 1000 betas away",
+    ):
         _train_fake(run, Adaptive(beta0=0.01, max_kl_increase=0.1, min_step=1e-4), updates=1)
     assert len(run.checkpoints()) == 5  # stopped at the first beta it could tell
 

@@ -105,9 +105,27 @@ def test_strict_json_writes_null_for_non_finite_numbers_and_plain_numbers_for_ar
     def refuse(constant):
         raise ValueError(f"not JSON: {constant}")
 
-    text = strict_json({"nan": float("nan"), "inf": np.float32(np.inf), "k": np.float64(0.5),
-                        "n": np.int64(3), "a": np.array([1.0, np.nan]), "j": jnp.asarray(2.0),
-                        "nested": [{"x": -np.inf}], "ok": True, "none": None})
+    text = strict_json(
+        {
+            "nan": float("nan"),
+            "inf": np.float32(np.inf),
+            "k": np.float64(0.5),
+            "n": np.int64(3),
+            "a": np.array([1.0, np.nan]),
+            "j": jnp.asarray(2.0),
+            "nested": [{"x": -np.inf}],
+            "ok": True,
+            "none": None,
+        }
+    )
     assert json.loads(text, parse_constant=refuse) == {
-        "nan": None, "inf": None, "k": 0.5, "n": 3, "a": [1.0, None], "j": 2.0,
-        "nested": [{"x": None}], "ok": True, "none": None}
+        "nan": None,
+        "inf": None,
+        "k": 0.5,
+        "n": 3,
+        "a": [1.0, None],
+        "j": 2.0,
+        "nested": [{"x": None}],
+        "ok": True,
+        "none": None,
+    }

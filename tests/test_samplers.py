@@ -46,8 +46,13 @@ GAUSS_SETTINGS = {
 def _gauss_settings(kernel: str, **chains) -> ChainSettings:
     """The kernel's GAUSS_SETTINGS step (and leapfrog / friction) with the given chain sizes."""
     base = GAUSS_SETTINGS[kernel]
-    return ChainSettings(kernel=kernel, step_size=base.step_size,
-                         hmc_leapfrog=base.hmc_leapfrog, friction=base.friction, **chains)
+    return ChainSettings(
+        kernel=kernel,
+        step_size=base.step_size,
+        hmc_leapfrog=base.hmc_leapfrog,
+        friction=base.friction,
+        **chains,
+    )
 
 
 @pytest.mark.parametrize("kernel", ["mala", "hmc", "baoab"])
@@ -112,7 +117,12 @@ def harmonic_energy(X, Y):
         # MALA is exact; the step moves y_i by about h / sqrt(m_i), i.e. h omega_i standard devs.
         ChainSettings(kernel="mala", step_size=0.5, n_chains=128, n_burn=100, n_keep=20, thin=5),
         ChainSettings(
-            kernel="hmc", step_size=0.3, hmc_leapfrog=5, n_chains=128, n_burn=40, n_keep=20,
+            kernel="hmc",
+            step_size=0.3,
+            hmc_leapfrog=5,
+            n_chains=128,
+            n_burn=40,
+            n_keep=20,
             thin=4,
         ),
         # BAOAB samples the configurations of a harmonic potential exactly (Leimkuhler and
@@ -121,7 +131,12 @@ def harmonic_energy(X, Y):
         # mass handling in the noise changes the temperature of the stiff and soft coordinates
         # and fails by far more than 5 standard errors.
         ChainSettings(
-            kernel="baoab", step_size=0.2, friction=1.0, n_chains=128, n_burn=100, n_keep=20,
+            kernel="baoab",
+            step_size=0.2,
+            friction=1.0,
+            n_chains=128,
+            n_burn=100,
+            n_keep=20,
             thin=5,
         ),
     ],
@@ -295,8 +310,16 @@ def test_heating_matches_exact_baoab_relaxation(n_burn):
     """From the minimum, E[beta u] rises to n_y / 2 along a curve that is exact for a harmonic
     u; the heating is that curve's mean over the last half of the kept states minus the first."""
     k, n_y, n_keep, thin = 2.0, 64, 20, 2
-    settings = ChainSettings(kernel="baoab", step_size=0.2, friction=1.0, n_chains=8,
-                             n_burn=n_burn, n_keep=n_keep, thin=thin, warm_start_steps=0)
+    settings = ChainSettings(
+        kernel="baoab",
+        step_size=0.2,
+        friction=1.0,
+        n_chains=8,
+        n_burn=n_burn,
+        n_keep=n_keep,
+        thin=thin,
+        warm_start_steps=0,
+    )
 
     def energy(X, Y):
         return 0.5 * k * jnp.sum(Y**2) + 0.0 * X[0]
@@ -305,8 +328,11 @@ def test_heating_matches_exact_baoab_relaxation(n_burn):
     kept = per_step[n_burn + thin - 1 :: thin]
     exact = kept[n_keep // 2 :].mean() - kept[: n_keep // 2].mean()
     keys = jax.random.split(jax.random.key(40), 64)
-    run = jax.jit(jax.vmap(lambda key: mean_force(key, energy, jnp.zeros(1), 1.0,
-                                                  jnp.zeros(n_y), settings).heating))
+    run = jax.jit(
+        jax.vmap(
+            lambda key: mean_force(key, energy, jnp.zeros(1), 1.0, jnp.zeros(n_y), settings).heating
+        )
+    )
     heating = np.asarray(run(keys))
     mean, se = heating.mean(), heating.std(ddof=1) / np.sqrt(heating.size)
     assert abs(mean - exact) < N_SIGMA * se

@@ -188,8 +188,9 @@ def test_ess_fraction_ignores_a_clash():
     dirty = incremental_ess_fraction(np.append(u, 1e20), 0.5)
     assert dirty == pytest.approx(clean * 511 / 512, rel=1e-9)
     sched = Adaptive(beta0=0.05, max_kl_increase=None, min_ess_fraction=0.5)
-    assert sched.next_beta(0.1, np.append(u, 1e20)) == pytest.approx(sched.next_beta(0.1, u),
-                                                                     rel=1e-3)
+    assert sched.next_beta(0.1, np.append(u, 1e20)) == pytest.approx(
+        sched.next_beta(0.1, u), rel=1e-3
+    )
 
 
 def test_adaptive_min_and_max_step():

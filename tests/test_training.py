@@ -20,8 +20,13 @@ TINY = {
     "target": {"kind": "double_well"},
     "model": {"knots": 4, "layers": 1, "nn_width": 8, "nn_depth": 1},
     "chains": {"n_chains": 1, "n_burn": 2, "n_keep": 2, "warm_start_steps": 1},
-    "training": {"batch_size": 16, "first_beta_updates": 6, "updates_per_beta": 4,
-                 "tempering_samples": 32, "learning_rate": 1e-2},
+    "training": {
+        "batch_size": 16,
+        "first_beta_updates": 6,
+        "updates_per_beta": 4,
+        "tempering_samples": 32,
+        "learning_rate": 1e-2,
+    },
     "tempering": {"kind": "explicit", "betas": [0.1, 0.4, 1.0]},
     "prediction": {"n_samples": 64},
 }
@@ -78,8 +83,9 @@ def test_final_beta_updates_set_the_updates_at_beta_one_only(tmp_path):
 
     raw = {**TINY, "training": {**TINY["training"], "final_beta_updates": 9}}
     train_from_config(parse_config(raw), tmp_path, progress=False)
-    per_beta = [sum(r["beta"] == b for r in RunDir(tmp_path).read_metrics())
-                for b in (0.1, 0.4, 1.0)]
+    per_beta = [
+        sum(r["beta"] == b for r in RunDir(tmp_path).read_metrics()) for b in (0.1, 0.4, 1.0)
+    ]
     assert per_beta == [6, 4, 9]
     # a one-beta ladder is its first beta
     assert TrainingSettings(first_beta_updates=7, final_beta_updates=9).updates_at(0, 1.0) == 7
@@ -103,10 +109,15 @@ def _nan_target(where):
 
 
 def _train(target, updates=20, run=None):
-    flow = box_flow(jax.random.key(0), lower=np.array([-4.0]), upper=np.array([4.0]),
-                     settings=FlowSettings(knots=4, layers=1, nn_width=8))
-    settings = TrainingSettings(batch_size=64, first_beta_updates=updates, tempering_samples=32,
-                                learning_rate=1e-2)
+    flow = box_flow(
+        jax.random.key(0),
+        lower=np.array([-4.0]),
+        upper=np.array([4.0]),
+        settings=FlowSettings(knots=4, layers=1, nn_width=8),
+    )
+    settings = TrainingSettings(
+        batch_size=64, first_beta_updates=updates, tempering_samples=32, learning_rate=1e-2
+    )
     chains = ChainSettings(n_chains=1, n_burn=2, n_keep=2, warm_start_steps=0)
     if run is None:
         return train(target, flow, Explicit((1.0,)), settings, chains, progress=False)

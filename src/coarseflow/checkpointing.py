@@ -29,14 +29,23 @@ class RunRecorder(Callbacks):
         self.run.append_metrics(records)
 
     def on_beta(self, beta: float, ladder: LadderState, summary: dict) -> None:
-        self.run.save_checkpoint(beta, (ladder.state.params, ladder.state.opt_state), {
-            "index": ladder.index - 1, "step": ladder.step, "next_beta": ladder.beta,
-            "n_updates": summary["n_updates"], "wall_time": ladder.wall_time,
-            "mean_energy": summary["mean_energy"], "chain_heating": summary["chain_heating"],
-            "energy_evals": ladder.energy_evals,
-            "fab_step_size": ladder.fab_step,
-            "skipped_streak": ladder.streaks.skipped, "starved_streak": ladder.streaks.starved,
-        })
+        self.run.save_checkpoint(
+            beta,
+            (ladder.state.params, ladder.state.opt_state),
+            {
+                "index": ladder.index - 1,
+                "step": ladder.step,
+                "next_beta": ladder.beta,
+                "n_updates": summary["n_updates"],
+                "wall_time": ladder.wall_time,
+                "mean_energy": summary["mean_energy"],
+                "chain_heating": summary["chain_heating"],
+                "energy_evals": ladder.energy_evals,
+                "fab_step_size": ladder.fab_step,
+                "skipped_streak": ladder.streaks.skipped,
+                "starved_streak": ladder.streaks.starved,
+            },
+        )
 
 
 def resume_point(run: RunDir, model, training) -> LadderState | None:
@@ -51,19 +60,34 @@ def resume_point(run: RunDir, model, training) -> LadderState | None:
     run.set_aside_damaged()
     template, _ = init(model, training)
     meta, (params, opt_state) = run.load_newest(
-        (template.params, template.opt_state), lambda tree: all_finite(tree[0]),
-        set_aside=True)
+        (template.params, template.opt_state), lambda tree: all_finite(tree[0]), set_aside=True
+    )
     run.truncate_metrics(meta["step"])
     return LadderState(
-        TrainState(params, opt_state), meta["next_beta"], meta["index"] + 1, meta["step"],
+        TrainState(params, opt_state),
+        meta["next_beta"],
+        meta["index"] + 1,
+        meta["step"],
         tuple(m["beta"] for m in run.checkpoints() if m["beta"] <= meta["beta"]),
-        meta.get("energy_evals", 0), meta.get("wall_time", 0.0),
+        meta.get("energy_evals", 0),
+        meta.get("wall_time", 0.0),
         meta.get("fab_step_size", training.fab_step_size),
-        Streaks(meta.get("skipped_streak", 0), meta.get("starved_streak", 0)))
+        Streaks(meta.get("skipped_streak", 0), meta.get("starved_streak", 0)),
+    )
 
 
-def train_into(run: RunDir, target, flow, schedule, training, chains, *, conditional=None,
-               resume: bool = False, **kwargs) -> TrainResult:
+def train_into(
+    run: RunDir,
+    target,
+    flow,
+    schedule,
+    training,
+    chains,
+    *,
+    conditional=None,
+    resume: bool = False,
+    **kwargs,
+) -> TrainResult:
     """:func:`coarseflow.training.train` recorded in ``run`` (locked meanwhile): every update
     in metrics.jsonl, every beta checkpointed. ``resume=True`` continues from the newest intact
     checkpoint; otherwise (or where there is none) metrics.jsonl starts empty, so the lines of a
@@ -73,8 +97,18 @@ def train_into(run: RunDir, target, flow, schedule, training, chains, *, conditi
         if start is None:
             run.truncate_metrics(0)
         elif start.beta is None:  # the ladder was finished
-            flow, conditional = eqx.combine(start.state.params,
-                                            init((flow, conditional), training)[1])
+            flow, conditional = eqx.combine(
+                start.state.params, init((flow, conditional), training)[1]
+            )
             return TrainResult(flow, conditional, list(start.betas))
-        return train(target, flow, schedule, training, chains, conditional=conditional,
-                     start=start, callbacks=RunRecorder(run), **kwargs)
+        return train(
+            target,
+            flow,
+            schedule,
+            training,
+            chains,
+            conditional=conditional,
+            start=start,
+            callbacks=RunRecorder(run),
+            **kwargs,
+        )

@@ -81,8 +81,15 @@ def seed(where: str, value: Any) -> int:
     raise fail(where, f"an integer from 0 to {MAX_SEED}", value)
 
 
-def number(where: str, value: Any, low: float = -math.inf, high: float = math.inf, *,
-           low_open: bool = True, high_open: bool = False) -> float:
+def number(
+    where: str,
+    value: Any,
+    low: float = -math.inf,
+    high: float = math.inf,
+    *,
+    low_open: bool = True,
+    high_open: bool = False,
+) -> float:
     """``value`` as a float if it is a finite number in the interval from ``low`` to ``high``
     (open at ``low`` and closed at ``high`` by default; an infinite end is always open), else a
     ConfigError naming ``where``."""
@@ -103,8 +110,10 @@ def _interval(low: float, high: float, low_open: bool, high_open: bool) -> str:
         return f"a finite number {'>' if low_open else '>='} {_num(low)}"
     if math.isinf(low):
         return f"a number {'<' if high_open else '<='} {_num(high)}"
-    return (f"a number in {'(' if low_open else '['}{_num(low)}, {_num(high)}"
-            f"{')' if high_open else ']'}")
+    return (
+        f"a number in {'(' if low_open else '['}{_num(low)}, {_num(high)}"
+        f"{')' if high_open else ']'}"
+    )
 
 
 def _num(x: float) -> str:

@@ -41,9 +41,14 @@ def _version_line() -> str:
 
 
 def _add_refine_flag(parser) -> None:
-    parser.add_argument("--refine-steps", type=_count, default=None, metavar="K",
-                        help="refine a learned model's samples by AIS toward p in K MALA steps "
-                             "each (default: [prediction] refine_steps)")
+    parser.add_argument(
+        "--refine-steps",
+        type=_count,
+        default=None,
+        metavar="K",
+        help="refine a learned model's samples by AIS toward p in K MALA steps "
+        "each (default: [prediction] refine_steps)",
+    )
 
 
 def _count(text: str) -> int:
@@ -74,16 +79,18 @@ def _check_output(flag: str, value, *, directory: bool, suffixes: tuple[str, ...
         if parent.exists() and not parent.is_dir():
             raise ConfigError(f"{flag} {path}: {parent} is not a directory")
     if directory and path.exists() and not path.is_dir():
-        raise ConfigError(f"{flag} {path}: exists and is not a directory (a run directory "
-                          "is a folder)")
+        raise ConfigError(
+            f"{flag} {path}: exists and is not a directory (a run directory is a folder)"
+        )
     if not directory and path.is_dir():
-        raise ConfigError(f"{flag} {path}: is a directory; expected a file name"
-                          + (" ending in " + " or ".join(suffixes) if suffixes else ""))
+        raise ConfigError(
+            f"{flag} {path}: is a directory; expected a file name"
+            + (" ending in " + " or ".join(suffixes) if suffixes else "")
+        )
     if not directory and path.exists() and not path.is_file():
         raise ConfigError(f"{flag} {path}: exists and is not a regular file")
     if suffixes and path.suffix.lower() not in suffixes:
-        raise ConfigError(f"{flag} {path}: expected a file name ending in "
-                          + " or ".join(suffixes))
+        raise ConfigError(f"{flag} {path}: expected a file name ending in " + " or ".join(suffixes))
 
 
 def _check_args(args) -> None:
@@ -97,8 +104,10 @@ def _check_args(args) -> None:
     if getattr(args, "beta", None) is not None:
         checks.number("--beta", args.beta, 0.0, 1.0)
     if getattr(args, "resume", False) and getattr(args, "init", None) is not None:
-        raise ConfigError("--resume and --init: choose one (a resumed run continues from its "
-                          "own checkpoints; --init starts a new run from another run's flow)")
+        raise ConfigError(
+            "--resume and --init: choose one (a resumed run continues from its "
+            "own checkpoints; --init starts a new run from another run's flow)"
+        )
     if args.command in ("train", "demo"):
         _check_output("--out", args.out, directory=True)
     elif args.command == "sample":
@@ -114,8 +123,9 @@ def _cmd_train(args) -> int:
 
     config = load_config(args.config)
     out = Path(args.out) if args.out is not None else Path("runs") / Path(args.config).stem
-    result = train_from_config(config, out, resume=args.resume, progress=not args.quiet,
-                               init=args.init)
+    result = train_from_config(
+        config, out, resume=args.resume, progress=not args.quiet, init=args.init
+    )
     print(f"trained {len(result.betas)} betas up to beta = {result.betas[-1]:.4g}; run: {out}")
     if not args.no_evaluate:
         summary = evaluate_run(out, progress=not args.quiet)
@@ -127,10 +137,14 @@ def _cmd_sample(args) -> int:
     from coarseflow.analysis.metrics import ess, pareto_k
     from coarseflow.workflow import sample_run, write_samples
 
-    target, samples, beta = sample_run(args.run, n=args.n, beta=args.beta, seed=args.seed,
-                                       refine_steps=args.refine_steps)
-    out = (Path(args.output) if args.output is not None
-           else Path(args.run) / "samples" / f"beta_{beta:.6g}.npz")
+    target, samples, beta = sample_run(
+        args.run, n=args.n, beta=args.beta, seed=args.seed, refine_steps=args.refine_steps
+    )
+    out = (
+        Path(args.output)
+        if args.output is not None
+        else Path(args.run) / "samples" / f"beta_{beta:.6g}.npz"
+    )
     write_samples(out, target, samples, beta)
     n_ess, k = ess(samples.log_weights), pareto_k(samples.log_weights)
     if k != k:  # NaN
@@ -144,8 +158,9 @@ def _cmd_sample(args) -> int:
 def _cmd_evaluate(args) -> int:
     from coarseflow.analysis.evaluation import evaluate_run
 
-    summary = evaluate_run(args.run, n_samples=args.n, progress=not args.quiet,
-                           refine_steps=args.refine_steps)
+    summary = evaluate_run(
+        args.run, n_samples=args.n, progress=not args.quiet, refine_steps=args.refine_steps
+    )
     _print_summary(summary)
     return 0
 
@@ -187,10 +202,12 @@ def _print_summary(summary: dict) -> None:
         print(f"  {k:28s} {_number(v)}")
     if "refined" in final:
         r = final["refined"]
-        print(f"refined by AIS toward p ({r['refine_steps']} steps of {r['refine_step_size']:.3g},"
-              f" acceptance {r['refine_acceptance']:.2f}, {r['refine_energy_evals']} "
-              f"evaluations): ESS fraction {r['ess_fraction']:.4g}, Pareto k "
-              f"{_number(r['pareto_k'])}, log Z {_number(r['log_Z_estimate'])}")
+        print(
+            f"refined by AIS toward p ({r['refine_steps']} steps of {r['refine_step_size']:.3g},"
+            f" acceptance {r['refine_acceptance']:.2f}, {r['refine_energy_evals']} "
+            f"evaluations): ESS fraction {r['ess_fraction']:.4g}, Pareto k "
+            f"{_number(r['pareto_k'])}, log Z {_number(r['log_Z_estimate'])}"
+        )
     print(f"summary: {summary['summary_path']}")
     for fig in summary["figures"]:
         print(f"figure:  {fig}")
@@ -205,8 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config", help="config TOML file")
     t.add_argument("--out", help="run directory (default: runs/<config name>)")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    t.add_argument("--init", metavar="RUN",
-                   help="start from the flow of RUN's last checkpoint (same [model] and [target])")
+    t.add_argument(
+        "--init",
+        metavar="RUN",
+        help="start from the flow of RUN's last checkpoint (same [model] and [target])",
+    )
     t.add_argument("--no-evaluate", action="store_true", help="skip evaluation after training")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_script_flag(t)
@@ -224,9 +244,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("evaluate", help="metrics and figures for every checkpoint of a run")
     e.add_argument("run", help="run directory")
-    e.add_argument("-n", type=_count, default=None,
-                   help="samples at the last checkpoint (default: [prediction] n_samples; "
-                        "earlier ones: at most [prediction] ladder_samples)")
+    e.add_argument(
+        "-n",
+        type=_count,
+        default=None,
+        help="samples at the last checkpoint (default: [prediction] n_samples; "
+        "earlier ones: at most [prediction] ladder_samples)",
+    )
     e.add_argument("--quiet", action="store_true")
     _add_refine_flag(e)
     _add_script_flag(e)
@@ -248,9 +272,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_script_flag(parser) -> None:
-    parser.add_argument("--allow-forcefield-scripts", action="store_true",
-                        help="let force-field XML files run the Python code they carry "
-                             "(<InitializationScript>, <Script>); refused by default")
+    parser.add_argument(
+        "--allow-forcefield-scripts",
+        action="store_true",
+        help="let force-field XML files run the Python code they carry "
+        "(<InitializationScript>, <Script>); refused by default",
+    )
 
 
 def enable_compilation_cache() -> None:
@@ -285,8 +312,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"coarseflow: error: {e.filename}: file not found", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("coarseflow: interrupted; checkpoints written so far are kept (use --resume)",
-              file=sys.stderr)
+        print(
+            "coarseflow: interrupted; checkpoints written so far are kept (use --resume)",
+            file=sys.stderr,
+        )
         return 130
 
 

@@ -24,8 +24,16 @@ from coarseflow.samplers.conditional import ChainSettings
 from coarseflow.tempering import AbstractSchedule, schedule_from_config
 from coarseflow.training import TrainingSettings
 
-SECTIONS = ("target", "model", "conditional", "chains", "training", "tempering", "prediction",
-            "reference")
+SECTIONS = (
+    "target",
+    "model",
+    "conditional",
+    "chains",
+    "training",
+    "tempering",
+    "prediction",
+    "reference",
+)
 
 
 @dataclass(frozen=True)
@@ -84,8 +92,9 @@ def settings_from_table(cls, table: dict, section: str):
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     unknown = sorted(set(table) - set(names))
     if unknown:
-        raise ConfigError(f"[{section}] unknown key {unknown[0]!r}; expected one of: "
-                          + ", ".join(names))
+        raise ConfigError(
+            f"[{section}] unknown key {unknown[0]!r}; expected one of: " + ", ".join(names)
+        )
     kwargs = {k: _check_value(section, k, v, hints.get(k, Any)) for k, v in table.items()}
     return cls(**kwargs)
 
@@ -96,19 +105,24 @@ def _check_shape(raw) -> None:
         raise ConfigError(f"config: expected TOML tables, got {type(raw).__name__}")
     unknown = sorted(set(raw) - set(SECTIONS))
     if unknown:
-        raise ConfigError(f"config: unknown section [{unknown[0]}]; expected: "
-                          + ", ".join(SECTIONS))
+        raise ConfigError(
+            f"config: unknown section [{unknown[0]}]; expected: " + ", ".join(SECTIONS)
+        )
     for section, table in raw.items():
         if not isinstance(table, dict):
-            raise ConfigError(f"[{section}]: expected a table ([{section}] and its keys), got "
-                              f"{section} = {checks.show(table)}")
+            raise ConfigError(
+                f"[{section}]: expected a table ([{section}] and its keys), got "
+                f"{section} = {checks.show(table)}"
+            )
     if "kind" not in raw.get("target", {}):
-        raise ConfigError("config: [target] kind is required (double_well, gaussian_mixture, "
-                          "many_well, molecule)")
+        raise ConfigError(
+            "config: [target] kind is required (double_well, gaussian_mixture, many_well, molecule)"
+        )
     kind = raw["target"]["kind"]
     if not isinstance(kind, str):
-        raise ConfigError(f"[target] kind: expected a string such as \"double_well\", got "
-                          f"{checks.show(kind)}")
+        raise ConfigError(
+            f'[target] kind: expected a string such as "double_well", got {checks.show(kind)}'
+        )
 
 
 def parse_config(raw: dict) -> Config:
@@ -120,13 +134,13 @@ def parse_config(raw: dict) -> Config:
     config = Config(
         target=dict(raw["target"]),
         model=settings_from_table(FlowSettings, raw.get("model", {}), "model"),
-        conditional=settings_from_table(ConditionalSettings, raw.get("conditional", {}),
-                                        "conditional"),
+        conditional=settings_from_table(
+            ConditionalSettings, raw.get("conditional", {}), "conditional"
+        ),
         chains=settings_from_table(ChainSettings, raw.get("chains", {}), "chains"),
         training=settings_from_table(TrainingSettings, raw.get("training", {}), "training"),
         tempering=schedule_from_config(raw.get("tempering", {"kind": "adaptive"})),
-        prediction=settings_from_table(PredictionSettings, raw.get("prediction", {}),
-                                       "prediction"),
+        prediction=settings_from_table(PredictionSettings, raw.get("prediction", {}), "prediction"),
         raw=raw,
     )
     build_target(config.target)  # validate the target table now, not after training starts
@@ -138,9 +152,15 @@ def parse_config(raw: dict) -> Config:
     if learned != (objective != "mean_force"):
         raise ConfigError(
             f"[training] objective = {objective!r} with [conditional] kind = "
-            f"{config.conditional.kind!r}: " + ("joint, hybrid and fab train a learned q(Y|X); set "
-            "[conditional] kind = 'gaussian' or 'flow'" if not learned else "mean_force does not "
-            "train the conditional; use objective = 'joint', 'hybrid' or 'fab'"))
+            f"{config.conditional.kind!r}: "
+            + (
+                "joint, hybrid and fab train a learned q(Y|X); set "
+                "[conditional] kind = 'gaussian' or 'flow'"
+                if not learned
+                else "mean_force does not "
+                "train the conditional; use objective = 'joint', 'hybrid' or 'fab'"
+            )
+        )
     return config
 
 
@@ -171,10 +191,15 @@ def read_text_file(path: Path, what: str) -> str:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        hint = " (it looks like UTF-16: save it as UTF-8)" if data[:2] in (
-            b"\xff\xfe", b"\xfe\xff") else ""
-        raise ConfigError(f"{what} {path}: not UTF-8 text (byte 0x{data[e.start]:02x} at "
-                          f"position {e.start}){hint}") from None
+        hint = (
+            " (it looks like UTF-16: save it as UTF-8)"
+            if data[:2] in (b"\xff\xfe", b"\xfe\xff")
+            else ""
+        )
+        raise ConfigError(
+            f"{what} {path}: not UTF-8 text (byte 0x{data[e.start]:02x} at "
+            f"position {e.start}){hint}"
+        ) from None
     if "\x00" in text:
         raise ConfigError(f"{what} {path}: not a text file (it contains NUL bytes)")
     return text.removeprefix("\ufeff")
@@ -200,8 +225,7 @@ def _absolute_paths(raw: dict) -> dict:
 def _target_classes() -> dict[str, type]:
     from coarseflow.targets import DoubleWell, GaussianMixture, ManyWell
 
-    kinds = {"double_well": DoubleWell, "gaussian_mixture": GaussianMixture,
-             "many_well": ManyWell}
+    kinds = {"double_well": DoubleWell, "gaussian_mixture": GaussianMixture, "many_well": ManyWell}
     try:
         from coarseflow.targets.molecule import Molecule
     except ImportError:  # openmm / mdtraj not installed: molecules unavailable
@@ -223,8 +247,10 @@ def build_target(table: dict):
     hints = typing.get_type_hints(factory.__init__ if inspect.isclass(factory) else factory)
     unknown = sorted(set(table) - set(params))
     if unknown:
-        raise ConfigError(f"[target] unknown key {unknown[0]!r} for kind {kind!r}; expected one "
-                          "of: " + ", ".join(["kind", *params]))
+        raise ConfigError(
+            f"[target] unknown key {unknown[0]!r} for kind {kind!r}; expected one "
+            "of: " + ", ".join(["kind", *params])
+        )
     kwargs = {k: _check_value("target", k, v, hints.get(k, Any)) for k, v in table.items()}
     return factory(**kwargs)
 

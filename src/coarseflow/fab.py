@@ -73,16 +73,20 @@ def _latent(flow, conditional, target, beta, u):
     log_qX = flow.base_dist.log_prob(z) - log_det
     gaussian = conditional._gaussian(target, X)
     Y, log_q0Y, valid = conditional.transform(target, X, beta, eps, gaussian)
-    log_qY = (log_q0Y if len(conditional.relabelings) == 1
-              else conditional.log_prob(target, X, beta, Y, gaussian))
+    log_qY = (
+        log_q0Y
+        if len(conditional.relabelings) == 1
+        else conditional.log_prob(target, X, beta, Y, gaussian)
+    )
     return X, Y, log_qX + log_q0Y, log_qX + log_qY, valid
 
 
 TOWARD = ("p2/q", "p")
 
 
-def latent_ais(flow, conditional, key, target, beta, n: int, n_steps: int, step_size: float,
-               toward: str) -> FabBatch:
+def latent_ais(
+    flow, conditional, key, target, beta, n: int, n_steps: int, step_size: float, toward: str
+) -> FabBatch:
     """``n`` AIS paths in q's latent space from q(X) q(Y|X) toward ``toward``: "p2/q" (fab's
     g of the module docstring; called outside the gradient, the loss holds the end points
     fixed) or "p", p_beta itself, whose pull-back r(u) p(x) / q(x) has integral Z(beta)
@@ -110,22 +114,29 @@ def latent_ais(flow, conditional, key, target, beta, n: int, n_steps: int, step_
     z0 = flow.base_dist.sample(k_z, (n,))
     u0 = jnp.concatenate([z0, jr.normal(k_eps, (n, n_y), z0.dtype)], -1)
     out = jax.vmap(lambda k, u: anneal(k, log_base, log_gamma, u, n_steps, step_size))(
-        jr.split(k_path, n), u0)
-    X, Y, _, log_q, valid = jax.vmap(
-        lambda u: _latent(flow, conditional, target, beta, u))(out.z)
+        jr.split(k_path, n), u0
+    )
+    X, Y, _, log_q, valid = jax.vmap(lambda u: _latent(flow, conditional, target, beta, u))(out.z)
     valid = valid & jnp.isfinite(out.log_weight) & jnp.isfinite(log_q)
     log_w = jnp.where(valid, out.log_weight, -jnp.inf)
     start_log_w, start_u = out.aux
-    return FabBatch(X, Y, log_w, jax.lax.stop_gradient(log_q), out.acceptance, start_log_w,
-                    start_u, jnp.asarray(n * (n_steps + 1)))
+    return FabBatch(
+        X,
+        Y,
+        log_w,
+        jax.lax.stop_gradient(log_q),
+        out.acceptance,
+        start_log_w,
+        start_u,
+        jnp.asarray(n * (n_steps + 1)),
+    )
 
 
 def alpha2_loss(flow, conditional, target, beta, batch: FabBatch) -> Float[Array, ""]:
     """-sum_i wbar_i log q(x_i): its gradient estimates grad D_2(p_beta || q) up to a positive
     factor; the end points and weights are held fixed, q's density is exact (symmetrised)."""
     X, Y = jax.lax.stop_gradient((batch.X, batch.Y))
-    log_q = flow.log_prob(X) + jax.vmap(
-        lambda x, y: conditional.log_prob(target, x, beta, y))(X, Y)
+    log_q = flow.log_prob(X) + jax.vmap(lambda x, y: conditional.log_prob(target, x, beta, y))(X, Y)
     ok = jnp.isfinite(log_q) & jnp.isfinite(batch.log_weights)
     weights = jax.nn.softmax(jnp.where(ok, batch.log_weights, -jnp.inf))
     weights = jax.lax.stop_gradient(jnp.where(ok, weights, 0.0))
@@ -153,9 +164,13 @@ class ReplayBuffer(NamedTuple):
 
 def empty_buffer(n: int, n_x: int, n_y: int, dtype) -> ReplayBuffer:
     """A buffer of ``n`` entries, all empty."""
-    return ReplayBuffer(jnp.zeros((n, n_x), dtype), jnp.zeros((n, n_y), dtype),
-                        jnp.full((n,), -jnp.inf, dtype), jnp.zeros((n,), dtype),
-                        jnp.asarray(0))
+    return ReplayBuffer(
+        jnp.zeros((n, n_x), dtype),
+        jnp.zeros((n, n_y), dtype),
+        jnp.full((n,), -jnp.inf, dtype),
+        jnp.zeros((n,), dtype),
+        jnp.asarray(0),
+    )
 
 
 def replay_add(buffer: ReplayBuffer, batch: FabBatch) -> ReplayBuffer:
@@ -163,13 +178,15 @@ def replay_add(buffer: ReplayBuffer, batch: FabBatch) -> ReplayBuffer:
     S = batch.X.shape[0]
 
     def put(stored, new):
-        return jax.lax.dynamic_update_slice_in_dim(stored, new.astype(stored.dtype),
-                                                   buffer.head, 0)
+        return jax.lax.dynamic_update_slice_in_dim(stored, new.astype(stored.dtype), buffer.head, 0)
 
-    return ReplayBuffer(put(buffer.X, batch.X), put(buffer.Y, batch.Y),
-                        put(buffer.log_weights, batch.log_weights),
-                        put(buffer.log_q, batch.log_q),
-                        (buffer.head + S) % buffer.X.shape[0])
+    return ReplayBuffer(
+        put(buffer.X, batch.X),
+        put(buffer.Y, batch.Y),
+        put(buffer.log_weights, batch.log_weights),
+        put(buffer.log_q, batch.log_q),
+        (buffer.head + S) % buffer.X.shape[0],
+    )
 
 
 def replay_draw(key, buffer: ReplayBuffer, m: int) -> Array:
@@ -183,8 +200,7 @@ def replay_draw(key, buffer: ReplayBuffer, m: int) -> Array:
 
 def _replay_log_q(flow, conditional, target, beta, buffer, idx):
     X, Y = buffer.X[idx], buffer.Y[idx]
-    return flow.log_prob(X) + jax.vmap(
-        lambda x, y: conditional.log_prob(target, x, beta, y))(X, Y)
+    return flow.log_prob(X) + jax.vmap(lambda x, y: conditional.log_prob(target, x, beta, y))(X, Y)
 
 
 def replay_loss(flow, conditional, target, beta, buffer: ReplayBuffer, idx: Array):
@@ -207,6 +223,7 @@ def replay_update(buffer: ReplayBuffer, idx: Array, log_q: Array) -> ReplayBuffe
     emptied."""
     log_w = buffer.log_weights[idx] + buffer.log_q[idx] - log_q
     log_w = jnp.where(jnp.isfinite(log_w), log_w, -jnp.inf)
-    return buffer._replace(log_weights=buffer.log_weights.at[idx].set(log_w),
-                           log_q=buffer.log_q.at[idx].set(jnp.where(jnp.isfinite(log_q),
-                                                                    log_q, 0.0)))
+    return buffer._replace(
+        log_weights=buffer.log_weights.at[idx].set(log_w),
+        log_q=buffer.log_q.at[idx].set(jnp.where(jnp.isfinite(log_q), log_q, 0.0)),
+    )

@@ -96,15 +96,16 @@ def _energy_forces(target, X, Y, beta, force_clip: float):
     X, Y = jax.lax.stop_gradient(X), jax.lax.stop_gradient(Y)
     u, (gx, gy) = jax.vmap(jax.value_and_grad(target.energy_xy, argnums=(0, 1)))(X, Y)
     g = clip_forces(beta * jnp.concatenate([gx, gy], axis=-1), force_clip)
-    return u, g[:, :X.shape[-1]], g[:, X.shape[-1]:]
+    return u, g[:, : X.shape[-1]], g[:, X.shape[-1] :]
 
 
 def masked_mean(values, ok):
     return jnp.sum(jnp.where(ok, values, 0.0)) / jnp.maximum(jnp.sum(ok), 1)
 
 
-def joint_terms(flow, conditional, key, target, z: Float[Array, "S n_x"], beta,
-                force_clip: float) -> JointTerms:
+def joint_terms(
+    flow, conditional, key, target, z: Float[Array, "S n_x"], beta, force_clip: float
+) -> JointTerms:
     """The fully reparameterised reverse KL of q(X) q(Y|X) against p_beta (no chains).
 
     X = f(z), Y ~ q(Y|X) reparameterised; the gradient of log q(X) + log q(Y|X) + beta u(X, Y)
@@ -116,8 +117,13 @@ def joint_terms(flow, conditional, key, target, z: Float[Array, "S n_x"], beta,
     draws = conditional.sample_batch(key, target, X, beta)
     u, gx, gy = _energy_forces(target, X, draws.Y, beta, force_clip)
     log_q = log_qX + draws.log_q
-    ok = (draws.valid & jnp.isfinite(log_q) & jnp.isfinite(u)
-          & jnp.all(jnp.isfinite(gx), -1) & jnp.all(jnp.isfinite(gy), -1))
+    ok = (
+        draws.valid
+        & jnp.isfinite(log_q)
+        & jnp.isfinite(u)
+        & jnp.all(jnp.isfinite(gx), -1)
+        & jnp.all(jnp.isfinite(gy), -1)
+    )
     surrogate = log_q + jnp.sum(gx * X, -1) + jnp.sum(gy * draws.Y, -1)
     log_w = jnp.where(ok, jax.lax.stop_gradient(-beta * u - log_q), -jnp.inf)
     return JointTerms(X, draws.Y, surrogate, log_w, ok, u, jnp.asarray(z.shape[0]))
@@ -130,8 +136,7 @@ def conditional_terms(conditional, key, target, X, beta, force_clip: float) -> J
     X = jax.lax.stop_gradient(X)
     draws = conditional.sample_batch(key, target, X, beta)
     u, _, gy = _energy_forces(target, X, draws.Y, beta, force_clip)
-    ok = draws.valid & jnp.isfinite(draws.log_q) & jnp.isfinite(u) & jnp.all(
-        jnp.isfinite(gy), -1)
+    ok = draws.valid & jnp.isfinite(draws.log_q) & jnp.isfinite(u) & jnp.all(jnp.isfinite(gy), -1)
     surrogate = draws.log_q + jnp.sum(gy * draws.Y, -1)
     log_w = jnp.where(ok, jax.lax.stop_gradient(-beta * u - draws.log_q), -jnp.inf)
     return JointTerms(X, draws.Y, surrogate, log_w, ok, u, jnp.asarray(X.shape[0]))
@@ -141,6 +146,5 @@ def joint_forward_kl_loss(flow, conditional, target, X, Y, beta, weights):
     """-sum_i (w_i - 1/S) [log q(X_i) + log q(Y_i|X_i)]: :func:`forward_kl_loss` on the joint,
     with the learned conditional's exact density; samples (S, .) and weights (S,) held fixed."""
     X, Y = jax.lax.stop_gradient(X), jax.lax.stop_gradient(Y)
-    log_q = flow.log_prob(X) + jax.vmap(
-        lambda x, y: conditional.log_prob(target, x, beta, y))(X, Y)
+    log_q = flow.log_prob(X) + jax.vmap(lambda x, y: conditional.log_prob(target, x, beta, y))(X, Y)
     return _centred_forward(log_q, weights)

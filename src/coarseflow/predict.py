@@ -110,8 +110,15 @@ def laplace_fit(target: AbstractTarget, X, beta, settings: PredictionSettings):
     largest: where the descent stopped short of the minimum (a negative curvature), flooring a
     negative eigenvalue instead would make a Newton step and the Gaussian's width along it huge.
     """
-    y = minimize_y(target.energy_xy, X, beta, target.y_init(X), settings.minimize_steps,
-                   settings.minimize_lr, target.y_mass())
+    y = minimize_y(
+        target.energy_xy,
+        X,
+        beta,
+        target.y_init(X),
+        settings.minimize_steps,
+        settings.minimize_lr,
+        target.y_mass(),
+    )
 
     def v(xi):
         Y, log_det = target.y_cartesian(X, xi)
@@ -190,9 +197,11 @@ def conditional_ais(target: AbstractTarget, X, beta, key, settings: PredictionSe
         return -beta * target.energy_xy(X, Y) + log_det
 
     key_paths, key_pick = jr.split(key)
-    out = jax.vmap(lambda k: annealed_importance(
-        k, log_gamma, target.partition.n_y, settings.ais_steps, settings.ais_step_size,
-        X.dtype))(jr.split(key_paths, settings.ais_paths))
+    out = jax.vmap(
+        lambda k: annealed_importance(
+            k, log_gamma, target.partition.n_y, settings.ais_steps, settings.ais_step_size, X.dtype
+        )
+    )(jr.split(key_paths, settings.ais_paths))
     log_z = jax.nn.logsumexp(out.log_weight) - math.log(settings.ais_paths)
     # every path at zero weight: any Y will do, its weight is zero
     pick = jr.categorical(key_pick, jnp.where(jnp.isfinite(log_z), out.log_weight, 0.0))
@@ -212,13 +221,16 @@ def resolve_conditional(target: AbstractTarget, conditional: str) -> str:
     if conditional == "auto":
         return "exact" if has_exact else "ais"
     if conditional == "exact" and not has_exact:
-        raise ConfigError(f"[prediction] conditional = 'exact': {type(target).__name__} has no "
-                          "exact conditional; use 'ais' or 'laplace'")
+        raise ConfigError(
+            f"[prediction] conditional = 'exact': {type(target).__name__} has no "
+            "exact conditional; use 'ais' or 'laplace'"
+        )
     return conditional
 
 
-def sample_q_y(key, target, X: Float[Array, "S n_x"], beta, conditional: str,
-               settings: PredictionSettings):
+def sample_q_y(
+    key, target, X: Float[Array, "S n_x"], beta, conditional: str, settings: PredictionSettings
+):
     """(Y (S, n_y) ~ q(Y|X) for each row of X, log q(Y|X) (S,), AIS acceptance (S,), NaN
     unless ais); ``conditional``: exact, laplace or ais."""
     keys = jr.split(key, X.shape[0])
@@ -237,14 +249,16 @@ def sample_learned(key, target, X: Float[Array, "S n_x"], beta, learned):
 
 
 @eqx.filter_jit
-def _batch(flow, target, key, beta, n: int, conditional: str, settings: PredictionSettings,
-           learned=None):
+def _batch(
+    flow, target, key, beta, n: int, conditional: str, settings: PredictionSettings, learned=None
+):
     X, log_qX = flow.sample_and_log_prob(jr.fold_in(key, 0), (n,))
     if learned is not None:
         Y, log_qY, acceptance = sample_learned(jr.fold_in(key, 1), target, X, beta, learned)
     else:
-        Y, log_qY, acceptance = sample_q_y(jr.fold_in(key, 1), target, X, beta, conditional,
-                                           settings)
+        Y, log_qY, acceptance = sample_q_y(
+            jr.fold_in(key, 1), target, X, beta, conditional, settings
+        )
     x = target.partition.merge(X, Y)
     u = jax.vmap(target.energy)(x)
     log_q = log_qX + log_qY
@@ -254,8 +268,10 @@ def _batch(flow, target, key, beta, n: int, conditional: str, settings: Predicti
 def _in_batches(n: int, batch_size: int, draw) -> list[np.ndarray]:
     """``draw(i, m)`` for batches i of m <= batch_size that make up n, each returning a tuple of
     arrays with leading axis m; the tuple's arrays concatenated (NumPy) over the batches."""
-    parts = [[np.asarray(a) for a in draw(i, min(batch_size, n - start))]
-             for i, start in enumerate(range(0, n, batch_size))]
+    parts = [
+        [np.asarray(a) for a in draw(i, min(batch_size, n - start))]
+        for i, start in enumerate(range(0, n, batch_size))
+    ]
     return [np.concatenate(p) for p in zip(*parts, strict=True)]
 
 
@@ -274,16 +290,21 @@ def draw_samples(
     """
     n = settings.n_samples if n is None else n
     learned = conditional
-    conditional = "learned" if learned is not None else resolve_conditional(
-        target, settings.conditional)
+    conditional = (
+        "learned" if learned is not None else resolve_conditional(target, settings.conditional)
+    )
     x, X, log_qX, log_q, u, log_w, acceptance = _in_batches(
-        n, settings.batch_size, lambda i, m: _batch(flow, target, jr.fold_in(key, i),
-                                                    jnp.asarray(beta), m, conditional, settings,
-                                                    learned))
+        n,
+        settings.batch_size,
+        lambda i, m: _batch(
+            flow, target, jr.fold_in(key, i), jnp.asarray(beta), m, conditional, settings, learned
+        ),
+    )
     # a non-finite energy means zero weight, not a poisoned estimate
     log_w = np.where(np.isfinite(log_w), log_w, -np.inf)
-    return Samples(x=x, X=X, log_qX=log_qX, log_q=log_q, energy=u, log_weights=log_w,
-                   ais_acceptance=acceptance)
+    return Samples(
+        x=x, X=X, log_qX=log_qX, log_q=log_q, energy=u, log_weights=log_w, ais_acceptance=acceptance
+    )
 
 
 def fit_to_laplace(conditional, target, X, beta, settings: PredictionSettings):
@@ -315,8 +336,11 @@ def fit_to_laplace(conditional, target, X, beta, settings: PredictionSettings):
     cov = cov + 1e-9 * jnp.trace(cov) / n * jnp.eye(n)
     L = jnp.linalg.cholesky(cov)
     rows, cols = np.tril_indices(n, -1)
-    return eqx.tree_at(lambda c: (c.loc, c.log_diag, c.lower), conditional,
-                       (loc, jnp.log(jnp.diag(L)), L[rows, cols]))
+    return eqx.tree_at(
+        lambda c: (c.loc, c.log_diag, c.lower),
+        conditional,
+        (loc, jnp.log(jnp.diag(L)), L[rows, cols]),
+    )
 
 
 def log_partition_estimate(log_weights: Float[Array, " N"]) -> float:
@@ -334,22 +358,38 @@ _PILOT_PATHS = 256
 def _refine_batch(flow, conditional, target, key, beta, n: int, n_steps: int, step_size):
     from coarseflow.fab import latent_ais
 
-    batch = latent_ais(flow, conditional, target=target, key=jr.fold_in(key, 0), beta=beta,
-                       n=n, n_steps=n_steps, step_size=step_size, toward="p")
+    batch = latent_ais(
+        flow,
+        conditional,
+        target=target,
+        key=jr.fold_in(key, 0),
+        beta=beta,
+        n=n,
+        n_steps=n_steps,
+        step_size=step_size,
+        toward="p",
+    )
     # the end point, relabeled at random: p is the same for every relabeling
     perms = jnp.asarray(conditional.relabelings)
-    Y = batch.Y[jnp.arange(n)[:, None],
-                perms[jr.randint(jr.fold_in(key, 1), (n,), 0, len(perms))]]
+    Y = batch.Y[jnp.arange(n)[:, None], perms[jr.randint(jr.fold_in(key, 1), (n,), 0, len(perms))]]
     x = target.partition.merge(batch.X, Y)
     u = jax.vmap(target.energy)(x)
-    log_w = jnp.where(jnp.isfinite(batch.log_weights) & jnp.isfinite(u), batch.log_weights,
-                      -jnp.inf)
+    log_w = jnp.where(
+        jnp.isfinite(batch.log_weights) & jnp.isfinite(u), batch.log_weights, -jnp.inf
+    )
     log_qX = flow.log_prob(batch.X)
     return x, batch.X, log_qX, -beta * u - log_w, u, log_w, batch.acceptance
 
 
-def refine(key, flow, conditional, target: AbstractTarget, beta: float,
-           settings: PredictionSettings, n: int | None = None) -> tuple[Samples, dict]:
+def refine(
+    key,
+    flow,
+    conditional,
+    target: AbstractTarget,
+    beta: float,
+    settings: PredictionSettings,
+    n: int | None = None,
+) -> tuple[Samples, dict]:
     """N = ``n`` (default settings.n_samples) samples of p_beta by annealed importance sampling
     from q(X) q(Y|X) (a learned conditional) in q's latent space, ``settings.refine_steps``
     MALA steps per sample (:func:`coarseflow.fab.latent_ais` toward "p"). Each weight is
@@ -361,23 +401,48 @@ def refine(key, flow, conditional, target: AbstractTarget, beta: float,
     and ``refine_energy_evals`` (pilot included).
     """
     if conditional is None:
-        raise ConfigError("[prediction] refine_steps: needs a learned q(Y|X) ([conditional] "
-                          "kind = 'gaussian' or 'flow')")
+        raise ConfigError(
+            "[prediction] refine_steps: needs a learned q(Y|X) ([conditional] "
+            "kind = 'gaussian' or 'flow')"
+        )
     n = settings.n_samples if n is None else n
     steps = settings.refine_steps
     beta = jnp.asarray(beta)
     k_pilot, key = jr.split(key)
     candidates = settings.refine_step_size * 2.0 ** np.arange(-3, 3)
-    pilot = [float(np.mean(_refine_batch(flow, conditional, target, jr.fold_in(k_pilot, i),
-                                         beta, _PILOT_PATHS, steps, jnp.asarray(h))[-1]))
-             for i, h in enumerate(candidates)]
+    pilot = [
+        float(
+            np.mean(
+                _refine_batch(
+                    flow,
+                    conditional,
+                    target,
+                    jr.fold_in(k_pilot, i),
+                    beta,
+                    _PILOT_PATHS,
+                    steps,
+                    jnp.asarray(h),
+                )[-1]
+            )
+        )
+        for i, h in enumerate(candidates)
+    ]
     step = float(candidates[int(np.argmin(np.abs(np.asarray(pilot) - REFINE_ACCEPTANCE)))])
     x, X, log_qX, log_q, u, log_w, acceptance = _in_batches(
-        n, settings.batch_size, lambda i, m: _refine_batch(
-            flow, conditional, target, jr.fold_in(key, i), beta, m, steps, jnp.asarray(step)))
+        n,
+        settings.batch_size,
+        lambda i, m: _refine_batch(
+            flow, conditional, target, jr.fold_in(key, i), beta, m, steps, jnp.asarray(step)
+        ),
+    )
     # each path (pilot ones too): steps + 1 evaluations with gradient, and its end's energy
     evals = (len(candidates) * _PILOT_PATHS + n) * (steps + 2)
-    info = {"refine_steps": steps, "refine_step_size": step,
-            "refine_acceptance": float(np.mean(acceptance)), "refine_energy_evals": int(evals)}
-    return Samples(x=x, X=X, log_qX=log_qX, log_q=log_q, energy=u, log_weights=log_w,
-                   ais_acceptance=acceptance), info
+    info = {
+        "refine_steps": steps,
+        "refine_step_size": step,
+        "refine_acceptance": float(np.mean(acceptance)),
+        "refine_energy_evals": int(evals),
+    }
+    return Samples(
+        x=x, X=X, log_qX=log_qX, log_q=log_q, energy=u, log_weights=log_w, ais_acceptance=acceptance
+    ), info

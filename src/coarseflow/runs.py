@@ -37,8 +37,20 @@ from coarseflow.errors import ConfigError
 MARKER = "coarseflow-run.json"  # what makes a folder a run: config hash + coarseflow version
 LOCK = "coarseflow-run.lock"  # flock'ed while a process writes the run; holds pid + host
 # what a run directory may hold; a folder with anything else and no marker is not a run
-RUN_NAMES = frozenset({"config.toml", "metrics.jsonl", "model.json", "init.json", "checkpoints",
-                       "figures", "samples", "summary.json", MARKER, LOCK})
+RUN_NAMES = frozenset(
+    {
+        "config.toml",
+        "metrics.jsonl",
+        "model.json",
+        "init.json",
+        "checkpoints",
+        "figures",
+        "samples",
+        "summary.json",
+        MARKER,
+        LOCK,
+    }
+)
 REQUIRED_META = ("beta", "index", "step", "next_beta")  # what resume and evaluate read
 
 
@@ -172,25 +184,40 @@ class RunDir:
             raise ConfigError(f"--out {root}: exists and is not a directory")
         # a folder holding only the lock (and the marker's temporary file) is a claim killed
         # before it wrote the marker
-        leftovers = [p.name for p in root.iterdir() if p.name != LOCK and not _is_tmp(p.name)] \
-            if root.is_dir() else []
+        leftovers = (
+            [p.name for p in root.iterdir() if p.name != LOCK and not _is_tmp(p.name)]
+            if root.is_dir()
+            else []
+        )
         if leftovers and not self.is_run():
-            raise ConfigError(f"--out {root}: a non-empty folder that is not a coarseflow run "
-                              f"(no {MARKER}); choose a new or empty folder")
+            raise ConfigError(
+                f"--out {root}: a non-empty folder that is not a coarseflow run "
+                f"(no {MARKER}); choose a new or empty folder"
+            )
         root.mkdir(parents=True, exist_ok=True)
         self.acquire()
         try:
             recorded = self._recorded_hash(hash_of_config_file)
             if recorded is not None and recorded != config_hash:
                 source = MARKER if self.marker_path.is_file() else "its config.toml"
-                raise ConfigError(f"run directory {root}: the config differs from the one it "
-                                  f"was made with ({source}: config hash {recorded[:12]}..., "
-                                  f"this config {config_hash[:12]}...); resume or restart "
-                                  "with the same config, or choose another --out")
+                raise ConfigError(
+                    f"run directory {root}: the config differs from the one it "
+                    f"was made with ({source}: config hash {recorded[:12]}..., "
+                    f"this config {config_hash[:12]}...); resume or restart "
+                    "with the same config, or choose another --out"
+                )
             if not self.marker_path.is_file():
-                atomic_write_text(self.marker_path, json.dumps(
-                    {"coarseflow_run": 1, "config_hash": config_hash,
-                     "coarseflow_version": coarseflow_version()}, indent=1))
+                atomic_write_text(
+                    self.marker_path,
+                    json.dumps(
+                        {
+                            "coarseflow_run": 1,
+                            "config_hash": config_hash,
+                            "coarseflow_version": coarseflow_version(),
+                        },
+                        indent=1,
+                    ),
+                )
         except BaseException:
             self.release()
             raise
@@ -201,8 +228,10 @@ class RunDir:
             try:
                 recorded = json.loads(self.marker_path.read_text())["config_hash"]
             except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-                raise ConfigError(f"{self.marker_path}: not a readable run marker (expected "
-                                  "JSON with 'config_hash'); was it edited?") from None
+                raise ConfigError(
+                    f"{self.marker_path}: not a readable run marker (expected "
+                    "JSON with 'config_hash'); was it edited?"
+                ) from None
             if not isinstance(recorded, str):
                 raise ConfigError(f"{self.marker_path}: config_hash: expected a string")
             return recorded
@@ -228,9 +257,10 @@ class RunDir:
         except OSError:
             holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown process"
             os.close(fd)
-            raise ConfigError(f"run directory {self.root} is being written by another process "
-                              f"({holder}; {LOCK}); wait for it or choose another --out") \
-                from None
+            raise ConfigError(
+                f"run directory {self.root} is being written by another process "
+                f"({holder}; {LOCK}); wait for it or choose another --out"
+            ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
         self._lock_fd, self._lock_depth = fd, 1
@@ -318,9 +348,13 @@ class RunDir:
         data = buffer.getvalue()
         atomic_write_bytes(eqx_path, lambda f: f.write(data))
         # metadata last: a checkpoint counts as written once its .json exists
-        atomic_write_text(json_path, strict_json(
-            {**meta, "beta": float(beta), "eqx_sha256": hashlib.sha256(data).hexdigest()},
-            indent=1))
+        atomic_write_text(
+            json_path,
+            strict_json(
+                {**meta, "beta": float(beta), "eqx_sha256": hashlib.sha256(data).hexdigest()},
+                indent=1,
+            ),
+        )
         return eqx_path
 
     def _scan(self) -> tuple[list[dict], list[tuple[Path, str]]]:
@@ -369,8 +403,10 @@ class RunDir:
         damaged = self._scan()[1]
         if damaged and not self._scan()[0]:
             path, problem = damaged[-1]
-            raise ConfigError(f"run directory {self.root}: no intact checkpoint ({path}: "
-                              f"{problem}; damaged: {', '.join(p.name for p, _ in damaged)})")
+            raise ConfigError(
+                f"run directory {self.root}: no intact checkpoint ({path}: "
+                f"{problem}; damaged: {', '.join(p.name for p, _ in damaged)})"
+            )
 
     def find_checkpoint(self, beta: float | None = None) -> dict:
         """The checkpoint of ``beta``, or the last one if beta is None.
@@ -404,21 +440,28 @@ class RunDir:
             raise DamagedCheckpoint(path, f"unreadable ({err.strerror})") from None
         checksum = meta.get("eqx_sha256")
         if checksum is not None and hashlib.sha256(data).hexdigest() != checksum:
-            raise DamagedCheckpoint(path, "damaged (its bytes do not match the checksum "
-                                          f"in {path.stem}.json)")
+            raise DamagedCheckpoint(
+                path, f"damaged (its bytes do not match the checksum in {path.stem}.json)"
+            )
         try:
             tree = eqx.tree_deserialise_leaves(io.BytesIO(data), template)
         except Exception as err:
             if checksum is not None:
                 raise
-            raise DamagedCheckpoint(path, "damaged or not of this config "
-                                          f"({type(err).__name__})") from None
+            raise DamagedCheckpoint(
+                path, f"damaged or not of this config ({type(err).__name__})"
+            ) from None
         if validate is not None and not validate(tree):
             raise DamagedCheckpoint(path, "holds non-finite parameters")
         return tree
 
-    def load_newest(self, template, validate: Callable | None = None,
-                    metas: list[dict] | None = None, set_aside: bool = False):
+    def load_newest(
+        self,
+        template,
+        validate: Callable | None = None,
+        metas: list[dict] | None = None,
+        set_aside: bool = False,
+    ):
         """(metadata, pytree) of the newest (largest beta) intact checkpoint among ``metas``
         (default: all). Each damaged one newer than it is skipped with a one-line warning
         naming it and, with ``set_aside`` (a resuming writer), renamed to NAME.damaged so that
@@ -432,16 +475,19 @@ class RunDir:
                 damaged.append(err)
                 continue
             for err in damaged:
-                warn_once(f"{err}; skipped, using the newest intact checkpoint "
-                          f"(beta = {meta['beta']:.6g})")
+                warn_once(
+                    f"{err}; skipped, using the newest intact checkpoint "
+                    f"(beta = {meta['beta']:.6g})"
+                )
                 if set_aside:
                     self.set_aside_damaged((err.path, err.path.with_suffix(".json")))
             return meta, tree
         if not damaged:
             raise ConfigError(f"run directory {self.root}: no checkpoints yet")
         names = ", ".join(err.path.name for err in damaged)
-        raise ConfigError(f"run directory {self.root}: no intact checkpoint ({damaged[0]}; "
-                          f"damaged: {names})")
+        raise ConfigError(
+            f"run directory {self.root}: no intact checkpoint ({damaged[0]}; damaged: {names})"
+        )
 
 
 def _run_name(name: str) -> bool:

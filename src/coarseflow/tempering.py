@@ -98,8 +98,10 @@ def _check_gaps(ladder: tuple[float, ...]) -> None:
     """Adjacent rungs of a spaced ladder at least MIN_STEP apart."""
     gaps = np.diff(np.asarray(ladder))
     if gaps.size and float(gaps.min()) < MIN_STEP:
-        raise ConfigError(f"{_SECTION} n_betas: {len(ladder)} betas from beta0 = "
-                          f"{ladder[0]:g} to 1 are closer than {MIN_STEP:g}; use fewer")
+        raise ConfigError(
+            f"{_SECTION} n_betas: {len(ladder)} betas from beta0 = "
+            f"{ladder[0]:g} to 1 are closer than {MIN_STEP:g}; use fewer"
+        )
 
 
 def _check_beta(beta: Any) -> float:

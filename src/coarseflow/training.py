@@ -114,38 +114,53 @@ class TrainingSettings:
         def key(name):
             return f"[training] {name}"
 
-        for name in ("batch_size", "updates_per_beta", "first_beta_updates",
-                     "tempering_samples", "fab_steps", "fab_reuse"):
+        for name in (
+            "batch_size",
+            "updates_per_beta",
+            "first_beta_updates",
+            "tempering_samples",
+            "fab_steps",
+            "fab_reuse",
+        ):
             checks.integer(key(name), getattr(self, name), 1)
         checks.integer(key("fab_buffer_size"), self.fab_buffer_size, 0)
         if self.fab_buffer_size % self.batch_size:
-            raise checks.fail(key("fab_buffer_size"), "a multiple of batch_size = "
-                              f"{self.batch_size}", self.fab_buffer_size)
+            raise checks.fail(
+                key("fab_buffer_size"),
+                f"a multiple of batch_size = {self.batch_size}",
+                self.fab_buffer_size,
+            )
         if self.fab_buffer_size and self.objective != "fab":
-            raise ConfigError("[training] fab_buffer_size: the replay buffer is fab's; "
-                              f"objective is {self.objective!r} (set it to 0)")
+            raise ConfigError(
+                "[training] fab_buffer_size: the replay buffer is fab's; "
+                f"objective is {self.objective!r} (set it to 0)"
+            )
         if self.fab_reuse > 1 and not self.fab_buffer_size:
-            raise ConfigError("[training] fab_reuse: reusing AIS batches needs the replay "
-                              "buffer; set fab_buffer_size (e.g. 8 x batch_size)")
+            raise ConfigError(
+                "[training] fab_reuse: reusing AIS batches needs the replay "
+                "buffer; set fab_buffer_size (e.g. 8 x batch_size)"
+            )
         # the gradient guard's first 10 norms only calibrate it (optim.adam_with_skip_clip)
         checks.integer(key("skip_window"), self.skip_window, 10)
         if self.final_beta_updates is not None:
             checks.integer(key("final_beta_updates"), self.final_beta_updates, 1)
         checks.number(key("learning_rate"), self.learning_rate, 0.0, 1.0)
         checks.number(key("lr_final_fraction"), self.lr_final_fraction, 0.0, 1.0)
-        checks.number(key("forward_kl_weight"), self.forward_kl_weight, 0.0, 1e6,
-                      low_open=False)
+        checks.number(key("forward_kl_weight"), self.forward_kl_weight, 0.0, 1e6, low_open=False)
         for name in ("force_clip", "fab_step_size"):
             checks.number(key(name), getattr(self, name), 0.0)
         checks.choice(key("objective"), self.objective, OBJECTIVES)
         checks.seed(key("seed"), self.seed)
         if self.objective == "fab" and self.forward_kl_weight > 0:
-            raise ConfigError("[training] forward_kl_weight: fab's loss is mass-covering "
-                              "already and takes no forward term; set it to 0")
+            raise ConfigError(
+                "[training] forward_kl_weight: fab's loss is mass-covering "
+                "already and takes no forward term; set it to 0"
+            )
         clip = checks.number(key("clip_factor"), self.clip_factor, 1.0)
         if not (checks.is_finite(self.skip_factor) and self.skip_factor > clip):
-            raise checks.fail(key("skip_factor"), f"a finite number > clip_factor = {clip:g}",
-                              self.skip_factor)
+            raise checks.fail(
+                key("skip_factor"), f"a finite number > clip_factor = {clip:g}", self.skip_factor
+            )
 
     def updates_at(self, index: int, beta: float) -> int:
         """Updates at the ``index``-th beta of the ladder, ``beta``."""
@@ -265,25 +280,36 @@ def _loss(params, static, key, beta, fixed: _Fixed, target, training: TrainingSe
     if training.objective == "fab" and fixed.buffer is not None:
         value, log_q = replay_loss(flow, conditional, target, beta, fixed.buffer, fixed.drawn)
         batch = fixed.fab  # the AIS batch made this update, if any
-        return value, _Aux(jnp.sum(jnp.isfinite(log_q)),
-                           None if batch is None else batch.start_log_weights,
-                           None if batch is None else batch.start_u, jnp.asarray(0), log_q)
+        return value, _Aux(
+            jnp.sum(jnp.isfinite(log_q)),
+            None if batch is None else batch.start_log_weights,
+            None if batch is None else batch.start_u,
+            jnp.asarray(0),
+            log_q,
+        )
     if training.objective == "fab":
         batch = fixed.fab
         value = alpha2_loss(flow, conditional, target, beta, batch)
-        return value, _Aux(jnp.sum(jnp.isfinite(batch.log_weights)), batch.start_log_weights,
-                           batch.start_u, jnp.asarray(0))
+        return value, _Aux(
+            jnp.sum(jnp.isfinite(batch.log_weights)),
+            batch.start_log_weights,
+            batch.start_u,
+            jnp.asarray(0),
+        )
     if training.objective == "mean_force":
         value, n_used = surrogate_loss(params[0], static[0], fixed.z, fixed.force)
         if lam > 0:
-            value = value + lam * forward_kl_loss(params[0], static[0],
-                                                  sample_with_log_det(flow, fixed.z)[0],
-                                                  fixed.weights)
+            value = value + lam * forward_kl_loss(
+                params[0], static[0], sample_with_log_det(flow, fixed.z)[0], fixed.weights
+            )
         return value, _Aux(n_used, None, None, jnp.asarray(0))
     if training.objective == "joint":
         terms = joint_terms(flow, conditional, key, target, fixed.z, beta, training.force_clip)
-        value, n_used, log_w = masked_mean(terms.surrogate, terms.ok), jnp.sum(terms.ok), \
-            terms.log_weights
+        value, n_used, log_w = (
+            masked_mean(terms.surrogate, terms.ok),
+            jnp.sum(terms.ok),
+            terms.log_weights,
+        )
     else:  # hybrid
         value, n_used = surrogate_loss(params[0], static[0], fixed.z, fixed.force)
         X = jax.lax.stop_gradient(sample_with_log_det(flow, fixed.z)[0])
@@ -293,8 +319,9 @@ def _loss(params, static, key, beta, fixed: _Fixed, target, training: TrainingSe
         log_w = jnp.where(terms.ok, terms.log_weights - log_qX, -jnp.inf)
     if lam > 0:
         weights, _ = _normalised(log_w)
-        value = value + lam * joint_forward_kl_loss(flow, conditional, target, terms.X, terms.Y,
-                                                    beta, weights)
+        value = value + lam * joint_forward_kl_loss(
+            flow, conditional, target, terms.X, terms.Y, beta, weights
+        )
     return value, _Aux(n_used, log_w, terms.u, terms.n_evals)
 
 
@@ -330,13 +357,25 @@ def with_empty_buffer(state: TrainState, target, training: TrainingSettings) -> 
     if not training.fab_buffer_size:
         return state
     dtype = jnp.result_type(float)
-    return state._replace(buffer=empty_buffer(training.fab_buffer_size, target.partition.n_x,
-                                              target.partition.n_y, dtype))
+    return state._replace(
+        buffer=empty_buffer(
+            training.fab_buffer_size, target.partition.n_x, target.partition.n_y, dtype
+        )
+    )
 
 
 @eqx.filter_jit
-def update_step(state: TrainState, static, key, beta, lr_factor, fab_step, target,
-                settings: UpdateSettings, refresh: bool = True) -> tuple[TrainState, StepInfo]:
+def update_step(
+    state: TrainState,
+    static,
+    key,
+    beta,
+    lr_factor,
+    fab_step,
+    target,
+    settings: UpdateSettings,
+    refresh: bool = True,
+) -> tuple[TrainState, StepInfo]:
     """One update at inverse temperature ``beta`` (traced: no recompiling per beta).
 
     ``static``: the model's fixed part (:func:`init`); ``lr_factor``: the learning rate's
@@ -356,8 +395,17 @@ def update_step(state: TrainState, static, key, beta, lr_factor, fab_step, targe
     drawn = None
     if training.objective == "fab":
         if buffer is None or refresh:
-            fab = latent_ais(flow, conditional, jr.fold_in(key, 5), target, beta, S,
-                             training.fab_steps, fab_step, "p2/q")
+            fab = latent_ais(
+                flow,
+                conditional,
+                jr.fold_in(key, 5),
+                target,
+                beta,
+                S,
+                training.fab_steps,
+                fab_step,
+                "p2/q",
+            )
             evals, acceptance = fab.n_evals, jnp.mean(fab.acceptance)
         if buffer is not None:
             buffer = buffer if fab is None else replay_add(buffer, fab)
@@ -376,12 +424,14 @@ def update_step(state: TrainState, static, key, beta, lr_factor, fab_step, targe
         chain_energy = jax.vmap(target.energy_xy)(X, mf.y_last[:, 0])
     batch_ess = nan
     if training.objective == "mean_force" and training.forward_kl_weight > 0:
-        log_w = _batch_log_weights(jr.fold_in(key, 2), flow, target, z, X, log_det, beta,
-                                   prediction)
+        log_w = _batch_log_weights(
+            jr.fold_in(key, 2), flow, target, z, X, log_det, beta, prediction
+        )
         weights, batch_ess = _normalised(log_w)
     fixed = _Fixed(z, force, weights, fab, buffer, drawn)
     (loss, aux), grads = eqx.filter_value_and_grad(_loss, has_aux=True)(
-        params, static, jr.fold_in(key, 4), beta, fixed, target, training)
+        params, static, jr.fold_in(key, 4), beta, fixed, target, training
+    )
     n_used, log_w, energies, loss_evals, replay_log_q = aux
     if buffer is not None:
         buffer = replay_update(buffer, drawn, replay_log_q)
@@ -389,8 +439,7 @@ def update_step(state: TrainState, static, key, beta, lr_factor, fab_step, targe
         batch_ess = _normalised(log_w)[1]
     energies = chain_energy if chain_energy is not None else energies
     energies = jnp.full(S, jnp.nan) if energies is None else energies
-    updates, opt_state = training.optimizer().update(grads, opt_state, params,
-                                                     lr_factor=lr_factor)
+    updates, opt_state = training.optimizer().update(grads, opt_state, params, lr_factor=lr_factor)
     params = eqx.apply_updates(params, updates)
     info = StepInfo(
         loss=loss,
@@ -434,9 +483,11 @@ def heating_warning(beta: float, heating: list[float]) -> str | None:
         return None
     mean, se = values.mean(), values.std(ddof=1) / np.sqrt(values.size)
     if mean > HEATING_LIMIT and mean > 4.0 * se:
-        return (f"coarseflow: warning: at beta = {beta:.4g} the chains' reduced energy still "
-                f"rose by {mean:.2f} +- {se:.2f} kT over their kept states: the mean force is "
-                "biased towards the energy minimum of Y; raise [chains] n_burn")
+        return (
+            f"coarseflow: warning: at beta = {beta:.4g} the chains' reduced energy still "
+            f"rose by {mean:.2f} +- {se:.2f} kT over their kept states: the mean force is "
+            "biased towards the energy minimum of Y; raise [chains] n_burn"
+        )
     return None
 
 
@@ -460,16 +511,16 @@ def _energies_of_samples(flow, conditional, key, beta, target, chains, n: int):
     return jax.vmap(target.energy_xy)(X, mf.y_last[:, 0]), jnp.sum(mf.n_evals) + n
 
 
-def model_energies(flow, key, beta, target, chains, n: int, batch_size: int,
-                   conditional=None) -> tuple[np.ndarray, int]:
+def model_energies(
+    flow, key, beta, target, chains, n: int, batch_size: int, conditional=None
+) -> tuple[np.ndarray, int]:
     """(reduced energies u(X, Y) (n,), energy evaluations made) with X ~ q(X) and Y from the
     learned ``conditional``, or from the conditional chains when it is None."""
     beta = jnp.asarray(beta)  # traced, as in update_step: a float would recompile per beta
     out, evals = [], 0
     for i, start in enumerate(range(0, n, batch_size)):
         m = min(batch_size, n - start)
-        u, k = _energies_of_samples(flow, conditional, jr.fold_in(key, i), beta, target,
-                                    chains, m)
+        u, k = _energies_of_samples(flow, conditional, jr.fold_in(key, i), beta, target, chains, m)
         out.append(np.asarray(u))
         evals += int(k)
     return np.concatenate(out), evals
@@ -480,8 +531,10 @@ def check_energy_finite(flow, target: AbstractTarget, key) -> None:
     X = flow.sample(key, (8,))
     u = jax.vmap(target.energy_xy)(X, jax.vmap(target.y_init)(X))
     if not bool(jnp.any(jnp.isfinite(u))):
-        raise ConfigError(f"target energy: not finite at any of 8 starting points (got {u[0]}); "
-                          "check the energy function and the box [target] bounds")
+        raise ConfigError(
+            f"target energy: not finite at any of 8 starting points (got {u[0]}); "
+            "check the energy function and the box [target] bounds"
+        )
 
 
 # When training stops by itself (docs/reliability.md). A run of the shipped configs never comes
@@ -510,31 +563,42 @@ class Streaks(NamedTuple):
         return Streaks(self.skipped + 1 if skipped else 0, self.starved + 1 if starved else 0)
 
 
-def stop_reason(streaks: Streaks, batch_size: int, schedule: AbstractSchedule,
-                betas: list[float], next_beta: float | None) -> str | None:
+def stop_reason(
+    streaks: Streaks,
+    batch_size: int,
+    schedule: AbstractSchedule,
+    betas: list[float],
+    next_beta: float | None,
+) -> str | None:
     """Why training should stop now, in words, or None. Judged after each beta's checkpoint.
 
     ``betas``: the betas reached so far (the last one just checkpointed); ``next_beta``: the
     one the schedule chose next (None: the ladder is done).
     """
     if streaks.starved >= STOP_WINDOW:
-        return (f"in each of the last {streaks.starved} updates fewer than "
-                f"{MIN_USED_FRACTION:.0%} of the {batch_size} samples had a finite energy or "
-                "force (n_used in metrics.jsonl): the energy is finite on only a small part of "
-                "the box; check the energy function and the [target] bounds")
+        return (
+            f"in each of the last {streaks.starved} updates fewer than "
+            f"{MIN_USED_FRACTION:.0%} of the {batch_size} samples had a finite energy or "
+            "force (n_used in metrics.jsonl): the energy is finite on only a small part of "
+            "the box; check the energy function and the [target] bounds"
+        )
     if streaks.skipped >= STOP_WINDOW:
-        return (f"the last {streaks.skipped} updates were all skipped by the gradient guard "
-                "(non-finite or exploding gradients; 'skipped' in metrics.jsonl): nothing is "
-                "being learned; check [training] learning_rate and forward_kl_weight and the "
-                "energy")
+        return (
+            f"the last {streaks.skipped} updates were all skipped by the gradient guard "
+            "(non-finite or exploding gradients; 'skipped' in metrics.jsonl): nothing is "
+            "being learned; check [training] learning_rate and forward_kl_weight and the "
+            "energy"
+        )
     if isinstance(schedule, Adaptive) and next_beta is not None:
         steps = np.diff([*betas, next_beta])[-LADDER_WINDOW:]
         if steps.size == LADDER_WINDOW and (1.0 - next_beta) > LADDER_PACE_LIMIT * steps.max():
-            return (f"the adaptive ladder's last {LADDER_WINDOW} steps were at most "
-                    f"{steps.max():.2g}: at that pace beta = 1 is more than "
-                    f"{LADDER_PACE_LIMIT} betas away (the model's energies vary too widely "
-                    "for larger steps); raise [tempering] min_step or max_kl_increase, or use "
-                    "an explicit ladder")
+            return (
+                f"the adaptive ladder's last {LADDER_WINDOW} steps were at most "
+                f"{steps.max():.2g}: at that pace beta = 1 is more than "
+                f"{LADDER_PACE_LIMIT} betas away (the model's energies vary too widely "
+                "for larger steps); raise [tempering] min_step or max_kl_increase, or use "
+                "an explicit ladder"
+            )
     return None
 
 
@@ -605,11 +669,16 @@ def train(
     ``on_beta``, when ``stop_reason`` says training is going nowhere.
     """
     if (conditional is None) != (training.objective == "mean_force"):
-        raise ConfigError(f"[training] objective = {training.objective!r} needs "
-                          + ("a learned [conditional] kind (gaussian or flow)"
-                             if conditional is None else "[conditional] kind = 'chains' "
-                             "(the learned conditional would not be trained); use 'joint', "
-                             "'hybrid' or 'fab'"))
+        raise ConfigError(
+            f"[training] objective = {training.objective!r} needs "
+            + (
+                "a learned [conditional] kind (gaussian or flow)"
+                if conditional is None
+                else "[conditional] kind = 'chains' "
+                "(the learned conditional would not be trained); use 'joint', "
+                "'hybrid' or 'fab'"
+            )
+        )
     state, static = init((flow, conditional), training)
     if start is None:
         start = LadderState(state, schedule.first_beta(), fab_step=training.fab_step_size)
@@ -617,27 +686,42 @@ def train(
     ladder, callbacks = start, Callbacks() if callbacks is None else callbacks
     settings = UpdateSettings(training, chains, prediction)
     # the bar's n is the last beta reached (a resumed run starts where it stopped)
-    bar = tqdm(total=1.0, initial=ladder.betas[-1] if ladder.betas else 0.0,
-               disable=not progress, desc="beta", unit="", leave=True,
-               bar_format="{l_bar}{bar}| beta {n:.4f}/1 [{elapsed}<{remaining}]")
+    bar = tqdm(
+        total=1.0,
+        initial=ladder.betas[-1] if ladder.betas else 0.0,
+        disable=not progress,
+        desc="beta",
+        unit="",
+        leave=True,
+        bar_format="{l_bar}{bar}| beta {n:.4f}/1 [{elapsed}<{remaining}]",
+    )
     t0 = time.perf_counter() - ladder.wall_time
     while ladder.beta is not None:
         ladder = _train_beta(ladder, static, target, schedule, settings, callbacks, t0)
         bar.update(ladder.betas[-1] - bar.n)
-        reason = stop_reason(ladder.streaks, training.batch_size, schedule,
-                             list(ladder.betas), ladder.beta)
+        reason = stop_reason(
+            ladder.streaks, training.batch_size, schedule, list(ladder.betas), ladder.beta
+        )
         if reason is not None:  # after on_beta's checkpoint: the user can sample or resume
             bar.close()
-            raise TrainingStopped(f"training stopped after beta = {ladder.betas[-1]:.6g} "
-                                  f"(checkpoint saved): {reason}")
+            raise TrainingStopped(
+                f"training stopped after beta = {ladder.betas[-1]:.6g} (checkpoint saved): {reason}"
+            )
         if max_betas is not None and ladder.index >= max_betas:
             break
     bar.close()
     return TrainResult(*eqx.combine(ladder.state.params, static), list(ladder.betas))
 
 
-def _train_beta(ladder: LadderState, static, target, schedule, settings: UpdateSettings,
-                callbacks: Callbacks, t0: float) -> LadderState:
+def _train_beta(
+    ladder: LadderState,
+    static,
+    target,
+    schedule,
+    settings: UpdateSettings,
+    callbacks: Callbacks,
+    t0: float,
+) -> LadderState:
     """The updates at ``ladder.beta``, then the ladder's samples there and the next beta."""
     training, chains, _ = settings
     state = with_empty_buffer(ladder.state, target, training)
@@ -649,42 +733,77 @@ def _train_beta(ladder: LadderState, static, target, schedule, settings: UpdateS
     records, heating = [], []
     for i in range(n_updates):
         lr_factor = training.lr_factor(i, n_updates)
-        state, info = update_step(state, static, jr.fold_in(beta_key, i), jnp.asarray(beta),
-                                  jnp.asarray(lr_factor), jnp.asarray(fab_step), target,
-                                  settings, i % training.fab_reuse == 0)
+        state, info = update_step(
+            state,
+            static,
+            jr.fold_in(beta_key, i),
+            jnp.asarray(beta),
+            jnp.asarray(lr_factor),
+            jnp.asarray(fab_step),
+            target,
+            settings,
+            i % training.fab_reuse == 0,
+        )
         info = jax.device_get(info)
         if training.objective == "fab":
             fab_step = adapt_fab_step(fab_step, float(info.acceptance))
         evals += int(info.energy_evals)
         streaks = streaks.after(bool(info.skipped), int(info.n_used), training.batch_size)
         heating.append(float(info.chain_heating))
-        records.append({
-            "step": step, "beta": float(beta), "loss": float(info.loss),
-            "grad_norm": float(info.grad_norm), "skipped": bool(info.skipped),
-            "n_used": int(info.n_used), "acceptance": float(info.acceptance),
-            "mean_energy": float(info.mean_energy),
-            "batch_ess": _float_or_none(info.batch_ess),
-            "chain_heating": _float_or_none(info.chain_heating),
-            "lr": training.learning_rate * lr_factor,
-            "energy_evals": evals,
-            "wall_time": time.perf_counter() - t0,
-        })
+        records.append(
+            {
+                "step": step,
+                "beta": float(beta),
+                "loss": float(info.loss),
+                "grad_norm": float(info.grad_norm),
+                "skipped": bool(info.skipped),
+                "n_used": int(info.n_used),
+                "acceptance": float(info.acceptance),
+                "mean_energy": float(info.mean_energy),
+                "batch_ess": _float_or_none(info.batch_ess),
+                "chain_heating": _float_or_none(info.chain_heating),
+                "lr": training.learning_rate * lr_factor,
+                "energy_evals": evals,
+                "wall_time": time.perf_counter() - t0,
+            }
+        )
         step += 1
         if len(records) >= METRICS_FLUSH:
             callbacks.on_updates(records)  # visible while a long beta trains
             records = []
     flow, conditional = eqx.combine(state.params, static)
-    energies, ladder_evals = model_energies(flow, jr.fold_in(root_key, 2**20 + index), beta,
-                                            target, chains, training.tempering_samples,
-                                            training.batch_size, conditional)
+    energies, ladder_evals = model_energies(
+        flow,
+        jr.fold_in(root_key, 2**20 + index),
+        beta,
+        target,
+        chains,
+        training.tempering_samples,
+        training.batch_size,
+        conditional,
+    )
     next_beta = schedule.next_beta(beta, energies)
-    ladder = LadderState(state._replace(buffer=None), next_beta, index + 1, step,
-                         (*ladder.betas, float(beta)),
-                         evals + ladder_evals, time.perf_counter() - t0, fab_step, streaks)
+    ladder = LadderState(
+        state._replace(buffer=None),
+        next_beta,
+        index + 1,
+        step,
+        (*ladder.betas, float(beta)),
+        evals + ladder_evals,
+        time.perf_counter() - t0,
+        fab_step,
+        streaks,
+    )
     callbacks.on_updates(records)
-    callbacks.on_beta(float(beta), ladder, {
-        "n_updates": n_updates, "mean_energy": float(np.nanmean(energies)),
-        "chain_heating": _finite_mean(heating)})
+    callbacks.on_beta(
+        float(beta),
+        ladder,
+        {
+            "n_updates": n_updates,
+            "mean_energy": float(np.nanmean(energies)),
+            "chain_heating": _finite_mean(heating),
+        },
+    )
     warning = heating_warning(beta, heating)
     if warning is not None:
         tqdm.write(warning, file=sys.stderr)

@@ -91,10 +91,10 @@ def initial_model(config: Config, target, init=None):
     flow, conditional = build_model(config, target)
     if init is None:
         if conditional is not None:
-            X = flow.sample(jr.key(config.conditional.seed + 1),
-                            (config.conditional.laplace_fits,))
-            conditional = fit_to_laplace(conditional, target, X,
-                                         config.tempering.first_beta(), config.prediction)
+            X = flow.sample(jr.key(config.conditional.seed + 1), (config.conditional.laplace_fits,))
+            conditional = fit_to_laplace(
+                conditional, target, X, config.tempering.first_beta(), config.prediction
+            )
         return flow, conditional
     return _init_checkpoint(config, (flow, conditional), init)[1]
 
@@ -107,12 +107,21 @@ def _init_checkpoint(config: Config, model, init) -> tuple[dict, tuple]:
     except ConfigError:
         raise
     except Exception as err:  # equinox reports a shape or structure mismatch in many ways
-        raise ConfigError(f"--init {init}: its checkpoint does not fit this config's [model] "
-                          f"and [target] ({type(err).__name__})") from None
+        raise ConfigError(
+            f"--init {init}: its checkpoint does not fit this config's [model] "
+            f"and [target] ({type(err).__name__})"
+        ) from None
 
 
-def train_from_config(config: Config, out, *, resume: bool = False, progress: bool = True,
-                      max_betas: int | None = None, init=None) -> TrainResult:
+def train_from_config(
+    config: Config,
+    out,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    max_betas: int | None = None,
+    init=None,
+) -> TrainResult:
     """Train into run directory ``out``; refused if it has checkpoints, unless resuming.
 
     ``out`` must be new, empty or a run of this same config (``RunDir.claim``: never a user's
@@ -130,34 +139,55 @@ def train_from_config(config: Config, out, *, resume: bool = False, progress: bo
         run.release()
 
 
-def _train_claimed(config: Config, run: RunDir, resume: bool, progress: bool,
-                   max_betas: int | None, init) -> TrainResult:
+def _train_claimed(
+    config: Config, run: RunDir, resume: bool, progress: bool, max_betas: int | None, init
+) -> TrainResult:
     """train_from_config once ``run`` is owned and locked."""
     if run.checkpoints() and not resume:
-        raise ConfigError(f"run directory {run.root} already has checkpoints; "
-                          "pass --resume to continue it or choose another --out")
+        raise ConfigError(
+            f"run directory {run.root} already has checkpoints; "
+            "pass --resume to continue it or choose another --out"
+        )
     if resume and run.config_path.exists():
         if load_config(run.config_path).raw != config.raw:
-            raise ConfigError(f"--resume: the config differs from {run.config_path}; "
-                              "resume with the same config")
+            raise ConfigError(
+                f"--resume: the config differs from {run.config_path}; resume with the same config"
+            )
     config = as_trained(config, run) if resume else config
     target = build_target(config.target)
     if init is None:
         flow, conditional = initial_model(config, target)
     else:
-        init_meta, (flow, conditional) = _init_checkpoint(config, build_model(config, target),
-                                                          init)
+        init_meta, (flow, conditional) = _init_checkpoint(config, build_model(config, target), init)
     atomic_write_text(run.config_path, to_toml(config.raw))
     if not (resume and run.checkpoints()):
-        atomic_write_text(run.root / MODEL_MARKER,
-                          json.dumps({"flow_permutation": config.model.permutation}))
+        atomic_write_text(
+            run.root / MODEL_MARKER, json.dumps({"flow_permutation": config.model.permutation})
+        )
     if init is not None:
-        atomic_write_text(run.root / "init.json", json.dumps(
-            {"run": str(Path(init).resolve()), "beta": init_meta["beta"],
-             "step": init_meta["step"]}))
-    return train_into(run, target, flow, config.tempering, config.training, config.chains,
-                      conditional=conditional, resume=resume, prediction=config.prediction,
-                      progress=progress, max_betas=max_betas)
+        atomic_write_text(
+            run.root / "init.json",
+            json.dumps(
+                {
+                    "run": str(Path(init).resolve()),
+                    "beta": init_meta["beta"],
+                    "step": init_meta["step"],
+                }
+            ),
+        )
+    return train_into(
+        run,
+        target,
+        flow,
+        config.tempering,
+        config.training,
+        config.chains,
+        conditional=conditional,
+        resume=resume,
+        prediction=config.prediction,
+        progress=progress,
+        max_betas=max_betas,
+    )
 
 
 def _open_run(path):
@@ -187,12 +217,15 @@ def run_flows(path, betas: list[float] | None = None):
         except DamagedCheckpoint as err:
             damaged.append(err)
     if not flows and not damaged:
-        raise ConfigError(f"run directory {run.root}: no intact checkpoint (none written, or "
-                          "every one damaged: see the warnings)")
+        raise ConfigError(
+            f"run directory {run.root}: no intact checkpoint (none written, or "
+            "every one damaged: see the warnings)"
+        )
     if not flows:
         names = ", ".join(err.path.name for err in damaged)
-        raise ConfigError(f"run directory {run.root}: no intact checkpoint ({damaged[0]}; "
-                          f"damaged: {names})")
+        raise ConfigError(
+            f"run directory {run.root}: no intact checkpoint ({damaged[0]}; damaged: {names})"
+        )
     for err in damaged:
         warn_once(f"{err}; skipped")
     return config, target, flows
@@ -215,19 +248,31 @@ def load_run(path, beta: float | None = None) -> LoadedRun:
     return LoadedRun(config, target, flow, conditional, meta)
 
 
-def sample_run(path, *, n: int | None = None, beta: float | None = None, seed: int = 0,
-               refine_steps: int | None = None):
+def sample_run(
+    path,
+    *,
+    n: int | None = None,
+    beta: float | None = None,
+    seed: int = 0,
+    refine_steps: int | None = None,
+):
     """(target, Samples, beta) drawn from the checkpoint of ``beta`` of run ``path``; refined
     by AIS toward p_beta (``predict.refine``) when ``refine_steps`` (default: [prediction]
     refine_steps) > 0 and the run has a learned conditional."""
     config, target, flow, conditional, meta = load_run(path, beta)
     prediction = with_refine_steps(config.prediction, refine_steps)
     if conditional is not None and prediction.refine_steps > 0:
-        samples, _ = refine(jr.key(seed), flow, conditional, target, meta["beta"], prediction,
-                            n=n)
+        samples, _ = refine(jr.key(seed), flow, conditional, target, meta["beta"], prediction, n=n)
     else:
-        samples = draw_samples(jr.key(seed), flow, target, meta["beta"], config.prediction,
-                               n=n, conditional=conditional)
+        samples = draw_samples(
+            jr.key(seed),
+            flow,
+            target,
+            meta["beta"],
+            config.prediction,
+            n=n,
+            conditional=conditional,
+        )
     return target, samples, meta["beta"]
 
 
@@ -247,13 +292,20 @@ def write_samples(path, target, samples: Samples, beta: float) -> Path:
         if hasattr(target, "full_positions"):
             x = np.asarray(target.full_positions(x))
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, x=x, log_weights=samples.log_weights, X=samples.X, energy=samples.energy,
-                 beta=np.float64(beta))
+        np.savez(
+            path,
+            x=x,
+            log_weights=samples.log_weights,
+            X=samples.X,
+            energy=samples.energy,
+            beta=np.float64(beta),
+        )
         return path
     if suffix in (".pdb", ".dcd"):
         if not hasattr(target, "write_trajectory"):
-            raise ConfigError(f"-o {path}: {suffix} is for molecules; "
-                              f"{type(target).__name__} samples go to .npz")
+            raise ConfigError(
+                f"-o {path}: {suffix} is for molecules; {type(target).__name__} samples go to .npz"
+            )
         target.write_trajectory(path, samples.x)
         return path
     raise ConfigError(f"-o {path}: expected a .npz, .pdb or .dcd file name")

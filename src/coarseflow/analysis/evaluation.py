@@ -42,8 +42,14 @@ def _figures(run: RunDir, target, by_beta: dict[float, Samples]) -> list[Path]:
     return figs + report_for(target).figures(run.figures_dir, by_beta)
 
 
-def evaluate_run(path, *, n_samples: int | None = None, seed: int = 1,
-                 progress: bool = True, refine_steps: int | None = None) -> dict:
+def evaluate_run(
+    path,
+    *,
+    n_samples: int | None = None,
+    seed: int = 1,
+    progress: bool = True,
+    refine_steps: int | None = None,
+) -> dict:
     """Metrics for every checkpoint of run ``path``; writes summary.json and figures/*.png.
 
     The last checkpoint gets ``n_samples`` (default: [prediction] n_samples), the ones before it
@@ -56,8 +62,9 @@ def evaluate_run(path, *, n_samples: int | None = None, seed: int = 1,
         return _evaluate(run, n_samples, seed, progress, refine_steps)
 
 
-def _evaluate(run: RunDir, n_samples: int | None, seed: int, progress: bool,
-              refine_steps: int | None) -> dict:
+def _evaluate(
+    run: RunDir, n_samples: int | None, seed: int, progress: bool, refine_steps: int | None
+) -> dict:
     """evaluate_run, with ``run`` locked."""
     from coarseflow.workflow import run_flows, with_refine_steps, write_summary
 
@@ -66,24 +73,37 @@ def _evaluate(run: RunDir, n_samples: int | None, seed: int, progress: bool,
     n_final = config.prediction.n_samples if n_samples is None else n_samples
     n_ladder = min(n_final, config.prediction.ladder_samples or n_final)
     per_beta, by_beta = [], {}
-    for i, (meta, (flow, conditional)) in enumerate(tqdm(flows, desc="evaluate",
-                                                          disable=not progress)):
+    for i, (meta, (flow, conditional)) in enumerate(
+        tqdm(flows, desc="evaluate", disable=not progress)
+    ):
         n = n_final if i == len(flows) - 1 else n_ladder
-        s = draw_samples(jr.key(seed), flow, target, meta["beta"], config.prediction, n=n,
-                         conditional=conditional)
-        per_beta.append(reference_metrics(target, s, meta["beta"]) | {
-            "index": meta["index"], "step": meta["step"], "wall_time": meta["wall_time"],
-            # energy + gradient evaluations of training up to this checkpoint (None: not logged)
-            "energy_evals": meta.get("energy_evals"),
-            # kT; absent from checkpoints written before it was logged
-            "chain_heating": meta.get("chain_heating")})
+        s = draw_samples(
+            jr.key(seed),
+            flow,
+            target,
+            meta["beta"],
+            config.prediction,
+            n=n,
+            conditional=conditional,
+        )
+        per_beta.append(
+            reference_metrics(target, s, meta["beta"])
+            | {
+                "index": meta["index"],
+                "step": meta["step"],
+                "wall_time": meta["wall_time"],
+                # energy + gradient evaluations of training up to this checkpoint (None: not logged)
+                "energy_evals": meta.get("energy_evals"),
+                # kT; absent from checkpoints written before it was logged
+                "chain_heating": meta.get("chain_heating"),
+            }
+        )
         by_beta[meta["beta"]] = s
     meta, (flow, conditional) = flows[-1]
     if conditional is not None and prediction.refine_steps > 0:
         # the sampled model refined by AIS toward p: its own ESS, Pareto k, log Z, errors
         beta = meta["beta"]
-        refined, info = refine(jr.key(seed), flow, conditional, target, beta, prediction,
-                               n=n_final)
+        refined, info = refine(jr.key(seed), flow, conditional, target, beta, prediction, n=n_final)
         per_beta[-1]["refined"] = reference_metrics(target, refined, beta) | info
     figures = _figures(run, target, by_beta)
     summary = {

@@ -233,8 +233,9 @@ def plot_training_curves(path: str | Path, records: Sequence[Mapping]) -> Path:
     gnorm = _column(records, "grad_norm")
     skipped = np.array([bool(r["skipped"]) for r in records])
 
-    heating = np.array([np.nan if r.get("chain_heating") is None else float(r["chain_heating"])
-                        for r in records])
+    heating = np.array(
+        [np.nan if r.get("chain_heating") is None else float(r["chain_heating"]) for r in records]
+    )
     with_heating = bool(np.any(np.isfinite(heating)))
     fig, axes = _new_figure(1, 4 if with_heating else 3, size=(7.0, 2.4))
     ax_loss, ax_grad, ax_beta = axes[:3, 0]
@@ -264,7 +265,7 @@ def plot_training_curves(path: str | Path, records: Sequence[Mapping]) -> Path:
         ax_heat.plot(step[ok], heating[ok], lw=0.5, color=_MODEL, alpha=0.35)
         window = min(25, int(ok.sum()))
         running = np.convolve(heating[ok], np.ones(window) / window, mode="valid")
-        ax_heat.plot(step[ok][window - 1:], running, lw=1.2, color=_MODEL)
+        ax_heat.plot(step[ok][window - 1 :], running, lw=1.2, color=_MODEL)
         ax_heat.axhline(0.0, color="k", lw=0.6)
         ax_heat.set_ylabel("chain heating (kT)")
     return _save(fig, path)

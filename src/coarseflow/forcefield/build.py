@@ -88,8 +88,9 @@ def _check_has_atoms(path: Path) -> None:
     with open(path, "rb") as f:
         records = (line[:6] for line in f)
         if not any(r.startswith((b"ATOM  ", b"HETATM")) for r in records):
-            raise ConfigError(f"molecule: PDB file '{path}' contains no atoms (no ATOM or "
-                              "HETATM records)")
+            raise ConfigError(
+                f"molecule: PDB file '{path}' contains no atoms (no ATOM or HETATM records)"
+            )
 
 
 def _build_amber_system(path: Path, forcefield_files):

@@ -87,7 +87,8 @@ def check_forcefield_files(files) -> None:
         if tags:
             raise ConfigError(
                 f"force field {path}: carries {_article(tags[0])} <{tags[0]}>, Python code "
-                f"that OpenMM would run; refused (pass {FLAG} if you trust this file)")
+                f"that OpenMM would run; refused (pass {FLAG} if you trust this file)"
+            )
         for include in root.findall("Include"):
             name = include.attrib.get("file", "")
             joined = os.path.join(os.path.dirname(path), name)
@@ -106,16 +107,20 @@ def check_structure(what: str, positions, topology) -> None:
     atoms = list(topology.atoms())
     bad = np.flatnonzero(~np.all(np.isfinite(positions), axis=1))
     if bad.size:
-        raise ConfigError(f"molecule: {what}: atom {_name(atoms, bad[0])} has a coordinate "
-                          "that is not a finite number")
+        raise ConfigError(
+            f"molecule: {what}: atom {_name(atoms, bad[0])} has a coordinate "
+            "that is not a finite number"
+        )
     from scipy.spatial import cKDTree
 
     pairs = cKDTree(positions).query_pairs(MIN_ATOM_DISTANCE_NM, output_type="ndarray")
     if len(pairs):
         i, j = sorted(int(k) for k in pairs[0])
         distance = float(np.linalg.norm(positions[i] - positions[j]))
-        raise ConfigError(f"molecule: {what}: atoms {_name(atoms, i)} and {_name(atoms, j)} are "
-                          f"{distance:.3g} nm apart (at one place); fix the coordinates")
+        raise ConfigError(
+            f"molecule: {what}: atoms {_name(atoms, i)} and {_name(atoms, j)} are "
+            f"{distance:.3g} nm apart (at one place); fix the coordinates"
+        )
 
 
 def _name(atoms, index: int) -> str:

@@ -80,10 +80,19 @@ class ConditionalSettings(eqx.Module):
         from coarseflow import checks
 
         checks.choice("[conditional] kind", self.kind, KINDS)
-        for name, low in (("nn_width", 1), ("nn_depth", 0), ("knots", 2), ("layers", 1),
-                          ("laplace_fits", 1)):
-            checks.integer(f"[conditional] {name}", getattr(self, name), low,
-                           checks.MAX_COUNT if name == "laplace_fits" else 100_000)
+        for name, low in (
+            ("nn_width", 1),
+            ("nn_depth", 0),
+            ("knots", 2),
+            ("layers", 1),
+            ("laplace_fits", 1),
+        ):
+            checks.integer(
+                f"[conditional] {name}",
+                getattr(self, name),
+                low,
+                checks.MAX_COUNT if name == "laplace_fits" else 100_000,
+            )
         checks.number("[conditional] interval", self.interval, 0.0, 100.0)
         checks.seed("[conditional] seed", self.seed)
 
@@ -112,9 +121,11 @@ class XFeatures(eqx.Module):
     @classmethod
     def of(cls, target) -> XFeatures:
         lower, upper = (np.asarray(b, dtype=np.float64) for b in target.x_bounds())
-        return cls(tuple(float(c) for c in (upper + lower) / 2),
-                   tuple(float(h) for h in (upper - lower) / 2),
-                   tuple(bool(p) for p in np.asarray(target.x_periodic(), bool)))
+        return cls(
+            tuple(float(c) for c in (upper + lower) / 2),
+            tuple(float(h) for h in (upper - lower) / 2),
+            tuple(bool(p) for p in np.asarray(target.x_periodic(), bool)),
+        )
 
     @property
     def size(self) -> int:
@@ -159,8 +170,8 @@ class LearnedConditional(eqx.Module):
         xi_ref = target.y_internal(X, target.y_init(X))
         mu = xi_ref + self.loc + out[:n]
         rows, cols = np.tril_indices(n, -1)
-        L = jnp.zeros((n, n), X.dtype).at[rows, cols].set(self.lower + out[2 * n:])
-        L = L + jnp.diag(jnp.exp(self.log_diag + out[n:2 * n]))
+        L = jnp.zeros((n, n), X.dtype).at[rows, cols].set(self.lower + out[2 * n :])
+        L = L + jnp.diag(jnp.exp(self.log_diag + out[n : 2 * n]))
         return h, mu, L
 
     def _from_eps(self, gaussian, beta, eps):
@@ -178,7 +189,7 @@ class LearnedConditional(eqx.Module):
         # would still poison the gradient)
         angles = np.flatnonzero(np.asarray(self.periodic, bool))
         bent = jnp.tanh(t[angles] / jnp.pi)
-        log_q = log_q - jnp.sum(jnp.log1p(-bent**2))
+        log_q = log_q - jnp.sum(jnp.log1p(-(bent**2)))
         return mu + t.at[angles].set(jnp.pi * bent), log_q
 
     def _log_prob_xi(self, xi, beta, gaussian):
@@ -189,7 +200,7 @@ class LearnedConditional(eqx.Module):
         tiny = jnp.finfo(d.dtype).eps
         ratio = jnp.clip(_wrap(d[angles]) / jnp.pi, -1 + tiny, 1 - tiny)
         t = d.at[angles].set(jnp.pi * jnp.arctanh(ratio))
-        log_q = -jnp.sum(jnp.log1p(-ratio**2))
+        log_q = -jnp.sum(jnp.log1p(-(ratio**2)))
         v = jax.scipy.linalg.solve_triangular(L, t, lower=True) * jnp.sqrt(beta)
         log_q = log_q - jnp.sum(jnp.log(jnp.diag(L))) + 0.5 * self.n_y * jnp.log(beta)
         eps = v
@@ -217,7 +228,8 @@ class LearnedConditional(eqx.Module):
         xi = target.y_internal(X, Y)
         _, log_det_y = target.y_cartesian(X, xi)
         logs = jax.vmap(lambda p: self._log_prob_xi(xi[p], beta, gaussian))(
-            np.asarray(self.xi_relabelings))
+            np.asarray(self.xi_relabelings)
+        )
         return jax.nn.logsumexp(logs) - math.log(len(perms)) - log_det_y
 
     def transform(self, target, X, beta, eps, gaussian=None) -> ConditionalSample:
@@ -245,8 +257,9 @@ class LearnedConditional(eqx.Module):
         Y = Y[jnp.asarray(perms)[jr.randint(k_perm, (), 0, len(perms))]]
         return ConditionalSample(Y, self.log_prob(target, X, beta, Y, gaussian), valid)
 
-    def sample_batch(self, key: PRNGKeyArray, target, X: Float[Array, "S n_x"],
-                     beta) -> ConditionalSample:
+    def sample_batch(
+        self, key: PRNGKeyArray, target, X: Float[Array, "S n_x"], beta
+    ) -> ConditionalSample:
         """One draw for each row of X: :meth:`sample` with a leading batch axis S."""
         keys = jr.split(key, X.shape[0])
         return jax.vmap(lambda k, x: self.sample(k, target, x, beta))(keys, X)
@@ -264,31 +277,50 @@ def make_conditional(key: PRNGKeyArray, target, settings: ConditionalSettings):
     n_f = features.size
     n_low = n_y * (n_y - 1) // 2
     k_net, k_spline = jr.split(key)
-    net = eqx.nn.MLP(n_f, 2 * n_y + n_low, settings.nn_width, settings.nn_depth,
-                     activation=jax.nn.gelu, key=k_net)
-    net = eqx.tree_at(lambda m: (m.layers[-1].weight, m.layers[-1].bias), net,
-                      replace_fn=jnp.zeros_like)
+    net = eqx.nn.MLP(
+        n_f,
+        2 * n_y + n_low,
+        settings.nn_width,
+        settings.nn_depth,
+        activation=jax.nn.gelu,
+        key=k_net,
+    )
+    net = eqx.tree_at(
+        lambda m: (m.layers[-1].weight, m.layers[-1].bias), net, replace_fn=jnp.zeros_like
+    )
     spline = None
     if settings.kind == "flow":
         if n_y < 2:
-            raise ConfigError("[conditional] kind = 'flow': needs at least 2 fast coordinates "
-                              f"(n_y = {n_y}); use kind = 'gaussian'")
+            raise ConfigError(
+                "[conditional] kind = 'flow': needs at least 2 fast coordinates "
+                f"(n_y = {n_y}); use kind = 'gaussian'"
+            )
         from coarseflow.model.flow import start_as_identity
 
         spline = coupling_flow(
-            k_spline, base_dist=StandardNormal((n_y,)), cond_dim=n_f,
+            k_spline,
+            base_dist=StandardNormal((n_y,)),
+            cond_dim=n_f,
             transformer=RationalQuadraticSpline(knots=settings.knots, interval=settings.interval),
-            flow_layers=settings.layers, nn_width=settings.nn_width, nn_depth=settings.nn_depth,
-            nn_activation=jax.nn.gelu, invert=False,
+            flow_layers=settings.layers,
+            nn_width=settings.nn_width,
+            nn_depth=settings.nn_depth,
+            nn_activation=jax.nn.gelu,
+            invert=False,
         ).bijection
         spline = start_as_identity(spline)
     perms = np.asarray(target.y_relabelings(), dtype=np.int64).reshape(-1, n_y)
     xi_perms = target.y_internal_relabelings()
     return LearnedConditional(
-        net=net, loc=jnp.zeros(n_y), log_diag=jnp.zeros(n_y), lower=jnp.zeros(n_low),
-        spline=spline, features=features, periodic=tuple(bool(p) for p in target.y_periodic()),
+        net=net,
+        loc=jnp.zeros(n_y),
+        log_diag=jnp.zeros(n_y),
+        lower=jnp.zeros(n_low),
+        spline=spline,
+        features=features,
+        periodic=tuple(bool(p) for p in target.y_periodic()),
         relabelings=tuple(tuple(int(i) for i in p) for p in perms),
-        xi_relabelings=None if xi_perms is None or len(perms) == 1
+        xi_relabelings=None
+        if xi_perms is None or len(perms) == 1
         else tuple(tuple(int(i) for i in p) for p in np.asarray(xi_perms).reshape(-1, n_y)),
     )
-

@@ -113,8 +113,14 @@ def make_flow(key: PRNGKeyArray, target, settings: FlowSettings = FlowSettings()
     internal -> Cartesian coordinates), uniform at the start over the coordinates that
     ``target.x_periodic()`` marks as angles (when ``settings.uniform_angles``)."""
     lower, upper = target.x_bounds()
-    return box_flow(key, lower=lower, upper=upper, settings=settings,
-                    output=target.x_bijection(), periodic=target.x_periodic())
+    return box_flow(
+        key,
+        lower=lower,
+        upper=upper,
+        settings=settings,
+        output=target.x_bijection(),
+        periodic=target.x_periodic(),
+    )
 
 
 def box_flow(
@@ -162,8 +168,9 @@ def box_flow(
     return Transformed(base, Chain(layers))
 
 
-def alternating_permutations(key: PRNGKeyArray, dim: int, layers: int,
-                             untransformed: int) -> np.ndarray:
+def alternating_permutations(
+    key: PRNGKeyArray, dim: int, layers: int, untransformed: int
+) -> np.ndarray:
     """(layers, dim) int: the permutation after each coupling layer, y = x[perm], such that
     the ``untransformed`` positions [0, untransformed) of one layer land in the next layer's
     transformed positions; the rest of those positions, and the order within each part, are
@@ -175,8 +182,8 @@ def alternating_permutations(key: PRNGKeyArray, dim: int, layers: int,
         kept, changed = np.arange(k), rng.permutation(np.arange(k, dim))
         # the next layer's transformed part: all of this layer's kept ones and dim - 2k of
         # the changed ones; its kept part: the remaining changed ones
-        transformed = rng.permutation(np.concatenate([kept, changed[:dim - 2 * k]]))
-        perms.append(np.concatenate([changed[dim - 2 * k:], transformed]))
+        transformed = rng.permutation(np.concatenate([kept, changed[: dim - 2 * k]]))
+        perms.append(np.concatenate([changed[dim - 2 * k :], transformed]))
     return np.stack(perms)
 
 
@@ -189,13 +196,18 @@ def _alternate(splines, dim: int, key: PRNGKeyArray):
     if not isinstance(permute, Permute):
         return splines  # dim 2: flowjax flips the two coordinates, which alternates already
     layers = permute.permutation[0].shape[0]
-    perms = alternating_permutations(jr.fold_in(key, 1), dim, layers,
-                                     int(coupling.untransformed_dim))
+    perms = alternating_permutations(
+        jr.fold_in(key, 1), dim, layers, int(coupling.untransformed_dim)
+    )
     inverse = np.argsort(perms, axis=-1)
     return eqx.tree_at(
-        lambda s: (s.bijection.bijections[1].permutation,
-                   s.bijection.bijections[1].inverse_permutation),
-        splines, ((jnp.asarray(perms, jnp.int32),), (jnp.asarray(inverse, jnp.int32),)))
+        lambda s: (
+            s.bijection.bijections[1].permutation,
+            s.bijection.bijections[1].inverse_permutation,
+        ),
+        splines,
+        ((jnp.asarray(perms, jnp.int32),), (jnp.asarray(inverse, jnp.int32),)),
+    )
 
 
 def _is_mlp(node) -> bool:
@@ -210,6 +222,7 @@ def start_as_identity(bijection):
     box). The other layers keep their random initialisation, so the first updates break the
     symmetry through the last layer's weights.
     """
+
     def last_layers(tree):
         mlps = [m for m in jax.tree.leaves(tree, is_leaf=_is_mlp) if _is_mlp(m)]
         return [leaf for m in mlps for leaf in (m.layers[-1].weight, m.layers[-1].bias)]

@@ -150,8 +150,9 @@ class ZMatrix(AbstractBijection):
     def internal(self, pos: Float[Array, "n_atoms 3"]) -> Float[Array, " n_x"]:
         """Internal coordinates (n_x,) of local positions (N_cg, 3) (any rigid frame)."""
         a, b, c = self.gauge
-        first = jnp.stack([_norm(pos[b] - pos[a]), _norm(pos[c] - pos[b]),
-                           angles(pos, np.array([[a, b, c]]))[0]])
+        first = jnp.stack(
+            [_norm(pos[b] - pos[a]), _norm(pos[c] - pos[b]), angles(pos, np.array([[a, b, c]]))[0]]
+        )
         placed = _bond_angle_dihedral(pos, np.asarray(self.placements).reshape(-1, 4))
         phi = self.seams + jnp.mod(placed[:, 2] - self.seams, TWO_PI)
         return jnp.concatenate([first, placed.at[:, 2].set(phi).reshape(-1)])

@@ -83,10 +83,18 @@ def anneal(
 
     def evaluate(z):
         lg, lb, g, gb, _ = value_and_grad(z)
-        ok = (jnp.isfinite(lg) & jnp.isfinite(lb) & jnp.all(jnp.isfinite(g))
-              & jnp.all(jnp.isfinite(gb)))
-        return (jnp.where(ok, lg, -jnp.inf), jnp.where(ok, lb, -jnp.inf),
-                jnp.where(ok, g, 0.0), jnp.where(ok, gb, 0.0))
+        ok = (
+            jnp.isfinite(lg)
+            & jnp.isfinite(lb)
+            & jnp.all(jnp.isfinite(g))
+            & jnp.all(jnp.isfinite(gb))
+        )
+        return (
+            jnp.where(ok, lg, -jnp.inf),
+            jnp.where(ok, lb, -jnp.inf),
+            jnp.where(ok, g, 0.0),
+            jnp.where(ok, gb, 0.0),
+        )
 
     lg0, lb0, g0, gb0, aux0 = value_and_grad(z0)
     ok0 = jnp.isfinite(lg0) & jnp.all(jnp.isfinite(g0))
@@ -103,8 +111,9 @@ def anneal(
         z, lg, lb, g, gb, log_w = carry
         t_prev, t, k = inputs
         log_w = log_w + (t - t_prev) * (lg - lb)
-        state, p_accept = mala_step(k, at(t, z, lg, lb, g, gb),
-                                    lambda z: at(t, z, *evaluate(z)), step_size)
+        state, p_accept = mala_step(
+            k, at(t, z, lg, lb, g, gb), lambda z: at(t, z, *evaluate(z)), step_size
+        )
         return (state.z, *state.aux, log_w), p_accept
 
     t = jnp.linspace(0.0, 1.0, n_steps + 1, dtype=dtype)

@@ -150,8 +150,11 @@ def control_variate_forces(mf: MeanForce, ridge: float = 1e-8) -> Float[Array, "
     (leading axis S); rows whose force is not finite are left out of C and stay NaN.
     """
     ok = jnp.all(jnp.isfinite(mf.force), axis=-1)
-    ok = ok & jnp.all(jnp.isfinite(mf.cov_yy), axis=(-2, -1)) & jnp.all(
-        jnp.isfinite(mf.cov_xy), axis=(-2, -1))
+    ok = (
+        ok
+        & jnp.all(jnp.isfinite(mf.cov_yy), axis=(-2, -1))
+        & jnp.all(jnp.isfinite(mf.cov_xy), axis=(-2, -1))
+    )
     s_xy = jnp.sum(jnp.where(ok[:, None, None], mf.cov_xy, 0.0), axis=0)
     s_yy = jnp.sum(jnp.where(ok[:, None, None], mf.cov_yy, 0.0), axis=0)
     n_y = s_yy.shape[0]
@@ -291,8 +294,12 @@ def _run_chains(key, energy_xy, X, beta, y0, settings: ChainSettings, mass, with
                 return carry, kernel.position(state)
             kept = (i >= n_burn) & ((i - n_burn) % thin == thin - 1)
             u, grad_x, grad_y = kernel.observe(state)
-            finite = (kept & jnp.isfinite(u) & jnp.all(jnp.isfinite(grad_x))
-                      & jnp.all(jnp.isfinite(grad_y)))
+            finite = (
+                kept
+                & jnp.isfinite(u)
+                & jnp.all(jnp.isfinite(grad_x))
+                & jnp.all(jnp.isfinite(grad_y))
+            )
             observed = tuple(jnp.where(finite, v, 0.0) for v in (grad_x, grad_y, u))
             return carry, (*observed, finite)
 
@@ -309,12 +316,17 @@ def _run_chains(key, energy_xy, X, beta, y0, settings: ChainSettings, mass, with
     n_warm = (settings.warm_start_steps + 1) * (1 if y0.ndim == 1 else settings.n_chains)
     per_step = settings.hmc_leapfrog if settings.kernel == "hmc" else 1
     observe = settings.n_steps if (settings.kernel == "hmc" and with_force) else 0
-    n_evals = (n_warm * (settings.warm_start_steps > 0)
-               + settings.n_chains * (1 + settings.n_steps * per_step + observe))
+    n_evals = n_warm * (settings.warm_start_steps > 0) + settings.n_chains * (
+        1 + settings.n_steps * per_step + observe
+    )
     if with_force:
         gx, gy, u, finite = out  # every step of every chain; zeros where not kept or not finite
-        out = (gx.reshape(-1, gx.shape[-1]), gy.reshape(-1, gy.shape[-1]), u.reshape(-1),
-               finite.reshape(-1))
+        out = (
+            gx.reshape(-1, gx.shape[-1]),
+            gy.reshape(-1, gy.shape[-1]),
+            u.reshape(-1),
+            finite.reshape(-1),
+        )
     return y_last, jnp.mean(acceptance), out, n_evals
 
 
@@ -351,8 +363,17 @@ def mean_force(
     force = jnp.where(n_finite > 0, mean_x, jnp.nan)
     dx, dy = (gx - mean_x) * w, (gy - mean_y) * w
     heating = _heating(beta * u, finite, settings)
-    return MeanForce(force, y_last, acceptance, n_kept - n_finite, mean_y, dx.T @ dy, dy.T @ dy,
-                     heating, jnp.asarray(n_evals))
+    return MeanForce(
+        force,
+        y_last,
+        acceptance,
+        n_kept - n_finite,
+        mean_y,
+        dx.T @ dy,
+        dy.T @ dy,
+        heating,
+        jnp.asarray(n_evals),
+    )
 
 
 def _heating(beta_u: Float[Array, " R"], finite: Array, settings: ChainSettings) -> Array:

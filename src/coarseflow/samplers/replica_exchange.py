@@ -45,6 +45,7 @@ from coarseflow.units import kT_from_kelvin
 EnergyFn = Callable[[Array], Array]
 ObserveFn = Callable[[Array], Any]
 
+
 def temperature_ladder(t_min: float, t_max: float, n: int) -> np.ndarray:
     """Geometric temperature ladder (n,) in K from t_min to t_max; [t_min] when n == 1."""
     if n < 1:
@@ -77,9 +78,7 @@ def _broadcast_masses(masses: Array, positions: Array) -> Array:
     return masses.reshape(masses.shape + (1,) * (positions.ndim - masses.ndim))
 
 
-def maxwell_boltzmann(
-    key: PRNGKeyArray, masses: Float[Array, "*lead"], kT, like: Array
-) -> Array:
+def maxwell_boltzmann(key: PRNGKeyArray, masses: Float[Array, "*lead"], kT, like: Array) -> Array:
     """Velocities (like.shape) in nm/ps drawn from N(0, kT / m); kT () in kJ/mol, m in amu."""
     m = _broadcast_masses(masses, like)
     noise = jax.random.normal(key, like.shape, like.dtype)
@@ -120,13 +119,20 @@ def baoab_step(
         energy, forces = _energy_and_forces(energy_fn, x)
         return energy, forces / m, forces
 
-    start = langevin.BAOABState(state.positions, state.velocities, state.energy, state.forces / m,
-                       state.forces)
+    start = langevin.BAOABState(
+        state.positions, state.velocities, state.energy, state.forces / m, state.forces
+    )
     new, ok = langevin.baoab_step(
-        key, start, accelerate, dt=jnp.asarray(time_step, dtype),
-        friction=jnp.asarray(friction, dtype), sigma=jnp.sqrt(jnp.asarray(kT, dtype) / m))
-    return MDState(new.x, new.v, new.energy, new.aux,
-                   state.n_reverted + jnp.where(ok, 0, 1).astype(jnp.int32))
+        key,
+        start,
+        accelerate,
+        dt=jnp.asarray(time_step, dtype),
+        friction=jnp.asarray(friction, dtype),
+        sigma=jnp.sqrt(jnp.asarray(kT, dtype) / m),
+    )
+    return MDState(
+        new.x, new.v, new.energy, new.aux, state.n_reverted + jnp.where(ok, 0, 1).astype(jnp.int32)
+    )
 
 
 class ReplicaState(NamedTuple):
@@ -245,7 +251,12 @@ def make_block(
 
         def one(state, k, kTi):
             return baoab_step(
-                energy_fn, state, k, masses=masses, kT=kTi, time_step=time_step,
+                energy_fn,
+                state,
+                k,
+                masses=masses,
+                kT=kTi,
+                time_step=time_step,
                 friction=friction,
             )
 
@@ -332,8 +343,9 @@ def run_replica_exchange(
         raise ValueError(f"temperatures must increase, got {temperatures}")
     for name, value in (("n_steps", n_steps), ("burn_in_steps", burn_in_steps)):
         if value % record_every:
-            raise ValueError(f"{name} ({value}) must be a multiple of record_every "
-                             f"({record_every})")
+            raise ValueError(
+                f"{name} ({value}) must be a multiple of record_every ({record_every})"
+            )
     positions = jnp.asarray(positions)
     kT = jnp.asarray(kT_from_kelvin(temperatures), positions.dtype)
     n_walkers = len(temperatures) * n_chains
@@ -346,8 +358,15 @@ def run_replica_exchange(
     common = math.gcd(n_burn_records, n_records)
     size = max(d for d in range(1, min(common, records_per_block) + 1) if common % d == 0)
     block = make_block(
-        energy_fn, observe, masses=masses, kT=kT, time_step=time_step, friction=friction,
-        exchange_every=exchange_every, record_every=record_every, n_records=size,
+        energy_fn,
+        observe,
+        masses=masses,
+        kT=kT,
+        time_step=time_step,
+        friction=friction,
+        exchange_every=exchange_every,
+        record_every=record_every,
+        n_records=size,
     )
 
     def phase(n_phase_records, key_phase, keep):
@@ -363,11 +382,16 @@ def run_replica_exchange(
     from tqdm.auto import tqdm
 
     out: list[dict] = []
-    bar = tqdm(total=burn_in_steps + n_steps, unit="step", disable=not progress,
-               desc=f"replica exchange {len(temperatures)}x{n_chains}")
+    bar = tqdm(
+        total=burn_in_steps + n_steps,
+        unit="step",
+        disable=not progress,
+        desc=f"replica exchange {len(temperatures)}x{n_chains}",
+    )
     phase(n_burn_records, key_burn, keep=False)
-    state = state._replace(accept_sum=jnp.zeros_like(state.accept_sum),
-                           attempts=jnp.zeros_like(state.attempts))
+    state = state._replace(
+        accept_sum=jnp.zeros_like(state.accept_sum), attempts=jnp.zeros_like(state.attempts)
+    )
     phase(n_records, key_run, keep=True)
     bar.close()
     jax.block_until_ready(state.md.energy)

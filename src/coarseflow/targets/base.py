@@ -108,8 +108,9 @@ class AbstractTarget(eqx.Module):
         overrides this too; here y_internal is Y itself."""
         return self.y_relabelings()
 
-    def y_in_domain(self, X: Float[Array, " n_x"], Y: Float[Array, " n_y"],
-                    Y_ref: Float[Array, " n_y"]) -> Array:
+    def y_in_domain(
+        self, X: Float[Array, " n_x"], Y: Float[Array, " n_y"], Y_ref: Float[Array, " n_y"]
+    ) -> Array:
         """Whether Y is in the fundamental domain, around Y_ref, of the relabelings counted by
         ``y_symmetry_number``: of the equivalent copies of every Y exactly one is in it, so
         ∫_domain exp(-beta u(X, Y)) dY = Z(X) / y_symmetry_number(), exactly. Default: True."""

@@ -21,8 +21,6 @@ def _v(x1):
     return 0.25 * x1**4 - 3.0 * x1**2 + x1
 
 
-
-
 # Stationary points of v: roots of v'(x) = x^3 - 6x + 1. The smallest root is the deep (left)
 # well, the middle one the barrier top, the largest the shallow (right) well.
 _STATIONARY = np.sort(np.roots([1.0, 0.0, -6.0, 1.0]).real)

@@ -32,8 +32,6 @@ def _positive_float(name: str, value) -> None:
     checks.number(f"gaussian_mixture {name}", value, 0.0)
 
 
-
-
 class GaussianMixture(AbstractTarget):
     """p(X) = sum_k w_k N(X | m_k, width^2 I),  p(Y | X) = N(Y | B X, cond_width^2 I).
 

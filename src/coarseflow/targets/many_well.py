@@ -159,8 +159,9 @@ class ManyWell(AbstractTarget):
         """Zeros: the exact minimiser of u over Y."""
         return jnp.zeros_like(jnp.asarray(X))
 
-    def log_marginal_unnormalized(self, X: Float[Array, "*batch m"], beta=1.0
-                                  ) -> Float[Array, "*batch"]:
+    def log_marginal_unnormalized(
+        self, X: Float[Array, "*batch m"], beta=1.0
+    ) -> Float[Array, "*batch"]:
         """-beta sum_i v(x1_i): log p_beta(X) up to the constant -m log Z1(beta)."""
         return -beta * jnp.sum(_v(jnp.asarray(X)), axis=-1)
 
