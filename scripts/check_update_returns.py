@@ -5,11 +5,12 @@
 
 builds the config's target and model, runs ``--updates`` updates at beta0 with [training]
 batch_size = --batch, and prints each one's wall time. If an update has not returned after
---timeout seconds, it prints the Python stacks and exits with status 3. On 2 CPU cores with
-jaxlib 0.10.2 (2026-12-06) the field's alanine dipeptide with the joint objective and its
-forward term, or with fab, never returns from the first update at batch 128 or 256 (every
-thread waits, no CPU is used), while batch 16 / 64, the joint objective without the forward
-term at 256, and the conditional density's gradient alone at 1024 all return.
+--timeout seconds, it prints every thread's stack and exits with status 3. On 2 CPU cores
+with jaxlib 0.10.2 (2026-12-06), while update_step was one compiled program, the field's
+alanine dipeptide with the joint objective and its forward term often never returned from the
+first update at batch 128 or 256 (every thread waiting, no CPU used: 12 of 17 tries); with
+the forward term's gradient in a program of its own it returned every time (docs/benchmarks.md,
+Session 12). One fab update at 256 did not return within 150 s and was not retried.
 """
 
 from __future__ import annotations

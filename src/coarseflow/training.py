@@ -267,6 +267,7 @@ class _Aux(NamedTuple):
     energies: jax.Array | None
     evals: jax.Array
     replay_log_q: jax.Array | None = None
+    samples: tuple[jax.Array, jax.Array] | None = None  # (X, Y) of joint / hybrid, fixed
 
 
 def _loss(params, static, key, beta, fixed: _Fixed, target, training: TrainingSettings):
@@ -274,6 +275,7 @@ def _loss(params, static, key, beta, fixed: _Fixed, target, training: TrainingSe
 
     mean_force: the paper's surrogate for q(X); joint: the reverse KL of q(X) q(Y|X);
     hybrid: the surrogate for q(X) plus the conditional reverse KL for q(Y|X) at the same X.
+    Their forward term (``forward_kl_weight``) is not part of it: :func:`_joint_forward`.
     """
     flow, conditional = eqx.combine(params, static)
     lam = training.forward_kl_weight
@@ -317,12 +319,8 @@ def _loss(params, static, key, beta, fixed: _Fixed, target, training: TrainingSe
         value = value + masked_mean(terms.surrogate, terms.ok)
         log_qX = jax.lax.stop_gradient(flow.log_prob(X))
         log_w = jnp.where(terms.ok, terms.log_weights - log_qX, -jnp.inf)
-    if lam > 0:
-        weights, _ = _normalised(log_w)
-        value = value + lam * joint_forward_kl_loss(
-            flow, conditional, target, terms.X, terms.Y, beta, weights
-        )
-    return value, _Aux(n_used, log_w, terms.u, terms.n_evals)
+    samples = jax.lax.stop_gradient((terms.X, terms.Y))
+    return value, _Aux(n_used, log_w, terms.u, terms.n_evals, samples=samples)
 
 
 class TrainState(NamedTuple):
@@ -364,7 +362,6 @@ def with_empty_buffer(state: TrainState, target, training: TrainingSettings) -> 
     )
 
 
-@eqx.filter_jit
 def update_step(
     state: TrainState,
     static,
@@ -382,9 +379,59 @@ def update_step(
     factor (:meth:`TrainingSettings.lr_factor`); ``fab_step``: the fab objective's MALA step
     size (traced; ignored by the other objectives); ``refresh`` (static): with fab's replay
     buffer, whether this update makes a new AIS batch (without it, every update does).
+
+    Two or three compiled programs: the objective's gradient, the forward term's on the joint
+    (joint / hybrid with forward_kl_weight > 0), the optimiser's step. As one program, the
+    first two sometimes never returned on the CPU (jaxlib 0.10.2, alanine dipeptide at batch
+    >= 128: docs/benchmarks.md, Session 12); as two they did.
     """
+    training = settings.training
+    grads, loss, info, buffer, samples, log_w = _gradients(
+        state, static, key, beta, fab_step, target, settings, refresh
+    )
+    if samples is not None and training.forward_kl_weight > 0:
+        value, forward = _joint_forward(state.params, static, samples, log_w, beta, target)
+        lam = training.forward_kl_weight
+        grads = jax.tree.map(lambda g, f: g + lam * f, grads, forward)
+        loss = loss + lam * value
+    return _apply(state._replace(buffer=buffer), grads, loss, info, lr_factor, training)
+
+
+@eqx.filter_jit
+def _joint_forward(params, static, samples, log_w, beta, target):
+    """(value, gradient) of the joint forward KL term on the update's samples (X, Y) with
+    their log-weights (S,) (:func:`coarseflow.objectives.joint_forward_kl_loss`)."""
+    weights, _ = _normalised(log_w)
+
+    def loss(p):
+        flow, conditional = eqx.combine(p, static)
+        return joint_forward_kl_loss(flow, conditional, target, *samples, beta, weights)
+
+    return eqx.filter_value_and_grad(loss)(params)
+
+
+@eqx.filter_jit
+def _apply(state: TrainState, grads, loss, info: StepInfo, lr_factor, training):
+    """The optimiser's step with ``grads``; ``info`` completed with the loss, gradient norm
+    and whether the guard skipped it."""
+    updates, opt_state = training.optimizer().update(
+        grads, state.opt_state, state.params, lr_factor=lr_factor
+    )
+    params = eqx.apply_updates(state.params, updates)
+    info = info._replace(
+        loss=loss,
+        grad_norm=global_norm(grads),
+        skipped=find_skip_clip_state(opt_state).last_skipped,
+    )
+    return TrainState(params, opt_state, state.buffer), info
+
+
+@eqx.filter_jit
+def _gradients(state: TrainState, static, key, beta, fab_step, target, settings, refresh):
+    """(gradient, loss, StepInfo without loss / grad_norm / skipped, fab's buffer, the
+    joint samples (X, Y) or None, their log-weights (S,) or None) of the objective."""
     training, chains, prediction = settings
-    params, opt_state, buffer = state
+    params, _, buffer = state
     flow, conditional = eqx.combine(params, static)
     S = training.batch_size
     z = flow.base_dist.sample(jr.fold_in(key, 0), (S,))
@@ -432,19 +479,17 @@ def update_step(
     (loss, aux), grads = eqx.filter_value_and_grad(_loss, has_aux=True)(
         params, static, jr.fold_in(key, 4), beta, fixed, target, training
     )
-    n_used, log_w, energies, loss_evals, replay_log_q = aux
+    n_used, log_w, energies, loss_evals, replay_log_q, samples = aux
     if buffer is not None:
         buffer = replay_update(buffer, drawn, replay_log_q)
     if log_w is not None:
         batch_ess = _normalised(log_w)[1]
     energies = chain_energy if chain_energy is not None else energies
     energies = jnp.full(S, jnp.nan) if energies is None else energies
-    updates, opt_state = training.optimizer().update(grads, opt_state, params, lr_factor=lr_factor)
-    params = eqx.apply_updates(params, updates)
     info = StepInfo(
-        loss=loss,
-        grad_norm=global_norm(grads),
-        skipped=find_skip_clip_state(opt_state).last_skipped,
+        loss=nan,
+        grad_norm=nan,
+        skipped=jnp.asarray(False),
         n_used=n_used,
         acceptance=acceptance,
         mean_energy=jnp.nanmean(jnp.where(jnp.isfinite(energies), energies, jnp.nan)),
@@ -452,7 +497,7 @@ def update_step(
         chain_heating=heating,
         energy_evals=evals + loss_evals,
     )
-    return TrainState(params, opt_state, buffer), info
+    return grads, loss, info, buffer, samples, log_w
 
 
 FAB_ACCEPTANCE = 0.6  # the MALA acceptance the fab step size is steered to
