@@ -16,6 +16,7 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import shortest_path
 
 from coarseflow.errors import ConfigError
+from coarseflow.targets.backbone import phi_psi_indices
 
 
 def select_cg_atoms(topology, selection: str, n_atoms: int) -> np.ndarray:
@@ -165,28 +166,6 @@ def equivalent_rotors(forcefield, hops, fast, ref) -> tuple[Rotor, ...]:
         if abs(float(_energy(forcefield, shifted)) - base) <= 1e-5 * max(1.0, abs(base)):
             groups.append(Rotor(c, k, ls[0], tuple(terminal)))
     return tuple(groups)
-
-
-def phi_psi_indices(topology) -> tuple[np.ndarray, np.ndarray]:
-    """Atom quadruplets of the backbone dihedrals of every residue that has both phi and psi.
-
-    ``topology`` is an mdtraj.Topology. Residue i (in chain order) qualifies if it has atoms N,
-    CA and C, the residue before it in the same chain has a C and the one after it an N:
-    phi_i = (C_{i-1}, N_i, CA_i, C_i), psi_i = (N_i, CA_i, C_i, N_{i+1}) -- the same quadruplets
-    as mdtraj.compute_phi / compute_psi for those residues. Capping groups (ACE, NME) have no
-    CA and so contribute only the neighbouring atoms. Returns (phi (m, 4), psi (m, 4)) int64, m
-    possibly 0.
-    """
-    phi, psi = [], []
-    for chain in topology.chains:
-        residues = list(chain.residues)
-        names = [{a.name: a.index for a in r.atoms} for r in residues]
-        for i in range(1, len(residues) - 1):
-            prev, cur, nxt = names[i - 1], names[i], names[i + 1]
-            if all(k in cur for k in ("N", "CA", "C")) and "C" in prev and "N" in nxt:
-                phi.append((prev["C"], cur["N"], cur["CA"], cur["C"]))
-                psi.append((cur["N"], cur["CA"], cur["C"], nxt["N"]))
-    return np.asarray(phi, np.int64).reshape(-1, 4), np.asarray(psi, np.int64).reshape(-1, 4)
 
 
 def _ints(a) -> tuple:
