@@ -380,14 +380,18 @@ def update_step(
     size (traced; ignored by the other objectives); ``refresh`` (static): with fab's replay
     buffer, whether this update makes a new AIS batch (without it, every update does).
 
-    Two or three compiled programs: the objective's gradient, the forward term's on the joint
-    (joint / hybrid with forward_kl_weight > 0), the optimiser's step. As one program, the
-    first two sometimes never returned on the CPU (jaxlib 0.10.2, alanine dipeptide at batch
-    >= 128: docs/benchmarks.md, Session 12); as two they did.
+    Up to three compiled programs in a row: fab's AIS batch (fab, when one is made), the
+    objective's gradient, the forward term's on the joint (joint / hybrid with
+    forward_kl_weight > 0); then the optimiser's step. As one program, the gradient and the
+    forward term sometimes never returned on the CPU (jaxlib 0.10.2, alanine dipeptide at
+    batch >= 128: docs/benchmarks.md, Session 12); as separate programs they did.
     """
     training = settings.training
+    fab = None
+    if training.objective == "fab" and (state.buffer is None or refresh):
+        fab = _fab_batch(state.params, static, key, beta, fab_step, target, training)
     grads, loss, info, buffer, samples, log_w = _gradients(
-        state, static, key, beta, fab_step, target, settings, refresh
+        state, static, key, beta, fab, target, settings
     )
     if samples is not None and training.forward_kl_weight > 0:
         value, forward = _joint_forward(state.params, static, samples, log_w, beta, target)
@@ -427,9 +431,21 @@ def _apply(state: TrainState, grads, loss, info: StepInfo, lr_factor, training):
 
 
 @eqx.filter_jit
-def _gradients(state: TrainState, static, key, beta, fab_step, target, settings, refresh):
+def _fab_batch(params, static, key, beta, fab_step, target, training) -> FabBatch:
+    """fab's AIS batch of ``batch_size`` paths from q toward p_beta^2 / q (the same key as
+    the update's, folded as before the split)."""
+    flow, conditional = eqx.combine(params, static)
+    S = training.batch_size
+    return latent_ais(
+        flow, conditional, jr.fold_in(key, 5), target, beta, S, training.fab_steps, fab_step, "p2/q"
+    )
+
+
+@eqx.filter_jit
+def _gradients(state: TrainState, static, key, beta, fab, target, settings):
     """(gradient, loss, StepInfo without loss / grad_norm / skipped, fab's buffer, the
-    joint samples (X, Y) or None, their log-weights (S,) or None) of the objective."""
+    joint samples (X, Y) or None, their log-weights (S,) or None) of the objective; ``fab``:
+    the update's AIS batch (fab; None where the update draws only from the buffer)."""
     training, chains, prediction = settings
     params, _, buffer = state
     flow, conditional = eqx.combine(params, static)
@@ -438,21 +454,10 @@ def _gradients(state: TrainState, static, key, beta, fab_step, target, settings,
     X, log_det = jax.lax.stop_gradient(sample_with_log_det(flow, z))
     nan = jnp.asarray(jnp.nan)
     force, weights, evals = jnp.zeros_like(X), jnp.zeros(S), jnp.asarray(0)
-    acceptance, heating, chain_energy, fab = nan, nan, None, None
+    acceptance, heating, chain_energy = nan, nan, None
     drawn = None
     if training.objective == "fab":
-        if buffer is None or refresh:
-            fab = latent_ais(
-                flow,
-                conditional,
-                jr.fold_in(key, 5),
-                target,
-                beta,
-                S,
-                training.fab_steps,
-                fab_step,
-                "p2/q",
-            )
+        if fab is not None:
             evals, acceptance = fab.n_evals, jnp.mean(fab.acceptance)
         if buffer is not None:
             buffer = buffer if fab is None else replay_add(buffer, fab)
