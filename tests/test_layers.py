@@ -50,6 +50,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "coarseflow.config",
             "coarseflow.workflow",
             "coarseflow.analysis.evaluation",
+            "coarseflow.report",
             "coarseflow.reference",
             "coarseflow.cli",
             "coarseflow.__main__",

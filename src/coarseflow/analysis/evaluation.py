@@ -11,7 +11,10 @@ from tqdm.auto import tqdm
 from coarseflow.analysis import metrics, plots
 from coarseflow.analysis.reports import report_for
 from coarseflow.predict import Samples, draw_samples, log_partition_estimate, refine
-from coarseflow.runs import RunDir
+from coarseflow.runs import RunDir, atomic_write_bytes
+
+# the last checkpoint's evaluated samples, kept for the HTML report (coarseflow/report.py)
+SAMPLES_NAME = "evaluation.npz"
 
 
 def reference_metrics(target, samples: Samples, beta: float) -> dict:
@@ -29,12 +32,34 @@ def reference_metrics(target, samples: Samples, beta: float) -> dict:
         "ess": float(metrics.ess(lw)),
         "ess_fraction": float(metrics.ess_fraction(lw)),
         "pareto_k": metrics.pareto_k(lw),
+        "max_weight_ratio": metrics.max_weight_ratio(lw),
+        # -inf: zero weight (infinite energy, Y outside its domain); NaN: a broken sample
+        "n_nonfinite_log_weights": int(np.sum(~np.isfinite(lw))),
         "log_Z_estimate": log_partition_estimate(lw),
         "n_nonfinite_energy": int(np.sum(~np.isfinite(samples.energy))),
     }
     if np.any(np.isfinite(samples.ais_acceptance)):
         out["ais_acceptance"] = float(np.nanmean(samples.ais_acceptance))
     return out | report_for(target).metrics(samples, w, beta)
+
+
+def evaluation_samples_path(run: RunDir) -> Path:
+    return run.samples_dir / SAMPLES_NAME
+
+
+def _save_samples(run: RunDir, samples: Samples, beta: float) -> Path:
+    """The samples (x, X, log_weights, energy) and beta, atomically: the report reads them
+    instead of drawing again (a molecule's AIS takes minutes)."""
+    arrays = {
+        "x": samples.x,
+        "X": samples.X,
+        "log_weights": samples.log_weights,
+        "energy": samples.energy,
+        "beta": np.float64(beta),
+    }
+    path = evaluation_samples_path(run)
+    atomic_write_bytes(path, lambda f: np.savez(f, **arrays))
+    return path
 
 
 def _figures(run: RunDir, target, by_beta: dict[float, Samples]) -> list[Path]:
@@ -106,11 +131,13 @@ def _evaluate(
         refined, info = refine(jr.key(seed), flow, conditional, target, beta, prediction, n=n_final)
         per_beta[-1]["refined"] = reference_metrics(target, refined, beta) | info
     figures = _figures(run, target, by_beta)
+    samples_path = _save_samples(run, by_beta[meta["beta"]], meta["beta"])
     summary = {
         "final": per_beta[-1],
         "per_beta": per_beta,
         "figures": [str(f) for f in figures],
         "summary_path": str(run.summary_path),
+        "samples_path": str(samples_path),
     }
     write_summary(run, summary)
     return summary

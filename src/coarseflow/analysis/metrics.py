@@ -78,17 +78,19 @@ def pareto_k(log_w: Float[ArrayLike, " N"]) -> float:
     The weights' variance is finite for k < 1/2 and their mean for k < 1. Below 0.7,
     self-normalised estimates converge at a practical rate; above it, the largest weights are
     luck, the ESS overstates what the sample is worth and reweighted estimates can be far off
-    however large they look. Fitted to the M = min(N / 5, 3 sqrt(N)) largest finite weights in
-    excess of the next one, by Zhang and Stephens' (Technometrics 2009) posterior-mean estimate of
-    b = k / sigma, then k = mean(log(1 + b x)) shrunk toward 1/2 as if 10 more points said so.
-    NaN with fewer than 25 finite weights (too few to fit a tail). NumPy, not traced.
+    however large they look. Fitted to the M = ceil(min(N / 5, 3 sqrt(N))) largest finite weights
+    (PSIS's tail length) in excess of the next one, by Zhang and Stephens' (Technometrics 2009)
+    posterior-mean estimate of b = k / sigma, then k = mean(log(1 + b x)) shrunk toward 1/2 as
+    if 10 more points said so: PSIS's estimate (arviz's psislw agrees to 1e-12 on continuous
+    weights, tests/test_trust.py). 0 where every excess weight is equal (arviz: inf). NaN with
+    fewer than 25 finite weights (too few to fit a tail). NumPy, not traced.
     """
     lw = np.asarray(log_w, dtype=np.float64)
     lw = np.sort(lw[np.isfinite(lw)])
     n = lw.size
     if n < 25:
         return float("nan")
-    m = int(min(n / 5, 3 * np.sqrt(n)))
+    m = int(np.ceil(min(n / 5, 3 * np.sqrt(n))))
     w = np.exp(lw - lw[-1])
     x = w[-m:] - w[-m - 1]  # exceedances over the threshold, ascending
     if x[-1] <= 0:  # the tail is flat: every excess weight equal
@@ -274,3 +276,15 @@ def histogram_kl_js(
     p, q = hist(a2, weights_a, "weights_a"), hist(b2, weights_b, "weights_b")
     m = 0.5 * (p + q)
     return _kl(p, q), 0.5 * _kl(p, m) + 0.5 * _kl(q, m)
+
+
+def max_weight_ratio(log_w: Float[ArrayLike, " N"]) -> float:
+    """The largest importance weight over the mean weight, N max_i w_i (normalised weights; a
+    non-finite log-weight is a zero weight): 1 for equal weights, N when one sample holds all
+    the weight. It bounds what any one sample can do to a self-normalised estimate. NumPy."""
+    lw = np.asarray(log_w, dtype=np.float64).reshape(-1)
+    finite = np.isfinite(lw)
+    if not finite.any():
+        return float("nan")
+    top = lw[finite].max()
+    return float(lw.size / np.sum(np.exp(lw[finite] - top)))

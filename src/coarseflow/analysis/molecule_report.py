@@ -11,7 +11,7 @@ import numpy as np
 from coarseflow.analysis import observables as obs
 from coarseflow.analysis import plots
 from coarseflow.analysis.metrics import histogram_kl_js, normalized_weights
-from coarseflow.analysis.reports import AbstractReport, is_one
+from coarseflow.analysis.reports import AbstractReport, States, Variable, is_one
 from coarseflow.targets.molecule import Molecule
 
 REFERENCE_BINS = 64  # per angle, of the (phi, psi) histograms compared with the reference
@@ -56,6 +56,42 @@ class MoleculeReport(AbstractReport):
                 pos, np.asarray(info.reference_positions), np.asarray(info.heavy_atoms, np.int64)
             ),
         }
+
+    def energy_unit(self) -> tuple[float, str]:
+        return self.target.kT, "kJ/mol"
+
+    def variables(self, x, X, beta) -> list[Variable]:
+        """phi and psi (degrees) of the first residue that has both; the reference file's at
+        beta = 1."""
+        o = self.observables(x)
+        ref = self._reference(beta)
+        out = []
+        for name in ("phi", "psi"):
+            values = (np.degrees(o[name][:, 0]) + 180.0) % 360.0 - 180.0
+            reference = None
+            if ref is not None:
+                reference = (np.degrees(ref[name][:, 0]) + 180.0) % 360.0 - 180.0
+            out.append(Variable(f"{name} (deg)", values, (-180.0, 180.0), reference=reference))
+        return out
+
+    def states(self, x, X, beta) -> States:
+        """The Ramachandran basins (observables.BASINS and "other") of the first residue; the
+        reference file's populations (and their errors, when it has them) at beta = 1."""
+        o = self.observables(x)
+        names = [*obs.BASINS, "other"]
+        labels = obs.basin_labels(o["phi"][:, 0], o["psi"][:, 0])
+        ref = self._reference(beta)
+        if ref is None:
+            return States(names, labels)
+        pops = obs.basin_populations(ref["phi"][:, 0], ref["psi"][:, 0])
+        errors = self._reference_errors(ref)
+        return States(
+            names,
+            labels,
+            np.array([pops[n] for n in names]),
+            None if errors is None else np.array([errors[n] for n in names]),
+            "reference file",
+        )
 
     def _suffixes(self) -> list[str]:
         labels = self.target.residue_labels

@@ -214,6 +214,11 @@ def _column(records: Sequence[Mapping], key: str) -> np.ndarray:
 
 
 def plot_training_curves(path: str | Path, records: Sequence[Mapping]) -> Path:
+    """:func:`training_curves_figure` of ``records`` written to ``path``."""
+    return _save(training_curves_figure(records), path)
+
+
+def training_curves_figure(records: Sequence[Mapping]) -> Figure:
     """Loss, gradient norm (log scale) and beta against the update step; skipped updates in red.
 
     ``records`` are the lines of metrics.jsonl: dicts with keys 'step', 'beta', 'loss',
@@ -268,7 +273,7 @@ def plot_training_curves(path: str | Path, records: Sequence[Mapping]) -> Path:
         ax_heat.plot(step[ok][window - 1 :], running, lw=1.2, color=_MODEL)
         ax_heat.axhline(0.0, color="k", lw=0.6)
         ax_heat.set_ylabel("chain heating (kT)")
-    return _save(fig, path)
+    return fig
 
 
 def plot_ramachandran(

@@ -8,7 +8,9 @@ A report reads a target's physics (exact well masses, mixture weights, observabl
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import equinox as eqx
 import jax.random as jr
@@ -24,10 +26,56 @@ def is_one(beta: float) -> bool:
     return abs(float(beta) - 1.0) < 1e-9
 
 
+class Variable(NamedTuple):
+    """A CG variable to draw free energies on: its ``name`` (with unit), its ``values`` (N,) at
+    the samples, the plot ``range``; the reference, where there is one: ``exact_log_density``
+    (points (M,) -> normalised log p at the samples' beta) or ``reference`` samples (M,)."""
+
+    name: str
+    values: np.ndarray
+    range: tuple[float, float]
+    exact_log_density: Callable[[np.ndarray], np.ndarray] | None = None
+    reference: np.ndarray | None = None
+
+
+class States(NamedTuple):
+    """Metastable states: their ``names`` (S,), each sample's state ``labels`` (N,) in 0..S-1,
+    and the reference populations (S,) with their standard errors (S,) where known, named by
+    ``reference_kind`` ("exact", "reference file")."""
+
+    names: list[str]
+    labels: np.ndarray
+    reference: np.ndarray | None = None
+    reference_err: np.ndarray | None = None
+    reference_kind: str = ""
+
+
 class AbstractReport(eqx.Module):
-    """Metrics and figures of one target's samples, beyond the ESS that every target gets."""
+    """Metrics and figures of one target's samples, beyond the ESS that every target gets;
+    the CG variables and states that the HTML report draws free energies on."""
 
     target: eqx.AbstractVar[AbstractTarget]
+
+    def energy_unit(self) -> tuple[float, str]:
+        """(k_B T of the target in the unit, the unit's name) for free energies: reduced
+        energies are k_B T units already."""
+        return 1.0, "kT"
+
+    def variables(self, x: np.ndarray, X: np.ndarray, beta: float) -> list[Variable]:
+        """The CG variables of samples x (N, n) / X (N, n_x): by default the first two X."""
+        lo, hi = self.target.x_bounds()
+        return [
+            Variable(f"X{i + 1}", np.asarray(X)[:, i], (float(lo[i]), float(hi[i])))
+            for i in range(min(2, np.shape(X)[1]))
+        ]
+
+    def reference_log_density_2d(self, beta: float) -> Callable[[np.ndarray], np.ndarray] | None:
+        """Exact log density of the first two variables (points (M, 2) -> (M,)), if known."""
+        return None
+
+    def states(self, x: np.ndarray, X: np.ndarray, beta: float) -> States | None:
+        """The target's metastable states, if it has a handful of them."""
+        return None
 
     @abc.abstractmethod
     def metrics(self, samples, weights: np.ndarray, beta: float) -> dict:
@@ -78,6 +126,21 @@ class DoubleWellReport(AbstractReport):
             "log_Z_exact": float(target.log_partition(beta)),
         }
 
+    def variables(self, x, X, beta) -> list[Variable]:
+        lo, hi = self.target.x_bounds()
+
+        def log_p(g):
+            with np.errstate(divide="ignore"):
+                return np.log(self.target.marginal_density(g, beta))
+
+        return [Variable("x1", np.asarray(X)[:, 0], (float(lo[0]), float(hi[0])), log_p)]
+
+    def states(self, x, X, beta) -> States:
+        m = float(self.target.well_mass(beta))
+        right = (np.asarray(X)[:, 0] > 0).astype(np.int64)
+        names = ["left well (x1 < 0)", "right well (x1 > 0)"]
+        return States(names, right, np.array([1 - m, m]), np.zeros(2), "exact")
+
     def figures(self, figures_dir, by_beta) -> list[Path]:
         lo, hi = self.target.x_bounds()
         return [
@@ -122,6 +185,27 @@ class GaussianMixtureReport(AbstractReport):
             }
         return out
 
+    def variables(self, x, X, beta) -> list[Variable]:
+        out = super().variables(x, X, beta)
+        if is_one(beta):  # exact samples of p, at beta = 1 only
+            ref = np.asarray(self.target.sample(jr.key(12345), len(X)))
+            out = [v._replace(reference=ref[:, i]) for i, v in enumerate(out)]
+        return out
+
+    def reference_log_density_2d(self, beta):
+        if self.target.n_x != 2 or not is_one(beta):
+            return None
+        return lambda g: np.asarray(self.target.log_marginal(g))
+
+    def states(self, x, X, beta) -> States:
+        k = self.target.n_components
+        labels = np.asarray(self.target.component_of(X), dtype=np.int64)
+        names = [f"component {i + 1}" for i in range(k)]
+        if not is_one(beta):
+            return States(names, labels)
+        exact = np.asarray(self.target.component_weights, dtype=np.float64)
+        return States(names, labels, exact, np.zeros(k), "exact")
+
     def figures(self, figures_dir, by_beta) -> list[Path]:
         target, figures_dir = self.target, Path(figures_dir)
         final_beta = max(by_beta)
@@ -165,6 +249,12 @@ class ManyWellReport(AbstractReport):
             "log_Z_exact": log_z,
             "log_Z_error": float(error),
         }
+
+    def variables(self, x, X, beta) -> list[Variable]:
+        def log_p(g):  # every X coordinate has the same exact marginal
+            return np.asarray(self.target.log_marginal_1d(g, beta))
+
+        return [v._replace(exact_log_density=log_p) for v in super().variables(x, X, beta)]
 
     def figures(self, figures_dir, by_beta) -> list[Path]:
         return []
