@@ -470,9 +470,10 @@ def test_other_custom_gb_forces_are_rejected_naming_the_supported_ones():
         system.addForce(force)
         return system
 
-    message = r"unsupported CustomGBForce: only the OBC1 force of .*; supported forces: Harm"
+    # GBn (implicit/gbn.xml) is read since the implicit/*.xml models (test_forcefield_gb.py)
+    message = r"unsupported CustomGBForce: only OpenMM's Amber GB models .*; supported: amber"
     salt = GBSAOBC1Force(78.5, 1.0, "ACE", None, 1.0)  # kappa > 0: salt screening
-    for force in (GBSAGBnForce(78.5, 1.0, "ACE", None, 0.0), salt):
+    for force in (GBSAGBnForce(78.5, 1.0, "ACE", None, 1.0), salt):
         with pytest.raises(ConfigError, match=message):
             forcefield_from_system(system_with(force))
     changed = GBSAOBC1Force(78.5, 1.0, "ACE", None, 0.0)

@@ -5,9 +5,12 @@ needs only JAX.
 """
 
 from coarseflow.forcefield.build import DEFAULT_FORCEFIELD_FILES, build_system
+from coarseflow.forcefield.cmap import CMAPTorsions
 from coarseflow.forcefield.energy import ForceField
+from coarseflow.forcefield.gb import AmberGB
 from coarseflow.forcefield.geometry import angles, dihedrals
 from coarseflow.forcefield.openmm_reader import forcefield_from_system
+from coarseflow.forcefield.supported import SUPPORTED
 from coarseflow.forcefield.terms import (
     GBSAOBC,
     ONE_4PI_EPS0,
@@ -22,7 +25,10 @@ __all__ = [
     "DEFAULT_FORCEFIELD_FILES",
     "GBSAOBC",
     "ONE_4PI_EPS0",
+    "SUPPORTED",
     "AbstractTerm",
+    "AmberGB",
+    "CMAPTorsions",
     "ForceField",
     "HarmonicAngles",
     "HarmonicBonds",

@@ -1,12 +1,13 @@
 """Read an OpenMM System once into arrays: ``forcefield_from_system(system) -> ForceField``.
 
 OpenMM is only the input layer: after this, the energy is pure JAX. Supported forces are
-HarmonicBondForce, HarmonicAngleForce, PeriodicTorsionForce, NonbondedForce, GBSAOBCForce (OBC2)
-and the one CustomGBForce that OpenMM builds for ``implicitSolvent=app.OBC1`` (OBC1, from an
-Amber prmtop: ``openmm.app.internal.customgbforces.GBSAOBC1Force``, no salt), all without
-cutoffs or periodic boundaries; CMMotionRemover is ignored (it is not an energy). Anything
-else -- another force class or CustomGBForce, a cutoff, constraints, virtual sites -- raises a
-ConfigError naming it, rather than silently giving a different energy from OpenMM's.
+HarmonicBondForce, HarmonicAngleForce, PeriodicTorsionForce, CMAPTorsionForce, NonbondedForce,
+GBSAOBCForce (OBC2) and the CustomGBForces of OpenMM's Amber GB models (HCT, OBC1, OBC2, GBn,
+GBn2: ``implicit/*.xml`` and ``implicitSolvent=app.OBC1``; no salt; ``gb_reader``), all
+without cutoffs or periodic boundaries; CMMotionRemover is ignored (it is not an energy).
+Anything else -- another force class or CustomGBForce, a cutoff, constraints, virtual sites --
+raises a ConfigError naming it and the force fields that work (``supported``), rather than
+silently giving a different energy from OpenMM's.
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ import re
 import numpy as np
 
 from coarseflow.errors import ConfigError
+from coarseflow.forcefield.cmap import CMAPTorsions, patch_coefficients
 from coarseflow.forcefield.energy import ForceField
+from coarseflow.forcefield.gb_reader import read_amber_gb
 from coarseflow.forcefield.geometry import Gather, displacements
+from coarseflow.forcefield.supported import SUPPORTED, SUPPORTED_FORCES
 from coarseflow.forcefield.terms import (
     GBSAOBC,
     OBC_DIELECTRIC_OFFSET,
@@ -30,10 +34,6 @@ from coarseflow.forcefield.terms import (
 
 _NONBONDED_METHODS = {0: "NoCutoff", 1: "CutoffNonPeriodic", 2: "CutoffPeriodic"}
 _NONBONDED_METHODS.update({3: "Ewald", 4: "PME", 5: "LJPME"})
-SUPPORTED_FORCES = (
-    "HarmonicBondForce, HarmonicAngleForce, PeriodicTorsionForce, NonbondedForce, "
-    "GBSAOBCForce (OBC2), CustomGBForce of implicitSolvent=app.OBC1 (GBSAOBC1Force, no salt)"
-)
 
 
 def forcefield_from_system(system, *, gather: Gather = "auto") -> ForceField:
@@ -68,9 +68,10 @@ def forcefield_from_system(system, *, gather: Gather = "auto") -> ForceField:
         openmm.HarmonicBondForce: _read_bonds,
         openmm.HarmonicAngleForce: _read_angles,
         openmm.PeriodicTorsionForce: _read_torsions,
+        openmm.CMAPTorsionForce: _read_cmap,
         openmm.NonbondedForce: _read_nonbonded,
         openmm.GBSAOBCForce: _read_gbsa,
-        openmm.CustomGBForce: _read_obc1,
+        openmm.CustomGBForce: _read_custom_gb,
     }
     collected: dict[type, list] = {}
     for force in system.getForces():
@@ -79,7 +80,8 @@ def forcefield_from_system(system, *, gather: Gather = "auto") -> ForceField:
             continue
         if kind not in readers:
             raise ConfigError(
-                f"force field: unsupported force '{kind.__name__}' (supported: {SUPPORTED_FORCES})"
+                f"force field: unsupported force '{kind.__name__}' (supported forces: "
+                f"{SUPPORTED_FORCES}; force fields that work: {SUPPORTED})"
             )
         gb_forces = (openmm.GBSAOBCForce, openmm.CustomGBForce)
         if kind in (openmm.NonbondedForce, *gb_forces):  # before the PBC check
@@ -311,6 +313,57 @@ def _number(pattern: str, text: str) -> float:
     return float(found.group(1))
 
 
+def _read_custom_gb(forces, n_atoms, gather) -> AbstractTerm:
+    """The one CustomGBForce: app.OBC1's as GBSAOBC (as before), any other Amber GB model of
+    ``implicit/*.xml`` as AmberGB; anything else is refused naming what works."""
+    if len(forces) > 1:
+        raise ConfigError(
+            f"force field: the System has {len(forces)} CustomGBForces; only one is supported"
+        )
+    if _obc1_template(forces[0]) is not None:
+        return _read_obc1(forces, n_atoms, gather)
+    return read_amber_gb(forces[0], n_atoms, SUPPORTED)
+
+
+def _read_cmap(forces, n_atoms, gather) -> CMAPTorsions:
+    """All CMAPTorsionForces as one term: their maps' bicubic patches stacked, each torsion
+    pair pointing at its map's block."""
+    from openmm import unit
+
+    blocks, offsets, atoms, sizes = [], [], [], set()
+    for force in forces:
+        first_map = len(blocks)  # maps of earlier forces come first
+        for m in range(force.getNumMaps()):
+            size, energy = force.getMapParameters(m)
+            energy = np.asarray(energy.value_in_unit(unit.kilojoule_per_mole), np.float64)
+            # OpenMM: energy[i + size * j] at (first angle i delta, second angle j delta).
+            blocks.append(patch_coefficients(energy.reshape(size, size).T).reshape(-1, 16))
+            sizes.add(size)
+        for t in range(force.getNumTorsions()):
+            m, *indices = force.getTorsionParameters(t)
+            offsets.append(first_map + m)
+            atoms.append(indices)
+    if len(sizes) > 1:
+        raise ConfigError(
+            f"force field: CMAPTorsionForce maps of different sizes {sorted(sizes)}; "
+            "one size is supported"
+        )
+    size = sizes.pop() if sizes else 1
+    # A map's index -> the first row of its block (every block has size^2 rows).
+    cell_offset = np.asarray(offsets, dtype=np.int32) * size * size
+    atoms = np.asarray(atoms, dtype=np.int32).reshape(-1, 8)
+    # Bond vectors stacked as [first torsions: p0->p1, p1->p2, p2->p3; second torsions: same].
+    start = np.concatenate([atoms[:, 0:3].T.reshape(-1), atoms[:, 4:7].T.reshape(-1)])
+    end = np.concatenate([atoms[:, 1:4].T.reshape(-1), atoms[:, 5:8].T.reshape(-1)])
+    coefficients = np.concatenate(blocks) if blocks else np.zeros((1, 16))
+    return CMAPTorsions(
+        bonds=displacements(start, end, n_atoms, gather),
+        cell_offset=_array(cell_offset, np.int32),
+        coefficients=_array(coefficients, shape=(-1, 16)),
+        size=size,
+    )
+
+
 def _read_obc1(forces, n_atoms, gather) -> GBSAOBC:
     """The CustomGBForce of ``implicitSolvent=app.OBC1`` (recognised by comparing its
     parameters, computed values and energy expressions with OpenMM's own GBSAOBC1Force) as a
@@ -321,12 +374,8 @@ def _read_obc1(forces, n_atoms, gather) -> GBSAOBC:
         )
     (force,) = forces
     found = _obc1_template(force)
-    if found is None:
-        raise ConfigError(
-            "force field: unsupported CustomGBForce: only the OBC1 force of "
-            "implicitSolvent=app.OBC1 (no cutoff, no salt) is read; supported forces: "
-            f"{SUPPORTED_FORCES}"
-        )
+    if found is None:  # _read_custom_gb sends any other CustomGBForce to gb_reader
+        return read_amber_gb(force, n_atoms, SUPPORTED)
     template, solvent, solute = found
     if solvent <= 0.0 or solute <= 0.0:
         raise ConfigError(
