@@ -16,6 +16,7 @@ from coarseflow.analysis import observables as obs  # noqa: E402
 from coarseflow.analysis.molecule_report import MoleculeReport  # noqa: E402
 from coarseflow.errors import ConfigError  # noqa: E402
 from coarseflow.forcefield import build_system  # noqa: E402
+from coarseflow.targets.backbone import phi_psi_indices  # noqa: E402
 from coarseflow.targets.molecule import Molecule  # noqa: E402
 from coarseflow.units import MOLAR_GAS_CONSTANT  # noqa: E402
 
@@ -303,8 +304,9 @@ def test_second_molecule_with_backbone_selection():
     np.testing.assert_allclose(o["psi"], mdtraj.compute_psi(traj)[1], atol=1e-5)
     assert o["rmsd_to_reference"][0] == pytest.approx(0.0, abs=1e-6)
     np.testing.assert_allclose(o["rg"], mdtraj.compute_rg(traj), rtol=1e-5)
-    # the default selection of a user's PDB is the backbone
-    assert Molecule(pdb=GS).cg_atoms == m.cg_atoms
+    # the default selection of a user's peptide: the atoms of every backbone phi / psi
+    wanted = {int(i) for quads in phi_psi_indices(traj.topology) for i in quads.ravel()}
+    assert Molecule(pdb=GS).cg_atoms == tuple(sorted(wanted))
 
 
 class _Samples:

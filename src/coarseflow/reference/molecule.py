@@ -54,11 +54,13 @@ class ReferenceMolecule:
             raise ConfigError(
                 f'[target] kind: `coarseflow reference` needs kind = "molecule", got {kind!r}'
             )
-        from coarseflow.targets.molecule.registry import forcefield_files, resolve_pdb
+        from coarseflow.targets.molecule.registry import forcefield_files, resolve_structure
 
-        self.pdb_path = Path(resolve_pdb(table.get("pdb", "alanine_dipeptide"))[0])
         # None: the default of the file (build_system)
         self.forcefield = forcefield_files(table.get("forcefield"))
+        self.pdb_path = Path(
+            resolve_structure(table.get("pdb"), table.get("sequence"), self.forcefield)[0]
+        )
         temperature = table.get("temperature", 300.0)
         if (
             isinstance(temperature, bool)

@@ -1,6 +1,9 @@
 """A molecule as a target: PDB (or Amber prmtop) + OpenMM force field -> pure-JAX u(x).
 
-registry     the built-in molecules, the PDB lookup, the force-field files
+registry     the built-in molecules, the PDB lookup, [target] sequence, the force-field files
+peptide      a sequence -> a minimised all-atom PDB (PeptideBuilder + OpenMM), the cache of them
+selection    a peptide's default CG atoms (every phi / psi), the cg_dihedrals check
+describe     what a Molecule coarse-grains, in words (coarseflow inspect)
 topology     CG selection, bond graph, gauge atoms, methyl rotors, phi/psi atoms; MoleculeInfo
 gauge        free coordinates <-> positions in the gauge frame; fast atoms grafted
 zmatrix      the CG atoms' Z-matrix and its dihedral seams; the fast atoms' placements

@@ -1,7 +1,7 @@
 """Which files a molecule is read from: the built-in molecules, the PDB lookup, the force field.
 
 The one registry of built-in molecules; ``Molecule`` and ``coarseflow reference`` both read the
-``[target]`` keys ``pdb`` and ``forcefield`` through this module.
+``[target]`` keys ``pdb``, ``sequence`` and ``forcefield`` through this module.
 """
 
 from __future__ import annotations
@@ -28,8 +28,9 @@ BUILTIN_MOLECULES: dict[str, tuple[str, str]] = {
 replica-exchange reference ``data/<name>_reference.npz`` (see :func:`builtin_reference`)."""
 
 DEFAULT_SELECTION = "backbone"
-"""cg_selection for a user's PDB file when none is given: mdtraj's backbone (N, CA, C, O of every
-protein residue, capping groups included)."""
+"""cg_selection for a user's structure when none is given and it has no backbone phi / psi (a
+peptide's default is the atoms of its phi / psi: ``selection.default_cg_selection``): mdtraj's
+backbone (N, CA, C, O of every protein residue, capping groups included)."""
 
 
 def _data_file(name: str) -> Path:
@@ -53,6 +54,27 @@ def resolve_pdb(pdb: str) -> tuple[str, str | None]:
             f"directory; built-in molecules: {', '.join(BUILTIN_MOLECULES)})"
         )
     return str(path), None
+
+
+def resolve_structure(
+    pdb: str | None, sequence: str | None, forcefield: tuple[str, ...] | None
+) -> tuple[str, str | None]:
+    """The ``[target]`` structure: (path to the PDB / prmtop file, default selection or None).
+
+    ``pdb``: as :func:`resolve_pdb`; ``sequence``: a peptide built from its sequence in the
+    force field ``forcefield`` (``peptide.cached_peptide``); neither: alanine dipeptide.
+    """
+    if pdb is not None and sequence is not None:
+        raise ConfigError(
+            "[target] pdb and sequence: give one (pdb: a structure file or built-in name; "
+            "sequence: a peptide that coarseflow builds)"
+        )
+    if sequence is None:
+        return resolve_pdb("alanine_dipeptide" if pdb is None else pdb)
+    from coarseflow.targets.molecule import peptide
+
+    residues = peptide.parse_sequence(sequence, where="[target] sequence")
+    return peptide.cached_peptide(residues, forcefield), None
 
 
 def builtin_reference(name: str) -> Path | None:

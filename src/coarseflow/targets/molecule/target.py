@@ -22,7 +22,7 @@ from coarseflow.forcefield import ForceField, build_system, forcefield_from_syst
 from coarseflow.model.internal import AtomPlacements, ZMatrix
 from coarseflow.partition import Partition
 from coarseflow.targets.base import AbstractTarget
-from coarseflow.targets.molecule import io, registry, symmetry, topology, zmatrix
+from coarseflow.targets.molecule import io, registry, selection, symmetry, topology, zmatrix
 from coarseflow.targets.molecule.gauge import GaugeFrame, align_to_gauge, held_coordinates
 from coarseflow.units import MOLAR_GAS_CONSTANT
 
@@ -90,10 +90,12 @@ class Molecule(AbstractTarget):
 
     def __init__(
         self,
-        pdb: str = "alanine_dipeptide",
+        pdb: str | None = None,
         forcefield: tuple[str, ...] | None = None,
         temperature: float = 300.0,
         cg_selection: str | None = None,
+        sequence: str | None = None,
+        cg_dihedrals: tuple[str, ...] | None = None,
         fixed_atoms: tuple[int, ...] | None = None,
         box_margin: float = 0.4,
         reference: str | None = None,
@@ -104,6 +106,7 @@ class Molecule(AbstractTarget):
             package; "alanine_dipeptide_implicit": openmmtools' AlanineDipeptideImplicit, Amber
             ff96 in OBC1, docs/molecules.md) or a path to a PDB file with hydrogens (relative
             to the current directory), or to an Amber prmtop with its .inpcrd beside it.
+            Default (and no ``sequence``): "alanine_dipeptide".
         forcefield: OpenMM force-field XML files (OpenMM's bundled names or paths; default
             amber99sbildn.xml + amber99_obc.xml); for a prmtop only its implicit solvent,
             "OBC1" (default), "OBC2" or "vacuum" (see forcefield.build_system).
@@ -111,7 +114,14 @@ class Molecule(AbstractTarget):
         cg_selection: mdtraj selection of the coarse-grained atoms (X). Default: for
             alanine_dipeptide the five atoms defining phi and psi,
             ``(resname ACE and name C) or (resname ALA and name N CA C) or (resname NME and
-            name N)``; for a user's PDB ``backbone`` (N, CA, C, O of every residue, caps too).
+            name N)``; for any other peptide the atoms of every backbone phi / psi
+            (``selection.default_cg_selection``); for a structure without them ``backbone``.
+        sequence: instead of ``pdb``, a peptide built from its sequence ("ACE-ALA-ALA-NME" or
+            one-letter "AA", capped with ACE / NME; ``peptide.parse_sequence``) in
+            ``forcefield``, minimised, kept in ``peptide.cache_dir()``.
+        cg_dihedrals: backbone dihedrals that must be functions of X alone: "phi" / "psi"
+            (every residue's) or one, "psi ALA2"; ConfigError naming the dihedral and the
+            atoms cg_selection leaves out. Default: nothing checked.
         fixed_atoms: 3 CG atom indices (0-based, PDB order) (a, b, c) of the gauge frame
             (see the class docstring); default: chosen automatically.
         box_margin: half-width (nm) of the flow's Cartesian box around the reference CG
@@ -126,21 +136,26 @@ class Molecule(AbstractTarget):
         checks.number("[target] temperature", temperature, 0.0, 1e5)
         checks.number("[target] box_margin", box_margin, 0.0, 10.0)
         forcefield = registry.forcefield_files(forcefield)
-        path, builtin_selection = registry.resolve_pdb(pdb)
-        if cg_selection is None:
-            cg_selection = builtin_selection or registry.DEFAULT_SELECTION
+        path, builtin_selection = registry.resolve_structure(pdb, sequence, forcefield)
 
         _, positions, system = build_system(path, forcefield)
         try:
             top = mdtraj.load_topology(path)
         except Exception as err:
             raise ConfigError(f"[target] pdb '{pdb}': mdtraj cannot read it ({err})") from None
+        if cg_selection is None:
+            cg_selection = (
+                builtin_selection
+                or selection.default_cg_selection(top)
+                or registry.DEFAULT_SELECTION
+            )
         n_atoms = int(positions.shape[0])
         if top.n_atoms != n_atoms:
             raise ConfigError(
                 f"[target] pdb '{pdb}': OpenMM reads {n_atoms} atoms, mdtraj {top.n_atoms}"
             )
         cg = topology.select_cg_atoms(top, cg_selection, n_atoms)
+        selection.check_cg_dihedrals(top, cg, cg_dihedrals, cg_selection)
         hops = topology.bond_hops(system, n_atoms)
         if fixed_atoms is None:
             fixed = topology.auto_fixed_atoms(cg, positions, hops)
