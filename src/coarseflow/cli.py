@@ -1,4 +1,4 @@
-"""coarseflow train | sample | evaluate | reference | demo.
+"""coarseflow train | sample | evaluate | reference | demo | build | inspect.
 
 User errors: one line on stderr, exit status 2.
 """
@@ -114,6 +114,8 @@ def _check_args(args) -> None:
         _check_output("-o", args.output, directory=False, suffixes=SAMPLE_SUFFIXES)
     elif args.command == "reference":
         _check_output("-o", args.output, directory=False, suffixes=(".npz",))
+    elif args.command == "build":
+        _check_output("-o", args.output, directory=False, suffixes=(".pdb",))
 
 
 def _cmd_train(args) -> int:
@@ -130,6 +132,7 @@ def _cmd_train(args) -> int:
     if not args.no_evaluate:
         summary = evaluate_run(out, progress=not args.quiet)
         _print_summary(summary)
+    _report_after(out)
     return 0
 
 
@@ -179,13 +182,57 @@ def _cmd_demo(args) -> int:
     train_from_config(config, out, resume=args.resume, progress=not args.quiet)
     summary = evaluate_run(out, progress=not args.quiet)
     _print_summary(summary)
+    _report_after(out)
     return 0
+
+
+def _cmd_report(args) -> int:
+    from coarseflow.report import write_report
+
+    print(f"report:  {write_report(args.run, evaluate=args.evaluate, progress=not args.quiet)}")
+    return 0
+
+
+def _report_after(run) -> None:
+    """RUN/report.html at the end of train / demo. The run is saved by then, so a report that
+    fails is said in one line and does not fail the command."""
+    from coarseflow.report import write_report
+
+    try:
+        print(f"report:  {write_report(run)}")
+    except Exception as err:  # noqa: BLE001 - training's results are on disk already
+        print(f"coarseflow: report not written: {type(err).__name__}: {err}", file=sys.stderr)
 
 
 def _cmd_reference(args) -> int:
     from coarseflow.reference import reference_main
 
     reference_main(args.config, args.output, quick=args.quick)
+    return 0
+
+
+def _cmd_build(args) -> int:
+    from coarseflow.targets.molecule import peptide
+    from coarseflow.targets.molecule.registry import forcefield_files
+
+    residues = peptide.parse_sequence(args.sequence, caps=not args.no_caps, where="SEQUENCE")
+    files = forcefield_files(args.forcefield)
+    path, energy = peptide.peptide_pdb(args.output, residues, files)
+    print(f"wrote {'-'.join(residues)} to {path} (minimised: {energy:.2f} kJ/mol)")
+    return 0
+
+
+def _cmd_inspect(args) -> int:
+    from coarseflow.config import build_target, load_config
+
+    target = build_target(load_config(args.config).target)
+    if type(target).__name__ == "Molecule":  # importing it needs OpenMM: only for molecules
+        from coarseflow.targets.molecule.describe import describe
+
+        print(describe(target))
+    else:
+        n_x, n_y = target.partition.n_x, target.partition.n_y
+        print(f"{type(target).__name__}: X {n_x} coordinates (coarse-grained), Y {n_y} (fast)")
     return 0
 
 
@@ -256,12 +303,43 @@ def build_parser() -> argparse.ArgumentParser:
     _add_script_flag(e)
     e.set_defaults(func=_cmd_evaluate)
 
+    rp = sub.add_parser("report", help="RUN/report.html: settings, ladder, free energies, trust")
+    rp.add_argument("run", help="run directory")
+    rp.add_argument(
+        "--evaluate", action="store_true", help="evaluate the run first (else summary.json's)"
+    )
+    rp.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_script_flag(rp)
+    rp.set_defaults(func=_cmd_report)
+
     r = sub.add_parser("reference", help="ground truth for a molecule by replica-exchange MD")
     r.add_argument("config", help="molecule config TOML ([target] kind = 'molecule')")
     r.add_argument("-o", "--output", help="output .npz (default: <config>_reference.npz)")
     r.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
     _add_script_flag(r)
     r.set_defaults(func=_cmd_reference)
+
+    b = sub.add_parser("build", help="an all-atom peptide PDB from its sequence, minimised")
+    b.add_argument("sequence", help="ACE-ALA-ALA-NME (three-letter, dashes) or AA (one-letter)")
+    b.add_argument("-o", "--output", required=True, help="output .pdb")
+    b.add_argument(
+        "--no-caps",
+        action="store_true",
+        help="one-letter sequences: charged termini instead of ACE / NME caps",
+    )
+    b.add_argument(
+        "--forcefield",
+        nargs="+",
+        metavar="XML",
+        help="OpenMM force-field files (default: amber99sbildn.xml amber99_obc.xml)",
+    )
+    _add_script_flag(b)
+    b.set_defaults(func=_cmd_build)
+
+    i = sub.add_parser("inspect", help="what a config coarse-grains: X, Y, fixed atoms, dihedrals")
+    i.add_argument("config", help="config TOML file")
+    _add_script_flag(i)
+    i.set_defaults(func=_cmd_inspect)
 
     d = sub.add_parser("demo", help="the double well end to end (about a minute on a laptop)")
     d.add_argument("--out", default="demo-run", help="run directory (default: demo-run)")
