@@ -55,7 +55,7 @@ COLUMNS = (
 )
 
 
-def variant(raw: dict, objective: str, seed: int, updates: dict) -> dict:
+def variant(raw: dict, objective: str, seed: int, updates: dict, learned: str = "gaussian") -> dict:
     raw = copy.deepcopy(raw)
     raw.setdefault("training", {}).update(updates)
     raw.setdefault("training", {})["objective"] = objective
@@ -63,7 +63,7 @@ def variant(raw: dict, objective: str, seed: int, updates: dict) -> dict:
     if objective == "fab":  # mass-covering already: no forward term
         raw["training"].pop("forward_kl_weight", None)
     raw.setdefault("model", {})["seed"] = seed
-    kind = "chains" if objective == "mean_force" else "gaussian"
+    kind = "chains" if objective == "mean_force" else learned
     raw["conditional"] = {**raw.get("conditional", {}), "kind": kind, "seed": seed}
     return raw
 
@@ -131,6 +131,11 @@ def label(row: dict) -> str:
     flowjax's random ones."""
     return (
         row["objective"]
+        + (
+            f", {row['conditional']} q(Y|X)"
+            if row.get("conditional", "gaussian") != "gaussian"
+            else ""
+        )
         + "".join(f", {k} = {v}" for k, v in row.get("settings", {}).items())
         + (" (random perm.)" if row.get("permutation") == "random" else "")
     )
@@ -205,6 +210,12 @@ def main() -> None:
         choices=("alternating", "random"),
         help="[model] permutation for every run (default: the config's)",
     )
+    p.add_argument(
+        "--conditional",
+        default="gaussian",
+        choices=("gaussian", "flow"),
+        help="[conditional] kind of the learned objectives (mean_force keeps its chains)",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "general_case")
     p.add_argument("--jsonl", type=Path, default=None, help="append every row here as it ends")
     p.add_argument("--write", type=Path, default=None, help="put the table into this markdown")
@@ -232,13 +243,17 @@ def main() -> None:
             raw.setdefault("model", {})["permutation"] = args.permutation
         for objective in args.objectives:
             for seed in args.seeds:
-                out = args.out / f"{system}-{objective}-{seed}"
+                learned = objective != "mean_force" and args.conditional != "gaussian"
+                tag = f"-{args.conditional}" if learned else ""
+                out = args.out / f"{system}-{objective}{tag}-{seed}"
+                config = variant(raw, objective, seed, {**updates, **settings}, args.conditional)
                 row = {
                     "system": system,
                     "objective": objective,
                     "seed": seed,
+                    **({"conditional": args.conditional} if learned else {}),
                     **({"settings": settings} if settings else {}),
-                    **run_one(variant(raw, objective, seed, {**updates, **settings}), out, args.n),
+                    **run_one(config, out, args.n),
                 }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
