@@ -38,6 +38,9 @@ SECTIONS = (
 
 @dataclass(frozen=True)
 class Config:
+    """A config file's settings, checked: one field per [section] (the raw [target] table,
+    turned into a target by ``build_target``), and ``raw``, the parsed TOML."""
+
     target: dict[str, Any]  # raw [target] table; build_target turns it into a Target
     model: FlowSettings
     conditional: ConditionalSettings
@@ -165,6 +168,12 @@ def parse_config(raw: dict) -> Config:
 
 
 def load_config(path) -> Config:
+    """The TOML config file ``path``, every key checked, as typed settings (:class:`Config`).
+
+    [target] file paths are made absolute (relative ones: to the working directory); a missing
+    file, bad TOML or a bad value raises :class:`~coarseflow.errors.ConfigError` naming the
+    file or the [section] key.
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path}: not found")

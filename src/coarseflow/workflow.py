@@ -232,6 +232,10 @@ def run_flows(path, betas: list[float] | None = None):
 
 
 class LoadedRun(NamedTuple):
+    """A run directory's checkpoint as :func:`load_run` returns it: the run's config, its
+    target, the flow, the learned conditional (None with the chains) and the checkpoint's
+    metadata (its beta, step, ...)."""
+
     config: Config
     target: object
     flow: eqx.Module
@@ -312,5 +316,6 @@ def write_samples(path, target, samples: Samples, beta: float) -> Path:
 
 
 def write_summary(run: RunDir, summary: dict) -> Path:
+    """``summary`` as the run's summary.json (strict JSON, written atomically); its path."""
     atomic_write_text(run.summary_path, strict_json(summary, indent=1))
     return run.summary_path

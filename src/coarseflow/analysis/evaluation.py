@@ -44,6 +44,7 @@ def reference_metrics(target, samples: Samples, beta: float) -> dict:
 
 
 def evaluation_samples_path(run: RunDir) -> Path:
+    """Where evaluation keeps the last beta's samples for the report: RUN/samples/evaluation.npz."""
     return run.samples_dir / SAMPLES_NAME
 
 
