@@ -2,7 +2,7 @@
 
 ``import coarseflow as cf`` gives the names a user needs; each is imported from its module on
 first use, so ``import coarseflow`` stays cheap and a molecule's OpenMM is loaded only for
-``cf.Molecule``::
+``cf.Molecule``:
 
     target = cf.EnergyTarget(u, cf.Partition.from_x(2, [0]), lower=-2.5, upper=2.5)
     flow = cf.make_flow(jax.random.key(0), target, cf.FlowSettings())
