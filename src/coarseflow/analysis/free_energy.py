@@ -46,10 +46,11 @@ def _band(replicates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _free_energy(p: np.ndarray, kT: float) -> np.ndarray:
-    """-kT log p, NaN where p = 0 (no sample there: unknown, not infinite)."""
-    with np.errstate(divide="ignore"):
+    """-kT log p, NaN where p = 0 (no sample there: unknown, not infinite) and where p is not
+    finite (a ratio to a state the samples missed)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
         f = -kT * np.log(p)
-    return np.where(p > 0, f, np.nan)
+    return np.where((p > 0) & np.isfinite(p), f, np.nan)
 
 
 class Profile(NamedTuple):
@@ -115,6 +116,36 @@ def surface_2d(
     return F - np.nanmin(F) if np.any(np.isfinite(F)) else F
 
 
+def surface_band(
+    values: Float[ArrayLike, "N 2"],
+    weights: Float[ArrayLike, " N"] | None,
+    edges: tuple[Float[ArrayLike, " B+1"], Float[ArrayLike, " C+1"]],
+    kT: float = 1.0,
+    *,
+    n_boot: int = N_BOOTSTRAP,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``LEVEL`` bootstrap band (lo, hi) (B, C) of :func:`surface_2d`: samples resampled
+    with their weights, each replicate's F shifted by the full sample's shift (zero at the
+    minimum), so hi - lo is how far each bin's F could move. NaN where no replicate has the
+    bin."""
+    v = np.asarray(values, dtype=np.float64)
+    w = _weights(weights, v.shape[0])
+    h, xe, ye = np.histogram2d(v[:, 0], v[:, 1], bins=edges, weights=w)
+    area = np.diff(xe)[:, None] * np.diff(ye)[None, :]
+    if h.sum() <= 0:
+        nan = np.full(h.shape, np.nan)
+        return nan, nan
+    F = _free_energy(h / (h.sum() * area), kT)
+    shift = np.nanmin(F)
+    boot = []
+    for idx in _bootstrap_indices(v.shape[0], n_boot, seed):
+        hb = np.histogram2d(v[idx, 0], v[idx, 1], bins=edges, weights=w[idx])[0]
+        boot.append(_free_energy(hb / (hb.sum() * area), kT) if hb.sum() > 0 else h * np.nan)
+    lo, hi = _band(np.array(boot))
+    return lo - shift, hi - shift
+
+
 class Populations(NamedTuple):
     """State populations (S,) and free energies dF (S,) relative to the most populated state,
     each with its ``LEVEL`` bootstrap interval (lo, hi) (S,)."""
@@ -133,12 +164,15 @@ def populations(
     weights: Float[ArrayLike, " N"] | None,
     kT: float = 1.0,
     *,
+    ref_state: int | None = None,
     n_boot: int = N_BOOTSTRAP,
     seed: int = 0,
 ) -> Populations:
     """Weighted fraction of the samples in each state 0..n_states-1 and dF_i = -kT log(p_i /
-    p_ref) (ref: the most populated state), with bootstrap intervals. A state no replicate
-    visits has dF = NaN (at least the interval's upper end is then unknown)."""
+    p_ref) (ref: ``ref_state``, by default the most populated state; give it to compare dF with
+    another estimate's on one footing), with bootstrap intervals. A state no replicate visits has
+    dF = NaN (at least the interval's upper end is then unknown), and so has every state when
+    the samples miss the ref state."""
     lab = np.asarray(labels, dtype=np.int64).reshape(-1)
     w = _weights(weights, lab.size)
 
@@ -147,9 +181,9 @@ def populations(
         return mass / mass.sum()
 
     p = pops(np.arange(lab.size))
-    ref = int(np.argmax(p))
+    ref = int(np.argmax(p)) if ref_state is None else int(ref_state)
     boot = np.array([pops(i) for i in _bootstrap_indices(lab.size, n_boot, seed)])
-    dF = _free_energy(p / p[ref], kT)
-    with np.errstate(divide="ignore", invalid="ignore"):  # a replicate without the ref state
+    with np.errstate(divide="ignore", invalid="ignore"):  # samples without the ref state
+        dF = _free_energy(p / p[ref], kT)
         dF_boot = _free_energy(boot / boot[:, ref : ref + 1], kT)
     return Populations(p, *_band(boot), dF, *_band(dF_boot))

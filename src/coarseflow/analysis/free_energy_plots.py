@@ -41,31 +41,50 @@ def surface_figure(
     """Filled contours of each panel's F (B, C) on ``edges`` (bins of names[0] x names[1]), one
     shared colour scale from 0 to ``f_max`` (in ``unit``), contour lines at its levels; empty
     bins are blank."""
-    fig, axes = _figure(len(panels), (4.4, 3.8))
+    fig = Figure(figsize=(4.4 * len(panels), 3.8), layout="constrained")
+    FigureCanvasAgg(fig)
+    draw_surfaces(fig, edges, panels, names, unit, f_max)
+    return fig
+
+
+def draw_surfaces(fig, edges, panels, names, unit, f_max) -> None:
+    """:func:`surface_figure`'s panels drawn into ``fig`` (a Figure or SubFigure)."""
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
     centers = [0.5 * (e[1:] + e[:-1]) for e in edges]
     levels = np.linspace(0.0, f_max, 13)
     filled = None
     for ax, (title, F) in zip(axes, panels, strict=True):
         shown = np.where(F <= f_max, F, np.nan).T  # contourf wants (rows = y, columns = x)
-        filled = ax.contourf(*centers, shown, levels=levels, cmap="viridis")
-        ax.contour(*centers, shown, levels=levels[1::2], colors="k", linewidths=0.5)
+        if np.any(np.isfinite(shown)):  # contourf of nothing draws nothing and warns
+            filled = ax.contourf(*centers, shown, levels=levels, cmap="viridis")
+            ax.contour(*centers, shown, levels=levels[1::2], colors="k", linewidths=0.5)
         ax.set_title(title)
         ax.set_xlabel(names[0])
         ax.set_ylabel(names[1])
         ax.set_xlim(edges[0][0], edges[0][-1])
         ax.set_ylim(edges[1][0], edges[1][-1])
-    fig.colorbar(filled, ax=list(axes), label=f"F ({unit})", shrink=0.9)
-    return fig
+    if filled is not None:
+        fig.colorbar(filled, ax=list(axes), label=f"F ({unit})", shrink=0.9)
 
 
 def profile_figure(
     profiles: Sequence[tuple[str, Profile, Profile | None, tuple[np.ndarray, np.ndarray] | None]],
     unit: str,
     f_max: float,
+    kT: float | None = None,
 ) -> Figure:
     """One panel per variable: (name, the model's profile with its band, the profile of
-    reference samples (or None), an exact curve (grid, F) (or None))."""
-    fig, axes = _figure(len(profiles), (4.2, 3.0))
+    reference samples (or None), an exact curve (grid, F) (or None)). With ``kT`` (in
+    ``unit``) and a unit other than kT, a right-hand axis reads F in kT."""
+    fig = Figure(figsize=(4.2 * len(profiles), 3.0), layout="constrained")
+    FigureCanvasAgg(fig)
+    draw_profiles(fig, profiles, unit, f_max, kT)
+    return fig
+
+
+def draw_profiles(fig, profiles, unit, f_max, kT=None) -> None:
+    """:func:`profile_figure`'s panels drawn into ``fig`` (a Figure or SubFigure)."""
+    axes = fig.subplots(1, len(profiles), squeeze=False)[0]
     for ax, (name, model, ref, exact) in zip(axes, profiles, strict=True):
         ax.fill_between(
             model.centers,
@@ -84,7 +103,33 @@ def profile_figure(
         ax.set_ylim(-0.05 * f_max, f_max)
         ax.set_xlabel(name)
         ax.set_ylabel(f"F ({unit})")
+        if kT is not None and unit != "kT":
+            ax.secondary_yaxis(
+                "right", functions=(lambda f, c=kT: f / c, lambda t, c=kT: t * c)
+            ).set_ylabel("F (kT)")
         ax.legend(fontsize="small")
+
+
+def surface_and_profiles_figure(
+    edges: tuple[np.ndarray, np.ndarray],
+    panels: Sequence[tuple[str, np.ndarray]],
+    names: tuple[str, str],
+    profiles: Sequence,
+    unit: str,
+    f_max: float,
+    kT: float | None = None,
+    title: str = "",
+) -> Figure:
+    """:func:`surface_figure` above :func:`profile_figure` in one figure (the evaluation's
+    per-residue free-energy figure)."""
+    width = 4.4 * max(len(panels), len(profiles))
+    fig = Figure(figsize=(width, 7.0), layout="constrained")
+    FigureCanvasAgg(fig)
+    top, bottom = fig.subfigures(2, 1, height_ratios=(3.8, 3.0))
+    draw_surfaces(top, edges, panels, names, unit, f_max)
+    draw_profiles(bottom, profiles, unit, f_max, kT)
+    if title:
+        fig.suptitle(title)
     return fig
 
 

@@ -16,12 +16,10 @@ import numpy as np
 from coarseflow.analysis import free_energy as fe
 from coarseflow.analysis import free_energy_plots as fplots
 from coarseflow.analysis import metrics
+from coarseflow.analysis import panel_free_energy as pfe
 from coarseflow.analysis.plots import training_curves_figure
 from coarseflow.analysis.reports import AbstractReport
-from coarseflow.analysis.trust import Verdict, weight_verdict
-
-PROFILE_BINS = 60
-SURFACE_BINS = 50
+from coarseflow.analysis.trust import Verdict, entry_verdict, warning_line
 
 STYLE = """
 body { font-family: sans-serif; max-width: 1100px; margin: 1.5em auto; padding: 0 1em;
@@ -125,13 +123,7 @@ def _weights_of(entry: Mapping | None, log_w: np.ndarray | None) -> dict | None:
 
 
 def verdict_of(entry: Mapping) -> Verdict:
-    return weight_verdict(
-        int(entry["n_samples"]),
-        float(entry["ess"]),
-        entry.get("pareto_k"),
-        entry.get("max_weight_ratio"),
-        int(entry.get("n_nonfinite_log_weights") or 0),
-    )
+    return entry_verdict(entry)
 
 
 def _trust_section(inputs: ReportInputs, log_w) -> tuple[str, Verdict | None]:
@@ -232,54 +224,37 @@ def _training_section(inputs: ReportInputs) -> str:
     return out + _figure(training_curves_figure(inputs.records), "training curves")
 
 
-def _free_energy_sections(inputs: ReportInputs, w: np.ndarray) -> str:
-    """Free-energy surface and profiles on the CG variables, and the states' populations."""
+def _free_energy_sections(inputs: ReportInputs, w: np.ndarray, verdict: Verdict | None) -> str:
+    """Free-energy surfaces and profiles on the CG variables and the states' populations, a
+    block per panel of the target's report (a peptide: one per residue); the weights' warning
+    above them when they make the numbers untrustworthy."""
     s, report = inputs.samples, inputs.report
     beta = float(s["beta"])
     kT_unit, unit = report.energy_unit()
     kT = kT_unit / beta
-    f_max = fplots.F_MAX * kT_unit
     out = [
         "<h2>Free energy on the CG variables</h2>",
         f"<p>Reweighted by the importance weights, beta = {beta:.4g}; F = -kT log p in {unit} "
         f"(kT = {_num(kT, 4)} {unit}), zero at the minimum. Bands and intervals: 90 % "
         f"bootstrap over the {len(w):,} samples.</p>",
     ]
-    variables = report.variables(s["x"], s["X"], beta)
-    ok = w > 0
-    for v in variables:
-        ok &= np.isfinite(v.values)
-    if not ok.any() or not variables:
-        return "".join(out) + "<p>No sample with a finite weight and finite variables.</p>"
-    if len(variables) >= 2:
-        a, b = variables[:2]
-        edges = (np.linspace(*a.range, SURFACE_BINS + 1), np.linspace(*b.range, SURFACE_BINS + 1))
-        model = fe.surface_2d(np.stack([a.values, b.values], 1)[ok], w[ok], edges, kT)
-        panels = [("reweighted model", model)]
-        exact = report.reference_log_density_2d(beta)
-        if exact is not None:
-            cx, cy = (0.5 * (e[1:] + e[:-1]) for e in edges)
-            g = np.stack(np.meshgrid(cx, cy, indexing="ij"), -1).reshape(-1, 2)
-            F = -kT * np.asarray(exact(g), dtype=np.float64).reshape(cx.size, cy.size)
-            panels.append(("exact", F - np.nanmin(F)))
-        elif a.reference is not None and b.reference is not None:
-            ref = np.stack([a.reference, b.reference], 1)
-            panels.append(("reference", fe.surface_2d(ref, None, edges, kT)))
-        fig = fplots.surface_figure(edges, panels, (a.name, b.name), unit, f_max)
-        out.append(_figure(fig, "free-energy surface"))
-    profiles = []
-    for v in variables:
-        edges = np.linspace(*v.range, PROFILE_BINS + 1)
-        prof = fe.profile_1d(v.values[ok], w[ok], edges, kT)
-        ref = None if v.reference is None else fe.profile_1d(v.reference, None, edges, kT, n_boot=0)
-        exact = None
-        if v.exact_log_density is not None:
-            exact = fplots.exact_curve(v.exact_log_density, v.range, kT)
-        profiles.append((v.name, prof, ref, exact))
-    out.append(_figure(fplots.profile_figure(profiles, unit, f_max), "free-energy profiles"))
-    states = report.states(s["x"], s["X"], beta)
-    if states is not None:
-        out.append(_states_table(states, ok, w, kT, unit))
+    warning = None if verdict is None else warning_line(verdict)
+    if warning is not None:
+        out.append(f'<p class="verdict {verdict.level}">{_e(warning)}</p>')
+    exact_2d = report.reference_log_density_2d(beta)
+    for panel in report.panels(s["x"], s["X"], beta):
+        if panel.title:
+            out.append(f"<h3>{_e(panel.title)}</h3>")
+        ok = pfe.usable(panel.variables, w)
+        surface, profiles = pfe.panel_figures(panel, w, kT, unit, exact_2d)
+        if profiles is None:
+            out.append("<p>No sample with a finite weight and finite variables.</p>")
+            continue
+        if surface is not None:
+            out.append(_figure(surface, f"free-energy surface {panel.title}".strip()))
+        out.append(_figure(profiles, f"free-energy profiles {panel.title}".strip()))
+        if panel.states is not None:
+            out.append(_states_table(panel.states, ok, w, kT, unit))
     return "".join(out)
 
 
@@ -288,18 +263,23 @@ def _interval(v, lo, hi, digits=3) -> str:
 
 
 def _states_table(states, ok, w, kT: float, unit: str) -> str:
-    pops = fe.populations(states.labels[ok], len(states.names), w[ok], kT)
+    """Populations and dF with their intervals; dF relative to the reference's most populated
+    state where there is a reference (so both columns share it), else the model's."""
     ref = states.reference
+    anchor = None if ref is None else int(np.argmax(ref))
+    pops = fe.populations(states.labels[ok], len(states.names), w[ok], kT, ref_state=anchor)
+    anchor = int(np.argmax(pops.p)) if anchor is None else anchor
     ref_dF = None
     if ref is not None:
         with np.errstate(divide="ignore"):
-            ref_dF = -kT * np.log(ref / ref[int(np.argmax(pops.p))])
+            ref_dF = -kT * np.log(ref / ref[anchor])
     rows = []
     for i, name in enumerate(states.names):
         row = [
             name,
             _interval(pops.p[i], pops.p_lo[i], pops.p_hi[i]),
             _interval(pops.dF[i], pops.dF_lo[i], pops.dF_hi[i]),
+            _interval(pops.dF[i] / kT, pops.dF_lo[i] / kT, pops.dF_hi[i] / kT),
         ]
         if ref is not None:
             err = None if states.reference_err is None else states.reference_err[i]
@@ -308,7 +288,12 @@ def _states_table(states, ok, w, kT: float, unit: str) -> str:
             inside = pops.p_lo[i] - (err or 0) <= ref[i] <= pops.p_hi[i] + (err or 0)
             row.append("yes" if inside else "no")
         rows.append(row)
-    header = ["state", "population [90 % interval]", f"dF ({unit}) [90 % interval]"]
+    header = [
+        "state",
+        "population [90 % interval]",
+        f"dF ({unit}) [90 % interval]",
+        "dF (kT) [90 % interval]",
+    ]
     if ref is not None:
         header += [
             f"population ({states.reference_kind})",
@@ -317,8 +302,9 @@ def _states_table(states, ok, w, kT: float, unit: str) -> str:
         ]
     return (
         "<h3>States: populations and free-energy differences</h3>"
-        f"<p>dF relative to the most populated state ({_e(states.names[int(np.argmax(pops.p))])})."
-        "</p>" + _table(header, rows)
+        f"<p>dF relative to {_e(states.names[anchor])}"
+        f"{' (the most populated in the reference)' if ref is not None else ''}.</p>"
+        + _table(header, rows)
     )
 
 
@@ -383,7 +369,7 @@ def render(inputs: ReportInputs) -> str:
             np.asarray(metrics.normalized_weights(np.where(np.isnan(log_w), -np.inf, log_w))),
             nan=0.0,
         )
-        body.append(_free_energy_sections(inputs, w))
+        body.append(_free_energy_sections(inputs, w, verdict))
     body += [trust, _cost_section(inputs), _evaluation_section(inputs)]
     if inputs.version:
         body.append(f"<p><small>{_e(inputs.version)}</small></p>")

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import ArrayLike, Float, Int
 
-from coarseflow.analysis.metrics import weighted_mean_stderr
+from coarseflow.analysis.ramachandran import GENERAL
 from coarseflow.forcefield.geometry import dihedrals
 from coarseflow.targets.backbone import phi_psi_indices
 
@@ -139,54 +139,21 @@ def rmsd(
 
 
 # ---- Ramachandran basins -----------------------------------------------------------------------
+# alanine's (the general residue class's); analysis/ramachandran.py has every residue class's
 
-BASINS: tuple[str, ...] = ("C5", "C7eq/PII", "alpha_R", "alpha_L", "C7ax")
-"""Names of the alanine-dipeptide Ramachandran basins; label len(BASINS) is "other".
+BASINS: tuple[str, ...] = GENERAL.basins
+"""Names of the general (alanine) Ramachandran basins; label len(BASINS) is "other".
 
 Each basin is a union of rectangles [phi_lo, phi_hi) x [psi_lo, psi_hi) in degrees, angles
-wrapped to [-180, 180) (``BASIN_RECTANGLES``). The left half of the plane is phi in [-180, 0)
-together with [120, 180) (the beta region wraps over phi = 180); the right half is phi in
-[0, 120):
-
-============  ========================================  ==========================================
-basin          phi (deg)                                 psi (deg)
-============  ========================================  ==========================================
-C5             [-180, -120) or [120, 180)                [50, 180) or [-180, -150)
-C7eq/PII       [-120, 0)                                 [50, 180) or [-180, -150)
-alpha_R        [-180, 0) or [120, 180)                   [-150, 50)
-alpha_L        [0, 120)                                  [-10, 150)
-C7ax           [0, 120)                                  [-150, -10)
-other          [0, 120)                                  [150, 180) or [-180, -150)
-============  ========================================  ==========================================
-
-The boundaries follow the barriers of the (phi, psi) free-energy surface of alanine dipeptide in
-implicit solvent (Amber99SB-ILDN + OBC): the beta region splits at phi = -120 into extended C5
-and polyproline/C7eq; the phi > 0 states (reached only over the phi ~ 0 and phi ~ 120 barriers)
-split at psi = -10 into alpha_L and C7ax. Every point of the plane is in exactly one basin or in
-"other".
+wrapped to [-180, 180) (``BASIN_RECTANGLES``); the table and the source of the boundaries are in
+:data:`coarseflow.analysis.ramachandran.GENERAL`. Glycine, proline and pre-proline residues have
+their own sets (``ramachandran.BASIN_SETS``, picked by ``ramachandran.residue_class``).
 """
 
-_LEFT = ((-180.0, 0.0), (120.0, 180.0))
-_UPPER = ((50.0, 180.0), (-180.0, -150.0))
-
-
-def _product(phis, psis):
-    return tuple((a, b) for a in phis for b in psis)
-
-
-BASIN_RECTANGLES: dict[str, tuple[tuple[tuple[float, float], tuple[float, float]], ...]] = {
-    "C5": _product(((-180.0, -120.0), (120.0, 180.0)), _UPPER),
-    "C7eq/PII": _product(((-120.0, 0.0),), _UPPER),
-    "alpha_R": _product(_LEFT, ((-150.0, 50.0),)),
-    "alpha_L": _product(((0.0, 120.0),), ((-10.0, 150.0),)),
-    "C7ax": _product(((0.0, 120.0),), ((-150.0, -10.0),)),
-}
+BASIN_RECTANGLES: dict[str, tuple[tuple[tuple[float, float], tuple[float, float]], ...]] = dict(
+    zip(GENERAL.basins, GENERAL.boxes, strict=True)
+)
 """Each basin's rectangles ((phi_lo, phi_hi), (psi_lo, psi_hi)) in degrees, half-open."""
-
-
-def _wrap_degrees(angle_rad) -> np.ndarray:
-    deg = np.degrees(np.asarray(angle_rad, dtype=np.float64))
-    return (deg + 180.0) % 360.0 - 180.0
 
 
 def basin_labels(phi: Float[ArrayLike, "*batch"], psi: Float[ArrayLike, "*batch"]) -> np.ndarray:
@@ -194,14 +161,7 @@ def basin_labels(phi: Float[ArrayLike, "*batch"], psi: Float[ArrayLike, "*batch"
 
     NumPy int64 array of the broadcast shape of phi and psi. Non-finite angles are "other".
     """
-    phi_d, psi_d = np.broadcast_arrays(_wrap_degrees(phi), _wrap_degrees(psi))
-    labels = np.full(phi_d.shape, len(BASINS), dtype=np.int64)
-    for k, name in enumerate(BASINS):
-        inside = np.zeros(phi_d.shape, dtype=bool)
-        for (a0, a1), (b0, b1) in BASIN_RECTANGLES[name]:
-            inside |= (phi_d >= a0) & (phi_d < a1) & (psi_d >= b0) & (psi_d < b1)
-        labels = np.where(inside & (labels == len(BASINS)), k, labels)
-    return labels
+    return GENERAL.labels(phi, psi)
 
 
 def basin_populations(
@@ -214,19 +174,8 @@ def basin_populations(
     ``phi``, ``psi``: (N,) radians; ``weights``: (N,) non-negative (e.g. normalised importance
     weights), None for equal weights. The values sum to 1.
     """
-    labels = basin_labels(phi, psi).reshape(-1)
-    if labels.size == 0:
-        raise ValueError("phi, psi: expected at least one sample")
-    if weights is None:
-        w = np.ones(labels.size)
-    else:
-        w = np.asarray(weights, dtype=np.float64).reshape(-1)
-        if w.shape != labels.shape:
-            raise ValueError(f"weights: expected {labels.size} weights, got shape {w.shape}")
-        if not np.all(np.isfinite(w)) or np.any(w < 0) or w.sum() <= 0:
-            raise ValueError("weights: expected finite non-negative weights with a positive sum")
-    mass = np.bincount(labels, weights=w, minlength=len(BASINS) + 1) / w.sum()
-    return {name: float(m) for name, m in zip((*BASINS, "other"), mass, strict=True)}
+    pops = GENERAL.populations(phi, psi, weights)
+    return {name: float(m) for name, m in zip(GENERAL.names, pops, strict=True)}
 
 
 def basin_population_errors(
@@ -236,7 +185,5 @@ def basin_population_errors(
 ) -> dict[str, float]:
     """Standard error of each of :func:`basin_populations` (weighted, as for importance
     weights): metrics.weighted_mean_stderr of the basin's indicator."""
-    labels = basin_labels(phi, psi).reshape(-1)
-    onehot = labels[:, None] == np.arange(len(BASINS) + 1)[None, :]
-    err = weighted_mean_stderr(onehot, weights)
-    return {name: float(e) for name, e in zip((*BASINS, "other"), err, strict=True)}
+    err = GENERAL.population_errors(phi, psi, weights)
+    return {name: float(e) for name, e in zip(GENERAL.names, err, strict=True)}

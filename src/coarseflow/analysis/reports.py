@@ -50,6 +50,16 @@ class States(NamedTuple):
     reference_kind: str = ""
 
 
+class Panel(NamedTuple):
+    """One block of the HTML report's free energies: a ``title`` ("" for a target's only one,
+    else e.g. the residue), the ``variables`` it draws (a surface on the first two, a profile
+    of each) and the ``states`` it tabulates (None: none)."""
+
+    title: str
+    variables: list[Variable]
+    states: States | None
+
+
 class AbstractReport(eqx.Module):
     """Metrics and figures of one target's samples, beyond the ESS that every target gets;
     the CG variables and states that the HTML report draws free energies on."""
@@ -76,6 +86,11 @@ class AbstractReport(eqx.Module):
     def states(self, x: np.ndarray, X: np.ndarray, beta: float) -> States | None:
         """The target's metastable states, if it has a handful of them."""
         return None
+
+    def panels(self, x: np.ndarray, X: np.ndarray, beta: float) -> list[Panel]:
+        """The free-energy blocks of the HTML report: by default one, of :meth:`variables` and
+        :meth:`states`; a peptide has one per residue."""
+        return [Panel("", self.variables(x, X, beta), self.states(x, X, beta))]
 
     @abc.abstractmethod
     def metrics(self, samples, weights: np.ndarray, beta: float) -> dict:

@@ -11,7 +11,10 @@ said as what it is: a tail shape the sample cannot settle, not a broken estimate
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import NamedTuple
+
+import numpy as np
 
 # a largest weight up to this many times the mean moves any self-normalised mean by at most
 # MAX_RATIO / N of its range: 1 % at N = 1000
@@ -92,3 +95,49 @@ def weight_verdict(
             " (an infinite energy, or a sample outside the conditional's domain)."
         )
     return Verdict(level, sentence)
+
+
+# the levels at which reweighted numbers must not be read without a warning beside them: "tail"
+# is left out, since no sample then moves an estimate by more than MAX_RATIO / N
+WARN_LEVELS = ("bad", "noisy")
+
+
+def entry_verdict(entry: Mapping) -> Verdict:
+    """The verdict of one evaluated checkpoint's diagnostics as summary.json stores them
+    (n_samples, ess, pareto_k, max_weight_ratio, n_nonfinite_log_weights)."""
+    return weight_verdict(
+        int(entry["n_samples"]),
+        float(entry["ess"]),
+        entry.get("pareto_k"),
+        entry.get("max_weight_ratio"),
+        int(entry.get("n_nonfinite_log_weights") or 0),
+    )
+
+
+def log_weight_verdict(log_weights) -> Verdict:
+    """The verdict of log importance weights (N,) (non-finite ones count as zero weight)."""
+    from coarseflow.analysis import metrics  # metrics imports jax: only where weights are given
+
+    lw = np.asarray(log_weights, dtype=np.float64).reshape(-1)
+    return weight_verdict(
+        int(lw.size),
+        float(metrics.ess(lw)),
+        metrics.pareto_k(lw),
+        metrics.max_weight_ratio(lw),
+        int(np.sum(~np.isfinite(lw))),
+    )
+
+
+def warning_line(verdict: Verdict) -> str | None:
+    """One line to print beside reweighted numbers when the weights make them untrustworthy
+    (level in WARN_LEVELS); None when they can be read as they are."""
+    if verdict.level not in WARN_LEVELS:
+        return None
+    return f"WARNING: do not trust the reweighted numbers as they are. {verdict.sentence}"
+
+
+def entry_warning(entry: Mapping) -> str | None:
+    """:func:`warning_line` of a summary.json entry; None where it lacks the diagnostics."""
+    if not isinstance(entry, Mapping) or "ess" not in entry or "n_samples" not in entry:
+        return None
+    return warning_line(entry_verdict(entry))
