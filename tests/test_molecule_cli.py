@@ -227,3 +227,21 @@ def test_bad_molecule_input(tmp_path, case):
     out = tmp_path / "run"
     assert_user_error(run_cli("train", str(cfg), "--out", str(out), "--quiet"), fragment)
     assert not list(out.glob("checkpoints/*"))
+
+
+def test_sample_npz_pdb_dcd_from_one_draw(ala2_run, tmp_path):
+    """-o s.npz -o s.pdb -o s.dcd: one draw, every file's frame i is sample i, and
+    s.weights.txt's line i is its weight (the .dcd's topology does not clobber the .pdb)."""
+    out = [tmp_path / f"s{suffix}" for suffix in (".npz", ".pdb", ".dcd")]
+    argv = ["sample", str(ala2_run), "-n", str(N), "--quiet"]
+    assert main(argv + [a for p in out for a in ("-o", str(p))]) == 0
+    with np.load(out[0]) as f:
+        x, log_w = f["x"], f["log_weights"]
+    pdb = mdtraj.load(str(out[1]))
+    dcd = mdtraj.load(str(out[2]), top=str(out[1]))
+    assert pdb.n_frames == dcd.n_frames == N == len(x)
+    np.testing.assert_allclose(pdb.xyz, x, atol=1e-3)  # PDB: 0.01 Angstrom
+    np.testing.assert_allclose(dcd.xyz, x, atol=1e-5)
+    weights = np.loadtxt(tmp_path / "s.weights.txt")
+    np.testing.assert_array_equal(weights[:, 0], np.arange(N))
+    np.testing.assert_array_equal(weights[:, 1], log_w)

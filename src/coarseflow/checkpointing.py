@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import equinox as eqx
 
+from coarseflow.progress import compiling
 from coarseflow.runs import RunDir, all_finite
 from coarseflow.training import (
     Callbacks,
@@ -101,14 +102,30 @@ def train_into(
                 start.state.params, init((flow, conditional), training)[1]
             )
             return TrainResult(flow, conditional, list(start.betas))
-        return train(
-            target,
-            flow,
-            schedule,
-            training,
-            chains,
-            conditional=conditional,
-            start=start,
-            callbacks=RunRecorder(run),
-            **kwargs,
-        )
+        programs = training_programs(training)
+        with compiling("training", kwargs.get("progress", True), names=programs):
+            return train(
+                target,
+                flow,
+                schedule,
+                training,
+                chains,
+                conditional=conditional,
+                start=start,
+                callbacks=RunRecorder(run),
+                **kwargs,
+            )
+
+
+def training_programs(training) -> dict[str, str]:
+    """train()'s jitted functions that take a molecule minutes to compile, in words: each
+    compile of one is said as it starts and with its duration (progress.compiling), so the
+    bar's minutes at 0 % are explained. A renamed one is only compiled without a word."""
+    update = f"(batch {training.batch_size})"
+    return {
+        "_fab_batch": f"fab's AIS batch {update}",
+        "_gradients": f"the update's gradient {update}",
+        "_joint_forward": f"the forward term's gradient {update}",
+        "_apply": "the optimiser step",
+        "_energies_of_samples": f"the ladder's samples ({training.tempering_samples})",
+    }

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import jax.random as jr
 import numpy as np
-from tqdm.auto import tqdm
 
 from coarseflow.analysis import metrics, plots
 from coarseflow.analysis.reports import report_for
 from coarseflow.predict import Samples, draw_samples, log_partition_estimate, refine
+from coarseflow.progress import Progress
 from coarseflow.runs import RunDir, atomic_write_bytes
 
 # the last checkpoint's evaluated samples, kept for the HTML report (coarseflow/report.py)
@@ -99,9 +99,13 @@ def _evaluate(
     n_final = config.prediction.n_samples if n_samples is None else n_samples
     n_ladder = min(n_final, config.prediction.ladder_samples or n_final)
     per_beta, by_beta = [], {}
-    for i, (meta, (flow, conditional)) in enumerate(
-        tqdm(flows, desc="evaluate", disable=not progress)
-    ):
+    # one batch shape for every checkpoint (the ladder's fewer samples cut from it): the
+    # sampler compiles once, not again for each n
+    rows = min(config.prediction.batch_size, n_final)
+    refining = flows[-1][1][1] is not None and prediction.refine_steps > 0
+    total = n_ladder * (len(flows) - 1) + n_final * (1 + refining)
+    bar = Progress(total, "evaluate", show=progress)
+    for i, (meta, (flow, conditional)) in enumerate(flows):
         n = n_final if i == len(flows) - 1 else n_ladder
         s = draw_samples(
             jr.key(seed),
@@ -111,6 +115,8 @@ def _evaluate(
             config.prediction,
             n=n,
             conditional=conditional,
+            batch=rows,
+            progress=bar,
         )
         per_beta.append(
             reference_metrics(target, s, meta["beta"])
@@ -126,11 +132,14 @@ def _evaluate(
         )
         by_beta[meta["beta"]] = s
     meta, (flow, conditional) = flows[-1]
-    if conditional is not None and prediction.refine_steps > 0:
+    if refining:
         # the sampled model refined by AIS toward p: its own ESS, Pareto k, log Z, errors
         beta = meta["beta"]
-        refined, info = refine(jr.key(seed), flow, conditional, target, beta, prediction, n=n_final)
+        refined, info = refine(
+            jr.key(seed), flow, conditional, target, beta, prediction, n=n_final, progress=bar
+        )
         per_beta[-1]["refined"] = reference_metrics(target, refined, beta) | info
+    bar.close()
     figures = _figures(run, target, by_beta)
     samples_path = _save_samples(run, by_beta[meta["beta"]], meta["beta"])
     summary = {

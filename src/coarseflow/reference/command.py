@@ -17,6 +17,7 @@ import numpy as np
 
 from coarseflow.analysis.observables import BASINS, basin_labels
 from coarseflow.errors import ConfigError
+from coarseflow.progress import compiling
 from coarseflow.reference.molecule import ReferenceMolecule
 from coarseflow.reference.npz import write_reference
 from coarseflow.reference.openmm_check import compare_with_openmm, openmm_check
@@ -36,6 +37,26 @@ def _machine() -> str:
     return (
         f"{platform.machine()}, {os.cpu_count()} CPU cores visible, JAX {jax.__version__} "
         f"on {device.platform} ({device.device_kind})"
+    )
+
+
+def _replica_exchange(mol, temperatures, settings, dtype, progress: bool):
+    """run_replica_exchange on ``mol`` with [reference]'s settings."""
+    return run_replica_exchange(
+        mol.forcefield_jax.energy,
+        mol.observe,
+        jnp.asarray(mol.positions, dtype),
+        jnp.asarray(mol.masses, dtype),
+        temperatures,
+        n_chains=settings.n_chains,
+        time_step=settings.time_step_ps,
+        friction=settings.friction_per_ps,
+        n_steps=settings.n_steps,
+        burn_in_steps=settings.burn_in_steps,
+        record_every=settings.record_every,
+        exchange_every=settings.exchange_every,
+        key=jax.random.key(settings.seed),
+        progress=progress,
     )
 
 
@@ -78,22 +99,10 @@ def run_reference(
     temperatures = temperature_ladder(mol.temperature, settings.t_max, settings.n_replicas)
     dtype = jnp.float32 if settings.dtype == "float32" else jnp.float64
 
-    result = run_replica_exchange(
-        mol.forcefield_jax.energy,
-        mol.observe,
-        jnp.asarray(mol.positions, dtype),
-        jnp.asarray(mol.masses, dtype),
-        temperatures,
-        n_chains=settings.n_chains,
-        time_step=settings.time_step_ps,
-        friction=settings.friction_per_ps,
-        n_steps=settings.n_steps,
-        burn_in_steps=settings.burn_in_steps,
-        record_every=settings.record_every,
-        exchange_every=settings.exchange_every,
-        key=jax.random.key(settings.seed),
-        progress=progress,
-    )
+    # the bar counts steps from the start: the block's compile is said above it
+    words = {"block": f"the replica-exchange block ({len(temperatures)} x {settings.n_chains})"}
+    with compiling("replica exchange", progress, names=words):
+        result = _replica_exchange(mol, temperatures, settings, dtype, progress)
     rec = result.records
     phi, psi = rec["phi"], rec["psi"]  # (n_records, C, m)
     energy, rg = rec["energy"], rec["rg"]  # (n_records, C)
