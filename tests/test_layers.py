@@ -21,7 +21,13 @@ PACKAGE = SRC / "coarseflow"
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
         "foundation",
-        ("coarseflow.errors", "coarseflow.checks", "coarseflow.units", "coarseflow.data"),
+        (
+            "coarseflow.errors",
+            "coarseflow.checks",
+            "coarseflow.units",
+            "coarseflow.data",
+            "coarseflow.progress",
+        ),
     ),
     # physics and numerics that know no target and no model
     (
@@ -32,6 +38,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "coarseflow.samplers",
             "coarseflow.tempering",
             "coarseflow.optim",
+            "coarseflow.parallel",
         ),
     ),
     # what is sampled and what samples it: a molecule's X is a model.internal Z-matrix, and

@@ -13,6 +13,13 @@ from pathlib import Path
 
 from coarseflow.errors import ConfigError
 
+# XLA's C++ logging (not Python's) writes to stderr, e.g. "Very slow compile? If you want to
+# file a bug ..." at LOG(ERROR) during a molecule's minutes-long compile: noise to a user, who
+# sees the compile stage's own line instead. Its level is read from the environment when XLA
+# logs first, so it is set here, before anything imports jax; TF_CPP_MIN_LOG_LEVEL=0 in the
+# environment shows every line again (errors that matter reach Python as exceptions).
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
 SAMPLE_SUFFIXES = (".npz", ".pdb", ".dcd")
 
 
@@ -111,7 +118,8 @@ def _check_args(args) -> None:
     if args.command in ("train", "demo"):
         _check_output("--out", args.out, directory=True)
     elif args.command == "sample":
-        _check_output("-o", args.output, directory=False, suffixes=SAMPLE_SUFFIXES)
+        for output in args.output or ():
+            _check_output("-o", output, directory=False, suffixes=SAMPLE_SUFFIXES)
     elif args.command == "reference":
         _check_output("-o", args.output, directory=False, suffixes=(".npz",))
     elif args.command == "build":
@@ -121,12 +129,15 @@ def _check_args(args) -> None:
 def _cmd_train(args) -> int:
     from coarseflow.analysis.evaluation import evaluate_run
     from coarseflow.config import load_config
+    from coarseflow.parallel import data_mesh
     from coarseflow.workflow import train_from_config
 
     config = load_config(args.config)
     out = Path(args.out) if args.out is not None else Path("runs") / Path(args.config).stem
+    mesh = data_mesh(args.devices)
+    _print_device(None if mesh is None else list(mesh.devices.flat))
     result = train_from_config(
-        config, out, resume=args.resume, progress=not args.quiet, init=args.init
+        config, out, resume=args.resume, progress=not args.quiet, init=args.init, mesh=mesh
     )
     print(f"trained {len(result.betas)} betas up to beta = {result.betas[-1]:.4g}; run: {out}")
     if not args.no_evaluate:
@@ -138,29 +149,44 @@ def _cmd_train(args) -> int:
 
 def _cmd_sample(args) -> int:
     from coarseflow.analysis.metrics import ess, pareto_k
-    from coarseflow.workflow import sample_run, write_samples
+    from coarseflow.workflow import sample_run, write_sample_files
 
+    _print_device()
     target, samples, beta = sample_run(
-        args.run, n=args.n, beta=args.beta, seed=args.seed, refine_steps=args.refine_steps
+        args.run,
+        n=args.n,
+        beta=args.beta,
+        seed=args.seed,
+        refine_steps=args.refine_steps,
+        progress=not args.quiet,
+        outputs=args.output or (),
     )
-    out = (
-        Path(args.output)
-        if args.output is not None
-        else Path(args.run) / "samples" / f"beta_{beta:.6g}.npz"
-    )
-    write_samples(out, target, samples, beta)
+    outputs = args.output or [Path(args.run) / "samples" / f"beta_{beta:.6g}.npz"]
+    written = write_sample_files(outputs, target, samples, beta)
     n_ess, k = ess(samples.log_weights), pareto_k(samples.log_weights)
     if k != k:  # NaN
         tail = "Pareto k n/a: fewer than 25 weights"
     else:
         tail = f"Pareto k {k:.2f}{': unreliable weights' if k > 0.7 else ''}"
-    print(f"wrote {len(samples.x)} samples at beta = {beta:.6g} to {out} (ESS {n_ess:.1f}, {tail})")
+    names = ", ".join(str(p) for p in written)
+    print(
+        f"wrote {len(samples.x)} samples at beta = {beta:.6g} to {names} (ESS {n_ess:.1f}, {tail})"
+    )
     return 0
+
+
+def _print_device(devices=None) -> None:
+    """What JAX computes on, at the start of train / sample / evaluate (stdout, one line);
+    ``devices``: those a run is split over (default: the first, or all that JAX sees)."""
+    from coarseflow.progress import device_line
+
+    print(device_line(devices), flush=True)
 
 
 def _cmd_evaluate(args) -> int:
     from coarseflow.analysis.evaluation import evaluate_run
 
+    _print_device()
     summary = evaluate_run(
         args.run, n_samples=args.n, progress=not args.quiet, refine_steps=args.refine_steps
     )
@@ -241,12 +267,22 @@ def _number(v) -> str:
 
 
 def _print_summary(summary: dict) -> None:
+    from coarseflow.analysis.basin_statistics import summary_lines
+    from coarseflow.analysis.trust import entry_warning
+
     final = summary["final"]
+    warning = entry_warning(final)  # None when the weights can be trusted
     keys = [k for k in final if not isinstance(final[k], list | dict)]
     print("final model (beta = {:.4g}):".format(final["beta"]))
+    if warning:
+        print(f"  {warning}")
     for k in keys:
         v = final[k]
         print(f"  {k:28s} {_number(v)}")
+    for line in summary_lines(final.get("ramachandran_basins")):
+        print(line)
+    if warning:  # again below the numbers: a peptide's list scrolls the first one away
+        print(f"  {warning}")
     if "refined" in final:
         r = final["refined"]
         print(
@@ -255,9 +291,23 @@ def _print_summary(summary: dict) -> None:
             f"evaluations): ESS fraction {r['ess_fraction']:.4g}, Pareto k "
             f"{_number(r['pareto_k'])}, log Z {_number(r['log_Z_estimate'])}"
         )
+        if entry_warning(r):
+            print(f"  {entry_warning(r)}")
     print(f"summary: {summary['summary_path']}")
     for fig in summary["figures"]:
         print(f"figure:  {fig}")
+
+
+SAMPLE_HELP = """\
+Draw N one-shot samples from a run's checkpoint, with their importance weights.
+
+One draw (one AIS pass) writes every -o file: -o s.npz -o s.pdb -o s.dcd gives
+the same N samples in the same order in each. A .npz holds x (all atoms), X,
+log_weights, energy and beta. A .pdb / .dcd trajectory gets s.weights.txt
+beside it, one line per frame i: i, log_weight, weight (normalised), u (kT);
+a .dcd also gets its one-frame topology s.pdb (unless -o s.pdb asks for all
+frames there). Samples depend only on the run, --beta and --seed: the first
+N samples of -n M are those of -n N."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -270,6 +320,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run directory (default: runs/<config name>)")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     t.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        help="split each update's batch over the first N devices JAX sees (default: all; "
+        "[training] batch_size must be a multiple of N; results equal one device's up to "
+        "rounding, and a run resumes on any N)",
+    )
+    t.add_argument(
         "--init",
         metavar="RUN",
         help="start from the flow of RUN's last checkpoint (same [model] and [target])",
@@ -279,12 +337,31 @@ def build_parser() -> argparse.ArgumentParser:
     _add_script_flag(t)
     t.set_defaults(func=_cmd_train)
 
-    s = sub.add_parser("sample", help="draw one-shot all-atom samples with importance weights")
+    s = sub.add_parser(
+        "sample",
+        help="draw one-shot all-atom samples with importance weights",
+        description=SAMPLE_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     s.add_argument("run", help="run directory written by train or demo")
-    s.add_argument("-n", type=_count, default=None, help="number of samples")
+    s.add_argument(
+        "-n",
+        type=_count,
+        default=None,
+        help="number of samples (default: [prediction] n_samples); the first N of -n M are "
+        "those of -n N",
+    )
     s.add_argument("--beta", type=float, default=None, help="checkpoint beta (default: last)")
-    s.add_argument("-o", "--output", help="output .npz (or .pdb/.dcd for molecules)")
+    s.add_argument(
+        "-o",
+        "--output",
+        action="append",
+        metavar="FILE",
+        help="output .npz, or .pdb / .dcd for molecules (with FILE.weights.txt beside); "
+        "repeat for several formats of the same draw (default: RUN/samples/beta_<beta>.npz)",
+    )
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--quiet", action="store_true", help="no compiling stage, no progress bar")
     _add_refine_flag(s)
     _add_script_flag(s)
     s.set_defaults(func=_cmd_sample)

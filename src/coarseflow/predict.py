@@ -16,7 +16,7 @@ x = Phi(X, Y) with X ~ q(X) from the flow and Y ~ q(Y|X), where q(Y|X) is
   is exactly ``laplace``.
 
 The unnormalised log-weights log w = -beta u(x) - log q(X) - log q(Y|X) make self-normalised
-estimates of <A>_beta unbiased as N grows; ESS = 1 / sum(w_norm^2); and log mean exp(log w)
+estimates of ``<A>_beta`` unbiased as N grows; ESS = 1 / sum(w_norm^2); and log mean exp(log w)
 estimates log Z(beta) = log ∫ exp(-beta u).
 """
 
@@ -34,6 +34,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from coarseflow.errors import ConfigError
+from coarseflow.progress import Progress
 from coarseflow.samplers.annealing import annealed_importance
 from coarseflow.samplers.conditional import minimize_y
 from coarseflow.targets.base import AbstractTarget
@@ -210,6 +211,8 @@ def conditional_ais(target: AbstractTarget, X, beta, key, settings: PredictionSe
 
 
 def conditional_exact(target: AbstractTarget, X, beta, key):
+    """Y from the target's own Gaussian p_beta(Y|X), log q(Y|X) and NaN (no AIS), for one X
+    (n_x,)."""
     mean, std = target.conditional_gaussian(X, beta)
     eps = jr.normal(key, mean.shape, dtype=mean.dtype)
     log_q = jnp.sum(-0.5 * eps**2 - 0.5 * jnp.log(2 * jnp.pi) - jnp.log(std))
@@ -217,6 +220,8 @@ def conditional_exact(target: AbstractTarget, X, beta, key):
 
 
 def resolve_conditional(target: AbstractTarget, conditional: str) -> str:
+    """The q(Y|X) that ``conditional`` means for ``target``: ``auto`` is ``exact`` where the
+    target has an exact conditional, else ``ais``; ``exact`` without one is a ConfigError."""
     has_exact = target.conditional_gaussian(jnp.zeros(target.partition.n_x), 1.0) is not None
     if conditional == "auto":
         return "exact" if has_exact else "ais"
@@ -265,14 +270,27 @@ def _batch(
     return x, X, log_qX, log_q, u, -beta * u - log_q, acceptance
 
 
-def _in_batches(n: int, batch_size: int, draw) -> list[np.ndarray]:
-    """``draw(i, m)`` for batches i of m <= batch_size that make up n, each returning a tuple of
-    arrays with leading axis m; the tuple's arrays concatenated (NumPy) over the batches."""
-    parts = [
-        [np.asarray(a) for a in draw(i, min(batch_size, n - start))]
-        for i, start in enumerate(range(0, n, batch_size))
-    ]
-    return [np.concatenate(p) for p in zip(*parts, strict=True)]
+def _in_batches(n: int, rows: int, draw, progress: Progress, what: str) -> list[np.ndarray]:
+    """``draw(i)`` for the ceil(n / rows) batches i, each a tuple of arrays with leading axis
+    ``rows``, concatenated (NumPy) and cut to n. Every batch has the same shape, the last one
+    padded, so a jitted ``draw`` compiles once for any n; the first inside ``progress``'s
+    compiling stage (``what``), then each batch advances its bar."""
+    parts = []
+    for i, start in enumerate(range(0, n, rows)):
+        if i == 0:
+            with progress.compiling(f"{what} (batch {rows})"):
+                out = draw(i)
+        else:
+            out = draw(i)
+        parts.append([np.asarray(a) for a in out])
+        progress.advance(min(rows, n - start))
+    return [np.concatenate(p)[:n] for p in zip(*parts, strict=True)]
+
+
+def batch_rows(n: int, settings: PredictionSettings, batch: int | None = None) -> int:
+    """Rows per compiled batch: ``batch`` where a caller drawing several n fixes one (so it
+    compiles once), else min(batch_size, n)."""
+    return min(settings.batch_size, n) if batch is None else batch
 
 
 def draw_samples(
@@ -283,22 +301,38 @@ def draw_samples(
     settings: PredictionSettings = PredictionSettings(),
     n: int | None = None,
     conditional=None,
+    *,
+    batch: int | None = None,
+    progress: Progress | None = None,
 ) -> Samples:
     """N = ``n`` (default settings.n_samples) one-shot samples at ``beta`` with log-weights.
 
     ``conditional``: a learned q(Y|X) (exact density, no AIS); None: ``settings.conditional``.
+    ``batch``: rows per compiled batch (:func:`batch_rows`). Sample i is the same for every
+    n > i (the same key and batch). ``progress``: the compiling stage and bar to report to.
     """
     n = settings.n_samples if n is None else n
+    rows = batch_rows(n, settings, batch)
+    progress = Progress(n, "sample", show=False) if progress is None else progress
     learned = conditional
     conditional = (
         "learned" if learned is not None else resolve_conditional(target, settings.conditional)
     )
     x, X, log_qX, log_q, u, log_w, acceptance = _in_batches(
         n,
-        settings.batch_size,
-        lambda i, m: _batch(
-            flow, target, jr.fold_in(key, i), jnp.asarray(beta), m, conditional, settings, learned
+        rows,
+        lambda i: _batch(
+            flow,
+            target,
+            jr.fold_in(key, i),
+            jnp.asarray(beta),
+            rows,
+            conditional,
+            settings,
+            learned,
         ),
+        progress,
+        "the sampler",
     )
     # a non-finite energy means zero weight, not a poisoned estimate
     log_w = np.where(np.isfinite(log_w), log_w, -np.inf)
@@ -389,6 +423,9 @@ def refine(
     beta: float,
     settings: PredictionSettings,
     n: int | None = None,
+    *,
+    batch: int | None = None,
+    progress: Progress | None = None,
 ) -> tuple[Samples, dict]:
     """N = ``n`` (default settings.n_samples) samples of p_beta by annealed importance sampling
     from q(X) q(Y|X) (a learned conditional) in q's latent space, ``settings.refine_steps``
@@ -398,7 +435,8 @@ def refine(
     Returns (Samples, info): log_q is the density the AIS weight implies, -beta u - log w
     (as for ``ais``), ais_acceptance each path's; info has ``refine_steps``,
     ``refine_step_size`` (chosen by a pilot, see PredictionSettings), ``refine_acceptance``
-    and ``refine_energy_evals`` (pilot included).
+    and ``refine_energy_evals`` (pilot included). ``batch``, ``progress``: as
+    :func:`draw_samples`'s.
     """
     if conditional is None:
         raise ConfigError(
@@ -406,37 +444,44 @@ def refine(
             "kind = 'gaussian' or 'flow')"
         )
     n = settings.n_samples if n is None else n
+    rows = batch_rows(n, settings, batch)
+    progress = Progress(n, "refine", show=False) if progress is None else progress
     steps = settings.refine_steps
     beta = jnp.asarray(beta)
     k_pilot, key = jr.split(key)
     candidates = settings.refine_step_size * 2.0 ** np.arange(-3, 3)
-    pilot = [
-        float(
-            np.mean(
-                _refine_batch(
-                    flow,
-                    conditional,
-                    target,
-                    jr.fold_in(k_pilot, i),
-                    beta,
-                    _PILOT_PATHS,
-                    steps,
-                    jnp.asarray(h),
-                )[-1]
+    with progress.compiling(f"the refinement's pilot (batch {_PILOT_PATHS})"):
+        pilot = [
+            float(
+                np.mean(
+                    _refine_batch(
+                        flow,
+                        conditional,
+                        target,
+                        jr.fold_in(k_pilot, i),
+                        beta,
+                        _PILOT_PATHS,
+                        steps,
+                        jnp.asarray(h),
+                    )[-1]
+                )
             )
-        )
-        for i, h in enumerate(candidates)
-    ]
+            for i, h in enumerate(candidates)
+        ]
     step = float(candidates[int(np.argmin(np.abs(np.asarray(pilot) - REFINE_ACCEPTANCE)))])
     x, X, log_qX, log_q, u, log_w, acceptance = _in_batches(
         n,
-        settings.batch_size,
-        lambda i, m: _refine_batch(
-            flow, conditional, target, jr.fold_in(key, i), beta, m, steps, jnp.asarray(step)
+        rows,
+        lambda i: _refine_batch(
+            flow, conditional, target, jr.fold_in(key, i), beta, rows, steps, jnp.asarray(step)
         ),
+        progress,
+        "the refinement",
     )
-    # each path (pilot ones too): steps + 1 evaluations with gradient, and its end's energy
-    evals = (len(candidates) * _PILOT_PATHS + n) * (steps + 2)
+    # each path (pilot ones and the last batch's padding too): steps + 1 evaluations with
+    # gradient, and its end's energy
+    drawn = -(-n // rows) * rows
+    evals = (len(candidates) * _PILOT_PATHS + drawn) * (steps + 2)
     info = {
         "refine_steps": steps,
         "refine_step_size": step,

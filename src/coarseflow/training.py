@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
 import optax
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from coarseflow.errors import ConfigError
@@ -41,6 +42,7 @@ from coarseflow.objectives import (
     surrogate_loss,
 )
 from coarseflow.optim import adam_with_skip_clip, find_skip_clip_state, global_norm
+from coarseflow.parallel import check_divisible, replicate, shard_batch
 from coarseflow.predict import PredictionSettings, resolve_conditional, sample_q_y
 from coarseflow.samplers.conditional import ChainSettings, control_variate_forces, mean_force
 from coarseflow.targets.base import AbstractTarget
@@ -204,6 +206,10 @@ METRICS_FLUSH = 25  # updates between writes to metrics.jsonl (resume truncates 
 
 
 class StepInfo(NamedTuple):
+    """What one update reports (loss, gradient norm, skipped, samples used, acceptance, mean
+    energy, batch ESS, chain heating, energy evaluations); metrics.jsonl's lines are made from
+    it, with step, beta, lr and wall_time added."""
+
     loss: jax.Array
     grad_norm: jax.Array
     skipped: jax.Array
@@ -335,11 +341,13 @@ class TrainState(NamedTuple):
 
 
 class UpdateSettings(NamedTuple):
-    """The settings an update reads (static: hashable frozen dataclasses)."""
+    """The settings an update reads (static: hashable frozen dataclasses), and the devices'
+    mesh that its batch is split over (:mod:`coarseflow.parallel`; None: one device)."""
 
     training: TrainingSettings
     chains: ChainSettings
     prediction: PredictionSettings = PredictionSettings()
+    mesh: Mesh | None = None
 
 
 def init(model, training: TrainingSettings) -> tuple[TrainState, object]:
@@ -389,7 +397,7 @@ def update_step(
     training = settings.training
     fab = None
     if training.objective == "fab" and (state.buffer is None or refresh):
-        fab = _fab_batch(state.params, static, key, beta, fab_step, target, training)
+        fab = _fab_batch(state.params, static, key, beta, fab_step, target, training, settings.mesh)
     grads, loss, info, buffer, samples, log_w = _gradients(
         state, static, key, beta, fab, target, settings
     )
@@ -431,14 +439,15 @@ def _apply(state: TrainState, grads, loss, info: StepInfo, lr_factor, training):
 
 
 @eqx.filter_jit
-def _fab_batch(params, static, key, beta, fab_step, target, training) -> FabBatch:
+def _fab_batch(params, static, key, beta, fab_step, target, training, mesh) -> FabBatch:
     """fab's AIS batch of ``batch_size`` paths from q toward p_beta^2 / q (the same key as
-    the update's, folded as before the split)."""
+    the update's, folded as before the split), its paths split over ``mesh``."""
     flow, conditional = eqx.combine(params, static)
     S = training.batch_size
-    return latent_ais(
+    batch = latent_ais(
         flow, conditional, jr.fold_in(key, 5), target, beta, S, training.fab_steps, fab_step, "p2/q"
     )
+    return shard_batch(batch, mesh)
 
 
 @eqx.filter_jit
@@ -446,11 +455,11 @@ def _gradients(state: TrainState, static, key, beta, fab, target, settings):
     """(gradient, loss, StepInfo without loss / grad_norm / skipped, fab's buffer, the
     joint samples (X, Y) or None, their log-weights (S,) or None) of the objective; ``fab``:
     the update's AIS batch (fab; None where the update draws only from the buffer)."""
-    training, chains, prediction = settings
+    training, chains, prediction, mesh = settings
     params, _, buffer = state
     flow, conditional = eqx.combine(params, static)
     S = training.batch_size
-    z = flow.base_dist.sample(jr.fold_in(key, 0), (S,))
+    z = shard_batch(flow.base_dist.sample(jr.fold_in(key, 0), (S,)), mesh)
     X, log_det = jax.lax.stop_gradient(sample_with_log_det(flow, z))
     nan = jnp.asarray(jnp.nan)
     force, weights, evals = jnp.zeros_like(X), jnp.zeros(S), jnp.asarray(0)
@@ -552,8 +561,8 @@ def _finite_mean(values: list[float]) -> float | None:
 
 
 @eqx.filter_jit
-def _energies_of_samples(flow, conditional, key, beta, target, chains, n: int):
-    X = flow.sample(jr.fold_in(key, 0), (n,))
+def _energies_of_samples(flow, conditional, key, beta, target, chains, n: int, mesh):
+    X = shard_batch(flow.sample(jr.fold_in(key, 0), (n,)), mesh)
     if conditional is not None:
         Y = conditional.sample_batch(jr.fold_in(key, 1), target, X, beta).Y
         return jax.vmap(target.energy_xy)(X, Y), jnp.asarray(n)
@@ -562,15 +571,18 @@ def _energies_of_samples(flow, conditional, key, beta, target, chains, n: int):
 
 
 def model_energies(
-    flow, key, beta, target, chains, n: int, batch_size: int, conditional=None
+    flow, key, beta, target, chains, n: int, batch_size: int, conditional=None, mesh=None
 ) -> tuple[np.ndarray, int]:
     """(reduced energies u(X, Y) (n,), energy evaluations made) with X ~ q(X) and Y from the
-    learned ``conditional``, or from the conditional chains when it is None."""
+    learned ``conditional``, or from the conditional chains when it is None; each batch split
+    over ``mesh``'s devices."""
     beta = jnp.asarray(beta)  # traced, as in update_step: a float would recompile per beta
     out, evals = [], 0
     for i, start in enumerate(range(0, n, batch_size)):
         m = min(batch_size, n - start)
-        u, k = _energies_of_samples(flow, conditional, jr.fold_in(key, i), beta, target, chains, m)
+        u, k = _energies_of_samples(
+            flow, conditional, jr.fold_in(key, i), beta, target, chains, m, mesh
+        )
         out.append(np.asarray(u))
         evals += int(k)
     return np.concatenate(out), evals
@@ -653,6 +665,9 @@ def stop_reason(
 
 
 class TrainResult(NamedTuple):
+    """What :func:`train` returns: the trained flow q(X), the learned q(Y|X) (None when the
+    chains give Y | X) and the betas trained, in order."""
+
     flow: eqx.Module
     conditional: eqx.Module | None  # the learned q(Y|X), None with the chains
     betas: list[float]
@@ -705,6 +720,7 @@ def train(
     callbacks: Callbacks | None = None,
     progress: bool = True,
     max_betas: int | None = None,
+    mesh: Mesh | None = None,
 ) -> TrainResult:
     """Train ``flow`` (and a learned ``conditional``) along the ladder of ``schedule``; return
     them with the betas reached.
@@ -715,8 +731,9 @@ def train(
     from ``flow`` and ``conditional``), which gives exactly the result of an uninterrupted run:
     the random keys of each beta derive from (seed, index of the beta). ``callbacks`` receive
     the metrics and, after every beta, the state to resume from. ``max_betas`` stops after that
-    many betas (for tests and budgets). Raises TrainingStopped, after that beta's
-    ``on_beta``, when ``stop_reason`` says training is going nowhere.
+    many betas (for tests and budgets). ``mesh``: the devices every update's batch is split
+    over (:func:`coarseflow.parallel.data_mesh`; None: one device). Raises TrainingStopped,
+    after that beta's ``on_beta``, when ``stop_reason`` says training is going nowhere.
     """
     if (conditional is None) != (training.objective == "mean_force"):
         raise ConfigError(
@@ -729,12 +746,15 @@ def train(
                 "'hybrid' or 'fab'"
             )
         )
+    check_divisible(training.batch_size, mesh, "[training] batch_size")
     state, static = init((flow, conditional), training)
     if start is None:
         start = LadderState(state, schedule.first_beta(), fab_step=training.fab_step_size)
         check_energy_finite(flow, target, jr.fold_in(jr.key(training.seed), -1 % 2**31))
+    # a checkpoint of any device count resumes on this one: its state goes to every device
+    start = start._replace(state=replicate(start.state, mesh))
     ladder, callbacks = start, Callbacks() if callbacks is None else callbacks
-    settings = UpdateSettings(training, chains, prediction)
+    settings = UpdateSettings(training, chains, prediction, mesh)
     # the bar's n is the last beta reached (a resumed run starts where it stopped)
     bar = tqdm(
         total=1.0,
@@ -773,7 +793,7 @@ def _train_beta(
     t0: float,
 ) -> LadderState:
     """The updates at ``ladder.beta``, then the ladder's samples there and the next beta."""
-    training, chains, _ = settings
+    training, chains, _, mesh = settings
     state = with_empty_buffer(ladder.state, target, training)
     beta, index, step = ladder.beta, ladder.index, ladder.step
     evals, fab_step, streaks = ladder.energy_evals, ladder.fab_step, ladder.streaks
@@ -831,6 +851,7 @@ def _train_beta(
         training.tempering_samples,
         training.batch_size,
         conditional,
+        mesh,
     )
     next_beta = schedule.next_beta(beta, energies)
     ladder = LadderState(

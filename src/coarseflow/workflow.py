@@ -122,6 +122,7 @@ def train_from_config(
     progress: bool = True,
     max_betas: int | None = None,
     init=None,
+    mesh=None,
 ) -> TrainResult:
     """Train into run directory ``out``; refused if it has checkpoints, unless resuming.
 
@@ -130,18 +131,19 @@ def train_from_config(
     is refused. ``init`` (a run directory): start from its newest intact checkpoint's flow
     (with a fresh optimiser) instead of an untrained one, e.g. to continue a finished run
     along another ladder. It is recorded in ``out``/init.json; a resumed run continues from
-    its own checkpoints.
+    its own checkpoints. ``mesh``: the devices each update's batch is split over
+    (:func:`coarseflow.parallel.data_mesh`; None: one device).
     """
     run = RunDir(out)
     run.claim(config_hash(config.raw), lambda path: config_hash(load_config(path).raw))
     try:
-        return _train_claimed(config, run, resume, progress, max_betas, init)
+        return _train_claimed(config, run, resume, progress, max_betas, init, mesh)
     finally:
         run.release()
 
 
 def _train_claimed(
-    config: Config, run: RunDir, resume: bool, progress: bool, max_betas: int | None, init
+    config: Config, run: RunDir, resume: bool, progress: bool, max_betas: int | None, init, mesh
 ) -> TrainResult:
     """train_from_config once ``run`` is owned and locked."""
     if run.checkpoints() and not resume:
@@ -188,6 +190,7 @@ def _train_claimed(
         prediction=config.prediction,
         progress=progress,
         max_betas=max_betas,
+        mesh=mesh,
     )
 
 
