@@ -26,6 +26,7 @@ import equinox as eqx, jax, jax.numpy as jnp, jax.random as jr, numpy as np
 from coarseflow.config import build_target, load_config, parse_config
 from coarseflow.errors import ConfigError
 from coarseflow.parallel import data_mesh, replicate
+from coarseflow.predict import draw_samples
 from coarseflow.training import Callbacks, UpdateSettings, _gradients, init, train
 from coarseflow.workflow import initial_model
 
@@ -77,6 +78,18 @@ out["joint"]["4"] = largest_difference(first, four)
 resumed, resumed_betas = run(config, 2, 2, start=keep4.ladders[0])
 out["resume"] = largest_difference(whole, resumed)
 out["betas"] = [betas, resumed_betas]
+# prediction: the same draws on 1 and 4 devices
+target = build_target(config.target)
+draws = [draw_samples(jr.key(3), whole[0], target, 1.0, config.prediction, n=64,
+                      conditional=whole[1], mesh=data_mesh(n)) for n in (1, 4)]
+out["samples"] = max(float(np.max(np.abs(a - b))) for a, b in
+                     ((draws[0].x, draws[1].x), (draws[0].log_weights, draws[1].log_weights)))
+try:
+    draw_samples(jr.key(3), whole[0], target, 1.0, config.prediction, n=30,
+                 conditional=whole[1], mesh=data_mesh(4))
+    out["rows_indivisible"] = None
+except ConfigError as err:
+    out["rows_indivisible"] = str(err)
 config = config_of("fab")
 one = run(config, 1, 1)[0]
 out["fab"] = {"4": largest_difference(one, run(config, 4, 1)[0])}
@@ -145,6 +158,12 @@ def test_batch_split_parameters_copied(verdicts):
 
 def test_batch_that_does_not_split_is_refused(verdicts):
     assert "batch_size = 62 does not split over 4 devices" in verdicts["indivisible"]
+    assert "rows per batch" in verdicts["rows_indivisible"]
+    assert "= 30 does not split over 4 devices" in verdicts["rows_indivisible"]
+
+
+def test_same_samples_on_one_and_four_devices(verdicts):
+    assert verdicts["samples"] < 1e-4  # coordinates and log-weights, float32
 
 
 def test_one_device_is_the_plain_path():

@@ -149,9 +149,11 @@ def _cmd_train(args) -> int:
 
 def _cmd_sample(args) -> int:
     from coarseflow.analysis.metrics import ess, pareto_k
+    from coarseflow.parallel import data_mesh
     from coarseflow.workflow import sample_run, write_sample_files
 
-    _print_device()
+    mesh = data_mesh(args.devices)
+    _print_device(None if mesh is None else list(mesh.devices.flat))
     target, samples, beta = sample_run(
         args.run,
         n=args.n,
@@ -160,6 +162,7 @@ def _cmd_sample(args) -> int:
         refine_steps=args.refine_steps,
         progress=not args.quiet,
         outputs=args.output or (),
+        mesh=mesh,
     )
     outputs = args.output or [Path(args.run) / "samples" / f"beta_{beta:.6g}.npz"]
     written = write_sample_files(outputs, target, samples, beta)
@@ -310,6 +313,17 @@ frames there). Samples depend only on the run, --beta and --seed: the first
 N samples of -n M are those of -n N."""
 
 
+def _add_devices_flag(parser, what: str) -> None:
+    parser.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"split {what} over the first N devices JAX sees (default: all); the results "
+        "equal one device's up to rounding, and a run resumes on any N",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="coarseflow", description=__doc__)
     p.add_argument("--version", action="version", version=_version_line())
@@ -319,14 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("config", help="config TOML file")
     t.add_argument("--out", help="run directory (default: runs/<config name>)")
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    t.add_argument(
-        "--devices",
-        type=int,
-        default=None,
-        help="split each update's batch over the first N devices JAX sees (default: all; "
-        "[training] batch_size must be a multiple of N; results equal one device's up to "
-        "rounding, and a run resumes on any N)",
-    )
+    _add_devices_flag(t, "each update's batch ([training] batch_size: a multiple of N)")
     t.add_argument(
         "--init",
         metavar="RUN",
@@ -344,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     s.add_argument("run", help="run directory written by train or demo")
+    _add_devices_flag(s, "each batch of draws (min([prediction] batch_size, -n): a multiple of N)")
     s.add_argument(
         "-n",
         type=_count,

@@ -34,6 +34,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from coarseflow.errors import ConfigError
+from coarseflow.parallel import check_divisible, shard_batch
 from coarseflow.progress import Progress
 from coarseflow.samplers.annealing import annealed_importance
 from coarseflow.samplers.conditional import minimize_y
@@ -255,9 +256,17 @@ def sample_learned(key, target, X: Float[Array, "S n_x"], beta, learned):
 
 @eqx.filter_jit
 def _batch(
-    flow, target, key, beta, n: int, conditional: str, settings: PredictionSettings, learned=None
+    flow,
+    target,
+    key,
+    beta,
+    n: int,
+    conditional: str,
+    settings: PredictionSettings,
+    learned=None,
+    mesh=None,
 ):
-    X, log_qX = flow.sample_and_log_prob(jr.fold_in(key, 0), (n,))
+    X, log_qX = shard_batch(flow.sample_and_log_prob(jr.fold_in(key, 0), (n,)), mesh)
     if learned is not None:
         Y, log_qY, acceptance = sample_learned(jr.fold_in(key, 1), target, X, beta, learned)
     else:
@@ -304,15 +313,19 @@ def draw_samples(
     *,
     batch: int | None = None,
     progress: Progress | None = None,
+    mesh=None,
 ) -> Samples:
     """N = ``n`` (default settings.n_samples) one-shot samples at ``beta`` with log-weights.
 
     ``conditional``: a learned q(Y|X) (exact density, no AIS); None: ``settings.conditional``.
     ``batch``: rows per compiled batch (:func:`batch_rows`). Sample i is the same for every
     n > i (the same key and batch). ``progress``: the compiling stage and bar to report to.
+    ``mesh``: the devices each batch is split over (:mod:`coarseflow.parallel`; the samples
+    equal one device's up to rounding); its rows must split evenly.
     """
     n = settings.n_samples if n is None else n
     rows = batch_rows(n, settings, batch)
+    check_divisible(rows, mesh, "rows per batch (min([prediction] batch_size, n))")
     progress = Progress(n, "sample", show=False) if progress is None else progress
     learned = conditional
     conditional = (
@@ -330,6 +343,7 @@ def draw_samples(
             conditional,
             settings,
             learned,
+            mesh,
         ),
         progress,
         "the sampler",

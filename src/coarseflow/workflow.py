@@ -265,12 +265,14 @@ def sample_run(
     refine_steps: int | None = None,
     progress: bool = False,
     outputs=(),
+    mesh=None,
 ):
     """(target, Samples, beta) drawn from the checkpoint of ``beta`` of run ``path``; refined
     by AIS toward p_beta (``predict.refine``) when ``refine_steps`` (default: [prediction]
     refine_steps) > 0 and the run has a learned conditional. Sample i is the same for every
     n > i. ``progress``: the compiling stage and a bar on stderr. ``outputs``: the files they
-    are for, checked against the target (:func:`check_sample_outputs`) before drawing."""
+    are for, checked against the target (:func:`check_sample_outputs`) before drawing.
+    ``mesh``: the devices the draws are split over (not the refinement's AIS: one device)."""
     config, target, flow, conditional, meta = load_run(path, beta)
     check_sample_outputs(outputs, target)
     prediction = with_refine_steps(config.prediction, refine_steps)
@@ -290,6 +292,7 @@ def sample_run(
             n=n,
             conditional=conditional,
             progress=bar,
+            mesh=mesh,
         )
     bar.close()
     return target, samples, meta["beta"]
