@@ -95,3 +95,31 @@ def test_weights_file_lines_up_with_the_frames(tmp_path):
     np.testing.assert_allclose(table[:, 2], [1 / 8, 3 / 8, 0, 4 / 8])
     np.testing.assert_array_equal(table[:, 3], samples.energy)
     assert "beta = 0.5" in (tmp_path / "s.weights.txt").read_text().splitlines()[0]
+
+
+@pytest.mark.parametrize("bad", [True, False])
+def test_sample_warns_exactly_when_the_weights_are_untrustworthy(run, tmp_path, capsys, bad):
+    """The warning follows trust's verdict: one weight holding everything, or near-uniform
+    weights with a few twice the mean (PSIS's k > 1 there, but no weight can dominate)."""
+    import coarseflow.workflow as workflow
+    from coarseflow.analysis import trust
+
+    target, samples, beta = workflow.sample_run(run, n=200)
+    log_w = np.zeros(200)
+    if bad:
+        log_w[0] = 50.0
+    else:
+        log_w[:5] = np.log(2.0)
+    samples = samples._replace(log_weights=log_w)
+    expected = trust.warning_line(trust.log_weight_verdict(log_w))
+    assert (expected is not None) == bad
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(workflow, "sample_run", lambda *a, **k: (target, samples, beta))
+    try:
+        assert (
+            main(["sample", str(run), "-n", "200", "--quiet", "-o", str(tmp_path / "s.npz")]) == 0
+        )
+    finally:
+        monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert ("WARNING: do not trust the reweighted numbers" in err) == bad

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from coarseflow.analysis.metrics import ess, max_weight_ratio, pareto_k
-from coarseflow.analysis.trust import k_threshold, weight_verdict
+from coarseflow.analysis.trust import k_threshold, log_weight_verdict, weight_verdict
 
 
 def arviz_k(log_w: np.ndarray) -> float:
@@ -93,3 +93,16 @@ def test_max_weight_ratio_and_nonfinite_counts_in_words():
     assert weight_verdict(1000, 50.0, 0.1, 3.0).level == "noisy"
     assert weight_verdict(20, 20.0, float("nan"), 1.0).level == "bad"
     assert k_threshold(1000) == pytest.approx(2 / 3) and k_threshold(10**6) == 0.7
+
+
+def test_a_few_weights_over_a_flat_bulk_have_no_tail_to_fit():
+    """A quarter of the tail tied at its threshold: k is inf (no division by zero), and the
+    verdict then reads the largest weight: one weight with everything is bad, a few at twice
+    the mean are a 'tail' that cannot dominate."""
+    one = np.zeros(200)
+    one[0] = 50.0
+    few = np.zeros(200)
+    few[:5] = np.log(2.0)
+    assert pareto_k(one) == np.inf and pareto_k(few) == np.inf
+    assert log_weight_verdict(one).level == "bad"
+    assert log_weight_verdict(few).level == "tail"

@@ -148,6 +148,7 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_sample(args) -> int:
+    from coarseflow.analysis import trust
     from coarseflow.analysis.metrics import ess, pareto_k
     from coarseflow.parallel import data_mesh
     from coarseflow.workflow import sample_run, write_sample_files
@@ -167,14 +168,16 @@ def _cmd_sample(args) -> int:
     outputs = args.output or [Path(args.run) / "samples" / f"beta_{beta:.6g}.npz"]
     written = write_sample_files(outputs, target, samples, beta)
     n_ess, k = ess(samples.log_weights), pareto_k(samples.log_weights)
-    if k != k:  # NaN
-        tail = "Pareto k n/a: fewer than 25 weights"
-    else:
-        tail = f"Pareto k {k:.2f}{': unreliable weights' if k > 0.7 else ''}"
+    tail = "Pareto k n/a: fewer than 25 weights" if k != k else f"Pareto k {k:.2f}"  # k NaN
     names = ", ".join(str(p) for p in written)
     print(
         f"wrote {len(samples.x)} samples at beta = {beta:.6g} to {names} (ESS {n_ess:.1f}, {tail})"
     )
+    # the verdict reads ESS, k and the largest weight together: PSIS alone calls near-uniform
+    # two-level weights heavy-tailed (analysis/trust.py)
+    warning = trust.warning_line(trust.log_weight_verdict(samples.log_weights))
+    if warning is not None:
+        print(warning, file=sys.stderr)
     return 0
 
 

@@ -82,7 +82,8 @@ def pareto_k(log_w: Float[ArrayLike, " N"]) -> float:
     (PSIS's tail length) in excess of the next one, by Zhang and Stephens' (Technometrics 2009)
     posterior-mean estimate of b = k / sigma, then k = mean(log(1 + b x)) shrunk toward 1/2 as
     if 10 more points said so: PSIS's estimate (arviz's psislw agrees to 1e-12 on continuous
-    weights, tests/test_trust.py). 0 where every excess weight is equal (arviz: inf). NaN with
+    weights, tests/test_trust.py). 0 where every excess weight is equal (arviz: inf); inf where
+    a quarter of the tail ties at its threshold (a few weights over a flat bulk). NaN with
     fewer than 25 finite weights (too few to fit a tail). NumPy, not traced.
     """
     lw = np.asarray(log_w, dtype=np.float64)
@@ -98,6 +99,8 @@ def pareto_k(log_w: Float[ArrayLike, " N"]) -> float:
     # candidate b on Zhang and Stephens' grid (b < 1 / max(x) keeps 1 + b x > 0)
     n_grid = 30 + int(np.sqrt(m))
     quartile = x[int(m / 4 + 0.5) - 1]
+    if quartile <= 0:  # a quarter of the tail ties at the threshold: a few weights over a
+        return float("inf")  # flat bulk, no tail to fit (Zhang-Stephens' grid divides by it)
     j = np.arange(1, n_grid + 1)
     b = -(1 / x[-1] + (1 - np.sqrt(n_grid / (j - 0.5))) / (3 * quartile))
     k_of_b = np.mean(np.log1p(b[:, None] * x[None, :]), axis=1)

@@ -53,11 +53,12 @@ def weight_verdict(
     thr = k_threshold(n)
     pct = 100.0 * ess / n if n else 0.0
     facts = f"ESS {ess:.0f} of {n} ({pct:.1f} %)"
-    if _finite(pareto_k):
+    unfitted = pareto_k is None or math.isnan(pareto_k)  # inf: fitted, no tail (metrics)
+    if not unfitted:
         facts += f", Pareto k {pareto_k:.2f} (threshold {thr:.2f})"
     if _finite(max_ratio):
         facts += f", largest weight {max_ratio:.1f}x the mean"
-    if not _finite(pareto_k):
+    if unfitted:
         level, words = (
             "bad",
             "too few finite weights to judge their tail: treat the reweighted numbers as "
