@@ -63,7 +63,7 @@ def test_nan_energy_target(tmp_path, monkeypatch, capsys):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
+def tiny_run(tmp_path_factory, one_model_per_config):  # conftest: one build per config
     root = tmp_path_factory.mktemp("run")
     cfg = root / "tiny.toml"
     cfg.write_text(

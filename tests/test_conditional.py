@@ -210,7 +210,9 @@ def test_gradients_stay_finite_where_the_angle_window_saturates_other_coordinate
     assert all(bool(jnp.all(jnp.isfinite(g))) for g in grads)
 
 
-def test_a_joint_run_resumes_exactly_and_samples_with_its_conditional(tmp_path, capsys):
+def test_a_joint_run_resumes_exactly_and_samples_with_its_conditional(
+    tmp_path, capsys, one_model_per_config
+):
     import json
 
     from coarseflow.cli import main
@@ -247,19 +249,20 @@ def test_a_joint_run_resumes_exactly_and_samples_with_its_conditional(tmp_path, 
     # one energy + force evaluation per sample and update, plus the ladder's samples
     meta = RunDir(tmp_path / "full").find_checkpoint()
     assert meta["energy_evals"] == 32 * (6 + 4 + 4) + 3 * 64
-    _, samples, beta = sample_run(tmp_path / "full", n=100)
+    _, samples, beta = sample_run(tmp_path / "full", n=256)
     assert beta == 1.0 and np.all(np.isfinite(samples.log_weights))
     assert np.all(np.isnan(samples.ais_acceptance))  # no AIS: the density is exact
-    # the refinement on request (tests/test_refine.py checks its numbers)
-    _, refined, _ = sample_run(tmp_path / "full", n=100, refine_steps=2)
+    # the refinement on request (tests/test_refine.py checks its numbers); n = the pilot's 256
+    # paths, so that the pilot and the samples share one compiled batch
+    _, refined, _ = sample_run(tmp_path / "full", n=256, refine_steps=2)
     assert np.all(np.isfinite(refined.ais_acceptance))
     assert (
-        main(["evaluate", str(tmp_path / "full"), "--quiet", "-n", "100", "--refine-steps", "2"])
+        main(["evaluate", str(tmp_path / "full"), "--quiet", "-n", "256", "--refine-steps", "2"])
         == 0
     )
     assert "refined by AIS toward p (2 steps" in capsys.readouterr().out
     summary = json.loads((tmp_path / "full" / "summary.json").read_text())
-    assert summary["final"]["refined"]["refine_energy_evals"] == (6 * 256 + 100) * 4
+    assert summary["final"]["refined"]["refine_energy_evals"] == (6 * 256 + 256) * 4
 
 
 def test_objective_and_conditional_must_agree():

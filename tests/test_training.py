@@ -16,6 +16,9 @@ from coarseflow.tempering import Explicit
 from coarseflow.training import TrainingSettings, heating_warning, train
 from coarseflow.workflow import load_run, train_from_config
 
+# conftest: runs of one config share one built target and flow, so they compile once
+pytestmark = pytest.mark.usefixtures("one_model_per_config")
+
 TINY = {
     "target": {"kind": "double_well"},
     "model": {"knots": 4, "layers": 1, "nn_width": 8, "nn_depth": 1},
