@@ -1,4 +1,4 @@
-"""Data parallelism (coarseflow.parallel): training on 1, 2 and 4 simulated CPU devices gives the
+"""Data parallelism (coarseflow.parallel): training on 1 and 4 simulated CPU devices gives the
 same model, the batch is really split, and a ladder resumes on another device count.
 
 XLA fixes the number of host devices when JAX starts, so the checks run in a subprocess with
@@ -66,15 +66,14 @@ def model_of(ladder, config):
     return eqx.combine(ladder.state.params, static)
 
 out = {"devices": len(jax.devices())}
-# joint: two betas on one device; the first of them on 2 and on 4 devices, the second resumed
-# from the 4 devices' checkpoint on 2
+# joint: two betas on one device; the first of them on 4 devices, the second resumed from the
+# 4 devices' checkpoint on 2
 config = config_of("joint")
 keep1, keep4 = Keep(), Keep()
 whole, betas = run(config, 1, 2, callbacks=keep1)
 first = model_of(keep1.ladders[0], config)
-out["joint"] = {"2": largest_difference(first, run(config, 2, 1)[0])}
 four, _ = run(config, 4, 1, callbacks=keep4)
-out["joint"]["4"] = largest_difference(first, four)
+out["joint"] = {"4": largest_difference(first, four)}
 resumed, resumed_betas = run(config, 2, 2, start=keep4.ladders[0])
 out["resume"] = largest_difference(whole, resumed)
 out["betas"] = [betas, resumed_betas]
@@ -137,7 +136,7 @@ def test_four_simulated_devices(verdicts):
 
 
 @pytest.mark.parametrize("objective", ["joint", "fab"])
-def test_same_model_on_one_two_and_four_devices(verdicts, objective):
+def test_same_model_on_one_and_four_devices(verdicts, objective):
     # 12 updates in float32; only the order of the batch's sums differs (measured: <= 3e-8)
     for n, difference in verdicts[objective].items():
         assert difference < 1e-5, (objective, n, difference)
