@@ -1,12 +1,14 @@
 """Does fab train on the field's alanine dipeptide once the joint objective has warmed q up?
 
     python benchmarks/fab_warm_start.py --joint 600 --fab 200 [--conditional gaussian|flow]
+        [--beta 0.05]
 
-At the config's first beta (0.05), ``--joint`` updates of the joint objective, then ``--fab``
-updates of fab with the replay buffer (2048 end points, a new AIS batch every 4 updates), on the
-same parameters and optimiser state. Prints every 50th joint and every 20th fab update: the
-objective's value, the gradient's norm, whether the guard skipped it, the batch's ESS fraction
-of q's draws against p_beta and fab's AIS acceptance (docs/benchmarks.md, Session 13).
+At ``--beta`` (default: the config's first beta, 0.05), ``--joint`` updates of the joint
+objective, then ``--fab`` updates of fab with the replay buffer (2048 end points, a new AIS batch
+every 4 updates), on the same parameters and optimiser state. Prints every 50th joint and every
+20th fab update: the objective's value, the gradient's norm, whether the guard skipped it, the
+batch's ESS fraction of q's draws against p_beta and fab's AIS acceptance (docs/benchmarks.md,
+Session 13).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ def main() -> None:
     p.add_argument("--joint", type=int, default=600)
     p.add_argument("--fab", type=int, default=200)
     p.add_argument("--conditional", default="gaussian", choices=("gaussian", "flow"))
+    p.add_argument("--beta", type=float, default=None, help="default: the config's first beta")
     args = p.parse_args()
 
     raw = load_config(CONFIG).raw
@@ -47,7 +50,8 @@ def main() -> None:
     joint = config.training
     fab = dataclasses.replace(joint, objective="fab", fab_buffer_size=2048, fab_reuse=4)
     state, static = init(initial_model(config, target), joint)
-    beta, one = jnp.asarray(config.tempering.first_beta()), jnp.asarray(1.0)
+    beta = config.tempering.first_beta() if args.beta is None else args.beta
+    beta, one = jnp.asarray(beta), jnp.asarray(1.0)
     t0 = time.perf_counter()
 
     def show(tag, i, info):
