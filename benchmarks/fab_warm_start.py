@@ -1,7 +1,7 @@
 """Does fab train on the field's alanine dipeptide once the joint objective has warmed q up?
 
     python benchmarks/fab_warm_start.py --joint 600 --fab 200 [--conditional gaussian|flow]
-        [--beta 0.05]
+        [--beta 0.05] [--fab-conditional alpha2|reverse_kl]
 
 At ``--beta`` (default: the config's first beta, 0.05), ``--joint`` updates of the joint
 objective, then ``--fab`` updates of fab with the replay buffer (2048 end points, a new AIS batch
@@ -40,6 +40,7 @@ def main() -> None:
     p.add_argument("--fab", type=int, default=200)
     p.add_argument("--conditional", default="gaussian", choices=("gaussian", "flow"))
     p.add_argument("--beta", type=float, default=None, help="default: the config's first beta")
+    p.add_argument("--fab-conditional", default="alpha2", choices=("alpha2", "reverse_kl"))
     args = p.parse_args()
 
     raw = load_config(CONFIG).raw
@@ -48,7 +49,13 @@ def main() -> None:
     config = parse_config(raw)
     target = build_target(config.target)
     joint = config.training
-    fab = dataclasses.replace(joint, objective="fab", fab_buffer_size=2048, fab_reuse=4)
+    fab = dataclasses.replace(
+        joint,
+        objective="fab",
+        fab_buffer_size=2048,
+        fab_reuse=4,
+        fab_conditional=args.fab_conditional,
+    )
     state, static = init(initial_model(config, target), joint)
     beta = config.tempering.first_beta() if args.beta is None else args.beta
     beta, one = jnp.asarray(beta), jnp.asarray(1.0)

@@ -239,3 +239,62 @@ def test_replay_buffer_settings_are_checked(settings, message):
 
     with pytest.raises(ConfigError, match=message):
         TrainingSettings(**{"batch_size": 16, "objective": "fab", **settings})
+
+
+@pytest.mark.parametrize("buffer", [False, True])
+def test_reverse_kl_conditional_keeps_fabs_flow_gradient_and_trains_q_y_by_its_reverse_kl(buffer):
+    """fab_conditional = "reverse_kl": the flow's gradient is fab's alpha = 2 gradient (from
+    the AIS batch or the buffer's drawn entries), the conditional's that of its reverse KL at
+    the same X; "alpha2" gives the conditional another gradient."""
+    from coarseflow.objectives import conditional_terms, masked_mean
+    from coarseflow.training import TrainingSettings, _Fixed, _loss
+
+    target, flow, cond = _setup()
+    cond = _perturbed(cond, jr.key(8), 0.05)
+    beta, S, key = 0.5, 64, jr.key(9)
+    params, static = split_trainable((flow, cond))
+    batch = latent_ais(flow, cond, jr.key(3), target, beta, S, 2, 0.1, "p2/q")
+    if buffer:
+        store = replay_add(
+            empty_buffer(2 * S, target.partition.n_x, target.partition.n_y, batch.X.dtype), batch
+        )
+        drawn = replay_draw(jr.key(4), store, S)
+        fixed, X = _Fixed(None, None, None, None, store, drawn), store.X[drawn]
+    else:
+        fixed, X = _Fixed(None, None, None, batch), batch.X
+
+    def gradient(fab_conditional):
+        training = TrainingSettings(
+            batch_size=S,
+            objective="fab",
+            fab_conditional=fab_conditional,
+            fab_buffer_size=2 * S if buffer else 0,
+        )
+        loss = lambda p: _loss(p, static, key, beta, fixed, target, training)  # noqa: E731
+        (_, aux), grads = jax.value_and_grad(loss, has_aux=True)(params)
+        return grads, aux
+
+    (flow_split, cond_split), aux = gradient("reverse_kl")
+    (flow_fab, cond_fab), _ = gradient("alpha2")
+
+    def reverse_kl(p):
+        c = eqx.combine(p, static[1])
+        terms = conditional_terms(c, key, target, X, beta, 10.0)
+        return masked_mean(terms.surrogate, terms.ok)
+
+    cond_rkl = jax.grad(reverse_kl)(params[1])
+    flat = lambda t: np.concatenate([np.ravel(x) for x in jax.tree.leaves(t)])  # noqa: E731
+    np.testing.assert_allclose(flat(flow_split), flat(flow_fab), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(flat(cond_split), flat(cond_rkl), rtol=1e-5, atol=1e-7)
+    assert np.linalg.norm(flat(cond_fab) - flat(cond_rkl)) > 0.1 * np.linalg.norm(flat(cond_rkl))
+    assert int(aux.evals) == S  # one energy + gradient per entry for the conditional's KL
+
+
+def test_fab_conditional_is_fabs_setting():
+    from coarseflow.errors import ConfigError
+    from coarseflow.training import TrainingSettings
+
+    with pytest.raises(ConfigError, match="fab_conditional: expected one of"):
+        TrainingSettings(objective="fab", fab_conditional="forward")
+    with pytest.raises(ConfigError, match="says how fab trains q"):
+        TrainingSettings(objective="joint", fab_conditional="reverse_kl")

@@ -49,6 +49,7 @@ from coarseflow.targets.base import AbstractTarget
 from coarseflow.tempering import AbstractSchedule, Adaptive
 
 OBJECTIVES = ("mean_force", "joint", "hybrid", "fab")
+FAB_CONDITIONALS = ("alpha2", "reverse_kl")  # what trains q(Y|X) under fab
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,12 @@ class TrainingSettings:
     fab_buffer_size / batch_size AIS batches of a beta in FAB's prioritised replay buffer
     (:class:`coarseflow.fab.ReplayBuffer`); each update then learns from batch_size entries
     drawn from it, and a new AIS batch is made every ``fab_reuse`` updates: the energy
-    evaluations per update fall by that factor.
+    evaluations per update fall by that factor. ``fab_conditional``: what trains q(Y|X) under
+    fab: "alpha2" (fab's loss on the joint, FAB as published) or "reverse_kl" (fab's loss on
+    q(X) only, q(Y|X) by its conditional reverse KL at the end points' X, as in hybrid). On
+    alanine dipeptide "alpha2" fits q(Y|X) to the one end point that holds most of the weight
+    and diverges (docs/benchmarks.md, Session 13); Y|X is unimodal, so the reverse KL loses
+    nothing there.
     """
 
     batch_size: int = 128
@@ -105,6 +111,7 @@ class TrainingSettings:
     fab_step_size: float = 0.3
     fab_buffer_size: int = 0
     fab_reuse: int = 1
+    fab_conditional: str = "alpha2"
     skip_window: int = 50
     skip_factor: float = 10.0
     clip_factor: float = 3.0
@@ -152,6 +159,12 @@ class TrainingSettings:
         for name in ("force_clip", "fab_step_size"):
             checks.number(key(name), getattr(self, name), 0.0)
         checks.choice(key("objective"), self.objective, OBJECTIVES)
+        checks.choice(key("fab_conditional"), self.fab_conditional, FAB_CONDITIONALS)
+        if self.fab_conditional != "alpha2" and self.objective != "fab":
+            raise ConfigError(
+                f"[training] fab_conditional: says how fab trains q(Y|X); objective is "
+                f"{self.objective!r} (leave it out)"
+            )
         checks.seed(key("seed"), self.seed)
         if self.objective == "fab" and self.forward_kl_weight > 0:
             raise ConfigError(
@@ -285,25 +298,8 @@ def _loss(params, static, key, beta, fixed: _Fixed, target, training: TrainingSe
     """
     flow, conditional = eqx.combine(params, static)
     lam = training.forward_kl_weight
-    if training.objective == "fab" and fixed.buffer is not None:
-        value, log_q = replay_loss(flow, conditional, target, beta, fixed.buffer, fixed.drawn)
-        batch = fixed.fab  # the AIS batch made this update, if any
-        return value, _Aux(
-            jnp.sum(jnp.isfinite(log_q)),
-            None if batch is None else batch.start_log_weights,
-            None if batch is None else batch.start_u,
-            jnp.asarray(0),
-            log_q,
-        )
     if training.objective == "fab":
-        batch = fixed.fab
-        value = alpha2_loss(flow, conditional, target, beta, batch)
-        return value, _Aux(
-            jnp.sum(jnp.isfinite(batch.log_weights)),
-            batch.start_log_weights,
-            batch.start_u,
-            jnp.asarray(0),
-        )
+        return _fab_loss(flow, conditional, key, beta, fixed, target, training)
     if training.objective == "mean_force":
         value, n_used = surrogate_loss(params[0], static[0], fixed.z, fixed.force)
         if lam > 0:
@@ -327,6 +323,31 @@ def _loss(params, static, key, beta, fixed: _Fixed, target, training: TrainingSe
         log_w = jnp.where(terms.ok, terms.log_weights - log_qX, -jnp.inf)
     samples = jax.lax.stop_gradient((terms.X, terms.Y))
     return value, _Aux(n_used, log_w, terms.u, terms.n_evals, samples=samples)
+
+
+def _fab_loss(flow, conditional, key, beta, fixed: _Fixed, target, training: TrainingSettings):
+    """fab's (loss, _Aux): the alpha = 2 loss on the AIS batch or the replay buffer's drawn
+    entries; with ``fab_conditional = "reverse_kl"`` its gradient reaches q(X) only and q(Y|X)
+    learns by its conditional reverse KL at the same X (one evaluation per entry)."""
+    split = training.fab_conditional == "reverse_kl"
+    frozen = jax.tree.map(lambda a: jax.lax.stop_gradient(a) if eqx.is_array(a) else a, conditional)
+    in_loss = frozen if split else conditional
+    batch = fixed.fab  # the AIS batch made this update, if any
+    if fixed.buffer is not None:
+        value, log_q = replay_loss(flow, in_loss, target, beta, fixed.buffer, fixed.drawn)
+        X, n_used = fixed.buffer.X[fixed.drawn], jnp.sum(jnp.isfinite(log_q))
+        start = (None, None) if batch is None else (batch.start_log_weights, batch.start_u)
+    else:
+        value, log_q = alpha2_loss(flow, in_loss, target, beta, batch), None
+        X, n_used = batch.X, jnp.sum(jnp.isfinite(batch.log_weights))
+        start = (batch.start_log_weights, batch.start_u)
+    evals = jnp.asarray(0)
+    if split:
+        terms = conditional_terms(
+            conditional, key, target, jax.lax.stop_gradient(X), beta, training.force_clip
+        )
+        value, evals = value + masked_mean(terms.surrogate, terms.ok), terms.n_evals
+    return value, _Aux(n_used, *start, evals, log_q)
 
 
 class TrainState(NamedTuple):
