@@ -68,11 +68,15 @@ def variant(raw: dict, objective: str, seed: int, updates: dict, learned: str = 
     return raw
 
 
-def run_one(raw: dict, out: Path, n_samples: int | None) -> dict:
-    if out.exists():
+def run_one(raw: dict, out: Path, n_samples: int | None, resume: bool = False) -> dict:
+    """Train into ``out`` (anew, or continuing its checkpoints with ``resume``) and score it.
+
+    A resumed run's ``train_s`` is the wall time of this call's part only.
+    """
+    if out.exists() and not resume:
         shutil.rmtree(out)
     t0 = time.perf_counter()
-    result = train_from_config(parse_config(raw), out, progress=False)
+    result = train_from_config(parse_config(raw), out, resume=resume, progress=False)
     train_s = time.perf_counter() - t0
     final = evaluate_run(out, n_samples=n_samples, progress=False)["final"]
     meta = RunDir(out).find_checkpoint()
@@ -217,6 +221,12 @@ def main() -> None:
         help="[conditional] kind of the learned objectives (mean_force keeps its chains)",
     )
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "general_case")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue runs already under --out from their checkpoints (e.g. across sessions); "
+        "train_s is then the wall time of this part only",
+    )
     p.add_argument("--jsonl", type=Path, default=None, help="append every row here as it ends")
     p.add_argument("--write", type=Path, default=None, help="put the table into this markdown")
     p.add_argument(
@@ -253,7 +263,7 @@ def main() -> None:
                     "seed": seed,
                     **({"conditional": args.conditional} if learned else {}),
                     **({"settings": settings} if settings else {}),
-                    **run_one(config, out, args.n),
+                    **run_one(config, out, args.n, args.resume),
                 }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
