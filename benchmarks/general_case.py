@@ -145,12 +145,15 @@ def label(row: dict) -> str:
     )
 
 
-def training_setting(text: str) -> tuple[str, int | float]:
-    """'key=value' of a --training option, the value a number."""
+def training_setting(text: str) -> tuple[str, int | float | str]:
+    """'key=value' of a --training option: a number where the value reads as one, else a string."""
     key, sep, value = text.partition("=")
     if not sep:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    number = float(value)
+    try:
+        number = float(value)
+    except ValueError:
+        return key, value
     return key, int(number) if number.is_integer() and "." not in value else number
 
 
