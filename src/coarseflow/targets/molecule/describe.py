@@ -1,9 +1,11 @@
 """What a Molecule coarse-grains, in words (``coarseflow inspect``): the X (coarse-grained) and
 Y (fast) atoms, the gauge frame's fixed atoms, the backbone dihedrals X holds and those it does
-not (with the atoms it lacks), the flow's coordinates."""
+not (with the atoms it lacks), the flow's coordinates, and the torsions of the fast atoms that
+make p(Y|X) multimodal (``rotamers``)."""
 
 from __future__ import annotations
 
+from coarseflow.targets.molecule import rotamers
 from coarseflow.targets.molecule.selection import atom_label, backbone_dihedrals
 
 
@@ -42,12 +44,13 @@ def describe(molecule) -> str:
     lacking = [d for d in dihedrals if d.missing]
     if not dihedrals:
         lines.append("CG dihedrals: none (no residue has a backbone phi and psi)")
-        return "\n".join(lines)
-    lines.append(f"CG dihedrals (functions of X): {len(held)} of {len(dihedrals)} phi / psi")
+    else:
+        lines.append(f"CG dihedrals (functions of X): {len(held)} of {len(dihedrals)} phi / psi")
     for d in held:
         lines.append(f"  {d.name:12s} {' - '.join(atom_label(top, i) for i in d.atoms)}")
     for d in lacking:
         lines.append(
             f"  not in X: {d.name} lacks {', '.join(atom_label(top, i) for i in d.missing)}"
         )
+    lines += rotamers.describe_lines(top, rotamers.of_molecule(molecule))
     return "\n".join(lines)
