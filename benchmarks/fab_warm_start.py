@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import jax.random as jr
 
 from coarseflow.config import build_target, load_config, parse_config
-from coarseflow.training import (
+from coarseflow.training.step import (
     UpdateSettings,
     adapt_fab_step,
     init,

@@ -59,7 +59,7 @@ def main() -> int:
     import jax.random as jr
 
     from coarseflow.config import build_target, load_config, parse_config
-    from coarseflow.training import UpdateSettings, init, update_step
+    from coarseflow.training.step import UpdateSettings, init, update_step
     from coarseflow.workflow import initial_model
 
     raw = load_config(args.config).raw

@@ -19,7 +19,7 @@ from coarseflow.model.flow import FlowSettings
 from coarseflow.predict import PredictionSettings
 from coarseflow.samplers.conditional import ChainSettings
 from coarseflow.tempering import Adaptive, Explicit, Geometric, Linear
-from coarseflow.training import TrainingSettings
+from coarseflow.training.settings import TrainingSettings
 
 ALA2_PDB = Path(__file__).parents[1] / "src" / "coarseflow" / "data" / "alanine_dipeptide.pdb"
 

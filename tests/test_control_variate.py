@@ -7,7 +7,7 @@ import numpy as np
 
 from coarseflow.samplers import ChainSettings, control_variate_forces
 from coarseflow.targets import GaussianMixture
-from coarseflow.training import chain_states
+from coarseflow.training.losses import chain_states
 
 SETTINGS = ChainSettings(
     kernel="mala", step_size=0.05, n_chains=4, n_burn=20, n_keep=10, warm_start_steps=5

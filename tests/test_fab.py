@@ -21,7 +21,7 @@ from coarseflow.fab import (
 )
 from coarseflow.model.flow import FlowSettings, box_flow, split_trainable
 from coarseflow.targets import GaussianMixture
-from coarseflow.training import adapt_fab_step
+from coarseflow.training.step import adapt_fab_step
 
 
 def _setup():
@@ -186,7 +186,8 @@ def _flat(tree):
 def test_training_with_the_replay_buffer_makes_an_ais_batch_every_fab_reuse_updates():
     from coarseflow.samplers.conditional import ChainSettings
     from coarseflow.tempering import Explicit
-    from coarseflow.training import Callbacks, TrainingSettings, train
+    from coarseflow.training.ladder import Callbacks, train
+    from coarseflow.training.settings import TrainingSettings
 
     class Records(Callbacks):
         def __init__(self):
@@ -235,7 +236,7 @@ def test_training_with_the_replay_buffer_makes_an_ais_batch_every_fab_reuse_upda
 )
 def test_replay_buffer_settings_are_checked(settings, message):
     from coarseflow.errors import ConfigError
-    from coarseflow.training import TrainingSettings
+    from coarseflow.training.settings import TrainingSettings
 
     with pytest.raises(ConfigError, match=message):
         TrainingSettings(**{"batch_size": 16, "objective": "fab", **settings})
@@ -247,7 +248,8 @@ def test_reverse_kl_conditional_keeps_fabs_flow_gradient_and_trains_q_y_by_its_r
     the AIS batch or the buffer's drawn entries), the conditional's that of its reverse KL at
     the same X; "alpha2" gives the conditional another gradient."""
     from coarseflow.objectives import conditional_terms, masked_mean
-    from coarseflow.training import TrainingSettings, _Fixed, _loss
+    from coarseflow.training.losses import _Fixed, _loss
+    from coarseflow.training.settings import TrainingSettings
 
     target, flow, cond = _setup()
     cond = _perturbed(cond, jr.key(8), 0.05)
@@ -292,7 +294,7 @@ def test_reverse_kl_conditional_keeps_fabs_flow_gradient_and_trains_q_y_by_its_r
 
 def test_fab_conditional_is_fabs_setting():
     from coarseflow.errors import ConfigError
-    from coarseflow.training import TrainingSettings
+    from coarseflow.training.settings import TrainingSettings
 
     with pytest.raises(ConfigError, match="fab_conditional: expected one of"):
         TrainingSettings(objective="fab", fab_conditional="forward")

@@ -11,7 +11,7 @@ from coarseflow.model.flow import FlowSettings, box_flow, sample_with_log_det, s
 from coarseflow.objectives import clip_forces, surrogate_loss
 from coarseflow.samplers.conditional import ChainSettings
 from coarseflow.targets import GaussianMixture
-from coarseflow.training import chain_states
+from coarseflow.training.losses import chain_states
 
 
 def flat(tree):

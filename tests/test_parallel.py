@@ -27,7 +27,8 @@ from coarseflow.config import build_target, load_config, parse_config
 from coarseflow.errors import ConfigError
 from coarseflow.parallel import data_mesh, replicate
 from coarseflow.predict import draw_samples
-from coarseflow.training import Callbacks, UpdateSettings, _gradients, init, train
+from coarseflow.training.ladder import Callbacks, train
+from coarseflow.training.step import UpdateSettings, _gradients, init
 from coarseflow.workflow import initial_model
 
 def config_of(objective):

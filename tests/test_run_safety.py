@@ -332,12 +332,13 @@ def test_marker_and_lock_are_a_runs_own_names(tmp_path):
 def _fake_training(monkeypatch, *, skipped=False, n_used=16, energies=None):
     """Make train()'s update and ladder samples free: each update reports ``skipped`` and
     ``n_used`` (of 16) and leaves the parameters as they are; the ladder sees ``energies``."""
-    import coarseflow.training as training
+    import coarseflow.training.ladder as training
+    from coarseflow.training.step import StepInfo
 
     nan = np.float64(np.nan)
 
     def update_step(state, *args):
-        info = training.StepInfo(
+        info = StepInfo(
             np.float64(0.0),
             np.float64(1.0),
             np.bool_(skipped),
@@ -362,7 +363,7 @@ def _train_fake(run, schedule, updates=30):
     from coarseflow.model.flow import FlowSettings, box_flow
     from coarseflow.samplers.conditional import ChainSettings
     from coarseflow.targets import DoubleWell
-    from coarseflow.training import TrainingSettings
+    from coarseflow.training.settings import TrainingSettings
 
     target = DoubleWell()
     lower, upper = target.x_bounds()
@@ -387,7 +388,7 @@ def _train_fake(run, schedule, updates=30):
 )
 def test_training_stops_when_nothing_is_learned(tmp_path, monkeypatch, fake, reason):
     from coarseflow.tempering import Explicit
-    from coarseflow.training import TrainingStopped
+    from coarseflow.training.health import TrainingStopped
 
     _fake_training(monkeypatch, **fake)
     run = RunDir(tmp_path)
@@ -404,7 +405,7 @@ def test_training_stops_when_nothing_is_learned(tmp_path, monkeypatch, fake, rea
 
 def test_training_stops_when_the_adaptive_ladder_stalls(tmp_path, monkeypatch):
     from coarseflow.tempering import Adaptive
-    from coarseflow.training import TrainingStopped
+    from coarseflow.training.health import TrainingStopped
 
     # energies this spread allow only min_step: 1e-4 per beta, ~10^4 betas to go
     _fake_training(monkeypatch, energies=np.tile([0.0, 1e6], 16))
@@ -420,7 +421,7 @@ def test_training_stops_when_the_adaptive_ladder_stalls(tmp_path, monkeypatch):
 
 def test_stop_conditions_leave_a_healthy_run_alone():
     from coarseflow.tempering import Adaptive, Explicit
-    from coarseflow.training import STOP_WINDOW, Streaks, stop_reason
+    from coarseflow.training.health import STOP_WINDOW, Streaks, stop_reason
 
     streaks = Streaks()
     for i in range(200):  # occasional skips and starved updates do not add up

@@ -13,7 +13,9 @@ from coarseflow.partition import Partition
 from coarseflow.samplers.conditional import ChainSettings
 from coarseflow.targets import EnergyTarget
 from coarseflow.tempering import Explicit
-from coarseflow.training import TrainingSettings, heating_warning, train
+from coarseflow.training.health import heating_warning
+from coarseflow.training.ladder import train
+from coarseflow.training.settings import TrainingSettings
 from coarseflow.workflow import load_run, train_from_config
 
 # conftest: runs of one config share one built target and flow, so they compile once

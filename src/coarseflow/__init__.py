@@ -32,7 +32,7 @@ _EXPORTS = {
     "FlowSettings": "coarseflow.model.flow",
     "ConditionalSettings": "coarseflow.model.conditional",
     "ChainSettings": "coarseflow.samplers.conditional",
-    "TrainingSettings": "coarseflow.training",
+    "TrainingSettings": "coarseflow.training.settings",
     "PredictionSettings": "coarseflow.predict",
     "Adaptive": "coarseflow.tempering",
     "Geometric": "coarseflow.tempering",
@@ -41,7 +41,7 @@ _EXPORTS = {
     # build, train, sample
     "make_flow": "coarseflow.model.flow",
     "make_conditional": "coarseflow.model.conditional",
-    "train": "coarseflow.training",
+    "train": "coarseflow.training.ladder",
     "draw_samples": "coarseflow.predict",
     "refine": "coarseflow.predict",
     # how good the samples are

@@ -1,6 +1,6 @@
 """train()'s record in a run directory: metrics.jsonl, one checkpoint per beta, and the state a
-resumed run starts from. The application layer's side of :class:`coarseflow.training.Callbacks`:
-training itself knows nothing of files."""
+resumed run starts from. The application layer's side of
+:class:`coarseflow.training.ladder.Callbacks`: training itself knows nothing of files."""
 
 from __future__ import annotations
 
@@ -8,15 +8,9 @@ import equinox as eqx
 
 from coarseflow.progress import compiling
 from coarseflow.runs import RunDir, all_finite
-from coarseflow.training import (
-    Callbacks,
-    LadderState,
-    Streaks,
-    TrainResult,
-    TrainState,
-    init,
-    train,
-)
+from coarseflow.training.health import Streaks
+from coarseflow.training.ladder import Callbacks, LadderState, TrainResult, train
+from coarseflow.training.step import TrainState, init
 
 
 class RunRecorder(Callbacks):
@@ -89,7 +83,7 @@ def train_into(
     resume: bool = False,
     **kwargs,
 ) -> TrainResult:
-    """:func:`coarseflow.training.train` recorded in ``run`` (locked meanwhile): every update
+    """:func:`coarseflow.training.ladder.train` recorded in ``run`` (locked meanwhile): every update
     in metrics.jsonl, every beta checkpointed. ``resume=True`` continues from the newest intact
     checkpoint; otherwise (or where there is none) metrics.jsonl starts empty, so the lines of a
     process killed before its first checkpoint go. ``kwargs``: train()'s."""

@@ -22,7 +22,7 @@ from coarseflow.model.flow import FlowSettings
 from coarseflow.predict import PredictionSettings
 from coarseflow.samplers.conditional import ChainSettings
 from coarseflow.tempering import AbstractSchedule, schedule_from_config
-from coarseflow.training import TrainingSettings
+from coarseflow.training.settings import TrainingSettings
 
 SECTIONS = (
     "target",
