@@ -86,7 +86,7 @@ def test_valine_chi1_in_x_removes_the_warning():
     assert '(and name "chi1 VAL2" in [target] cg_dihedrals to have it checked)' in line
     # asked for but not in X: refused, naming the atoms
     with pytest.raises(ConfigError, match=r"leaves dihedral chi1 VAL2 .* without atoms VAL2-CB"):
-        Molecule(sequence="V", cg_dihedrals=["phi", "psi", "chi1"])
+        Molecule(sequence="V", cg_selection=BACKBONE, cg_dihedrals=["phi", "psi", "chi1"])
     wider = f"{BACKBONE} or (resid 1 and name CB CG1)"
     fixed = Molecule(sequence="V", cg_selection=wider, cg_dihedrals=["phi", "psi", "chi1 VAL2"])
     assert rotamers.of_molecule(fixed) == []

@@ -6,6 +6,12 @@ needs only JAX.
 
 from coarseflow.forcefield.build import DEFAULT_FORCEFIELD_FILES, build_system
 from coarseflow.forcefield.cmap import CMAPTorsions
+from coarseflow.forcefield.custom_terms import (
+    HarmonicTorsions,
+    LennardJonesPairs,
+    LennardJonesTable,
+    UreyBradley,
+)
 from coarseflow.forcefield.energy import ForceField
 from coarseflow.forcefield.gb import AmberGB
 from coarseflow.forcefield.geometry import angles, dihedrals
@@ -32,8 +38,12 @@ __all__ = [
     "ForceField",
     "HarmonicAngles",
     "HarmonicBonds",
+    "HarmonicTorsions",
+    "LennardJonesPairs",
+    "LennardJonesTable",
     "Nonbonded",
     "PeriodicTorsions",
+    "UreyBradley",
     "angles",
     "build_system",
     "dihedrals",

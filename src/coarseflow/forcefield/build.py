@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from coarseflow.errors import ConfigError
+from coarseflow.forcefield.charmm import create_system
 from coarseflow.forcefield.trust import check_forcefield_files, check_structure
 
 DEFAULT_FORCEFIELD_FILES = ("amber99sbildn.xml", "amber99_obc.xml")
@@ -26,7 +27,9 @@ def build_system(
     """Read ``pdb_path`` and parametrise it.
 
     A PDB file is parametrised with OpenMM's force-field XML files ``forcefield_files``
-    (default ``DEFAULT_FORCEFIELD_FILES``). An Amber prmtop (``.prmtop`` / ``.parm7``) carries
+    (default ``DEFAULT_FORCEFIELD_FILES``); for CHARMM36, whose caps are patches, with the
+    caps joined to their neighbours and the Urey-Bradley terms split off the bonds
+    (``charmm.create_system``). An Amber prmtop (``.prmtop`` / ``.parm7``) carries
     its own parameters and GB radii; its coordinates are read from the file of the same name
     ending ``.inpcrd``, ``.rst7`` or ``.crd``, and ``forcefield_files`` then names only the
     implicit solvent, one of ``AMBER_IMPLICIT_SOLVENTS`` (default "OBC1", as
@@ -63,19 +66,17 @@ def build_system(
             f"force field: cannot load force-field files {list(files)}: {err}"
         ) from err
 
-    unmatched = forcefield.getUnmatchedResidues(pdb.topology)
-    if unmatched:
-        res = unmatched[0]
-        raise ConfigError(
-            f"force field: no template for residue '{res.name}' (number {res.id}, chain "
-            f"{res.chain.id}) in {list(files)}; check its name and atoms (hydrogens "
-            "included: add them with openmm.app.Modeller.addHydrogens)"
-        )
     try:
-        system = forcefield.createSystem(
-            pdb.topology, nonbondedMethod=app.NoCutoff, constraints=None, rigidWater=False
-        )
+        system = create_system(forcefield, pdb.topology)
     except Exception as err:
+        unmatched = forcefield.getUnmatchedResidues(pdb.topology)
+        if unmatched:
+            res = unmatched[0]
+            raise ConfigError(
+                f"force field: no template for residue '{res.name}' (number {res.id}, chain "
+                f"{res.chain.id}) in {list(files)}; check its name and atoms (hydrogens "
+                "included: add them with openmm.app.Modeller.addHydrogens)"
+            ) from None
         raise ConfigError(
             f"force field: cannot parametrise '{path}' with {list(files)}: {err}"
         ) from err

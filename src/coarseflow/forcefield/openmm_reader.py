@@ -2,9 +2,11 @@
 
 OpenMM is only the input layer: after this, the energy is pure JAX. Supported forces are
 HarmonicBondForce, HarmonicAngleForce, PeriodicTorsionForce, CMAPTorsionForce, NonbondedForce,
-GBSAOBCForce (OBC2) and the CustomGBForces of OpenMM's Amber GB models (HCT, OBC1, OBC2, GBn,
-GBn2: ``implicit/*.xml`` and ``implicitSolvent=app.OBC1``; no salt; ``gb_reader``), all
-without cutoffs or periodic boundaries; CMMotionRemover is ignored (it is not an energy).
+GBSAOBCForce (OBC2), the CustomGBForces of OpenMM's Amber GB models (HCT, OBC1, OBC2, GBn,
+GBn2: ``implicit/*.xml`` and ``implicitSolvent=app.OBC1``; no salt; ``gb_reader``) and the
+custom forces of OpenMM's CHARMM36 (impropers, 1-4 Lennard-Jones, Urey-Bradley, the
+Lennard-Jones tables with NBFIX; ``custom_reader``), all without cutoffs or periodic
+boundaries; CMMotionRemover is ignored (it is not an energy).
 Anything else -- another force class or CustomGBForce, a cutoff, constraints, virtual sites --
 raises a ConfigError naming it and the force fields that work (``supported``), rather than
 silently giving a different energy from OpenMM's.
@@ -18,6 +20,11 @@ import numpy as np
 
 from coarseflow.errors import ConfigError
 from coarseflow.forcefield.cmap import CMAPTorsions, patch_coefficients
+from coarseflow.forcefield.custom_reader import (
+    read_custom_bonds,
+    read_custom_nonbonded,
+    read_custom_torsions,
+)
 from coarseflow.forcefield.energy import ForceField
 from coarseflow.forcefield.gb_reader import read_amber_gb
 from coarseflow.forcefield.geometry import Gather, displacements
@@ -72,6 +79,9 @@ def forcefield_from_system(system, *, gather: Gather = "auto") -> ForceField:
         openmm.NonbondedForce: _read_nonbonded,
         openmm.GBSAOBCForce: _read_gbsa,
         openmm.CustomGBForce: _read_custom_gb,
+        openmm.CustomTorsionForce: read_custom_torsions,
+        openmm.CustomBondForce: read_custom_bonds,
+        openmm.CustomNonbondedForce: read_custom_nonbonded,
     }
     collected: dict[type, list] = {}
     for force in system.getForces():
@@ -84,7 +94,7 @@ def forcefield_from_system(system, *, gather: Gather = "auto") -> ForceField:
                 f"{SUPPORTED_FORCES}; force fields that work: {SUPPORTED})"
             )
         gb_forces = (openmm.GBSAOBCForce, openmm.CustomGBForce)
-        if kind in (openmm.NonbondedForce, *gb_forces):  # before the PBC check
+        if kind in (openmm.NonbondedForce, openmm.CustomNonbondedForce, *gb_forces):
             _check_no_cutoff(force, kind.__name__)
         if force.usesPeriodicBoundaryConditions():
             raise ConfigError(
@@ -101,7 +111,8 @@ def forcefield_from_system(system, *, gather: Gather = "auto") -> ForceField:
     terms: list[AbstractTerm] = []
     for kind, reader in readers.items():
         if kind in collected:
-            terms.append(reader(collected[kind], n_atoms, gather))
+            read = reader(collected[kind], n_atoms, gather)  # a term, or a tuple of terms
+            terms.extend(read if isinstance(read, tuple) else (read,))
     return ForceField(terms=tuple(terms), n_atoms=n_atoms)
 
 

@@ -10,7 +10,9 @@ Who builds what (no geometry is written here, and nothing is downloaded):
   same peptide-bond geometry as every other residue.
 * **Hydrogens: OpenMM's Modeller.addHydrogens** with the force field that will be used, so the
   names and protonation states (pH 7: NH3+ / COO- termini without caps; histidine by its
-  hydrogen bonds) are those of its templates.
+  hydrogen bonds) are those of its templates. CHARMM36 has no ACE / NME residues (its caps
+  are patches, ``forcefield.charmm``): there the hydrogens come from OpenMM's standard
+  hydrogen definitions (PDB names) and the caps join their neighbours only for the System.
 * **Minimisation: OpenMM's LocalEnergyMinimizer** (Reference platform: the same file on every
   machine) in that force field with no cutoff and no constraints, as the Molecule uses it.
 
@@ -144,6 +146,7 @@ def build_peptide(residues: tuple[str, ...], forcefield_files: tuple[str, ...] |
     from openmm import app, unit
 
     from coarseflow.forcefield.build import DEFAULT_FORCEFIELD_FILES
+    from coarseflow.forcefield.charmm import create_system
     from coarseflow.forcefield.trust import check_forcefield_files
 
     files = DEFAULT_FORCEFIELD_FILES if forcefield_files is None else tuple(forcefield_files)
@@ -165,15 +168,11 @@ def build_peptide(residues: tuple[str, ...], forcefield_files: tuple[str, ...] |
             positions.append(openmm.Vec3(*(float(v) for v in xyz)))
     topology.createStandardBonds()  # residues.xml knows the 20 amino acids, ACE and NME
     reference = openmm.Platform.getPlatformByName("Reference")
-    modeller = app.Modeller(topology, positions * unit.nanometer)
     state = random.getstate()  # seeded for addHydrogens alone, the caller's stream restored
-    random.seed(HYDROGEN_SEED)
     try:
-        modeller.addHydrogens(forcefield, pH=7.0, platform=reference)
-        system = forcefield.createSystem(
-            modeller.topology, nonbondedMethod=app.NoCutoff, constraints=None, rigidWater=False
-        )
-    except ValueError as err:  # no template for a residue
+        modeller = _with_hydrogens(topology, positions, forcefield, reference)
+        system = create_system(forcefield, modeller.topology)
+    except Exception as err:  # no template for a residue: ValueError or a bare Exception
         raise ConfigError(
             f"force field {list(files)}: cannot parametrise the peptide: {err}"
         ) from None
@@ -187,6 +186,28 @@ def build_peptide(residues: tuple[str, ...], forcefield_files: tuple[str, ...] |
     xyz = np.asarray(state.getPositions(asNumpy=True).value_in_unit(unit.nanometer), np.float64)
     energy = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
     return modeller.topology, xyz, float(energy)
+
+
+def _with_hydrogens(topology, positions, forcefield, platform):
+    """A Modeller of the chain with hydrogens: placed with the force field's templates, or, for
+    a force field whose caps are patches (CHARMM36: ACE / NME are no residues of its own, see
+    ``forcefield.charmm``), from OpenMM's hydrogen definitions alone (the minimisation in the
+    force field then places them)."""
+    from openmm import app, unit
+
+    from coarseflow.forcefield.charmm import has_caps
+
+    random.seed(HYDROGEN_SEED)
+    modeller = app.Modeller(topology, positions * unit.nanometer)
+    try:
+        modeller.addHydrogens(forcefield, pH=7.0, platform=platform)
+    except Exception:
+        if not has_caps(topology):
+            raise
+        random.seed(HYDROGEN_SEED)
+        modeller = app.Modeller(topology, positions * unit.nanometer)
+        modeller.addHydrogens(None, pH=7.0, platform=platform)
+    return modeller
 
 
 def write_pdb(path, topology, positions: np.ndarray, remarks: list[str]) -> Path:
