@@ -26,7 +26,8 @@ from coarseflow.analysis.evaluation import reference_metrics
 from coarseflow.analysis.metrics import normalized_weights
 from coarseflow.analysis.molecule_report import MoleculeReport
 from coarseflow.config import build_target
-from coarseflow.predict import draw_samples, refine
+from coarseflow.predict.draw import draw_samples
+from coarseflow.predict.refine import refine
 from coarseflow.workflow import load_run, with_refine_steps
 
 BINS = 64

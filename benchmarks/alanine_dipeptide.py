@@ -37,7 +37,7 @@ from coarseflow.analysis import metrics
 from coarseflow.analysis.molecule_report import MoleculeReport
 from coarseflow.analysis.observables import BASINS, basin_population_errors, basin_populations
 from coarseflow.config import load_config, parse_config
-from coarseflow.predict import draw_samples
+from coarseflow.predict.draw import draw_samples
 from coarseflow.reference import load_reference
 from coarseflow.runs import RunDir
 from coarseflow.workflow import load_run, train_from_config

@@ -23,7 +23,7 @@ import numpy as np
 from coarseflow.analysis import metrics
 from coarseflow.analysis.molecule_report import MoleculeReport
 from coarseflow.analysis.observables import basin_populations
-from coarseflow.predict import draw_samples
+from coarseflow.predict.draw import draw_samples
 from coarseflow.targets.molecule import Molecule
 from coarseflow.workflow import load_run
 

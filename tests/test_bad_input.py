@@ -16,7 +16,7 @@ from coarseflow.errors import ConfigError
 from coarseflow.forcefield.trust import allow_forcefield_scripts, check_forcefield_files
 from coarseflow.model.conditional import ConditionalSettings
 from coarseflow.model.flow import FlowSettings
-from coarseflow.predict import PredictionSettings
+from coarseflow.predict.settings import PredictionSettings
 from coarseflow.samplers.conditional import ChainSettings
 from coarseflow.tempering import Adaptive, Explicit, Geometric, Linear
 from coarseflow.training.settings import TrainingSettings

@@ -12,7 +12,8 @@ from coarseflow.errors import ConfigError
 from coarseflow.model.conditional import ConditionalSettings, make_conditional
 from coarseflow.model.flow import FlowSettings, box_flow, split_trainable
 from coarseflow.objectives import conditional_terms, joint_terms, masked_mean
-from coarseflow.predict import PredictionSettings, draw_samples
+from coarseflow.predict.draw import draw_samples
+from coarseflow.predict.settings import PredictionSettings
 from coarseflow.targets import GaussianMixture
 
 

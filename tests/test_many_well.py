@@ -166,7 +166,7 @@ def test_shipped_config_builds_the_target(monkeypatch):
 
 def test_reference_metrics_with_exact_samples():
     from coarseflow.analysis.evaluation import reference_metrics
-    from coarseflow.predict import Samples
+    from coarseflow.predict.draw import Samples
 
     mw, n = ManyWell(n_wells=4), 20_000
     x = np.asarray(mw.sample(jax.random.key(3), n))

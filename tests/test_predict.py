@@ -9,14 +9,13 @@ from scipy import integrate, special, stats
 from coarseflow.errors import ConfigError
 from coarseflow.model.flow import box_flow
 from coarseflow.partition import Partition
-from coarseflow.predict import (
-    PredictionSettings,
+from coarseflow.predict.conditional import (
     conditional_ais,
     conditional_exact,
     conditional_laplace,
-    draw_samples,
-    log_partition_estimate,
 )
+from coarseflow.predict.draw import draw_samples, log_partition_estimate
+from coarseflow.predict.settings import PredictionSettings
 from coarseflow.targets import DoubleWell, EnergyTarget, GaussianMixture
 from coarseflow.targets.base import AbstractTarget
 

@@ -18,7 +18,8 @@ from coarseflow.analysis.evaluation import evaluate_run
 from coarseflow.cli import main
 from coarseflow.config import build_target, parse_config
 from coarseflow.model.flow import make_flow
-from coarseflow.predict import PredictionSettings, draw_samples
+from coarseflow.predict.draw import draw_samples
+from coarseflow.predict.settings import PredictionSettings
 from coarseflow.progress import compiling, device_line
 
 TINY = (

@@ -8,7 +8,9 @@ from test_fab import _setup
 
 from coarseflow.analysis.metrics import ess_fraction, normalized_weights
 from coarseflow.errors import ConfigError
-from coarseflow.predict import PredictionSettings, draw_samples, log_partition_estimate, refine
+from coarseflow.predict.draw import draw_samples, log_partition_estimate
+from coarseflow.predict.refine import refine
+from coarseflow.predict.settings import PredictionSettings
 
 BETA = 0.1
 

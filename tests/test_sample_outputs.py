@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from coarseflow.cli import main
-from coarseflow.predict import Samples
+from coarseflow.predict.draw import Samples
 from coarseflow.workflow import write_weights
 
 TINY = (

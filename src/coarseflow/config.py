@@ -19,7 +19,7 @@ from coarseflow import checks
 from coarseflow.errors import ConfigError
 from coarseflow.model.conditional import ConditionalSettings
 from coarseflow.model.flow import FlowSettings
-from coarseflow.predict import PredictionSettings
+from coarseflow.predict.settings import PredictionSettings
 from coarseflow.samplers.conditional import ChainSettings
 from coarseflow.tempering import AbstractSchedule, schedule_from_config
 from coarseflow.training.settings import TrainingSettings

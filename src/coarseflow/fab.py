@@ -92,7 +92,8 @@ def latent_ais(
     fixed) or "p", p_beta itself, whose pull-back r(u) p(x) / q(x) has integral Z(beta)
     exactly (p / q is the same for every relabeling of a draw): the weights are then unbiased
     for Z and the end points x = T(u), self-normalised, estimate any observable that the
-    relabelings leave unchanged (prediction's refinement, :func:`coarseflow.predict.refine`)."""
+    relabelings leave unchanged (prediction's refinement,
+    :func:`coarseflow.predict.refine.refine`)."""
     if toward not in TOWARD:
         raise ValueError(f"toward: expected one of {TOWARD}, got {toward!r}")
     n_x, n_y = target.partition.n_x, target.partition.n_y

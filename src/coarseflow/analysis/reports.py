@@ -17,7 +17,7 @@ import jax.random as jr
 import numpy as np
 
 from coarseflow.analysis import metrics, plots
-from coarseflow.predict import log_partition_estimate
+from coarseflow.predict.draw import log_partition_estimate
 from coarseflow.targets import AbstractTarget, DoubleWell, GaussianMixture, ManyWell
 
 

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from coarseflow.errors import ConfigError
 from coarseflow.parallel import check_divisible, replicate, shard_batch
-from coarseflow.predict import PredictionSettings
+from coarseflow.predict.settings import PredictionSettings
 from coarseflow.samplers.conditional import ChainSettings
 from coarseflow.targets.base import AbstractTarget
 from coarseflow.tempering import AbstractSchedule

@@ -20,7 +20,8 @@ from coarseflow.objectives import (
     masked_mean,
     surrogate_loss,
 )
-from coarseflow.predict import PredictionSettings, resolve_conditional, sample_q_y
+from coarseflow.predict.conditional import resolve_conditional, sample_q_y
+from coarseflow.predict.settings import PredictionSettings
 from coarseflow.samplers.conditional import ChainSettings, mean_force
 from coarseflow.targets.base import AbstractTarget
 from coarseflow.training.settings import TrainingSettings
@@ -84,7 +85,8 @@ def _loss(params, static, key, beta, fixed: _Fixed, target, training: TrainingSe
 
     mean_force: the paper's surrogate for q(X); joint: the reverse KL of q(X) q(Y|X);
     hybrid: the surrogate for q(X) plus the conditional reverse KL for q(Y|X) at the same X.
-    Their forward term (``forward_kl_weight``) is not part of it: :func:`_joint_forward`.
+    Their forward term (``forward_kl_weight``) is not part of it:
+    :func:`coarseflow.training.step._joint_forward`.
     """
     flow, conditional = eqx.combine(params, static)
     lam = training.forward_kl_weight

@@ -26,7 +26,7 @@ from coarseflow.model.flow import sample_with_log_det, split_trainable
 from coarseflow.objectives import clip_forces, joint_forward_kl_loss
 from coarseflow.optim import find_skip_clip_state, global_norm
 from coarseflow.parallel import shard_batch
-from coarseflow.predict import PredictionSettings
+from coarseflow.predict.settings import PredictionSettings
 from coarseflow.samplers.conditional import ChainSettings, control_variate_forces
 from coarseflow.training.losses import (
     _batch_log_weights,
