@@ -18,7 +18,8 @@ from coarseflow.model.conditional import ConditionalSettings
 from coarseflow.model.flow import FlowSettings
 from coarseflow.predict.settings import PredictionSettings
 from coarseflow.samplers.conditional import ChainSettings
-from coarseflow.tempering import Adaptive, Explicit, Geometric, Linear
+from coarseflow.tempering.adaptive import Adaptive
+from coarseflow.tempering.schedules import Explicit, Geometric, Linear
 from coarseflow.training.settings import TrainingSettings
 
 ALA2_PDB = Path(__file__).parents[1] / "src" / "coarseflow" / "data" / "alanine_dipeptide.pdb"

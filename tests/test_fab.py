@@ -185,7 +185,7 @@ def _flat(tree):
 
 def test_training_with_the_replay_buffer_makes_an_ais_batch_every_fab_reuse_updates():
     from coarseflow.samplers.conditional import ChainSettings
-    from coarseflow.tempering import Explicit
+    from coarseflow.tempering.schedules import Explicit
     from coarseflow.training.ladder import Callbacks, train
     from coarseflow.training.settings import TrainingSettings
 

@@ -387,7 +387,7 @@ def _train_fake(run, schedule, updates=30):
     ],
 )
 def test_training_stops_when_nothing_is_learned(tmp_path, monkeypatch, fake, reason):
-    from coarseflow.tempering import Explicit
+    from coarseflow.tempering.schedules import Explicit
     from coarseflow.training.health import TrainingStopped
 
     _fake_training(monkeypatch, **fake)
@@ -404,7 +404,7 @@ def test_training_stops_when_nothing_is_learned(tmp_path, monkeypatch, fake, rea
 
 
 def test_training_stops_when_the_adaptive_ladder_stalls(tmp_path, monkeypatch):
-    from coarseflow.tempering import Adaptive
+    from coarseflow.tempering.adaptive import Adaptive
     from coarseflow.training.health import TrainingStopped
 
     # energies this spread allow only min_step: 1e-4 per beta, ~10^4 betas to go
@@ -420,7 +420,8 @@ def test_training_stops_when_the_adaptive_ladder_stalls(tmp_path, monkeypatch):
 
 
 def test_stop_conditions_leave_a_healthy_run_alone():
-    from coarseflow.tempering import Adaptive, Explicit
+    from coarseflow.tempering.adaptive import Adaptive
+    from coarseflow.tempering.schedules import Explicit
     from coarseflow.training.health import STOP_WINDOW, Streaks, stop_reason
 
     streaks = Streaks()

@@ -6,16 +6,13 @@ import numpy as np
 import pytest
 
 from coarseflow.errors import ConfigError
-from coarseflow.tempering import (
+from coarseflow.tempering.adaptive import (
     Adaptive,
-    Explicit,
-    Geometric,
-    Linear,
     estimate_kl_increase,
     incremental_ess_fraction,
-    schedule_from_config,
-    schedule_to_config,
 )
+from coarseflow.tempering.config import schedule_from_config, schedule_to_config
+from coarseflow.tempering.schedules import Explicit, Geometric, Linear
 
 
 def run_ladder(schedule, energies_fn=None):

@@ -12,7 +12,7 @@ from coarseflow.model.flow import FlowSettings, box_flow, split_trainable
 from coarseflow.partition import Partition
 from coarseflow.samplers.conditional import ChainSettings
 from coarseflow.targets import EnergyTarget
-from coarseflow.tempering import Explicit
+from coarseflow.tempering.schedules import Explicit
 from coarseflow.training.health import heating_warning
 from coarseflow.training.ladder import train
 from coarseflow.training.settings import TrainingSettings

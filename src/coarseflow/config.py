@@ -21,7 +21,8 @@ from coarseflow.model.conditional import ConditionalSettings
 from coarseflow.model.flow import FlowSettings
 from coarseflow.predict.settings import PredictionSettings
 from coarseflow.samplers.conditional import ChainSettings
-from coarseflow.tempering import AbstractSchedule, schedule_from_config
+from coarseflow.tempering.config import schedule_from_config
+from coarseflow.tempering.schedules import AbstractSchedule
 from coarseflow.training.settings import TrainingSettings
 
 SECTIONS = (

@@ -13,7 +13,8 @@ import numpy as np
 
 from coarseflow.errors import ConfigError
 from coarseflow.targets.base import AbstractTarget
-from coarseflow.tempering import AbstractSchedule, Adaptive
+from coarseflow.tempering.adaptive import Adaptive
+from coarseflow.tempering.schedules import AbstractSchedule
 
 HEATING_LIMIT = 0.25  # kT; alanine dipeptide runs that drifted heated by ~1 kT (docs/molecules.md)
 

@@ -21,7 +21,7 @@ from coarseflow.parallel import check_divisible, replicate, shard_batch
 from coarseflow.predict.settings import PredictionSettings
 from coarseflow.samplers.conditional import ChainSettings
 from coarseflow.targets.base import AbstractTarget
-from coarseflow.tempering import AbstractSchedule
+from coarseflow.tempering.schedules import AbstractSchedule
 from coarseflow.training.health import (
     Streaks,
     TrainingStopped,
