@@ -86,7 +86,6 @@ KNOWN_LONG: frozenset[str] = frozenset(
         "forcefield/openmm_reader.py",
         "samplers/replica_exchange.py",
         "targets/molecule/target.py",
-        "samplers/conditional.py",
     }
 )
 

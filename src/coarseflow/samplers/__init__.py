@@ -3,12 +3,10 @@
 from coarseflow.samplers.conditional import (
     KERNELS,
     ChainSettings,
-    MeanForce,
-    control_variate_forces,
-    mean_force,
     minimize_y,
     sample_conditional,
 )
+from coarseflow.samplers.force import MeanForce, control_variate_forces, mean_force
 
 __all__ = [
     "KERNELS",

@@ -22,7 +22,8 @@ from coarseflow.objectives import (
 )
 from coarseflow.predict.conditional import resolve_conditional, sample_q_y
 from coarseflow.predict.settings import PredictionSettings
-from coarseflow.samplers.conditional import ChainSettings, mean_force
+from coarseflow.samplers.conditional import ChainSettings
+from coarseflow.samplers.force import mean_force
 from coarseflow.targets.base import AbstractTarget
 from coarseflow.training.settings import TrainingSettings
 

@@ -27,7 +27,8 @@ from coarseflow.objectives import clip_forces, joint_forward_kl_loss
 from coarseflow.optim import find_skip_clip_state, global_norm
 from coarseflow.parallel import shard_batch
 from coarseflow.predict.settings import PredictionSettings
-from coarseflow.samplers.conditional import ChainSettings, control_variate_forces
+from coarseflow.samplers.conditional import ChainSettings
+from coarseflow.samplers.force import control_variate_forces
 from coarseflow.training.losses import (
     _batch_log_weights,
     _Fixed,
