@@ -199,7 +199,7 @@ class MoleculeReport(AbstractReport):
         """Basin populations and free-energy differences per residue, Rg and (at beta = 1)
         divergences from the reference data.
 
-        ``samples``: coarseflow.predict.Samples (x (N, n)); ``weights``: (N,) normalised
+        ``samples``: coarseflow.predict.draw.Samples (x (N, n)); ``weights``: (N,) normalised
         importance weights. Each (phi, psi) residue gets its class's basins
         (ramachandran.BASIN_SETS: general, glycine, proline, pre-proline). Keys (with
         ``_<resname><number>`` after "basin" / "ramachandran" when the molecule has several

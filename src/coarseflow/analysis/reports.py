@@ -2,7 +2,7 @@
 references and figures, behind one interface (:class:`AbstractReport`, :func:`report_for`).
 
 A report reads a target's physics (exact well masses, mixture weights, observables) and samples
-(``coarseflow.predict.Samples``); the targets know nothing of metrics or plots.
+(``coarseflow.predict.draw.Samples``); the targets know nothing of metrics or plots.
 """
 
 from __future__ import annotations
