@@ -26,7 +26,7 @@ import equinox as eqx, jax, jax.numpy as jnp, jax.random as jr, numpy as np
 from coarseflow.config import build_target, load_config, parse_config
 from coarseflow.errors import ConfigError
 from coarseflow.parallel import data_mesh, replicate
-from coarseflow.predict import draw_samples
+from coarseflow.predict.draw import draw_samples
 from coarseflow.training.ladder import Callbacks, train
 from coarseflow.training.step import UpdateSettings, _gradients, init
 from coarseflow.workflow import initial_model
@@ -173,3 +173,207 @@ def test_one_device_is_the_plain_path():
     check_divisible(7, None, "n")
     with pytest.raises(ConfigError, match="devices: expected an integer from 1"):
         data_mesh(10**6)
+
+
+# evaluate and reference on 4 simulated devices against 1 (another process: the same XLA flag)
+MORE = r"""
+import json, shutil, sys
+from pathlib import Path
+import jax, jax.numpy as jnp, numpy as np
+from coarseflow.cli import main
+from coarseflow.errors import ConfigError
+from coarseflow.parallel import data_mesh
+from coarseflow.samplers.replica_exchange import run_replica_exchange, temperature_ladder
+from coarseflow.units import MOLAR_GAS_CONSTANT
+
+root = Path(sys.argv[1])
+out = {"devices": len(jax.devices())}
+config, run = root / "tiny.toml", root / "run"
+config.write_text(
+    '[target]\nkind = "double_well"\n'
+    "[model]\nknots = 4\nlayers = 1\nnn_width = 8\n"
+    "[chains]\nn_chains = 1\nn_burn = 2\nn_keep = 2\nwarm_start_steps = 1\n"
+    "[training]\nbatch_size = 16\nfirst_beta_updates = 5\nupdates_per_beta = 3\n"
+    "tempering_samples = 32\n"
+    '[tempering]\nkind = "explicit"\nbetas = [0.2, 1.0]\n'
+    "[prediction]\nn_samples = 200\nladder_samples = 60\n"
+)
+flags = ["--quiet"]
+train = ["train", str(config), "--out", str(run), "--devices", "1", "--no-evaluate", "--quiet"]
+assert main(train) == 0
+evaluated = {}
+for n in ("1", "4"):
+    out[f"evaluate_{n}"] = main(["evaluate", str(run), "--devices", n, *flags])
+    with np.load(run / "samples" / "evaluation.npz") as f:
+        arrays = {k: f[k] for k in ("x", "log_weights")}
+    evaluated[n] = (arrays, json.loads((run / "summary.json").read_text()))
+out["evaluation_samples"] = max(float(np.max(np.abs(evaluated["1"][0][k] - evaluated["4"][0][k])))
+                                for k in ("x", "log_weights"))
+out["evaluation_summary"] = {
+    n: [[b["n_samples"], b["ess"], b["log_Z_estimate"]] for b in evaluated[n][1]["per_beta"]]
+    for n in evaluated
+}
+out["evaluate_indivisible"] = main(["evaluate", str(run), "-n", "30", "--devices", "4", *flags])
+
+# the replica exchange's chains: a double well (kJ/mol), 4 rungs x 8 chains
+def double_well(x):
+    return MOLAR_GAS_CONSTANT * 300.0 * (8.0 * (x[0] ** 2 - 1.0) ** 2 + 0.5 * x[0])
+
+def exchange(n_devices, n_chains=8):
+    return run_replica_exchange(
+        double_well, lambda x: {"x": x[0]}, jnp.array([-1.0]), jnp.ones(1),
+        temperature_ladder(300.0, 3000.0, 4), n_chains=n_chains, time_step=0.01, friction=1.0,
+        n_steps=1000, burn_in_steps=100, record_every=10, exchange_every=10,
+        key=jax.random.key(0), progress=False, mesh=data_mesh(n_devices))
+
+one, four = exchange(1), exchange(4)
+out["exchange"] = {
+    k: float(np.max(np.abs(one.records[k] - four.records[k]))) for k in ("x", "energy")
+}
+out["exchange"]["positions"] = float(np.max(np.abs(
+    np.asarray(one.state.md.positions) - np.asarray(four.state.md.positions))))
+out["acceptance"] = [one.swap_acceptance.tolist(), four.swap_acceptance.tolist()]
+out["chains_spec"] = list(four.state.md.positions.sharding.spec)
+out["chains_devices"] = len(four.state.md.positions.sharding.device_set)
+try:
+    exchange(4, n_chains=6)
+    out["chains_indivisible"] = None
+except ConfigError as err:
+    out["chains_indivisible"] = str(err)
+# coarseflow reference --devices: its 2 quick chains do not split over 4 (refused at once)
+out["reference_indivisible"] = main(
+    ["reference", sys.argv[2], "--quick", "--devices", "4", "-o", str(root / "ref.npz")])
+out["reference_written"] = (root / "ref.npz").exists()
+print("RESULT " + json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def more_verdicts(tmp_path_factory):
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "COARSEFLOW_JAX_CACHE": "",
+    }
+    root = tmp_path_factory.mktemp("devices")
+    proc = subprocess.run(
+        [sys.executable, "-c", MORE, str(root), str(ROOT / "configs" / "alanine_dipeptide.toml")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert proc.returncode == 0 and lines, proc.stderr[-3000:]
+    return json.loads(lines[-1][len("RESULT ") :]) | {"stderr": proc.stderr}
+
+
+def test_evaluate_on_four_devices_equals_one(more_verdicts):
+    assert more_verdicts["devices"] == 4
+    assert more_verdicts["evaluate_1"] == more_verdicts["evaluate_4"] == 0
+    assert more_verdicts["evaluation_samples"] < 1e-4  # coordinates and log-weights, float32
+    one, four = more_verdicts["evaluation_summary"]["1"], more_verdicts["evaluation_summary"]["4"]
+    assert [b[0] for b in one] == [b[0] for b in four] == [60, 200]
+    for a, b in zip(one, four, strict=True):
+        assert b[1:] == pytest.approx(a[1:], rel=1e-4, abs=1e-4)
+
+
+def test_evaluate_rows_that_do_not_split_are_refused(more_verdicts):
+    assert more_verdicts["evaluate_indivisible"] == 2
+    assert (
+        "rows per batch (min([prediction] batch_size, n)) = 30 does not split over 4 devices"
+        in (more_verdicts["stderr"])
+    )
+
+
+def test_replica_exchange_on_four_devices_equals_one(more_verdicts):
+    # every walker's steps are the same arithmetic on any device and the random numbers do
+    # not depend on the split: measured equal to the last bit; tolerance 1e-6 (float32)
+    for what, difference in more_verdicts["exchange"].items():
+        assert difference < 1e-6, (what, difference)
+    one, four = more_verdicts["acceptance"]
+    assert four == pytest.approx(one, abs=1e-6) and len(one) == 3
+    assert more_verdicts["chains_spec"] == [None, "batch"]  # (rungs, chains, ...): chains split
+    assert more_verdicts["chains_devices"] == 4
+
+
+def test_reference_chains_that_do_not_split_are_refused(more_verdicts):
+    assert (
+        "[reference] n_chains = 6 does not split over 4 devices"
+        in (more_verdicts["chains_indivisible"])
+    )
+    assert more_verdicts["reference_indivisible"] == 2
+    assert not more_verdicts["reference_written"]
+    assert "[reference] n_chains = 2 does not split over 4 devices" in more_verdicts["stderr"]
+
+
+# several processes: what is refused before jax.distributed starts (the run itself:
+# tests/test_distributed.py)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"coordinator": "nohost"}, "--coordinator: expected HOST:PORT, got 'nohost'"),
+        ({"coordinator": "h:1", "num_processes": 0}, "--num-processes: expected an integer >= 1"),
+        (
+            {"coordinator": "h:1", "num_processes": 2, "process_id": 2},
+            "--process-id: expected an integer >= 0 and < --num-processes (2), got 2",
+        ),
+        ({"process_id": -1}, "--process-id: expected an integer >= 0, got -1"),
+    ],
+)
+def test_bad_process_settings_are_refused(kwargs, message):
+    from coarseflow.parallel import initialize
+
+    with pytest.raises(ConfigError) as err:
+        initialize(**kwargs)
+    assert message in str(err.value)
+
+
+def test_one_process_without_settings():
+    import jax
+
+    from coarseflow.parallel import broadcast_bytes, initialize, is_main_process, to_host
+
+    assert initialize() == 1 and not jax.distributed.is_initialized()
+    assert is_main_process() and broadcast_bytes(b"abc") == b"abc"
+    assert to_host(jax.numpy.arange(3)).tolist() == [0, 1, 2]
+
+
+def test_cli_process_options_and_variables(monkeypatch, capsys, tmp_path):
+    from coarseflow.cli import main
+
+    config = str(ROOT / "configs" / "gmm_2d.toml")
+    out = ["--out", str(tmp_path / "run")]
+    assert main(["train", config, *out, "--coordinator", "h:1", "--process-id", "5",
+                 "--num-processes", "2"]) == 2  # fmt: skip
+    assert "--process-id: expected an integer >= 0 and < --num-processes (2)" in (
+        capsys.readouterr().err
+    )
+    monkeypatch.setenv("COARSEFLOW_NUM_PROCESSES", "two")
+    assert main(["train", config, *out]) == 2
+    assert "$COARSEFLOW_NUM_PROCESSES: expected an integer, got 'two'" in capsys.readouterr().err
+    monkeypatch.setenv("COARSEFLOW_NUM_PROCESSES", "0")  # read, then checked like the option
+    assert main(["train", config, *out]) == 2
+    assert "--num-processes: expected an integer >= 1, got 0" in capsys.readouterr().err
+    # --distributed outside any allocation JAX knows: one line, nothing written (a process of
+    # its own: jax.distributed must start before JAX's backend, which this one has started)
+    monkeypatch.delenv("COARSEFLOW_NUM_PROCESSES")
+    env = {
+        k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "OMPI_", "JAX_COORD"))
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "coarseflow.cli", "train", config, *out, "--distributed"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "coarseflow: error: several processes: coordinator_address should be defined; give "
+        "--coordinator HOST:PORT, --num-processes P and --process-id I, or run inside a SLURM "
+        "/ Open MPI allocation that JAX detects"
+    ]
+    assert not (tmp_path / "run").exists()

@@ -127,24 +127,65 @@ def _check_args(args) -> None:
 
 
 def _cmd_train(args) -> int:
+    processes = _start_processes(args)  # before anything (an import even) starts JAX's backend
     from coarseflow.analysis.evaluation import evaluate_run
     from coarseflow.config import load_config
-    from coarseflow.parallel import data_mesh
+    from coarseflow.parallel import check_divisible, data_mesh, is_main_process
     from coarseflow.workflow import train_from_config
 
     config = load_config(args.config)
     out = Path(args.out) if args.out is not None else Path("runs") / Path(args.config).stem
     mesh = data_mesh(args.devices)
-    _print_device(None if mesh is None else list(mesh.devices.flat))
+    # the evaluation after training: on the training's devices, or process 0's own
+    evaluation_mesh = mesh if processes == 1 else data_mesh(local=True)
+    if not args.no_evaluate:  # checked now, not after hours of training
+        prediction = config.prediction
+        check_divisible(
+            min(prediction.batch_size, prediction.n_samples),
+            evaluation_mesh,
+            "the evaluation's rows per batch (min([prediction] batch_size, n_samples))",
+        )
+    main = is_main_process()
+    if main:
+        _print_device(None if mesh is None else list(mesh.devices.flat), processes)
     result = train_from_config(
-        config, out, resume=args.resume, progress=not args.quiet, init=args.init, mesh=mesh
+        config, out, resume=args.resume, progress=main and not args.quiet, init=args.init, mesh=mesh
     )
+    if not main:  # process 0 reports, evaluates and writes; the others are done
+        return 0
     print(f"trained {len(result.betas)} betas up to beta = {result.betas[-1]:.4g}; run: {out}")
     if not args.no_evaluate:
-        summary = evaluate_run(out, progress=not args.quiet)
+        summary = evaluate_run(out, progress=not args.quiet, mesh=evaluation_mesh)
         _print_summary(summary)
     _report_after(out)
     return 0
+
+
+PROCESS_VARIABLES = {
+    "coordinator": "COARSEFLOW_COORDINATOR",
+    "num_processes": "COARSEFLOW_NUM_PROCESSES",
+    "process_id": "COARSEFLOW_PROCESS_ID",
+}
+
+
+def _start_processes(args) -> int:
+    """Join a run of several processes when the command line (--coordinator, --num-processes,
+    --process-id, --distributed) or the environment (COARSEFLOW_COORDINATOR, ..._NUM_PROCESSES,
+    ..._PROCESS_ID) asks for one; the number of processes (1: none started)."""
+    from coarseflow.parallel import initialize
+
+    values = {}
+    for name, variable in PROCESS_VARIABLES.items():
+        value = getattr(args, name)
+        if value is None and os.environ.get(variable, "").strip():
+            value = os.environ[variable].strip()
+            if name != "coordinator":
+                try:
+                    value = int(value)
+                except ValueError:
+                    raise ConfigError(f"${variable}: expected an integer, got {value!r}") from None
+        values[name] = value
+    return initialize(**values, detect=args.distributed)
 
 
 def _cmd_sample(args) -> int:
@@ -181,20 +222,28 @@ def _cmd_sample(args) -> int:
     return 0
 
 
-def _print_device(devices=None) -> None:
-    """What JAX computes on, at the start of train / sample / evaluate (stdout, one line);
-    ``devices``: those a run is split over (default: the first, or all that JAX sees)."""
+def _print_device(devices=None, processes: int = 1) -> None:
+    """What JAX computes on, at the start of train / sample / evaluate / reference (stdout, one
+    line); ``devices``: those a run is split over (default: the first, or all that JAX sees),
+    over ``processes`` processes."""
     from coarseflow.progress import device_line
 
-    print(device_line(devices), flush=True)
+    line = device_line(devices)
+    print(line + (f", {processes} processes" if processes > 1 else ""), flush=True)
 
 
 def _cmd_evaluate(args) -> int:
     from coarseflow.analysis.evaluation import evaluate_run
+    from coarseflow.parallel import data_mesh
 
-    _print_device()
+    mesh = data_mesh(args.devices)
+    _print_device(None if mesh is None else list(mesh.devices.flat))
     summary = evaluate_run(
-        args.run, n_samples=args.n, progress=not args.quiet, refine_steps=args.refine_steps
+        args.run,
+        n_samples=args.n,
+        progress=not args.quiet,
+        refine_steps=args.refine_steps,
+        mesh=mesh,
     )
     _print_summary(summary)
     return 0
@@ -237,9 +286,12 @@ def _report_after(run) -> None:
 
 
 def _cmd_reference(args) -> int:
+    from coarseflow.parallel import data_mesh
     from coarseflow.reference import reference_main
 
-    reference_main(args.config, args.output, quick=args.quick)
+    mesh = data_mesh(args.devices)
+    _print_device(None if mesh is None else list(mesh.devices.flat))
+    reference_main(args.config, args.output, quick=args.quick, mesh=mesh)
     return 0
 
 
@@ -345,6 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-evaluate", action="store_true", help="skip evaluation after training")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     _add_script_flag(t)
+    _add_process_flags(t)
     t.set_defaults(func=_cmd_train)
 
     s = sub.add_parser(
@@ -387,6 +440,11 @@ def build_parser() -> argparse.ArgumentParser:
         "earlier ones: at most [prediction] ladder_samples)",
     )
     e.add_argument("--quiet", action="store_true")
+    _add_devices_flag(
+        e,
+        "each batch of draws (min([prediction] batch_size, -n): a multiple of N; not the "
+        "refinement's AIS)",
+    )
     _add_refine_flag(e)
     _add_script_flag(e)
     e.set_defaults(func=_cmd_evaluate)
@@ -404,6 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("config", help="molecule config TOML ([target] kind = 'molecule')")
     r.add_argument("-o", "--output", help="output .npz (default: <config>_reference.npz)")
     r.add_argument("--quick", action="store_true", help="a seconds-long smoke run")
+    _add_devices_flag(
+        r, "the replica exchange's independent chains ([reference] n_chains: a multiple of N)"
+    )
     _add_script_flag(r)
     r.set_defaults(func=_cmd_reference)
 
@@ -435,6 +496,38 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--quiet", action="store_true")
     d.set_defaults(func=_cmd_demo)
     return p
+
+
+def _add_process_flags(parser) -> None:
+    group = parser.add_argument_group(
+        "several processes (hosts)",
+        "one process per host or per GPU, all started with the same command line; process 0 "
+        "writes the run (docs/distributed.md). Each option's default: the environment "
+        "variable named.",
+    )
+    group.add_argument(
+        "--coordinator",
+        metavar="HOST:PORT",
+        help="address of process 0, where the others join ($COARSEFLOW_COORDINATOR)",
+    )
+    group.add_argument(
+        "--num-processes",
+        type=int,
+        metavar="P",
+        help="number of processes ($COARSEFLOW_NUM_PROCESSES)",
+    )
+    group.add_argument(
+        "--process-id",
+        type=int,
+        metavar="I",
+        help="this process's number, 0 to P-1 ($COARSEFLOW_PROCESS_ID)",
+    )
+    group.add_argument(
+        "--distributed",
+        action="store_true",
+        help="join several processes, whatever the options above leave out detected by JAX "
+        "(a SLURM or Open MPI allocation)",
+    )
 
 
 def _add_script_flag(parser) -> None:

@@ -9,7 +9,9 @@ import numpy as np
 
 from coarseflow.analysis import metrics, plots
 from coarseflow.analysis.reports import report_for
-from coarseflow.predict import Samples, draw_samples, log_partition_estimate, refine
+from coarseflow.parallel import check_divisible
+from coarseflow.predict.draw import Samples, draw_samples, log_partition_estimate
+from coarseflow.predict.refine import refine
 from coarseflow.progress import Progress
 from coarseflow.runs import RunDir, atomic_write_bytes
 
@@ -75,21 +77,25 @@ def evaluate_run(
     seed: int = 1,
     progress: bool = True,
     refine_steps: int | None = None,
+    mesh=None,
 ) -> dict:
     """Metrics for every checkpoint of run ``path``; writes summary.json and figures/*.png.
 
     The last checkpoint gets ``n_samples`` (default: [prediction] n_samples), the ones before it
     at most [prediction] ladder_samples. With a learned conditional and ``refine_steps``
     (default: [prediction] refine_steps) > 0, the last one's samples refined by AIS toward p
-    (``predict.refine``) are evaluated too, under "refined".
+    (``predict.refine``) are evaluated too, under "refined". ``mesh``: the devices each batch
+    of draws is split over (:func:`coarseflow.parallel.data_mesh`; its rows, min([prediction]
+    batch_size, ``n_samples``), a multiple of their number; not the refinement's AIS). The
+    samples equal one device's up to rounding.
     """
     run = RunDir(path).require_existing()
     with run.locked():  # it writes summary.json and figures/: one writer at a time
-        return _evaluate(run, n_samples, seed, progress, refine_steps)
+        return _evaluate(run, n_samples, seed, progress, refine_steps, mesh)
 
 
 def _evaluate(
-    run: RunDir, n_samples: int | None, seed: int, progress: bool, refine_steps: int | None
+    run: RunDir, n_samples: int | None, seed: int, progress: bool, refine_steps: int | None, mesh
 ) -> dict:
     """evaluate_run, with ``run`` locked."""
     from coarseflow.workflow import run_flows, with_refine_steps, write_summary
@@ -102,6 +108,7 @@ def _evaluate(
     # one batch shape for every checkpoint (the ladder's fewer samples cut from it): the
     # sampler compiles once, not again for each n
     rows = min(config.prediction.batch_size, n_final)
+    check_divisible(rows, mesh, "rows per batch (min([prediction] batch_size, n))")
     refining = flows[-1][1][1] is not None and prediction.refine_steps > 0
     total = n_ladder * (len(flows) - 1) + n_final * (1 + refining)
     bar = Progress(total, "evaluate", show=progress)
@@ -117,6 +124,7 @@ def _evaluate(
             conditional=conditional,
             batch=rows,
             progress=bar,
+            mesh=mesh,
         )
         per_beta.append(
             reference_metrics(target, s, meta["beta"])

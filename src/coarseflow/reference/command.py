@@ -17,6 +17,7 @@ import numpy as np
 
 from coarseflow.analysis.observables import BASINS, basin_labels
 from coarseflow.errors import ConfigError
+from coarseflow.parallel import check_divisible
 from coarseflow.progress import compiling
 from coarseflow.reference.molecule import ReferenceMolecule
 from coarseflow.reference.npz import write_reference
@@ -31,17 +32,19 @@ from coarseflow.reference.statistics import left_half_statistics, population_sta
 from coarseflow.samplers.replica_exchange import run_replica_exchange, temperature_ladder
 
 
-def _machine() -> str:
-    """The machine and JAX device, recorded in the npz."""
+def _machine(mesh=None) -> str:
+    """The machine and JAX device(s), recorded in the npz."""
     device = jax.devices()[0]
+    count = "" if mesh is None else f", {mesh.size} devices"
     return (
         f"{platform.machine()}, {os.cpu_count()} CPU cores visible, JAX {jax.__version__} "
-        f"on {device.platform} ({device.device_kind})"
+        f"on {device.platform} ({device.device_kind}{count})"
     )
 
 
-def _replica_exchange(mol, temperatures, settings, dtype, progress: bool):
-    """run_replica_exchange on ``mol`` with [reference]'s settings."""
+def _replica_exchange(mol, temperatures, settings, dtype, progress: bool, mesh=None):
+    """run_replica_exchange on ``mol`` with [reference]'s settings, its chains split over
+    ``mesh``."""
     return run_replica_exchange(
         mol.forcefield_jax.energy,
         mol.observe,
@@ -57,6 +60,7 @@ def _replica_exchange(mol, temperatures, settings, dtype, progress: bool):
         exchange_every=settings.exchange_every,
         key=jax.random.key(settings.seed),
         progress=progress,
+        mesh=mesh,
     )
 
 
@@ -66,8 +70,13 @@ def run_reference(
     progress: bool = True,
     *,
     settings: ReferenceSettings | None = None,
+    mesh=None,
 ) -> dict[str, Any]:
     """Replica-exchange reference of the molecule in ``config`` written to ``out_path`` (npz).
+
+    ``mesh``: the devices the independent chains are split over
+    (:func:`coarseflow.parallel.data_mesh`; [reference] n_chains a multiple of their number);
+    the run equals one device's up to rounding.
 
     ``config``: a Config, or a raw config dict, with a [target] table (kind = "molecule"; keys
     pdb, forcefield, temperature are used, others ignored) and a [reference] table, parsed into
@@ -87,6 +96,7 @@ def run_reference(
     with a printable table under "table".
     """
     settings = settings_from_config(config, settings)
+    check_divisible(settings.n_chains, mesh, "[reference] n_chains")
     if settings.dtype == "float64" and not jax.config.read("jax_enable_x64"):
         jax.config.update("jax_enable_x64", True)
     target = config_tables(config)[0]
@@ -102,7 +112,7 @@ def run_reference(
     # the bar counts steps from the start: the block's compile is said above it
     words = {"block": f"the replica-exchange block ({len(temperatures)} x {settings.n_chains})"}
     with compiling("replica exchange", progress, names=words):
-        result = _replica_exchange(mol, temperatures, settings, dtype, progress)
+        result = _replica_exchange(mol, temperatures, settings, dtype, progress, mesh)
     rec = result.records
     phi, psi = rec["phi"], rec["psi"]  # (n_records, C, m)
     energy, rg = rec["energy"], rec["rg"]  # (n_records, C)
@@ -195,7 +205,7 @@ def run_reference(
         "target": np.array(json.dumps(target)),
         "openmm_check": np.array(json.dumps(check)),
         "created": np.array(datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")),
-        "machine": np.array(_machine()),
+        "machine": np.array(_machine(mesh)),
     }
     write_reference(out_path, arrays)
     return summary
@@ -244,12 +254,13 @@ def format_summary(summary: dict) -> str:
 
 
 def reference_main(
-    config_path: str | Path, out: str | Path | None = None, quick: bool = False
+    config_path: str | Path, out: str | Path | None = None, quick: bool = False, mesh=None
 ) -> dict[str, Any]:
     """``coarseflow reference CONFIG [-o OUT]``: load the config, run, write, print the table.
 
     out defaults to ``<config stem>_reference.npz`` beside the config; ``quick`` replaces the
-    settings by :data:`QUICK_SETTINGS` (a smoke test of seconds). Returns the summary.
+    settings by :data:`QUICK_SETTINGS` (a smoke test of seconds); ``mesh``: the devices the
+    chains are split over. Returns the summary.
     """
     from coarseflow.config import load_config
 
@@ -259,7 +270,7 @@ def reference_main(
     out = (
         Path(out) if out is not None else config_path.with_name(f"{config_path.stem}_reference.npz")
     )
-    summary = run_reference(config, out, settings=settings)
+    summary = run_reference(config, out, settings=settings, mesh=mesh)
     print(summary["table"])
     print(f"written: {out}")
     return summary

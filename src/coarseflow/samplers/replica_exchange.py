@@ -25,6 +25,12 @@ the acceleration F / m comes out in nm/ps^2 with no conversion factor.
 Everything per walker is written for one configuration and batched with ``jax.vmap``; a walker's
 positions may have any shape (``(n_atoms, 3)`` for a molecule, ``(d,)`` for a toy potential) with
 masses of the leading shape (``(n_atoms,)`` or ``(d,)``). Runs unchanged on CPU and GPU.
+
+Several devices (``mesh``, :mod:`coarseflow.parallel`): the chains are independent, so the
+walkers are split along their chain axis C (every device holds all R rungs of its chains) and a
+swap moves configurations between rungs of one chain, within a device. The random numbers do
+not depend on the split, so the run equals one device's up to rounding (the one sum over chains
+is the swap acceptance's).
 """
 
 from __future__ import annotations
@@ -37,8 +43,10 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from coarseflow.parallel import check_divisible, shard_batch
 from coarseflow.samplers import langevin
 from coarseflow.units import kT_from_kelvin
 
@@ -176,16 +184,20 @@ def exchange(
     accept = active[:, None] & (u < prob)  # (R-1, C)
 
     # source rung of each destination rung; active pairs never overlap
-    rung = jnp.arange(n_rungs)[:, None]
     up = jnp.concatenate([accept, jnp.zeros((1, n_chains), bool)], axis=0)  # r takes r+1
     down = jnp.concatenate([jnp.zeros((1, n_chains), bool), accept], axis=0)  # r takes r-1
-    source = jnp.where(up, rung + 1, jnp.where(down, rung - 1, rung))  # (R, C)
-    chain = jnp.arange(n_chains)[None, :]
 
     def take(a):
-        return a[source, chain]
+        """a (R, C, ...) with rung r's entry replaced by its source rung's, chain by chain (a
+        selection along the rungs: nothing moves between chains, so nothing between devices
+        when the chains are split)."""
+        mask = (*a.shape[:2], *(1,) * (a.ndim - 2))
+        above = jnp.concatenate([a[1:], a[-1:]], axis=0)  # rung r + 1's (the last: unused)
+        below = jnp.concatenate([a[:1], a[:-1]], axis=0)  # rung r - 1's (the first: unused)
+        return jnp.where(up.reshape(mask), above, jnp.where(down.reshape(mask), below, a))
 
-    scale = jnp.sqrt(kT[:, None] / kT[source])  # (R, C): sqrt(T_new / T_old)
+    kT_chains = jnp.broadcast_to(kT[:, None], (n_rungs, n_chains))
+    scale = jnp.sqrt(kT_chains / take(kT_chains))  # (R, C): sqrt(T_new / T_old)
     velocities = take(md.velocities) * scale.reshape(scale.shape + (1,) * (md.velocities.ndim - 2))
     new = MDState(
         positions=take(md.positions),
@@ -206,19 +218,27 @@ def replica_exchange_init(
     kT: Float[Array, " R"],
     n_chains: int,
     key: PRNGKeyArray,
+    mesh: Mesh | None = None,
 ) -> ReplicaState:
     """Every walker of R = len(kT) rungs x ``n_chains`` chains at ``positions`` (*shape) nm with
-    Maxwell-Boltzmann velocities at its rung's kT (kJ/mol). One evaluation per walker."""
+    Maxwell-Boltzmann velocities at its rung's kT (kJ/mol). One evaluation per walker. ``mesh``:
+    the devices the chains are split over (``n_chains`` a multiple of their number)."""
     positions = jnp.asarray(positions)
     kT = jnp.asarray(kT, positions.dtype)
     n_rungs = kT.shape[0]
-    x = jnp.broadcast_to(positions, (n_rungs, n_chains, *positions.shape))
+    check_divisible(n_chains, mesh, "[reference] n_chains")
     keys = jax.random.split(key, n_rungs * n_chains).reshape(n_rungs, n_chains)
 
     def one(k, xi, kTi):
         return md_init(energy_fn, xi, maxwell_boltzmann(k, masses, kTi, xi))
 
-    md = jax.jit(jax.vmap(jax.vmap(one, in_axes=(0, 0, None))))(keys, x, kT)
+    @jax.jit
+    def walkers(keys, positions, kT):
+        x = jnp.broadcast_to(positions, (n_rungs, n_chains, *positions.shape))
+        x = shard_batch(x, mesh, axis=1)
+        return shard_batch(jax.vmap(jax.vmap(one, in_axes=(0, 0, None)))(keys, x, kT), mesh, 1)
+
+    md = walkers(keys, positions, kT)
     zeros = jnp.zeros((max(n_rungs - 1, 0),), positions.dtype)
     return ReplicaState(md, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32), zeros, zeros)
 
@@ -234,13 +254,15 @@ def make_block(
     exchange_every: int,
     record_every: int,
     n_records: int,
+    mesh: Mesh | None = None,
 ):
     """A jitted ``block(state, key) -> (state, records)``: ``n_records * record_every`` BAOAB steps
     of every walker, a swap round after every ``exchange_every`` steps (parity alternating), and a
     record of rung 0 after every ``record_every`` steps.
 
     records: ``{"energy": (n_records, C) kJ/mol, **observe}`` where ``observe(positions)`` of one
-    configuration returns a dict of arrays, stacked to (n_records, C, ...).
+    configuration returns a dict of arrays, stacked to (n_records, C, ...). ``mesh``: the devices
+    the chains (axis C) are split over.
     """
     kT = jnp.asarray(kT)
 
@@ -260,7 +282,7 @@ def make_block(
                 friction=friction,
             )
 
-        return jax.vmap(jax.vmap(one, in_axes=(0, 0, None)))(md, keys, kTs)
+        return shard_batch(jax.vmap(jax.vmap(one, in_axes=(0, 0, None)))(md, keys, kTs), mesh, 1)
 
     def step(state: ReplicaState, key):
         key_md, key_swap = jax.random.split(key)
@@ -285,6 +307,7 @@ def make_block(
 
     @jax.jit
     def block(state: ReplicaState, key):
+        state = state._replace(md=shard_batch(state.md, mesh, axis=1))
         return jax.lax.scan(record, state, jax.random.split(key, n_records))
 
     return block
@@ -327,6 +350,7 @@ def run_replica_exchange(
     key: PRNGKeyArray,
     progress: bool = True,
     records_per_block: int = 100,
+    mesh: Mesh | None = None,
 ) -> ReplicaExchangeResult:
     """Replica exchange over ``temperatures`` (K, increasing; length 1 = plain Langevin).
 
@@ -336,7 +360,9 @@ def run_replica_exchange(
     then ``n_steps`` production steps of every walker; both multiples of ``record_every``.
     Swap acceptance counts production only. The host loop runs jit-compiled blocks of up to
     ``records_per_block`` records (one size for both phases, so one compilation), updating the
-    progress bar after each.
+    progress bar after each. ``mesh``: the devices the chains are split over
+    (:func:`coarseflow.parallel.data_mesh`; ``n_chains`` a multiple of their number, else a
+    ConfigError: the run is never changed to fit).
     """
     temperatures = np.asarray(temperatures, dtype=np.float64)
     if np.any(np.diff(temperatures) <= 0):
@@ -351,7 +377,7 @@ def run_replica_exchange(
     n_walkers = len(temperatures) * n_chains
     start = time.perf_counter()
     key_init, key_burn, key_run = jax.random.split(key, 3)
-    state = replica_exchange_init(energy_fn, positions, masses, kT, n_chains, key_init)
+    state = replica_exchange_init(energy_fn, positions, masses, kT, n_chains, key_init, mesh)
 
     # one block size for both phases, so that the block compiles once
     n_burn_records, n_records = burn_in_steps // record_every, n_steps // record_every
@@ -367,6 +393,7 @@ def run_replica_exchange(
         exchange_every=exchange_every,
         record_every=record_every,
         n_records=size,
+        mesh=mesh,
     )
 
     def phase(n_phase_records, key_phase, keep):
