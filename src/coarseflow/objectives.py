@@ -15,7 +15,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
+from coarseflow.errors import ConfigError
 from coarseflow.model.flow import sample_with_log_det
+from coarseflow.model.linear_map import latent, model_map, physical, positions
 
 
 def surrogate_loss(
@@ -45,11 +47,15 @@ def clip_forces(force: Float[Array, "S n_x"], factor: float) -> Float[Array, "S 
     well-behaved target (and factor >> 1) the estimator is unchanged. Non-finite forces pass
     through (``surrogate_loss`` drops them).
     """
+    return force * _clip_scale(force, factor)[:, None]
+
+
+def _clip_scale(force: Float[Array, "S n"], factor: float) -> Float[Array, " S"]:
+    """The factor (S,) by which :func:`clip_forces` scales each sample's force."""
     norm = jnp.linalg.norm(force, axis=-1)
     finite = jnp.isfinite(norm)
     cap = factor * jnp.nanmedian(jnp.where(finite, norm, jnp.nan))
-    scale = jnp.where(finite & (norm > cap), cap / jnp.where(finite, norm, 1.0), 1.0)
-    return force * scale[:, None]
+    return jnp.where(finite & (norm > cap), cap / jnp.where(finite, norm, 1.0), 1.0)
 
 
 def forward_kl_loss(params, static, X: Float[Array, "S n_x"], weights: Float[Array, " S"]):
@@ -90,13 +96,32 @@ class JointTerms(NamedTuple):
     n_evals: Array
 
 
-def _energy_forces(target, X, Y, beta, force_clip: float):
+def _energy_forces(target, X, Y, beta, force_clip: float, linear_map=None):
     """u (S,), and beta grad_X u (S, n_x), beta grad_Y u (S, n_y) held fixed, jointly clipped
-    per sample by :func:`clip_forces` (a clash cannot set the update)."""
+    per sample by :func:`clip_forces` (a clash cannot set the update). Fourth, with a
+    ``linear_map`` (:mod:`coarseflow.model.linear_map`; u is then that of the mapped positions
+    r = W R(X, Y)): (beta grad_r u (S, N, 3), scaled by the same factor per sample, and the
+    latent positions R (S, N, 3)), both held fixed; else None."""
     X, Y = jax.lax.stop_gradient(X), jax.lax.stop_gradient(Y)
-    u, (gx, gy) = jax.vmap(jax.value_and_grad(target.energy_xy, argnums=(0, 1)))(X, Y)
-    g = clip_forces(beta * jnp.concatenate([gx, gy], axis=-1), force_clip)
-    return u, g[:, : X.shape[-1]], g[:, X.shape[-1] :]
+    if linear_map is None:
+        u, (gx, gy) = jax.vmap(jax.value_and_grad(target.energy_xy, argnums=(0, 1)))(X, Y)
+        physical_force = None
+    else:
+        linear_map = jax.lax.stop_gradient(linear_map)
+
+        def one(X, Y):
+            r, pull_back = jax.vjp(lambda a, b: positions(linear_map, target, a, b), X, Y)
+            u, g_r = jax.value_and_grad(target.positions_energy)(r)
+            R = target.full_positions(target.partition.merge(X, Y))
+            return u, *pull_back(g_r), g_r, R
+
+        u, gx, gy, g_r, R = jax.vmap(one)(X, Y)
+    g = beta * jnp.concatenate([gx, gy], axis=-1)
+    scale = _clip_scale(g, force_clip)
+    if linear_map is not None:
+        physical_force = (beta * g_r * scale[:, None, None], R)
+    g = g * scale[:, None]
+    return u, g[:, : X.shape[-1]], g[:, X.shape[-1] :], physical_force
 
 
 def masked_mean(values, ok):
@@ -111,12 +136,21 @@ def joint_terms(
     X = f(z), Y ~ q(Y|X) reparameterised; the gradient of log q(X) + log q(Y|X) + beta u(X, Y)
     is autodiff's, with beta grad u entered as a fixed (clipped) force dotted into (X, Y), so
     that it equals the gradient of the joint KL where nothing is clipped.
+
+    With the conditional's linear map, (X, Y) are the latent configuration, u is that of the
+    physical x = Phi(X, Y) and log q that of x, log q(X) + log q(Y|X) - log|det dPhi/d(X, Y)|
+    (p(X, Y) = p_beta(Phi(X, Y)) |det dPhi/d(X, Y)|); the map's own parameters receive
+    beta grad u through a fixed force of the same kind, and the log-det by autodiff. ``X``,
+    ``Y`` of the result stay latent.
     """
     X, log_det = sample_with_log_det(flow, z)
     log_qX = flow.base_dist.log_prob(z) - log_det
     draws = conditional.sample_batch(key, target, X, beta)
-    u, gx, gy = _energy_forces(target, X, draws.Y, beta, force_clip)
+    linear_map = model_map(conditional)
+    u, gx, gy, physical_force = _energy_forces(target, X, draws.Y, beta, force_clip, linear_map)
     log_q = log_qX + draws.log_q
+    if linear_map is not None:
+        log_q = log_q - jax.vmap(lambda a, b: physical(linear_map, target, a, b)[1])(X, draws.Y)
     ok = (
         draws.valid
         & jnp.isfinite(log_q)
@@ -124,7 +158,16 @@ def joint_terms(
         & jnp.all(jnp.isfinite(gx), -1)
         & jnp.all(jnp.isfinite(gy), -1)
     )
+    # a sample left out contributes no gradient, not 0 x NaN through a fixed force
+    gx, gy = jnp.where(ok[:, None], gx, 0.0), jnp.where(ok[:, None], gy, 0.0)
     surrogate = log_q + jnp.sum(gx * X, -1) + jnp.sum(gy * draws.Y, -1)
+    if linear_map is not None:
+        # the map's parameters: the fixed physical force dotted into W R, R held fixed; its
+        # value is held at 0 (W R - W R), so the surrogate's value is as without the map
+        g_r, R = physical_force
+        g_r = jnp.where(ok[:, None, None], g_r, 0.0)
+        r = linear_map(R)
+        surrogate = surrogate + jnp.sum(g_r * (r - jax.lax.stop_gradient(r)), axis=(-2, -1))
     log_w = jnp.where(ok, jax.lax.stop_gradient(-beta * u - log_q), -jnp.inf)
     return JointTerms(X, draws.Y, surrogate, log_w, ok, u, jnp.asarray(z.shape[0]))
 
@@ -132,10 +175,16 @@ def joint_terms(
 def conditional_terms(conditional, key, target, X, beta, force_clip: float) -> JointTerms:
     """The conditional reverse KL E_{q(X)} KL(q(Y|X) || p_beta(Y|X)) at fixed X (S, n_x): the
     ``hybrid`` objective's part for q(Y|X). log q(X) is not part of it (surrogate, log_weights
-    leave it out)."""
+    leave it out). Refused with the conditional's linear map: p_beta(Y|X) would be that of the
+    mapped configuration, which nothing here computes."""
+    if model_map(conditional) is not None:
+        raise ConfigError(
+            "[conditional] linear_map = true: needs [training] objective = 'joint' (the hybrid "
+            "and fab objectives train q(Y|X) against the unmapped configuration)"
+        )
     X = jax.lax.stop_gradient(X)
     draws = conditional.sample_batch(key, target, X, beta)
-    u, _, gy = _energy_forces(target, X, draws.Y, beta, force_clip)
+    u, _, gy, _ = _energy_forces(target, X, draws.Y, beta, force_clip)
     ok = draws.valid & jnp.isfinite(draws.log_q) & jnp.isfinite(u) & jnp.all(jnp.isfinite(gy), -1)
     surrogate = draws.log_q + jnp.sum(gy * draws.Y, -1)
     log_w = jnp.where(ok, jax.lax.stop_gradient(-beta * u - draws.log_q), -jnp.inf)
@@ -144,7 +193,18 @@ def conditional_terms(conditional, key, target, X, beta, force_clip: float) -> J
 
 def joint_forward_kl_loss(flow, conditional, target, X, Y, beta, weights):
     """-sum_i (w_i - 1/S) [log q(X_i) + log q(Y_i|X_i)]: :func:`forward_kl_loss` on the joint,
-    with the learned conditional's exact density; samples (S, .) and weights (S,) held fixed."""
+    with the learned conditional's exact density; samples (S, .) and weights (S,) held fixed.
+
+    With the conditional's linear map the samples held fixed are the physical x_i = Phi(X_i,
+    Y_i), and log q(x_i) = log q(X'_i) + log q(Y'_i|X'_i) - log|det dPhi| at the latent
+    (X'_i, Y'_i) = Phi^-1(x_i) (equal to (X_i, Y_i), but a function of the map), so that the
+    map's parameters receive the forward KL's gradient too."""
     X, Y = jax.lax.stop_gradient(X), jax.lax.stop_gradient(Y)
-    log_q = flow.log_prob(X) + jax.vmap(lambda x, y: conditional.log_prob(target, x, beta, y))(X, Y)
-    return _centred_forward(log_q, weights)
+    log_det = jnp.zeros(X.shape[:1], X.dtype)
+    linear_map = model_map(conditional)
+    if linear_map is not None:
+        x, _ = jax.vmap(lambda a, b: physical(linear_map, target, a, b))(X, Y)
+        X, Y = jax.vmap(lambda v: latent(linear_map, target, v))(jax.lax.stop_gradient(x))
+        log_det = jax.vmap(lambda a, b: physical(linear_map, target, a, b)[1])(X, Y)
+    log_qY = jax.vmap(lambda x, y: conditional.log_prob(target, x, beta, y))(X, Y)
+    return _centred_forward(flow.log_prob(X) + log_qY - log_det, weights)

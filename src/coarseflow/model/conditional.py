@@ -29,6 +29,13 @@ the density sums over all S. So one copy learned stands for all, exactly. Where 
 relabelings permute xi (``y_internal_relabelings``: a molecule places a methyl's hydrogens from
 one frame), the sum needs xi and its log-det once, not once per relabeling.
 
+Optionally (``ConditionalSettings.linear_map``) the conditional carries the learnable linear map
+of the atoms behind the partition (:mod:`coarseflow.model.linear_map`): (X, Y) are then the
+latent configuration R and the physical one is x = Phi(X, Y), the target's coordinates of W R,
+with density q(X) q(Y|X) / |det dPhi/d(X, Y)| (``linear_map.physical``). The map travels
+with the conditional so that the model stays the pair (flow, conditional): trained,
+checkpointed and loaded with it; None (no leaves) without the map.
+
 Samples whose xi leaves the range that ``y_internal`` returns (a negative bond length, an angle
 beyond pi) are flagged ``valid = False``: their importance weight is zero, which keeps the
 estimates unbiased (q's mass outside p's support is only wasted).
@@ -50,6 +57,7 @@ from flowjax.flows import coupling_flow
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from coarseflow.errors import ConfigError
+from coarseflow.model.linear_map import LinearMap, check_linear_map
 
 KINDS = ("chains", "gaussian", "flow")
 
@@ -65,6 +73,10 @@ class ConditionalSettings(eqx.Module):
         Gaussian's standard deviations).
     laplace_fits: how many X from the untrained q(X) the initial Gaussian is fitted on.
     seed: the networks' initialisation.
+    linear_map: learn a linear map W of the atoms behind the partition as well
+        (:mod:`coarseflow.model.linear_map`): the physical configuration is W R(X, Y), not
+        (X, Y) itself. A molecule target and [training] objective = "joint" only; W = I (the
+        plain partition) at first.
     """
 
     kind: str = eqx.field(default="chains", static=True)
@@ -75,11 +87,19 @@ class ConditionalSettings(eqx.Module):
     layers: int = eqx.field(default=2, static=True)
     laplace_fits: int = eqx.field(default=32, static=True)
     seed: int = eqx.field(default=0, static=True)
+    linear_map: bool = eqx.field(default=False, static=True)
 
     def __check_init__(self):
         from coarseflow import checks
 
         checks.choice("[conditional] kind", self.kind, KINDS)
+        checks.boolean("[conditional] linear_map", self.linear_map)
+        if self.linear_map and not self.learned:
+            raise ConfigError(
+                "[conditional] linear_map = true: needs a learned q(Y|X) trained with the map "
+                "([conditional] kind = 'gaussian' or 'flow', [training] objective = 'joint'), "
+                f"got kind = {self.kind!r}"
+            )
         for name, low in (
             ("nn_width", 1),
             ("nn_depth", 0),
@@ -156,6 +176,8 @@ class LearnedConditional(eqx.Module):
     relabelings: tuple[tuple[int, ...], ...] = eqx.field(static=True)
     # the same relabelings acting on xi (the target's y_internal_relabelings), or None
     xi_relabelings: tuple[tuple[int, ...], ...] | None = eqx.field(static=True, default=None)
+    # the learnable linear map of the atoms behind the partition, or None (the partition)
+    linear_map: LinearMap | None = None
 
     @property
     def n_y(self) -> int:
@@ -309,6 +331,10 @@ def make_conditional(key: PRNGKeyArray, target, settings: ConditionalSettings):
             invert=False,
         ).bijection
         spline = start_as_identity(spline)
+    linear_map = None
+    if settings.linear_map:
+        check_linear_map(True, "joint", target)  # the target's part; the config checks the rest
+        linear_map = LinearMap(target.n_atoms)
     perms = np.asarray(target.y_relabelings(), dtype=np.int64).reshape(-1, n_y)
     xi_perms = target.y_internal_relabelings()
     return LearnedConditional(
@@ -323,4 +349,5 @@ def make_conditional(key: PRNGKeyArray, target, settings: ConditionalSettings):
         xi_relabelings=None
         if xi_perms is None or len(perms) == 1
         else tuple(tuple(int(i) for i in p) for p in np.asarray(xi_perms).reshape(-1, n_y)),
+        linear_map=linear_map,
     )

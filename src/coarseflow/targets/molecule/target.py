@@ -20,6 +20,7 @@ from coarseflow import checks
 from coarseflow.errors import ConfigError
 from coarseflow.forcefield import ForceField, build_system, forcefield_from_system
 from coarseflow.model.internal import AtomPlacements, ZMatrix
+from coarseflow.model.linear_map import LinearMap
 from coarseflow.partition import Partition
 from coarseflow.targets.base import AbstractTarget
 from coarseflow.targets.molecule import io, registry, selection, symmetry, topology, zmatrix
@@ -293,7 +294,35 @@ class Molecule(AbstractTarget):
                 f"x: expected one configuration of shape ({self.n},), got "
                 f"{x.shape}; batch with jax.vmap"
             )
-        return self.forcefield.energy(self.full_positions(x)) / self.kT
+        return self.positions_energy(self.full_positions(x))
+
+    # ---- a learnable linear map of the atoms (coarseflow.model.linear_map) --------------------
+
+    def positions_energy(self, positions: Float[Array, "n_atoms 3"]) -> Float[Array, ""]:
+        """Reduced energy () of atom positions (n_atoms, 3) in nm, in any rigid placement."""
+        return self.forcefield.energy(positions) / self.kT
+
+    def mapped_coordinates(
+        self, linear_map: LinearMap, x: Float[Array, " n"]
+    ) -> tuple[Float[Array, " n"], Float[Array, ""]]:
+        """(x' (n,), log|det dx'/dx| ()): the free coordinates of W R (R = full_positions(x),
+        x (n,) latent, nm), W R moved rigidly back into the gauge frame (c at x > 0, as for
+        every x the flow proposes). x, x' live on the gauge slice, where moving rigidly has the
+        volume factor v = |r_ab|^2 d_c (class docstring); W maps the rigid copies of R onto
+        those of W R, so |det dx'/dx| = |det W|^3 v(R) / v(W R), not |det W|^3 alone."""
+        a, b, c = self.fixed_atoms
+
+        def log_v(p):  # log(|r_ab|^2 d_c) = log|r_ab| + log|r_ab x r_ac|
+            ab, ac = p[b] - p[a], p[c] - p[a]
+            return jnp.log(jnp.linalg.norm(ab)) + jnp.log(jnp.linalg.norm(jnp.cross(ab, ac)))
+
+        R = self.full_positions(x)
+        r = linear_map(R)
+        return self.free_coordinates(r), linear_map.log_det() + log_v(R) - log_v(r)
+
+    def unmapped_coordinates(self, linear_map: LinearMap, x: Float[Array, " n"]) -> Array:
+        """The latent free coordinates (n,) whose :meth:`mapped_coordinates` are x (n,)."""
+        return self.free_coordinates(linear_map.inverse(self.full_positions(x)))
 
     def x_bijection(self) -> ZMatrix | None:
         """Internal -> Cartesian coordinates of the CG atoms (coarseflow.model.internal.ZMatrix).
