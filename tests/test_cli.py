@@ -190,3 +190,13 @@ def test_version_names_coarseflow_and_jax():
     assert result.stdout.strip() == (
         f"coarseflow {version('coarseflow')} (jax {version('jax')}, jaxlib {version('jaxlib')})"
     )
+
+
+def test_coarseflow_warnings_print_as_one_line():
+    """The CLI prints coarseflow's own warnings like its errors, others as Python does."""
+    from coarseflow.cli import _format_warning
+    from coarseflow.targets.molecule.rotamers import MultimodalWarning
+
+    line = _format_warning("p(Y|X) is multimodal: chi1 SER2", MultimodalWarning, "x.py", 3)
+    assert line == "coarseflow: warning: p(Y|X) is multimodal: chi1 SER2\n"
+    assert "UserWarning" in _format_warning("other", UserWarning, "x.py", 3)

@@ -108,10 +108,6 @@ print("RESULT " + json.dumps(out), flush=True)
 """
 
 
-# JAX's refusal to read an array split over processes into one host's memory
-NEEDS_HOOK = "spans non-addressable (non process local) devices"
-
-
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -201,12 +197,6 @@ def runs(tmp_path_factory):
                 p.kill()
                 p.communicate()
     results = [_result(stdout) for stdout, _ in outputs]
-    if any(NEEDS_HOOK in stderr for _, stderr in outputs):
-        pytest.xfail(
-            "training's ladder samples come back to the host with np.asarray, which refuses "
-            "an array split over several processes: training/ladder.py model_energies needs "
-            "parallel.to_host(u)"
-        )
     assert all(p.returncode == 0 for p in procs) and None not in results, "\n".join(
         f"process {rank} (exit {p.returncode}): {stderr[-2500:]}"
         for rank, (p, (_, stderr)) in enumerate(zip(procs, outputs, strict=True))

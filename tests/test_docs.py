@@ -67,7 +67,7 @@ def test_sphinx_roles_are_rendered(site):
         text = page.read_text(encoding="utf-8")
         assert not re.search(r":(?:func|mod|class|meth|data|attr):", text), page.name
     predict = (out / "api" / "predict.html").read_text(encoding="utf-8")
-    assert 'href="#coarseflow.predict.refine.refine"' in predict  # :func:`refine`, resolved and linked
+    assert 'href="#coarseflow.predict.refine.refine"' in predict  # :func:`refine`, linked
 
 
 def test_public_namespace_page_lists_exactly_all():

@@ -336,3 +336,17 @@ def test_a_short_joint_training_on_a_molecule_trains_the_map(ala2):
     u = jax.vmap(target.energy)(x)
     np.testing.assert_allclose(u, sample_energies(result.conditional, target, X, Y), rtol=1e-9)
     assert np.all(np.abs(np.asarray(log_det)) > 1e-8)
+
+
+def test_config_refuses_the_map_on_a_target_without_atoms():
+    """parse_config checks [conditional] linear_map against the target before any training."""
+    from coarseflow.config import parse_config
+    from coarseflow.errors import ConfigError
+
+    raw = {
+        "target": {"kind": "gaussian_mixture"},
+        "conditional": {"kind": "gaussian", "linear_map": True},
+        "training": {"objective": "joint"},
+    }
+    with pytest.raises(ConfigError, match="has no atoms"):
+        parse_config(raw)

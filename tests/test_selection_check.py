@@ -68,7 +68,7 @@ def test_capped_serine_warns_with_the_chi1_atoms():
     (line,) = _warnings(m)
     assert "\n" not in line
     assert line.startswith(
-        "coarseflow: warning: p(Y|X) is multimodal: chi1 SER2 (torsion SER2-N, SER2-CA, "
+        "p(Y|X) is multimodal: chi1 SER2 (torsion SER2-N, SER2-CA, "
         "SER2-CB, SER2-OG) has several minima that X does not fix"
     )
     assert "add SER2-CB, SER2-OG to [target] cg_selection" in line

@@ -9,6 +9,7 @@ import argparse
 import importlib.resources
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from coarseflow.errors import ConfigError
@@ -551,7 +552,18 @@ def enable_compilation_cache() -> None:
         jax.config.update("jax_compilation_cache_dir", path)
 
 
+def _format_warning(message, category, filename, lineno, line=None) -> str:
+    """coarseflow's own warnings as one line, like its errors; others as Python prints them."""
+    if category.__module__.startswith("coarseflow."):
+        return f"coarseflow: warning: {message}\n"
+    return _python_format_warning(message, category, filename, lineno, line)
+
+
+_python_format_warning = warnings.formatwarning
+
+
 def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = _format_warning
     try:
         args = build_parser().parse_args(argv)
     except _UsageError as e:

@@ -19,6 +19,7 @@ from coarseflow import checks
 from coarseflow.errors import ConfigError
 from coarseflow.model.conditional import ConditionalSettings
 from coarseflow.model.flow import FlowSettings
+from coarseflow.model.linear_map import check_linear_map
 from coarseflow.predict.settings import PredictionSettings
 from coarseflow.samplers.conditional import ChainSettings
 from coarseflow.tempering.config import schedule_from_config
@@ -147,7 +148,7 @@ def parse_config(raw: dict) -> Config:
         prediction=settings_from_table(PredictionSettings, raw.get("prediction", {}), "prediction"),
         raw=raw,
     )
-    build_target(config.target)  # validate the target table now, not after training starts
+    target = build_target(config.target)  # validated now, not after training starts
     if "reference" in raw:
         from coarseflow.reference import ReferenceSettings
 
@@ -165,6 +166,12 @@ def parse_config(raw: dict) -> Config:
                 "train the conditional; use objective = 'joint', 'hybrid' or 'fab'"
             )
         )
+    check_linear_map(
+        config.conditional.linear_map,
+        config.training.objective,
+        target,
+        config.prediction.refine_steps,
+    )
     return config
 
 

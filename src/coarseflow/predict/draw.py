@@ -18,6 +18,7 @@ import jax.random as jr
 import numpy as np
 from jaxtyping import Array, Float
 
+from coarseflow.model.linear_map import physical_samples
 from coarseflow.parallel import check_divisible, shard_batch
 from coarseflow.predict.conditional import resolve_conditional, sample_learned, sample_q_y
 from coarseflow.predict.settings import PredictionSettings
@@ -56,9 +57,9 @@ def _batch(
         Y, log_qY, acceptance = sample_q_y(
             jr.fold_in(key, 1), target, X, beta, conditional, settings
         )
-    x = target.partition.merge(X, Y)
+    x, log_det = physical_samples(learned, target, X, Y)  # x = Phi(X, Y): merged, or W R
     u = jax.vmap(target.energy)(x)
-    log_q = log_qX + log_qY
+    log_q = log_qX + log_qY - log_det
     return x, X, log_qX, log_q, u, -beta * u - log_q, acceptance
 
 

@@ -11,6 +11,7 @@ import jax.random as jr
 import numpy as np
 
 from coarseflow.errors import ConfigError
+from coarseflow.model.linear_map import check_linear_map, model_map
 from coarseflow.predict.draw import Samples, _in_batches, batch_rows
 from coarseflow.predict.settings import PredictionSettings
 from coarseflow.progress import Progress
@@ -75,6 +76,8 @@ def refine(
             "[prediction] refine_steps: needs a learned q(Y|X) ([conditional] "
             "kind = 'gaussian' or 'flow')"
         )
+    # the CLI's --refine-steps bypasses the config's check
+    check_linear_map(model_map(conditional) is not None, "joint", target, settings.refine_steps)
     n = settings.n_samples if n is None else n
     rows = batch_rows(n, settings, batch)
     progress = Progress(n, "refine", show=False) if progress is None else progress

@@ -17,7 +17,8 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from coarseflow.errors import ConfigError
-from coarseflow.parallel import check_divisible, replicate, shard_batch
+from coarseflow.model.linear_map import check_linear_map, model_map, sample_energies
+from coarseflow.parallel import check_divisible, replicate, shard_batch, to_host
 from coarseflow.predict.settings import PredictionSettings
 from coarseflow.samplers.conditional import ChainSettings
 from coarseflow.targets.base import AbstractTarget
@@ -58,7 +59,7 @@ def _energies_of_samples(flow, conditional, key, beta, target, chains, n: int, m
     X = shard_batch(flow.sample(jr.fold_in(key, 0), (n,)), mesh)
     if conditional is not None:
         Y = conditional.sample_batch(jr.fold_in(key, 1), target, X, beta).Y
-        return jax.vmap(target.energy_xy)(X, Y), jnp.asarray(n)
+        return sample_energies(conditional, target, X, Y), jnp.asarray(n)  # u(W R) with a map
     mf = chain_states(jr.fold_in(key, 1), target, X, beta, chains)
     return jax.vmap(target.energy_xy)(X, mf.y_last[:, 0]), jnp.sum(mf.n_evals) + n
 
@@ -76,7 +77,7 @@ def model_energies(
         u, k = _energies_of_samples(
             flow, conditional, jr.fold_in(key, i), beta, target, chains, m, mesh
         )
-        out.append(np.asarray(u))
+        out.append(to_host(u))  # split over processes in a run of several
         evals += int(k)
     return np.concatenate(out), evals
 
@@ -163,6 +164,7 @@ def train(
                 "'hybrid' or 'fab'"
             )
         )
+    check_linear_map(model_map(conditional) is not None, training.objective, target)
     check_divisible(training.batch_size, mesh, "[training] batch_size")
     state, static = init((flow, conditional), training)
     if start is None:

@@ -4,6 +4,7 @@ registry     the built-in molecules, the PDB lookup, [target] sequence, the forc
 peptide      a sequence -> a minimised all-atom PDB (PeptideBuilder + OpenMM), the cache of them
 selection    a peptide's default CG atoms (every phi / psi), the cg_dihedrals check
 describe     what a Molecule coarse-grains, in words (coarseflow inspect)
+rotamers     the fast torsions that make p(Y|X) multimodal (inspect, the build warning)
 topology     CG selection, bond graph, gauge atoms, methyl rotors, phi/psi atoms; MoleculeInfo
 gauge        free coordinates <-> positions in the gauge frame; fast atoms grafted
 zmatrix      the CG atoms' Z-matrix and its dihedral seams; the fast atoms' placements

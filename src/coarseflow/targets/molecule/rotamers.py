@@ -234,7 +234,7 @@ def warning_line(topology, found: list[FastTorsion]) -> str | None:
         fix += f' (and name "{t.name}" in [target] cg_dihedrals to have it checked)'
     more = f" (and {len(found) - 1} more: coarseflow inspect lists them)" if len(found) > 1 else ""
     return (
-        f"coarseflow: warning: p(Y|X) is multimodal: {t.name} ({what} {atoms}) has several "
+        f"p(Y|X) is multimodal: {t.name} ({what} {atoms}) has several "
         f"minima that X does not fix, and the fast atoms' sampler stays in one; {fix}{more}"
     )
 

@@ -23,7 +23,15 @@ from coarseflow.model.internal import AtomPlacements, ZMatrix
 from coarseflow.model.linear_map import LinearMap
 from coarseflow.partition import Partition
 from coarseflow.targets.base import AbstractTarget
-from coarseflow.targets.molecule import io, registry, selection, symmetry, topology, zmatrix
+from coarseflow.targets.molecule import (
+    io,
+    registry,
+    rotamers,
+    selection,
+    symmetry,
+    topology,
+    zmatrix,
+)
 from coarseflow.targets.molecule.gauge import GaugeFrame, align_to_gauge, held_coordinates
 from coarseflow.units import MOLAR_GAS_CONSTANT
 
@@ -120,8 +128,9 @@ class Molecule(AbstractTarget):
         sequence: instead of ``pdb``, a peptide built from its sequence ("ACE-ALA-ALA-NME" or
             one-letter "AA", capped with ACE / NME; ``peptide.parse_sequence``) in
             ``forcefield``, minimised, kept in ``peptide.cache_dir()``.
-        cg_dihedrals: backbone dihedrals that must be functions of X alone: "phi" / "psi"
-            (every residue's) or one, "psi ALA2"; ConfigError naming the dihedral and the
+        cg_dihedrals: dihedrals that must be functions of X alone: "phi" / "psi" / "chi1" ..
+            "chi5" (every residue's) or one, "psi ALA2", "chi1 SER2" (the default selection
+            then includes its atoms); ConfigError naming the dihedral and the
             atoms cg_selection leaves out. Default: nothing checked.
         fixed_atoms: 3 CG atom indices (0-based, PDB order) (a, b, c) of the gauge frame
             (see the class docstring); default: chosen automatically.
@@ -147,7 +156,7 @@ class Molecule(AbstractTarget):
         if cg_selection is None:
             cg_selection = (
                 builtin_selection
-                or selection.default_cg_selection(top)
+                or selection.default_cg_selection(top, cg_dihedrals)
                 or registry.DEFAULT_SELECTION
             )
         n_atoms = int(positions.shape[0])
@@ -208,6 +217,7 @@ class Molecule(AbstractTarget):
             reference_path=reference,
             reference=None if reference is None else io.load_reference(reference, n_residues),
         )
+        rotamers.warn_if_multimodal(self)
 
     # ---- what the molecule is ----------------------------------------------------------------
 
