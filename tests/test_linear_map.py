@@ -282,6 +282,7 @@ def test_molecule_identity_map_gives_exactly_todays_energies(ala2):
         assert np.array_equal(x_mapped, x) and float(log_det) == 0.0
 
 
+@pytest.mark.slow  # 13 joint updates of alanine: about a minute, mostly compiling
 def test_a_short_joint_training_on_a_molecule_trains_the_map(ala2):
     import coarseflow as cf
 

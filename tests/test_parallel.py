@@ -21,12 +21,13 @@ from coarseflow.parallel import check_divisible, data_mesh, device_count, shard_
 ROOT = Path(__file__).resolve().parents[1]
 
 SCRIPT = r"""
-import json, sys
+import dataclasses, json, sys
 import equinox as eqx, jax, jax.numpy as jnp, jax.random as jr, numpy as np
 from coarseflow.config import build_target, load_config, parse_config
 from coarseflow.errors import ConfigError
 from coarseflow.parallel import data_mesh, replicate
 from coarseflow.predict.draw import draw_samples
+from coarseflow.predict.refine import refine
 from coarseflow.training.ladder import Callbacks, train
 from coarseflow.training.step import UpdateSettings, _gradients, init
 from coarseflow.workflow import initial_model
@@ -84,6 +85,13 @@ draws = [draw_samples(jr.key(3), whole[0], target, 1.0, config.prediction, n=64,
                       conditional=whole[1], mesh=data_mesh(n)) for n in (1, 4)]
 out["samples"] = max(float(np.max(np.abs(a - b))) for a, b in
                      ((draws[0].x, draws[1].x), (draws[0].log_weights, draws[1].log_weights)))
+# the refinement's AIS paths: the same on 1 and 4 devices
+refined = [refine(jr.key(4), whole[0], whole[1], target, 1.0,
+                  dataclasses.replace(config.prediction, refine_steps=2), n=64,
+                  mesh=data_mesh(n))[0] for n in (1, 4)]
+out["refined"] = max(float(np.max(np.abs(a - b))) for a, b in
+                     ((refined[0].x, refined[1].x),
+                      (refined[0].log_weights, refined[1].log_weights)))
 try:
     draw_samples(jr.key(3), whole[0], target, 1.0, config.prediction, n=30,
                  conditional=whole[1], mesh=data_mesh(4))
@@ -164,6 +172,10 @@ def test_batch_that_does_not_split_is_refused(verdicts):
 
 def test_same_samples_on_one_and_four_devices(verdicts):
     assert verdicts["samples"] < 1e-4  # coordinates and log-weights, float32
+
+
+def test_same_refined_samples_on_one_and_four_devices(verdicts):
+    assert verdicts["refined"] < 1e-4  # the AIS paths' end points and weights, float32
 
 
 def test_one_device_is_the_plain_path():

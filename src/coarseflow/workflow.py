@@ -405,7 +405,7 @@ def sample_run(
     refine_steps) > 0 and the run has a learned conditional. Sample i is the same for every
     n > i. ``progress``: the compiling stage and a bar on stderr. ``outputs``: the files they
     are for, checked against the target (:func:`check_sample_outputs`) before drawing.
-    ``mesh``: the devices the draws are split over (not the refinement's AIS: one device)."""
+    ``mesh``: the devices the draws (or the refinement's AIS paths) are split over."""
     config, target, flow, conditional, meta = load_run(path, beta)
     check_sample_outputs(outputs, target)
     prediction = with_refine_steps(config.prediction, refine_steps)
@@ -413,7 +413,15 @@ def sample_run(
     bar = Progress(n, "sample", show=progress)
     if conditional is not None and prediction.refine_steps > 0:
         samples, _ = refine(
-            jr.key(seed), flow, conditional, target, meta["beta"], prediction, n=n, progress=bar
+            jr.key(seed),
+            flow,
+            conditional,
+            target,
+            meta["beta"],
+            prediction,
+            n=n,
+            progress=bar,
+            mesh=mesh,
         )
     else:
         samples = draw_samples(

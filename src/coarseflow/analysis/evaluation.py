@@ -144,7 +144,15 @@ def _evaluate(
         # the sampled model refined by AIS toward p: its own ESS, Pareto k, log Z, errors
         beta = meta["beta"]
         refined, info = refine(
-            jr.key(seed), flow, conditional, target, beta, prediction, n=n_final, progress=bar
+            jr.key(seed),
+            flow,
+            conditional,
+            target,
+            beta,
+            prediction,
+            n=n_final,
+            progress=bar,
+            mesh=mesh,
         )
         per_beta[-1]["refined"] = reference_metrics(target, refined, beta) | info
     bar.close()

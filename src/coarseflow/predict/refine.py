@@ -12,6 +12,7 @@ import numpy as np
 
 from coarseflow.errors import ConfigError
 from coarseflow.model.linear_map import check_linear_map, model_map
+from coarseflow.parallel import check_divisible, shard_batch
 from coarseflow.predict.draw import Samples, _in_batches, batch_rows
 from coarseflow.predict.settings import PredictionSettings
 from coarseflow.progress import Progress
@@ -22,7 +23,7 @@ _PILOT_PATHS = 256
 
 
 @eqx.filter_jit
-def _refine_batch(flow, conditional, target, key, beta, n: int, n_steps: int, step_size):
+def _refine_batch(flow, conditional, target, key, beta, n: int, n_steps: int, step_size, mesh):
     from coarseflow.fab import latent_ais
 
     batch = latent_ais(
@@ -45,7 +46,8 @@ def _refine_batch(flow, conditional, target, key, beta, n: int, n_steps: int, st
         jnp.isfinite(batch.log_weights) & jnp.isfinite(u), batch.log_weights, -jnp.inf
     )
     log_qX = flow.log_prob(batch.X)
-    return x, batch.X, log_qX, -beta * u - log_w, u, log_w, batch.acceptance
+    # the paths are independent: split over the mesh, XLA carries the split back through them
+    return shard_batch((x, batch.X, log_qX, -beta * u - log_w, u, log_w, batch.acceptance), mesh)
 
 
 def refine(
@@ -59,6 +61,7 @@ def refine(
     *,
     batch: int | None = None,
     progress: Progress | None = None,
+    mesh=None,
 ) -> tuple[Samples, dict]:
     """N = ``n`` (default settings.n_samples) samples of p_beta by annealed importance sampling
     from q(X) q(Y|X) (a learned conditional) in q's latent space, ``settings.refine_steps``
@@ -68,8 +71,8 @@ def refine(
     Returns (Samples, info): log_q is the density the AIS weight implies, -beta u - log w
     (as for ``ais``), ais_acceptance each path's; info has ``refine_steps``,
     ``refine_step_size`` (chosen by a pilot, see PredictionSettings), ``refine_acceptance``
-    and ``refine_energy_evals`` (pilot included). ``batch``, ``progress``: as
-    :func:`~coarseflow.predict.draw.draw_samples`'s.
+    and ``refine_energy_evals`` (pilot included). ``batch``, ``progress``, ``mesh``: as
+    :func:`~coarseflow.predict.draw.draw_samples`'s (each batch's paths split over the mesh).
     """
     if conditional is None:
         raise ConfigError(
@@ -80,6 +83,7 @@ def refine(
     check_linear_map(model_map(conditional) is not None, "joint", target, settings.refine_steps)
     n = settings.n_samples if n is None else n
     rows = batch_rows(n, settings, batch)
+    check_divisible(rows, mesh, "rows per batch (min([prediction] batch_size, n))")
     progress = Progress(n, "refine", show=False) if progress is None else progress
     steps = settings.refine_steps
     beta = jnp.asarray(beta)
@@ -98,6 +102,7 @@ def refine(
                         _PILOT_PATHS,
                         steps,
                         jnp.asarray(h),
+                        mesh,
                     )[-1]
                 )
             )
@@ -108,7 +113,15 @@ def refine(
         n,
         rows,
         lambda i: _refine_batch(
-            flow, conditional, target, jr.fold_in(key, i), beta, rows, steps, jnp.asarray(step)
+            flow,
+            conditional,
+            target,
+            jr.fold_in(key, i),
+            beta,
+            rows,
+            steps,
+            jnp.asarray(step),
+            mesh,
         ),
         progress,
         "the refinement",
