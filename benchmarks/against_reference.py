@@ -53,10 +53,10 @@ def score(run: Path, reference: Path, n: int, refine_steps: int, seed: int) -> d
     target.x_bijection()  # the molecule scans its dihedral seams once, outside jit
     prediction = with_refine_steps(config.prediction, refine_steps)
     if conditional is not None and prediction.refine_steps > 0:
-        samples, _ = refine(jr.key(seed), flow, conditional, target, meta["beta"], prediction, n=n)
+        samples, _ = refine(jr.key(seed), target, flow, conditional, meta["beta"], prediction, n=n)
     else:
         samples = draw_samples(
-            jr.key(seed), flow, target, meta["beta"], prediction, n=n, conditional=conditional
+            jr.key(seed), target, flow, meta["beta"], prediction, n=n, conditional=conditional
         )
     out = reference_metrics(target, samples, meta["beta"])
     w = np.asarray(normalized_weights(samples.log_weights))

@@ -128,7 +128,7 @@ def main() -> None:
     _, target, flow, conditional, _ = load_run(out)
     # [prediction] of the given config, not the run's (--evaluate-only: other weights)
     prediction = parse_config(raw).prediction
-    s = draw_samples(jr.key(7), flow, target, 1.0, prediction, n=args.n, conditional=conditional)
+    s = draw_samples(jr.key(7), target, flow, 1.0, prediction, n=args.n, conditional=conditional)
     obs = MoleculeReport(target).observables(s.x)
     phi, psi, rg = obs["phi"][:, 0], obs["psi"][:, 0], obs["rg"]
     # raw statistics use every sample; a zero weight (log w = -inf: a path that started outside

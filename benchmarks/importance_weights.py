@@ -62,7 +62,7 @@ def main() -> None:
     for text in args.variant:
         settings = dataclasses.replace(config.prediction, **parse_variant(text))
         t0 = time.perf_counter()
-        s = draw_samples(jr.key(7), flow, target, 1.0, settings, n=args.n)
+        s = draw_samples(jr.key(7), target, flow, 1.0, settings, n=args.n)
         seconds = time.perf_counter() - t0
         w = np.asarray(metrics.normalized_weights(s.log_weights))
         ok = np.isfinite(s.log_weights)

@@ -33,7 +33,7 @@ def scan(path: Path, n: int, seed: int) -> list[dict]:
     for meta in RunDir(path).checkpoints():
         beta = meta["beta"]
         config, target, flow, conditional, _ = load_run(path, beta)
-        s = draw_samples(jr.key(seed), flow, target, beta, config.prediction, n, conditional)
+        s = draw_samples(jr.key(seed), target, flow, beta, config.prediction, n, conditional)
         phi, psi = phi_psi(target.full_positions(s.x), target.topology)
         phi, psi = np.asarray(phi)[:, 0], np.asarray(psi)[:, 0]
         raw = basin_populations(phi, psi)

@@ -122,8 +122,8 @@ def worker(args) -> None:
         def predict(prediction_rows=prediction_rows, n_samples=n_samples):
             return draw_samples(
                 jr.key(1),
-                flow,
                 target,
+                flow,
                 1.0,
                 config.prediction,
                 n=n_samples,

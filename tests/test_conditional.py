@@ -173,8 +173,8 @@ def test_learned_exact_conditional_gives_exact_weights():
     )
     s = draw_samples(
         jr.key(2),
-        flow,
         target,
+        flow,
         1.0,
         PredictionSettings(n_samples=4000),
         conditional=_exact_conditional(target),

@@ -81,19 +81,19 @@ out["resume"] = largest_difference(whole, resumed)
 out["betas"] = [betas, resumed_betas]
 # prediction: the same draws on 1 and 4 devices
 target = build_target(config.target)
-draws = [draw_samples(jr.key(3), whole[0], target, 1.0, config.prediction, n=64,
+draws = [draw_samples(jr.key(3), target, whole[0], 1.0, config.prediction, n=64,
                       conditional=whole[1], mesh=data_mesh(n)) for n in (1, 4)]
 out["samples"] = max(float(np.max(np.abs(a - b))) for a, b in
                      ((draws[0].x, draws[1].x), (draws[0].log_weights, draws[1].log_weights)))
 # the refinement's AIS paths: the same on 1 and 4 devices
-refined = [refine(jr.key(4), whole[0], whole[1], target, 1.0,
+refined = [refine(jr.key(4), target, whole[0], whole[1], 1.0,
                   dataclasses.replace(config.prediction, refine_steps=2), n=64,
                   mesh=data_mesh(n))[0] for n in (1, 4)]
 out["refined"] = max(float(np.max(np.abs(a - b))) for a, b in
                      ((refined[0].x, refined[1].x),
                       (refined[0].log_weights, refined[1].log_weights)))
 try:
-    draw_samples(jr.key(3), whole[0], target, 1.0, config.prediction, n=30,
+    draw_samples(jr.key(3), target, whole[0], 1.0, config.prediction, n=30,
                  conditional=whole[1], mesh=data_mesh(4))
     out["rows_indivisible"] = None
 except ConfigError as err:

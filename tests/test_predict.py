@@ -25,7 +25,7 @@ def test_log_partition_estimate_matches_quadrature(beta):
     target = DoubleWell()
     lower, upper = target.x_bounds()
     flow = box_flow(jr.key(0), lower=lower, upper=upper)
-    s = draw_samples(jr.key(1), flow, target, beta, PredictionSettings(n_samples=40000))
+    s = draw_samples(jr.key(1), target, flow, beta, PredictionSettings(n_samples=40000))
     w = np.exp(s.log_weights - s.log_weights.max())
     # relative standard error of the mean weight -> error of log Z
     stderr = np.std(w) / np.mean(w) / np.sqrt(len(w))
@@ -56,11 +56,11 @@ def test_laplace_weights_on_a_target_without_exact_conditional():
 
     target = EnergyTarget(u, Partition.from_x(2, [0]), lower=-6.0, upper=6.0)
     flow = box_flow(jr.key(0), lower=np.array([-6.0]), upper=np.array([6.0]))
-    s = draw_samples(jr.key(2), flow, target, 1.0, PredictionSettings(n_samples=20000))
+    s = draw_samples(jr.key(2), target, flow, 1.0, PredictionSettings(n_samples=20000))
     # Z = 2 pi * 0.1 exactly; q(Y|X) is exact, so the weights only correct q(X)
     assert abs(log_partition_estimate(s.log_weights) - np.log(2 * np.pi * 0.1)) < 0.02
     with pytest.raises(ConfigError, match="no exact conditional"):
-        draw_samples(jr.key(2), flow, target, 1.0, PredictionSettings(conditional="exact"))
+        draw_samples(jr.key(2), target, flow, 1.0, PredictionSettings(conditional="exact"))
 
 
 @pytest.mark.parametrize("beta", [0.5, 1.0])
@@ -93,13 +93,13 @@ def test_ais_acceptance_is_reported_and_falls_with_the_step():
         settings = PredictionSettings(
             n_samples=200, conditional="ais", ais_steps=10, ais_step_size=step, ais_paths=2
         )
-        s = draw_samples(jr.key(4), flow, target, 1.0, settings)
+        s = draw_samples(jr.key(4), target, flow, 1.0, settings)
         assert s.ais_acceptance.shape == (200,)
         assert np.all((s.ais_acceptance >= 0) & (s.ais_acceptance <= 1))
         acceptance.append(s.ais_acceptance.mean())
     assert 0.9 < acceptance[0] and acceptance[0] > acceptance[1] > acceptance[2]
     laplace = draw_samples(
-        jr.key(4), flow, target, 1.0, PredictionSettings(n_samples=20, conditional="laplace")
+        jr.key(4), target, flow, 1.0, PredictionSettings(n_samples=20, conditional="laplace")
     )
     assert np.all(np.isnan(laplace.ais_acceptance))
 
@@ -127,7 +127,7 @@ def test_ais_log_partition_is_unbiased_and_beats_laplace_on_a_non_gaussian_condi
         settings = PredictionSettings(
             n_samples=10000, conditional=conditional, ais_steps=30, ais_step_size=0.6
         )
-        s = draw_samples(jr.key(2), flow, target, 1.0, settings)
+        s = draw_samples(jr.key(2), target, flow, 1.0, settings)
         w = np.exp(s.log_weights - s.log_weights.max())
         stderr = np.std(w) / np.mean(w) / np.sqrt(len(w))
         assert abs(log_partition_estimate(s.log_weights) - _quartic_log_z()) < 5 * stderr
@@ -166,7 +166,7 @@ def test_several_ais_paths_per_x_stay_unbiased_and_divide_the_weights_variance()
     settings = PredictionSettings(
         n_samples=4000, conditional="ais", ais_steps=5, ais_step_size=0.6, ais_paths=8
     )
-    s = draw_samples(jr.key(3), flow, target, 1.0, settings)
+    s = draw_samples(jr.key(3), target, flow, 1.0, settings)
     w = np.exp(s.log_weights - s.log_weights.max())
     stderr = np.std(w) / np.mean(w) / np.sqrt(len(w))
     assert abs(log_partition_estimate(s.log_weights) - _quartic_log_z()) < 5 * stderr
@@ -229,7 +229,7 @@ def test_weights_are_unbiased_through_the_targets_internal_coordinates(condition
     settings = PredictionSettings(
         n_samples=20000, conditional=conditional, ais_steps=20, minimize_lr=1e-3
     )
-    s = draw_samples(jr.key(3), flow, target, 1.0, settings)
+    s = draw_samples(jr.key(3), target, flow, 1.0, settings)
     w = np.exp(s.log_weights - s.log_weights.max())
     stderr = np.std(w) / np.mean(w) / np.sqrt(len(w))
     # a missing log r, or a configuration counted for two angles, would be off by > 0.3
@@ -277,8 +277,8 @@ def test_a_declared_symmetry_keeps_the_weights_unbiased_and_light_tailed():
     for symmetric in (False, True):
         s = draw_samples(
             jr.key(4),
-            flow,
             _Pair(symmetric),
+            flow,
             1.0,
             PredictionSettings(n_samples=20000, conditional="ais", ais_steps=10, ais_paths=1),
         )

@@ -100,8 +100,8 @@ def test_a_ragged_last_batch_compiles_nothing_new(conditional):
         newton_steps=1,
     )
     with compiling("sampler", show=False) as stage:
-        many = draw_samples(jr.key(5), flow, target, 0.5, settings, n=40)
-        few = draw_samples(jr.key(5), flow, target, 0.5, settings, n=27)
+        many = draw_samples(jr.key(5), target, flow, 0.5, settings, n=40)
+        few = draw_samples(jr.key(5), target, flow, 0.5, settings, n=27)
     assert _programs(stage, "_batch") == 1
     assert len(many.x) == 40 and len(few.x) == 27
     np.testing.assert_array_equal(few.x, many.x[:27])

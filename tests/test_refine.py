@@ -22,8 +22,8 @@ def refined():
     settings = PredictionSettings(
         n_samples=4000, batch_size=2000, refine_steps=10, refine_step_size=0.2
     )
-    one_shot = draw_samples(jr.key(2), flow, target, BETA, settings, conditional=cond)
-    samples, info = refine(jr.key(2), flow, cond, target, BETA, settings)
+    one_shot = draw_samples(jr.key(2), target, flow, BETA, settings, conditional=cond)
+    samples, info = refine(jr.key(2), target, flow, cond, BETA, settings)
     return target, one_shot, samples, info
 
 
@@ -61,6 +61,6 @@ def test_refinement_raises_the_ess_and_reweights_to_the_exact_mean(refined):
 def test_refinement_needs_a_learned_conditional():
     target, flow, _ = _setup()
     with pytest.raises(ConfigError, match="refine_steps"):
-        refine(jr.key(0), flow, None, target, 1.0, PredictionSettings(refine_steps=2))
+        refine(jr.key(0), target, flow, None, 1.0, PredictionSettings(refine_steps=2))
     with pytest.raises(ConfigError, match="refine_steps"):
         PredictionSettings(refine_steps=-1)

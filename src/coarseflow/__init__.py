@@ -7,7 +7,7 @@ first use, so ``import coarseflow`` stays cheap and a molecule's OpenMM is loade
     target = cf.EnergyTarget(u, cf.Partition.from_x(2, [0]), lower=-2.5, upper=2.5)
     flow = cf.make_flow(jax.random.key(0), target, cf.FlowSettings())
     result = cf.train(target, flow, cf.Geometric(), cf.TrainingSettings(), cf.ChainSettings())
-    samples = cf.draw_samples(jax.random.key(1), result.flow, target, 1.0,
+    samples = cf.draw_samples(jax.random.key(1), target, result.flow, 1.0,
                               cf.PredictionSettings(), n=1000)
     cf.ess(samples.log_weights)
 

@@ -414,9 +414,9 @@ def sample_run(
     if conditional is not None and prediction.refine_steps > 0:
         samples, _ = refine(
             jr.key(seed),
+            target,
             flow,
             conditional,
-            target,
             meta["beta"],
             prediction,
             n=n,
@@ -426,8 +426,8 @@ def sample_run(
     else:
         samples = draw_samples(
             jr.key(seed),
-            flow,
             target,
+            flow,
             meta["beta"],
             config.prediction,
             n=n,

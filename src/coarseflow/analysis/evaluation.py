@@ -116,8 +116,8 @@ def _evaluate(
         n = n_final if i == len(flows) - 1 else n_ladder
         s = draw_samples(
             jr.key(seed),
-            flow,
             target,
+            flow,
             meta["beta"],
             config.prediction,
             n=n,
@@ -145,9 +145,9 @@ def _evaluate(
         beta = meta["beta"]
         refined, info = refine(
             jr.key(seed),
+            target,
             flow,
             conditional,
-            target,
             beta,
             prediction,
             n=n_final,

@@ -88,8 +88,8 @@ def batch_rows(n: int, settings: PredictionSettings, batch: int | None = None) -
 
 def draw_samples(
     key,
-    flow,
     target: AbstractTarget,
+    flow,
     beta: float,
     settings: PredictionSettings = PredictionSettings(),
     n: int | None = None,

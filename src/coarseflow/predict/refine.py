@@ -52,9 +52,9 @@ def _refine_batch(flow, conditional, target, key, beta, n: int, n_steps: int, st
 
 def refine(
     key,
+    target: AbstractTarget,
     flow,
     conditional,
-    target: AbstractTarget,
     beta: float,
     settings: PredictionSettings,
     n: int | None = None,
