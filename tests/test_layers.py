@@ -57,6 +57,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "coarseflow.checkpointing",
             "coarseflow.config",
             "coarseflow.workflow",
+            "coarseflow.python_runs",
             "coarseflow.analysis.evaluation",
             "coarseflow.report",
             "coarseflow.reference",

@@ -53,6 +53,8 @@ _EXPORTS = {
     "train_from_config": "coarseflow.workflow",
     "load_run": "coarseflow.workflow",
     "sample_run": "coarseflow.workflow",
+    "run_config": "coarseflow.python_runs",
+    "train_into_run": "coarseflow.python_runs",
     "evaluate_run": "coarseflow.analysis.evaluation",
     "ConfigError": "coarseflow.errors",
 }

@@ -176,27 +176,14 @@ def _train_claimed(
 def _prepare_claimed(config: Config, run: RunDir, resume: bool, init):
     """(config as trained, target, flow, conditional) to train into the owned and locked
     ``run``, after its checks; config.toml, model.json and init.json written."""
-    if run.checkpoints() and not resume:
-        raise ConfigError(
-            f"run directory {run.root} already has checkpoints; "
-            "pass --resume to continue it or choose another --out"
-        )
-    if resume and run.config_path.exists():
-        if load_config(run.config_path).raw != config.raw:
-            raise ConfigError(
-                f"--resume: the config differs from {run.config_path}; resume with the same config"
-            )
+    check_start(config, run, resume)
     config = as_trained(config, run) if resume else config
     target = build_target(config.target)
     if init is None:
         flow, conditional = initial_model(config, target)
     else:
         init_meta, (flow, conditional) = _init_checkpoint(config, build_model(config, target), init)
-    atomic_write_text(run.config_path, to_toml(config.raw))
-    if not (resume and run.checkpoints()):
-        atomic_write_text(
-            run.root / MODEL_MARKER, json.dumps({"flow_permutation": config.model.permutation})
-        )
+    record_config(config, run, resume)
     if init is not None:
         atomic_write_text(
             run.root / "init.json",
@@ -209,6 +196,30 @@ def _prepare_claimed(config: Config, run: RunDir, resume: bool, init):
             ),
         )
     return config, target, flow, conditional
+
+
+def check_start(config: Config, run: RunDir, resume: bool) -> None:
+    """Refuse to train into the owned ``run`` over its checkpoints unless resuming, and to
+    resume it with another config than its config.toml."""
+    if run.checkpoints() and not resume:
+        raise ConfigError(
+            f"run directory {run.root} already has checkpoints; "
+            "pass --resume to continue it or choose another --out"
+        )
+    if resume and run.config_path.exists():
+        if load_config(run.config_path).raw != config.raw:
+            raise ConfigError(
+                f"--resume: the config differs from {run.config_path}; resume with the same config"
+            )
+
+
+def record_config(config: Config, run: RunDir, resume: bool) -> None:
+    """``run``'s config.toml, and its model.json where it starts afresh."""
+    atomic_write_text(run.config_path, to_toml(config.raw))
+    if not (resume and run.checkpoints()):
+        atomic_write_text(
+            run.root / MODEL_MARKER, json.dumps({"flow_permutation": config.model.permutation})
+        )
 
 
 # ------------------------------------------------------------------------- several processes
