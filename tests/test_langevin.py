@@ -11,7 +11,7 @@ import pytest
 
 from coarseflow.samplers.annealing import anneal
 from coarseflow.samplers.kernels import baoab_kernel, mala_kernel
-from coarseflow.samplers.replica_exchange import baoab_step, md_init
+from coarseflow.samplers.molecular_dynamics import baoab_step, md_init
 
 RTOL = 1e-10
 

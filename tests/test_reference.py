@@ -13,14 +13,9 @@ import pytest
 
 from coarseflow.config import settings_from_table
 from coarseflow.errors import ConfigError
-from coarseflow.samplers.replica_exchange import (
-    MDState,
-    baoab_step,
-    exchange,
-    md_init,
-    run_replica_exchange,
-    temperature_ladder,
-)
+from coarseflow.samplers.molecular_dynamics import MDState, baoab_step, md_init
+from coarseflow.samplers.replica_exchange import run_replica_exchange, temperature_ladder
+from coarseflow.samplers.replica_swap import exchange
 from coarseflow.units import MOLAR_GAS_CONSTANT
 
 # ---- BAOAB -------------------------------------------------------------------------------------

@@ -4,18 +4,10 @@ Units (OpenMM's): positions in nm, velocities in nm/ps, time in ps, masses in am
 energies and k_B T in kJ/mol, forces (-dU/dx) in kJ/mol/nm. Since 1 kJ/mol = 1 amu nm^2/ps^2,
 the acceleration F / m comes out in nm/ps^2 with no conversion factor.
 
-* :func:`baoab_step`: one step of underdamped Langevin dynamics with the B-A-O-A-B splitting
-  (Leimkuhler and Matthews 2013) of :mod:`coarseflow.samplers.langevin`, in these units: half
-  kick, half drift, exact Ornstein-Uhlenbeck velocity update, half drift, new force, half kick.
-  One energy+force evaluation per step. It samples exp(-U / k_B T) up to an O(dt^2) bias in
-  configurational averages, exact for a harmonic potential. A step that lands on a non-finite
-  energy or force is undone and the velocities redrawn from Maxwell-Boltzmann (counted in
-  ``MDState.n_reverted``).
-* :func:`exchange`: one round of replica-exchange swap attempts between neighbouring rungs of a
-  temperature ladder (even pairs (0,1), (2,3), ... or odd pairs (1,2), (3,4), ...), independently
-  for every chain. A swap of the configurations at inverse temperatures b_i, b_j with energies
-  U_i, U_j is accepted with probability min(1, exp((b_i - b_j)(U_i - U_j))); velocities are
-  rescaled by sqrt(T_new / T_old) so that they stay Maxwell-Boltzmann at their new temperature.
+* :func:`baoab_step` (:mod:`coarseflow.samplers.molecular_dynamics`): one BAOAB Langevin step
+  of one walker in these units.
+* :func:`exchange` (:mod:`coarseflow.samplers.replica_swap`): one round of replica-exchange swap
+  attempts between neighbouring rungs of a temperature ladder, independently for every chain.
 * :func:`run_replica_exchange`: R rungs x C chains (walkers laid out as (R, C, ...)), each chain
   an independent replica-exchange simulation across the R rungs; jit-compiled blocks of
   ``lax.scan`` steps driven by one host loop with a tqdm progress bar. Only rung 0 (the lowest,
@@ -47,10 +39,16 @@ from jax.sharding import Mesh
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from coarseflow.parallel import check_divisible, shard_batch
-from coarseflow.samplers import langevin
+from coarseflow.samplers.molecular_dynamics import (
+    EnergyFn,
+    MDState,
+    baoab_step,
+    maxwell_boltzmann,
+    md_init,
+)
+from coarseflow.samplers.replica_swap import exchange
 from coarseflow.units import kT_from_kelvin
 
-EnergyFn = Callable[[Array], Array]
 ObserveFn = Callable[[Array], Any]
 
 
@@ -63,84 +61,6 @@ def temperature_ladder(t_min: float, t_max: float, n: int) -> np.ndarray:
     if not 0 < t_min < t_max:
         raise ValueError(f"temperature_ladder: need 0 < t_min < t_max, got {t_min}, {t_max}")
     return t_min * (t_max / t_min) ** (np.arange(n) / (n - 1))
-
-
-class MDState(NamedTuple):
-    """One walker of Langevin dynamics (batched walkers carry leading axes on every field).
-
-    positions: (*shape) nm; velocities: (*shape) nm/ps; energy: () kJ/mol at positions;
-    forces: (*shape) kJ/mol/nm = -dU/dx at positions; n_reverted: () int32, steps undone because
-    they reached a non-finite energy or force.
-    """
-
-    positions: Array
-    velocities: Array
-    energy: Array
-    forces: Array
-    n_reverted: Array
-
-
-def _broadcast_masses(masses: Array, positions: Array) -> Array:
-    """masses (*lead) -> (*lead, 1, ...) broadcastable against positions (*shape)."""
-    masses = jnp.asarray(masses, positions.dtype)
-    return masses.reshape(masses.shape + (1,) * (positions.ndim - masses.ndim))
-
-
-def maxwell_boltzmann(key: PRNGKeyArray, masses: Float[Array, "*lead"], kT, like: Array) -> Array:
-    """Velocities (like.shape) in nm/ps drawn from N(0, kT / m); kT () in kJ/mol, m in amu."""
-    m = _broadcast_masses(masses, like)
-    noise = jax.random.normal(key, like.shape, like.dtype)
-    return noise * jnp.sqrt(jnp.asarray(kT, like.dtype) / m)
-
-
-def _energy_and_forces(energy_fn: EnergyFn, positions: Array) -> tuple[Array, Array]:
-    energy, grad = jax.value_and_grad(energy_fn)(positions)
-    return energy, -grad
-
-
-def md_init(energy_fn: EnergyFn, positions: Array, velocities: Array) -> MDState:
-    """State of one walker at ``positions`` (nm) with ``velocities`` (nm/ps); one evaluation."""
-    energy, forces = _energy_and_forces(energy_fn, positions)
-    return MDState(positions, velocities, energy, forces, jnp.zeros((), jnp.int32))
-
-
-def baoab_step(
-    energy_fn: EnergyFn,
-    state: MDState,
-    key: PRNGKeyArray,
-    *,
-    masses: Array,
-    kT,
-    time_step: float,
-    friction: float,
-) -> MDState:
-    """One BAOAB Langevin step of one walker (:func:`coarseflow.samplers.langevin.baoab_step`).
-
-    energy_fn: positions (*shape) nm -> U () kJ/mol; masses (*lead) amu; kT () kJ/mol;
-    time_step in ps; friction in 1/ps. One energy+force evaluation. A step that reaches a
-    non-finite energy or force is undone, the velocities redrawn and ``n_reverted`` counts it.
-    """
-    dtype = state.positions.dtype
-    m = _broadcast_masses(masses, state.positions)
-
-    def accelerate(x):
-        energy, forces = _energy_and_forces(energy_fn, x)
-        return energy, forces / m, forces
-
-    start = langevin.BAOABState(
-        state.positions, state.velocities, state.energy, state.forces / m, state.forces
-    )
-    new, ok = langevin.baoab_step(
-        key,
-        start,
-        accelerate,
-        dt=jnp.asarray(time_step, dtype),
-        friction=jnp.asarray(friction, dtype),
-        sigma=jnp.sqrt(jnp.asarray(kT, dtype) / m),
-    )
-    return MDState(
-        new.x, new.v, new.energy, new.aux, state.n_reverted + jnp.where(ok, 0, 1).astype(jnp.int32)
-    )
 
 
 class ReplicaState(NamedTuple):
@@ -157,58 +77,6 @@ class ReplicaState(NamedTuple):
     n_rounds: Array
     accept_sum: Array
     attempts: Array
-
-
-def exchange(
-    md: MDState, key: PRNGKeyArray, *, kT: Float[Array, " R"], parity
-) -> tuple[MDState, Float[Array, " R-1"], Float[Array, " R-1"]]:
-    """One round of swap attempts between rungs (r, r+1) with r % 2 == parity, every chain.
-
-    md: fields (R, C, *shape); kT (R,) in kJ/mol, increasing. Returns the new state, the
-    acceptance probabilities summed over chains (R-1,) and the attempts per pair (R-1,)
-    (C for the pairs tried this round, 0 for the others).
-    """
-    n_rungs, n_chains = md.energy.shape
-    dtype = md.positions.dtype
-    kT = jnp.asarray(kT, dtype)
-    if n_rungs == 1:
-        empty = jnp.zeros((0,), dtype)
-        return md, empty, empty
-    beta = 1.0 / kT
-    pair = jnp.arange(n_rungs - 1)
-    active = (pair % 2) == parity  # (R-1,)
-    log_acc = (beta[:-1, None] - beta[1:, None]) * (md.energy[:-1] - md.energy[1:])  # (R-1, C)
-    log_acc = jnp.where(jnp.isfinite(log_acc), log_acc, -jnp.inf)
-    prob = jnp.exp(jnp.minimum(log_acc, 0.0))
-    u = jax.random.uniform(key, log_acc.shape, dtype)
-    accept = active[:, None] & (u < prob)  # (R-1, C)
-
-    # source rung of each destination rung; active pairs never overlap
-    up = jnp.concatenate([accept, jnp.zeros((1, n_chains), bool)], axis=0)  # r takes r+1
-    down = jnp.concatenate([jnp.zeros((1, n_chains), bool), accept], axis=0)  # r takes r-1
-
-    def take(a):
-        """a (R, C, ...) with rung r's entry replaced by its source rung's, chain by chain (a
-        selection along the rungs: nothing moves between chains, so nothing between devices
-        when the chains are split)."""
-        mask = (*a.shape[:2], *(1,) * (a.ndim - 2))
-        above = jnp.concatenate([a[1:], a[-1:]], axis=0)  # rung r + 1's (the last: unused)
-        below = jnp.concatenate([a[:1], a[:-1]], axis=0)  # rung r - 1's (the first: unused)
-        return jnp.where(up.reshape(mask), above, jnp.where(down.reshape(mask), below, a))
-
-    kT_chains = jnp.broadcast_to(kT[:, None], (n_rungs, n_chains))
-    scale = jnp.sqrt(kT_chains / take(kT_chains))  # (R, C): sqrt(T_new / T_old)
-    velocities = take(md.velocities) * scale.reshape(scale.shape + (1,) * (md.velocities.ndim - 2))
-    new = MDState(
-        positions=take(md.positions),
-        velocities=velocities,
-        energy=take(md.energy),
-        forces=take(md.forces),
-        n_reverted=md.n_reverted,  # counts stay with the rung
-    )
-    prob_sum = jnp.where(active, prob.sum(axis=1), 0.0)
-    attempts = jnp.where(active, n_chains, 0).astype(dtype)
-    return new, prob_sum, attempts
 
 
 def replica_exchange_init(
@@ -439,14 +307,9 @@ def run_replica_exchange(
 
 
 __all__ = [
-    "MDState",
     "ReplicaExchangeResult",
     "ReplicaState",
-    "baoab_step",
-    "exchange",
     "make_block",
-    "maxwell_boltzmann",
-    "md_init",
     "replica_exchange_init",
     "run_replica_exchange",
     "temperature_ladder",
