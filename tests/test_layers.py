@@ -84,7 +84,6 @@ KNOWN_LONG: frozenset[str] = frozenset(
         "cli.py",
         "runs.py",
         "workflow.py",
-        "targets/molecule/target.py",
     }
 )
 

@@ -9,6 +9,7 @@ topology     CG selection, bond graph, gauge atoms, methyl rotors, phi/psi atoms
 gauge        free coordinates <-> positions in the gauge frame; fast atoms grafted
 zmatrix      the CG atoms' Z-matrix and its dihedral seams; the fast atoms' placements
 io           trajectories written, reference data read
+parts        a Molecule's fields from its [target] table: read, checked, built once
 target       the Molecule itself
 """
 

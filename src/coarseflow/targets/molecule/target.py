@@ -16,24 +16,14 @@ import mdtraj
 import numpy as np
 from jaxtyping import Array, Bool, Float
 
-from coarseflow import checks
-from coarseflow.errors import ConfigError
-from coarseflow.forcefield import ForceField, build_system, forcefield_from_system
+from coarseflow.forcefield import ForceField
 from coarseflow.model.internal import AtomPlacements, ZMatrix
 from coarseflow.model.linear_map import LinearMap
 from coarseflow.partition import Partition
 from coarseflow.targets.base import AbstractTarget
-from coarseflow.targets.molecule import (
-    io,
-    registry,
-    rotamers,
-    selection,
-    symmetry,
-    topology,
-    zmatrix,
-)
-from coarseflow.targets.molecule.gauge import GaugeFrame, align_to_gauge, held_coordinates
-from coarseflow.units import MOLAR_GAS_CONSTANT
+from coarseflow.targets.molecule import io, rotamers, symmetry, topology, zmatrix
+from coarseflow.targets.molecule.gauge import GaugeFrame, held_coordinates
+from coarseflow.targets.molecule.parts import molecule_parts
 
 GAUGE_MARGIN = 0.05  # nm: box half-width for the free coordinates of gauge atoms b and c
 
@@ -142,81 +132,28 @@ class Molecule(AbstractTarget):
             means the shipped ``data/<name>_reference.npz``); evaluation then compares the
             beta = 1 model with it.
         """
-        # a temperature past 1e5 K or a box wider than 10 nm is a typo, not a molecule
-        checks.number("[target] temperature", temperature, 0.0, 1e5)
-        checks.number("[target] box_margin", box_margin, 0.0, 10.0)
-        forcefield = registry.forcefield_files(forcefield)
-        path, builtin_selection = registry.resolve_structure(pdb, sequence, forcefield)
-
-        _, positions, system = build_system(path, forcefield)
-        try:
-            top = mdtraj.load_topology(path)
-        except Exception as err:
-            raise ConfigError(f"[target] pdb '{pdb}': mdtraj cannot read it ({err})") from None
-        if cg_selection is None:
-            cg_selection = (
-                builtin_selection
-                or selection.default_cg_selection(top, cg_dihedrals)
-                or registry.DEFAULT_SELECTION
-            )
-        n_atoms = int(positions.shape[0])
-        if top.n_atoms != n_atoms:
-            raise ConfigError(
-                f"[target] pdb '{pdb}': OpenMM reads {n_atoms} atoms, mdtraj {top.n_atoms}"
-            )
-        cg = topology.select_cg_atoms(top, cg_selection, n_atoms)
-        selection.check_cg_dihedrals(top, cg, cg_dihedrals, cg_selection)
-        hops = topology.bond_hops(system, n_atoms)
-        if fixed_atoms is None:
-            fixed = topology.auto_fixed_atoms(cg, positions, hops)
-        else:
-            fixed = topology.check_fixed_atoms(fixed_atoms, cg, positions)
-
-        ref_gauge = align_to_gauge(positions, *fixed)  # NumPy float64
-        gauge = GaugeFrame(ref_gauge, fixed, cg, hops)
-        free = np.asarray(gauge.free_indices)
-        x_idx = np.flatnonzero(np.isin(free, gauge.x_flat))
-        fast = np.asarray(gauge.fast_atoms, dtype=np.int64)
-        from openmm import unit
-
-        self.partition = Partition.from_x(int(free.size), x_idx.tolist())
-        self.forcefield = forcefield_from_system(system)
-        self.reference_x = jnp.asarray(ref_gauge.reshape(-1)[free], dtype=float)
-        self.masses = jnp.asarray(
-            [system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(n_atoms)],
-            dtype=float,
+        parts = molecule_parts(
+            pdb,
+            forcefield,
+            temperature,
+            cg_selection,
+            sequence,
+            cg_dihedrals,
+            fixed_atoms,
+            box_margin,
+            reference,
         )
-        self.gauge = gauge
-        self.temperature = float(temperature)
-        self.kT = MOLAR_GAS_CONSTANT * float(temperature)
-        self.box_margin = float(box_margin)
-
-        # the CG atoms' Z-matrix (the flow's coordinates), its dihedral seams placed once here
-        zm = zmatrix.cg_zmatrix(hops, cg, fixed, ref_gauge, gauge.x_flat)
-        if zm is not None:
-            X_ref, _ = self.partition.split(self.reference_x)
-            seams = zmatrix.dihedral_seams(
-                zm,
-                X_ref,
-                lambda q: zmatrix.grafted_energies(
-                    self.forcefield, gauge, self.partition, self.kT, zm, jnp.asarray(q)
-                ),
-            )
-            zm = zmatrix.with_seams(zm, seams)
-        self.zmatrix = zm
-        rotors = topology.equivalent_rotors(self.forcefield, hops, fast, ref_gauge)
-        self.y_placements = zmatrix.fast_placements(hops, cg, fast, ref_gauge, rotors)
-        n_residues = len(topology.phi_psi_indices(top)[0])
-        self.info = topology.MoleculeInfo.build(
-            topology=top,
-            pdb_path=path,
-            cg_selection=cg_selection,
-            cg=cg,
-            rotors=rotors,
-            reference_positions=ref_gauge,
-            reference_path=reference,
-            reference=None if reference is None else io.load_reference(reference, n_residues),
-        )
+        self.partition = parts.partition
+        self.forcefield = parts.forcefield
+        self.reference_x = parts.reference_x
+        self.masses = parts.masses
+        self.gauge = parts.gauge
+        self.temperature = parts.temperature
+        self.kT = parts.kT
+        self.box_margin = parts.box_margin
+        self.zmatrix = parts.zmatrix
+        self.y_placements = parts.y_placements
+        self.info = parts.info
         rotamers.warn_if_multimodal(self)
 
     # ---- what the molecule is ----------------------------------------------------------------
