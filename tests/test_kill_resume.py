@@ -62,8 +62,9 @@ jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 kill_at = int(os.environ.get("KILL_AT_WRITE", "0"))
 if kill_at:
+    import coarseflow.atomic_files as atomic_files
     import coarseflow.runs as runs
-    real, count = runs.atomic_write_bytes, [0]
+    real, count = atomic_files.atomic_write_bytes, [0]
     def atomic_write_bytes(path, write):
         count[0] += 1
         if count[0] != kill_at:
@@ -73,7 +74,8 @@ if kill_at:
             f.flush()
             os.kill(os.getpid(), signal.SIGKILL)
         return real(path, write_then_die)
-    runs.atomic_write_bytes = atomic_write_bytes
+    # every atomic write: atomic_write_text's (through atomic_files) and a checkpoint's .eqx
+    atomic_files.atomic_write_bytes = runs.atomic_write_bytes = atomic_write_bytes
 from coarseflow.cli import main
 sys.exit(main(sys.argv[1:]))
 """

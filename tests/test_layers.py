@@ -54,6 +54,9 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         "application",
         (
             "coarseflow.runs",
+            "coarseflow.run_folder",
+            "coarseflow.atomic_files",
+            "coarseflow.ladder_labels",
             "coarseflow.checkpointing",
             "coarseflow.config",
             "coarseflow.workflow",
@@ -82,7 +85,6 @@ MAX_LINES = 400
 KNOWN_LONG: frozenset[str] = frozenset(
     {
         "cli.py",
-        "runs.py",
         "workflow.py",
     }
 )

@@ -16,7 +16,7 @@ from test_ramachandran import CENTRES, sample_basins  # noqa: E402
 from coarseflow.analysis import html_report  # noqa: E402
 from coarseflow.analysis import ramachandran as rama  # noqa: E402
 from coarseflow.analysis.molecule_report import MoleculeReport  # noqa: E402
-from coarseflow.runs import strict_json  # noqa: E402
+from coarseflow.atomic_files import strict_json  # noqa: E402
 from coarseflow.targets.molecule import Molecule, peptide  # noqa: E402
 
 KINDS = ("glycine", "pre-proline", "proline")

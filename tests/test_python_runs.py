@@ -17,7 +17,8 @@ import coarseflow as cf
 from coarseflow.cli import main
 from coarseflow.config import load_config, to_toml
 from coarseflow.python_runs import check_model
-from coarseflow.runs import MARKER, RunDir, config_hash
+from coarseflow.run_folder import MARKER, config_hash
+from coarseflow.runs import RunDir
 
 FLOW = cf.FlowSettings(knots=4, layers=1, nn_width=8)
 TRAINING = cf.TrainingSettings(

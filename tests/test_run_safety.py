@@ -15,16 +15,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from coarseflow.atomic_files import atomic_write_text
 from coarseflow.errors import ConfigError
-from coarseflow.runs import (
-    LOCK,
-    MARKER,
-    DamagedCheckpoint,
-    RunDir,
-    all_finite,
-    atomic_write_text,
-    config_hash,
-)
+from coarseflow.run_folder import LOCK, MARKER, config_hash
+from coarseflow.runs import DamagedCheckpoint, RunDir, all_finite
 
 HASH = config_hash({"target": {"kind": "double_well"}})
 OTHER = config_hash({"target": {"kind": "double_well", "bound": 5.0}})

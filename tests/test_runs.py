@@ -4,8 +4,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from coarseflow.atomic_files import strict_json
 from coarseflow.errors import ConfigError
-from coarseflow.runs import RunDir, ladder_label, parse_ladder_label, strict_json
+from coarseflow.ladder_labels import ladder_label, parse_ladder_label
+from coarseflow.runs import RunDir
 
 
 def test_checkpoint_round_trip_and_order(tmp_path):

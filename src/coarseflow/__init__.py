@@ -64,7 +64,7 @@ __all__ = sorted(_EXPORTS) + ["__version__"]
 
 def __getattr__(name: str):
     if name == "__version__":
-        from coarseflow.runs import coarseflow_version
+        from coarseflow.run_folder import coarseflow_version
 
         return coarseflow_version()
     if name not in _EXPORTS:

@@ -33,7 +33,8 @@ from coarseflow.model.conditional import ConditionalSettings
 from coarseflow.model.flow import FlowSettings, split_trainable
 from coarseflow.parallel import process_count
 from coarseflow.predict.settings import PredictionSettings
-from coarseflow.runs import RunDir, config_hash
+from coarseflow.run_folder import config_hash
+from coarseflow.runs import RunDir
 from coarseflow.tempering.config import schedule_to_config
 from coarseflow.training.ladder import TrainResult
 from coarseflow.workflow import build_model, check_start, record_config

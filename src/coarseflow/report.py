@@ -18,9 +18,11 @@ import numpy as np
 from coarseflow.analysis.evaluation import evaluate_run, evaluation_samples_path
 from coarseflow.analysis.html_report import ReportInputs, render
 from coarseflow.analysis.reports import report_for
+from coarseflow.atomic_files import atomic_write_text
 from coarseflow.config import Config, build_target, load_config
 from coarseflow.errors import ConfigError
-from coarseflow.runs import RunDir, atomic_write_text, coarseflow_version
+from coarseflow.run_folder import coarseflow_version
+from coarseflow.runs import RunDir
 
 REPORT_NAME = "report.html"
 

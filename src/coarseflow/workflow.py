@@ -12,6 +12,7 @@ import equinox as eqx
 import jax.random as jr
 import numpy as np
 
+from coarseflow.atomic_files import atomic_write_text, strict_json
 from coarseflow.checkpointing import RunRecorder, resume_point, train_into, training_programs
 from coarseflow.config import Config, build_target, load_config, to_toml
 from coarseflow.errors import ConfigError
@@ -23,15 +24,8 @@ from coarseflow.predict.draw import Samples, draw_samples
 from coarseflow.predict.refine import refine
 from coarseflow.predict.settings import PredictionSettings
 from coarseflow.progress import Progress, compiling
-from coarseflow.runs import (
-    DamagedCheckpoint,
-    RunDir,
-    all_finite,
-    atomic_write_text,
-    config_hash,
-    strict_json,
-    warn_once,
-)
+from coarseflow.run_folder import config_hash
+from coarseflow.runs import DamagedCheckpoint, RunDir, all_finite, warn_once
 from coarseflow.training.health import Streaks
 from coarseflow.training.ladder import LadderState, TrainResult, train
 from coarseflow.training.step import TrainState

@@ -9,11 +9,12 @@ import numpy as np
 
 from coarseflow.analysis import metrics, plots
 from coarseflow.analysis.reports import report_for
+from coarseflow.atomic_files import atomic_write_bytes
 from coarseflow.parallel import check_divisible
 from coarseflow.predict.draw import Samples, draw_samples, log_partition_estimate
 from coarseflow.predict.refine import refine
 from coarseflow.progress import Progress
-from coarseflow.runs import RunDir, atomic_write_bytes
+from coarseflow.runs import RunDir
 
 # the last checkpoint's evaluated samples, kept for the HTML report (coarseflow/report.py)
 SAMPLES_NAME = "evaluation.npz"

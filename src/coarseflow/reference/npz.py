@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from coarseflow.runs import atomic_write_bytes
+from coarseflow.atomic_files import atomic_write_bytes
 
 SHIPPED_REFERENCE = "alanine_dipeptide_reference.npz"
 NPZ_KEYS = (
