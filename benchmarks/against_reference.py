@@ -28,7 +28,8 @@ from coarseflow.analysis.molecule_report import MoleculeReport
 from coarseflow.config import build_target
 from coarseflow.predict.draw import draw_samples
 from coarseflow.predict.refine import refine
-from coarseflow.workflow import load_run, with_refine_steps
+from coarseflow.sample_outputs import with_refine_steps
+from coarseflow.workflow import load_run
 
 BINS = 64
 

@@ -39,8 +39,9 @@ from coarseflow.analysis.observables import BASINS, basin_population_errors, bas
 from coarseflow.config import load_config, parse_config
 from coarseflow.predict.draw import draw_samples
 from coarseflow.reference import load_reference
+from coarseflow.run_training import train_from_config
 from coarseflow.runs import RunDir
-from coarseflow.workflow import load_run, train_from_config
+from coarseflow.workflow import load_run
 
 ROOT = Path(__file__).resolve().parents[1]
 ANGLES = ((-math.pi, math.pi), (-math.pi, math.pi))

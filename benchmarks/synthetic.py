@@ -24,8 +24,8 @@ from _markdown import replace_section  # benchmarks/_markdown.py (run as a scrip
 
 from coarseflow.analysis.evaluation import evaluate_run
 from coarseflow.config import parse_config
+from coarseflow.run_training import train_from_config
 from coarseflow.runs import RunDir
-from coarseflow.workflow import train_from_config
 
 ROOT = Path(__file__).resolve().parents[1]
 SYSTEMS = ("double_well", "gmm_2d", "gmm_10d")

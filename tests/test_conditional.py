@@ -218,8 +218,10 @@ def test_a_joint_run_resumes_exactly_and_samples_with_its_conditional(
 
     from coarseflow.cli import main
     from coarseflow.config import parse_config
+    from coarseflow.run_training import train_from_config
     from coarseflow.runs import RunDir
-    from coarseflow.workflow import load_run, sample_run, train_from_config
+    from coarseflow.sample_outputs import sample_run
+    from coarseflow.workflow import load_run
 
     raw = {
         "target": {"kind": "gaussian_mixture", "n_x": 2, "support_beta": 0.3},

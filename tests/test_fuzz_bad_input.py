@@ -223,7 +223,7 @@ def with_table(section: str, table: dict, target='kind = "double_well"') -> str:
 @pytest.fixture(scope="module", autouse=True)
 def nothing_runs():
     """Training, sampling, evaluation and the reference fail the test if a bad input got there."""
-    from coarseflow import reference, workflow
+    from coarseflow import reference, run_training, sample_outputs
     from coarseflow.analysis import evaluation
 
     def refuse(*args, **kwargs):
@@ -231,8 +231,8 @@ def nothing_runs():
 
     with pytest.MonkeyPatch.context() as mp:
         for module, name in (
-            (workflow, "train_from_config"),
-            (workflow, "sample_run"),
+            (run_training, "train_from_config"),
+            (sample_outputs, "sample_run"),
             (evaluation, "evaluate_run"),
             (reference, "reference_main"),
         ):

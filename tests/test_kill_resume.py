@@ -21,8 +21,8 @@ import pytest
 
 from coarseflow.cli import main
 from coarseflow.config import load_config
+from coarseflow.run_training import train_from_config
 from coarseflow.runs import RunDir
-from coarseflow.workflow import train_from_config
 
 TINY = """[target]
 kind = "double_well"

@@ -60,6 +60,8 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "coarseflow.checkpointing",
             "coarseflow.config",
             "coarseflow.workflow",
+            "coarseflow.run_training",
+            "coarseflow.sample_outputs",
             "coarseflow.python_runs",
             "coarseflow.analysis.evaluation",
             "coarseflow.report",
@@ -85,7 +87,6 @@ MAX_LINES = 400
 KNOWN_LONG: frozenset[str] = frozenset(
     {
         "cli.py",
-        "workflow.py",
     }
 )
 

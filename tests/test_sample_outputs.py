@@ -6,7 +6,7 @@ import pytest
 
 from coarseflow.cli import main
 from coarseflow.predict.draw import Samples
-from coarseflow.workflow import write_weights
+from coarseflow.sample_outputs import write_weights
 
 TINY = (
     '[target]\nkind = "double_well"\n'
@@ -101,10 +101,10 @@ def test_weights_file_lines_up_with_the_frames(tmp_path):
 def test_sample_warns_exactly_when_the_weights_are_untrustworthy(run, tmp_path, capsys, bad):
     """The warning follows trust's verdict: one weight holding everything, or near-uniform
     weights with a few twice the mean (PSIS's k > 1 there, but no weight can dominate)."""
-    import coarseflow.workflow as workflow
+    import coarseflow.sample_outputs as sample_outputs
     from coarseflow.analysis import trust
 
-    target, samples, beta = workflow.sample_run(run, n=200)
+    target, samples, beta = sample_outputs.sample_run(run, n=200)
     log_w = np.zeros(200)
     if bad:
         log_w[0] = 50.0
@@ -114,7 +114,7 @@ def test_sample_warns_exactly_when_the_weights_are_untrustworthy(run, tmp_path, 
     expected = trust.warning_line(trust.log_weight_verdict(log_w))
     assert (expected is not None) == bad
     monkeypatch = pytest.MonkeyPatch()
-    monkeypatch.setattr(workflow, "sample_run", lambda *a, **k: (target, samples, beta))
+    monkeypatch.setattr(sample_outputs, "sample_run", lambda *a, **k: (target, samples, beta))
     try:
         assert (
             main(["sample", str(run), "-n", "200", "--quiet", "-o", str(tmp_path / "s.npz")]) == 0

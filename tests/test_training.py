@@ -10,13 +10,14 @@ from coarseflow.config import parse_config
 from coarseflow.errors import ConfigError
 from coarseflow.model.flow import FlowSettings, box_flow, split_trainable
 from coarseflow.partition import Partition
+from coarseflow.run_training import train_from_config
 from coarseflow.samplers.conditional import ChainSettings
 from coarseflow.targets import EnergyTarget
 from coarseflow.tempering.schedules import Explicit
 from coarseflow.training.health import heating_warning
 from coarseflow.training.ladder import train
 from coarseflow.training.settings import TrainingSettings
-from coarseflow.workflow import load_run, train_from_config
+from coarseflow.workflow import load_run
 
 # conftest: runs of one config share one built target and flow, so they compile once
 pytestmark = pytest.mark.usefixtures("one_model_per_config")

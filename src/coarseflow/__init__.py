@@ -50,9 +50,9 @@ _EXPORTS = {
     "log_partition_estimate": "coarseflow.predict.draw",
     # what the command line does, from Python
     "load_config": "coarseflow.config",
-    "train_from_config": "coarseflow.workflow",
+    "train_from_config": "coarseflow.run_training",
     "load_run": "coarseflow.workflow",
-    "sample_run": "coarseflow.workflow",
+    "sample_run": "coarseflow.sample_outputs",
     "run_config": "coarseflow.python_runs",
     "train_into_run": "coarseflow.python_runs",
     "evaluate_run": "coarseflow.analysis.evaluation",

@@ -132,7 +132,7 @@ def _cmd_train(args) -> int:
     from coarseflow.analysis.evaluation import evaluate_run
     from coarseflow.config import load_config
     from coarseflow.parallel import check_divisible, data_mesh, is_main_process
-    from coarseflow.workflow import train_from_config
+    from coarseflow.run_training import train_from_config
 
     config = load_config(args.config)
     out = Path(args.out) if args.out is not None else Path("runs") / Path(args.config).stem
@@ -193,7 +193,7 @@ def _cmd_sample(args) -> int:
     from coarseflow.analysis import trust
     from coarseflow.analysis.metrics import ess, pareto_k
     from coarseflow.parallel import data_mesh
-    from coarseflow.workflow import sample_run, write_sample_files
+    from coarseflow.sample_outputs import sample_run, write_sample_files
 
     mesh = data_mesh(args.devices)
     _print_device(None if mesh is None else list(mesh.devices.flat))
@@ -255,7 +255,7 @@ def _cmd_demo(args) -> int:
 
     from coarseflow.analysis.evaluation import evaluate_run
     from coarseflow.config import parse_config
-    from coarseflow.workflow import train_from_config
+    from coarseflow.run_training import train_from_config
 
     text = importlib.resources.files("coarseflow").joinpath("configs/double_well.toml").read_text()
     out = Path(args.out)

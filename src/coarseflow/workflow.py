@@ -1,35 +1,27 @@
-"""What the CLI does, as functions: train from a config, load a checkpoint, sample, evaluate."""
+"""A run's model and its files, as functions: the model built from a config (build_flow,
+build_model, initial_model), the checks and records of a run's start (check_start,
+record_config), its checkpoints loaded (load_run, run_flows) and its summary.json written.
+Training (``coarseflow train``) is :mod:`coarseflow.run_training`; sampling (``coarseflow
+sample``) :mod:`coarseflow.sample_outputs`.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 from pathlib import Path
 from typing import NamedTuple
 
 import equinox as eqx
 import jax.random as jr
-import numpy as np
 
 from coarseflow.atomic_files import atomic_write_text, strict_json
-from coarseflow.checkpointing import RunRecorder, resume_point, train_into, training_programs
 from coarseflow.config import Config, build_target, load_config, to_toml
 from coarseflow.errors import ConfigError
 from coarseflow.model.conditional import make_conditional
 from coarseflow.model.flow import make_flow, split_trainable
-from coarseflow.parallel import broadcast_bytes, is_main_process, process_count
 from coarseflow.predict.conditional import fit_to_laplace
-from coarseflow.predict.draw import Samples, draw_samples
-from coarseflow.predict.refine import refine
-from coarseflow.predict.settings import PredictionSettings
-from coarseflow.progress import Progress, compiling
-from coarseflow.run_folder import config_hash
 from coarseflow.runs import DamagedCheckpoint, RunDir, all_finite, warn_once
-from coarseflow.training.health import Streaks
-from coarseflow.training.ladder import LadderState, TrainResult, train
-from coarseflow.training.step import TrainState
-from coarseflow.training.step import init as init_train_state
 
 
 def build_flow(config: Config, target):
@@ -110,63 +102,6 @@ def _init_checkpoint(config: Config, model, init) -> tuple[dict, tuple]:
         ) from None
 
 
-def train_from_config(
-    config: Config,
-    out,
-    *,
-    resume: bool = False,
-    progress: bool = True,
-    max_betas: int | None = None,
-    init=None,
-    mesh=None,
-) -> TrainResult:
-    """Train into run directory ``out``; refused if it has checkpoints, unless resuming.
-
-    ``out`` must be new, empty or a run of this same config (``RunDir.claim``: never a user's
-    folder, never a run of another config); it is locked while training, so a second writer
-    is refused. ``init`` (a run directory): start from its newest intact checkpoint's flow
-    (with a fresh optimiser) instead of an untrained one, e.g. to continue a finished run
-    along another ladder. It is recorded in ``out``/init.json; a resumed run continues from
-    its own checkpoints. ``mesh``: the devices each update's batch is split over
-    (:func:`coarseflow.parallel.data_mesh`; None: one device).
-
-    In a run of several processes (:func:`coarseflow.parallel.initialize`) every process calls
-    it with the same arguments and ``mesh`` over all their devices: process 0 claims, locks
-    and writes ``out`` (the others write nothing, take no lock and need not see the folder) and
-    sends them the model and ladder state to start from, so a run resumes on any number of
-    processes and devices.
-    """
-    if process_count() > 1:
-        return _train_processes(config, out, resume, progress, max_betas, init, mesh)
-    run = RunDir(out)
-    run.claim(config_hash(config.raw), lambda path: config_hash(load_config(path).raw))
-    try:
-        return _train_claimed(config, run, resume, progress, max_betas, init, mesh)
-    finally:
-        run.release()
-
-
-def _train_claimed(
-    config: Config, run: RunDir, resume: bool, progress: bool, max_betas: int | None, init, mesh
-) -> TrainResult:
-    """train_from_config once ``run`` is owned and locked."""
-    config, target, flow, conditional = _prepare_claimed(config, run, resume, init)
-    return train_into(
-        run,
-        target,
-        flow,
-        config.tempering,
-        config.training,
-        config.chains,
-        conditional=conditional,
-        resume=resume,
-        prediction=config.prediction,
-        progress=progress,
-        max_betas=max_betas,
-        mesh=mesh,
-    )
-
-
 def _prepare_claimed(config: Config, run: RunDir, resume: bool, init):
     """(config as trained, target, flow, conditional) to train into the owned and locked
     ``run``, after its checks; config.toml, model.json and init.json written."""
@@ -214,122 +149,6 @@ def record_config(config: Config, run: RunDir, resume: bool) -> None:
         atomic_write_text(
             run.root / MODEL_MARKER, json.dumps({"flow_permutation": config.model.permutation})
         )
-
-
-# ------------------------------------------------------------------------- several processes
-
-
-def _train_processes(
-    config: Config, out, resume: bool, progress: bool, max_betas: int | None, init, mesh
-) -> TrainResult:
-    """train_from_config in a run of several processes (see there)."""
-    if is_main_process():
-        run = RunDir(out)
-        try:
-            run.claim(config_hash(config.raw), lambda path: config_hash(load_config(path).raw))
-        except BaseException as err:
-            _send_start(error=err)
-            raise
-        try:
-            return _train_main(config, run, resume, progress, max_betas, init, mesh)
-        finally:
-            run.release()
-    # the others: the structure from the config, its values from process 0
-    header, data = _receive_start()
-    if "error" in header:
-        raise ConfigError(header["error"])
-    config = dataclasses.replace(
-        config, model=dataclasses.replace(config.model, permutation=header["permutation"])
-    )
-    target = build_target(config.target)
-    template, static = init_train_state(build_model(config, target), config.training)
-    params, opt_state = eqx.tree_deserialise_leaves(
-        io.BytesIO(data), (template.params, template.opt_state)
-    )
-    flow, conditional = eqx.combine(params, static)
-    ladder = header["ladder"]
-    if ladder is not None and ladder["beta"] is None:  # the ladder was finished
-        return TrainResult(flow, conditional, list(ladder["betas"]))
-    start = None
-    if ladder is not None:
-        start = LadderState(
-            TrainState(params, opt_state),
-            **{k: v for k, v in ladder.items() if k not in ("state", "betas", "streaks")},
-            betas=tuple(ladder["betas"]),
-            streaks=Streaks(*ladder["streaks"]),
-        )
-    return train(
-        target,
-        flow,
-        config.tempering,
-        config.training,
-        config.chains,
-        conditional=conditional,
-        prediction=config.prediction,
-        start=start,
-        progress=False,
-        max_betas=max_betas,
-        mesh=mesh,
-    )
-
-
-def _train_main(
-    config: Config, run: RunDir, resume: bool, progress: bool, max_betas: int | None, init, mesh
-) -> TrainResult:
-    """Process 0's part of _train_processes, with ``run`` claimed: what train_into does, with
-    the start sent to the other processes before training."""
-    try:
-        config, target, flow, conditional = _prepare_claimed(config, run, resume, init)
-        start = resume_point(run, (flow, conditional), config.training) if resume else None
-        if start is None:
-            run.truncate_metrics(0)
-    except BaseException as err:
-        _send_start(error=err)
-        raise
-    state, static = init_train_state((flow, conditional), config.training)
-    if start is not None:
-        state = start.state
-    ladder = None if start is None else {**start._asdict(), "state": None}
-    _send_start(config.model.permutation, ladder, (state.params, state.opt_state))
-    if start is not None and start.beta is None:  # the ladder was finished
-        return TrainResult(*eqx.combine(start.state.params, static), list(start.betas))
-    with compiling("training", progress, names=training_programs(config.training)):
-        return train(
-            target,
-            flow,
-            config.tempering,
-            config.training,
-            config.chains,
-            conditional=conditional,
-            prediction=config.prediction,
-            start=start,
-            callbacks=RunRecorder(run),
-            progress=progress,
-            max_betas=max_betas,
-            mesh=mesh,
-        )
-
-
-def _send_start(permutation: str | None = None, ladder=None, tree=None, *, error=None) -> None:
-    """Process 0: to every other process, the flow's permutation, the ladder state (None: a
-    fresh start) without its arrays and the (parameters, optimiser state) to start from; or
-    the error that stopped process 0 (its message; "process 0 failed" for a bug), so that
-    the others stop too instead of waiting for it."""
-    if error is not None:
-        message = str(error) if isinstance(error, ConfigError) else None
-        header = {"error": message or f"process 0 failed ({type(error).__name__}: {error})"}
-        broadcast_bytes(json.dumps(header).encode() + b"\n")
-        return
-    buffer = io.BytesIO()
-    eqx.tree_serialise_leaves(buffer, tree)
-    header = {"permutation": permutation, "ladder": ladder}
-    broadcast_bytes(json.dumps(header).encode() + b"\n" + buffer.getvalue())
-
-
-def _receive_start() -> tuple[dict, bytes]:
-    """The other processes: (header, serialised arrays) of process 0's :func:`_send_start`."""
-    header, _, data = broadcast_bytes(None).partition(b"\n")
-    return json.loads(header), data
 
 
 def _open_run(path):
@@ -392,154 +211,6 @@ def load_run(path, beta: float | None = None) -> LoadedRun:
     meta = None if beta is None else run.find_checkpoint(beta)
     meta, (flow, conditional) = load(run, meta)
     return LoadedRun(config, target, flow, conditional, meta)
-
-
-def sample_run(
-    path,
-    *,
-    n: int | None = None,
-    beta: float | None = None,
-    seed: int = 0,
-    refine_steps: int | None = None,
-    progress: bool = False,
-    outputs=(),
-    mesh=None,
-):
-    """(target, Samples, beta) drawn from the checkpoint of ``beta`` of run ``path``; refined
-    by AIS toward p_beta (``predict.refine``) when ``refine_steps`` (default: [prediction]
-    refine_steps) > 0 and the run has a learned conditional. Sample i is the same for every
-    n > i. ``progress``: the compiling stage and a bar on stderr. ``outputs``: the files they
-    are for, checked against the target (:func:`check_sample_outputs`) before drawing.
-    ``mesh``: the devices the draws (or the refinement's AIS paths) are split over."""
-    config, target, flow, conditional, meta = load_run(path, beta)
-    check_sample_outputs(outputs, target)
-    prediction = with_refine_steps(config.prediction, refine_steps)
-    n = config.prediction.n_samples if n is None else n
-    bar = Progress(n, "sample", show=progress)
-    if conditional is not None and prediction.refine_steps > 0:
-        samples, _ = refine(
-            jr.key(seed),
-            target,
-            flow,
-            conditional,
-            meta["beta"],
-            prediction,
-            n=n,
-            progress=bar,
-            mesh=mesh,
-        )
-    else:
-        samples = draw_samples(
-            jr.key(seed),
-            target,
-            flow,
-            meta["beta"],
-            config.prediction,
-            n=n,
-            conditional=conditional,
-            progress=bar,
-            mesh=mesh,
-        )
-    bar.close()
-    return target, samples, meta["beta"]
-
-
-def with_refine_steps(prediction: PredictionSettings, refine_steps: int | None):
-    """``prediction`` with ``refine_steps`` when given (checked like the config's)."""
-    if refine_steps is None:
-        return prediction
-    return dataclasses.replace(prediction, refine_steps=refine_steps)
-
-
-SAMPLE_SUFFIXES = (".npz", ".pdb", ".dcd")
-
-
-def check_sample_outputs(paths, target) -> list[Path]:
-    """``paths`` as the files of one draw: each a .npz, .pdb or .dcd (the last two for a
-    molecule), none named twice. Checked before the draw, which can take minutes."""
-    paths = [Path(p) for p in paths]
-    for path in paths:
-        suffix = path.suffix.lower()
-        if suffix not in SAMPLE_SUFFIXES:
-            raise ConfigError(f"-o {path}: expected a .npz, .pdb or .dcd file name")
-        if suffix != ".npz" and not hasattr(target, "write_trajectory"):
-            raise ConfigError(
-                f"-o {path}: {suffix} is for molecules; {type(target).__name__} samples go to .npz"
-            )
-    seen = set()
-    for path in paths:
-        if path.resolve() in seen:
-            raise ConfigError(f"-o {path}: named twice")
-        seen.add(path.resolve())
-    return paths
-
-
-def write_sample_files(paths, target, samples: Samples, beta: float) -> list[Path]:
-    """Every file of ``paths`` (.npz / .pdb / .dcd) from the one draw ``samples``, frame i of
-    each being sample i; a trajectory's weights beside it (:func:`weights_path`). A .dcd's
-    one-frame topology .pdb is written first, so a .pdb asked for by the same name keeps
-    every frame. Returns the paths written."""
-    paths = check_sample_outputs(paths, target)
-    written: list[Path] = []
-    for path in sorted(paths, key=lambda p: p.suffix.lower() != ".dcd"):
-        for p in _write_one(path, target, samples, beta):
-            if p not in written:
-                written.append(p)
-    return written
-
-
-def write_samples(path, target, samples: Samples, beta: float) -> Path:
-    """Write samples as .npz (x, log_weights, X, energy, beta); molecules also as .pdb/.dcd,
-    with the weights beside (:func:`weights_path`)."""
-    path = Path(path)
-    check_sample_outputs([path], target)
-    _write_one(path, target, samples, beta)
-    return path
-
-
-def _write_one(path: Path, target, samples: Samples, beta: float) -> list[Path]:
-    if path.suffix.lower() == ".npz":
-        x = samples.x
-        if hasattr(target, "full_positions"):
-            x = np.asarray(target.full_positions(x))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(
-            path,
-            x=x,
-            log_weights=samples.log_weights,
-            X=samples.X,
-            energy=samples.energy,
-            beta=np.float64(beta),
-        )
-        return [path]
-    written = list(target.write_trajectory(path, samples.x))
-    return written + [write_weights(weights_path(path), samples, beta)]
-
-
-def weights_path(trajectory) -> Path:
-    """Where a trajectory's weights go: out.pdb and out.dcd -> out.weights.txt (one file for
-    both: they are the same draw)."""
-    return Path(trajectory).with_suffix(".weights.txt")
-
-
-def write_weights(path, samples: Samples, beta: float) -> Path:
-    """One line per frame: frame, log_weight (-beta u - log q, unnormalised; -inf: weight
-    zero), weight (normalised to sum 1), u (reduced energy, kT), for np.loadtxt."""
-    lw = np.asarray(samples.log_weights, float)
-    finite = np.isfinite(lw)
-    w = np.zeros_like(lw)
-    if finite.any():
-        w[finite] = np.exp(lw[finite] - lw[finite].max())
-        w /= w.sum()
-    frames = np.arange(len(lw))
-    np.savetxt(
-        path,
-        np.column_stack([frames, lw, w, np.asarray(samples.energy, float)]),
-        fmt=["%d", "%.17g", "%.17g", "%.17g"],
-        header=f"weights of the frames of the same-named .pdb / .dcd, beta = {beta:.12g}\n"
-        "frame log_weight weight u_kT",
-    )
-    return Path(path)
 
 
 def write_summary(run: RunDir, summary: dict) -> Path:

@@ -99,7 +99,8 @@ def _evaluate(
     run: RunDir, n_samples: int | None, seed: int, progress: bool, refine_steps: int | None, mesh
 ) -> dict:
     """evaluate_run, with ``run`` locked."""
-    from coarseflow.workflow import run_flows, with_refine_steps, write_summary
+    from coarseflow.sample_outputs import with_refine_steps
+    from coarseflow.workflow import run_flows, write_summary
 
     config, target, flows = run_flows(run.root)
     prediction = with_refine_steps(config.prediction, refine_steps)
