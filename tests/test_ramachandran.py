@@ -183,7 +183,7 @@ def test_warning_for_bad_weights_and_not_for_good_ones(capsys):
     assert bad.startswith("WARNING: do not trust the reweighted numbers") and "ESS" in bad
 
     from coarseflow.analysis.metrics import ess, max_weight_ratio, pareto_k
-    from coarseflow.cli import _print_summary
+    from coarseflow.cli.output import _print_summary
 
     def summary(kind):
         lw = _log_weights(kind)
