@@ -68,7 +68,7 @@ batch_size = 128
 SINGLE = r"""
 import sys
 from coarseflow.config import load_config
-from coarseflow.workflow import train_from_config
+from coarseflow import train_from_config
 
 train_from_config(load_config(sys.argv[1]), "whole", progress=False)
 """
@@ -79,9 +79,45 @@ train_from_config(load_config(sys.argv[1]), "whole", progress=False)
 PROCESS = r"""
 import json, sys
 import jax, jax.numpy as jnp, jax.random as jr
+import coarseflow.parallel
 from coarseflow.cli import main
 
 config, port, rank = sys.argv[1], sys.argv[2], sys.argv[3]
+
+def once(build, key):
+    built = {}
+
+    def cached(*args):
+        k = key(*args)
+        if k not in built:
+            built[k] = build(*args)
+        return built[k]
+
+    return cached
+
+# one flow and conditional skeleton for this process's runs of its one config: "resume",
+# "fresh" and the update below reuse the programs the first one compiled (a new flow's static
+# part is a fresh closure, compared by identity: each run would compile every program again).
+# Both are immutable and only their structure is reused; the values come from the seeds, a
+# checkpoint or process 0, as in any run (tests/conftest.py's one_model_per_config does this
+# in the test process). Installed once the CLI has joined the processes: importing
+# coarseflow.workflow starts JAX's backend, which jax.distributed must precede
+join, memoised = coarseflow.parallel.initialize, []
+
+def initialize(*args, **kwargs):
+    count = join(*args, **kwargs)
+    if not memoised:
+        from coarseflow import workflow
+
+        workflow.build_flow = once(workflow.build_flow, lambda c, target: repr(c.model))
+        workflow.make_conditional = once(
+            workflow.make_conditional,
+            lambda key, target, s: (repr(s), repr(jax.random.key_data(key).tolist())),
+        )
+        memoised.append(True)
+    return count
+
+coarseflow.parallel.initialize = initialize
 flags = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", rank,
          "--quiet", "--no-evaluate"]
 out = {"resume": main(["train", config, "--out", "part", "--resume", *flags])}
