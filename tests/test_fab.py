@@ -1,6 +1,8 @@
 """The fab objective (AIS toward p^2 / q, alpha = 2 divergence) against exact quadrature on the
 Gaussian mixture, whose p_beta(X) is known in closed form."""
 
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -24,13 +26,54 @@ from coarseflow.targets import GaussianMixture
 from coarseflow.training.step import adapt_fab_step
 
 
+@functools.cache
 def _setup():
+    """(target, flow, conditional): the same objects for every test of the file, so that each
+    compiled program below serves all the tests that call it with the same shapes."""
     target = GaussianMixture(n_x=2, seed=0, weights=[0.2, 0.3, 0.5])
     lower, upper = target.x_bounds()
     flow = box_flow(
         jr.key(1), lower=lower, upper=upper, settings=FlowSettings(knots=4, layers=2, nn_width=8)
     )
-    return target, _perturbed(flow, jr.key(5), 0.05), _exact_conditional(target)
+    # its log_diag is weakly typed (jnp.full of a scalar), which an optimiser's update is not:
+    # training would compile every program twice
+    cond = jax.tree.map(
+        lambda a: a.astype(a.dtype) if eqx.is_array(a) else a, _exact_conditional(target)
+    )
+    return target, _perturbed(flow, jr.key(5), 0.05), cond
+
+
+@eqx.filter_jit
+def _latent_ais(flow, cond, key, target, beta, n: int, n_steps: int, step_size):
+    """latent_ais toward p^2 / q as one program (beta and the step size traced)."""
+    return latent_ais(flow, cond, key, target, beta, n, n_steps, step_size, "p2/q")
+
+
+@functools.cache
+def _fab_batch(seed: int, beta: float, n: int, n_steps: int, step_size: float) -> FabBatch:
+    """An AIS batch from _setup's q (the same arguments, the same batch: computed once)."""
+    target, flow, cond = _setup()
+    return _latent_ais(
+        flow, cond, jr.key(seed), target, jnp.asarray(beta), n, n_steps, jnp.asarray(step_size)
+    )
+
+
+@eqx.filter_jit
+def _alpha2_gradient(params, static, target, beta, batch):
+    def loss(p):
+        f, c = eqx.combine(p, static)
+        return alpha2_loss(f, c, target, beta, batch)
+
+    return jax.grad(loss)(params)[0]
+
+
+@eqx.filter_jit
+def _log_d2_gradient(params, static_cond, grid, log_p):
+    def log_d2(p):
+        f, _ = eqx.combine(p, static_cond)
+        return jax.nn.logsumexp(2 * log_p - f.log_prob(grid))
+
+    return jax.grad(log_d2)(params)[0]
 
 
 def _exact_d2_gradient(flow, static_cond, params, target, beta, n_grid=300):
@@ -43,13 +86,15 @@ def _exact_d2_gradient(flow, static_cond, params, target, beta, n_grid=300):
         for lo, hi in zip(lower, upper, strict=True)
     ]
     grid = jnp.asarray(np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 2))
-    log_p = beta * target.log_marginal(grid)
+    return _log_d2_gradient(params, static_cond, grid, beta * target.log_marginal(grid))
 
-    def log_d2(p):
-        f, _ = eqx.combine(p, static_cond)
-        return jax.nn.logsumexp(2 * log_p - f.log_prob(grid))
 
-    return jax.grad(log_d2)(params)[0]
+@functools.cache
+def _exact_d2_gradient_at_setup(beta: float):
+    """_exact_d2_gradient for _setup's q (the tests of both step counts share it)."""
+    target, flow, cond = _setup()
+    params, static = split_trainable((flow, cond))
+    return _exact_d2_gradient(flow, static, params, target, beta)
 
 
 @pytest.mark.parametrize("n_steps", [0, 8])
@@ -60,15 +105,9 @@ def test_alpha2_gradient_matches_quadrature(n_steps):
     target, flow, cond = _setup()
     beta = 0.1
     params, static = split_trainable((flow, cond))
-    exact = _exact_d2_gradient(flow, static, params, target, beta)
-
-    batch = latent_ais(flow, cond, jr.key(3), target, beta, 40_000, n_steps, 0.1, "p2/q")
-
-    def loss(p):
-        f, c = eqx.combine(p, static)
-        return alpha2_loss(f, c, target, beta, batch)
-
-    estimate = jax.grad(loss)(params)[0]
+    exact = _exact_d2_gradient_at_setup(beta)
+    batch = _fab_batch(3, beta, 40_000, n_steps, 0.1)
+    estimate = _alpha2_gradient(params, static, target, jnp.asarray(beta), batch)
     a = np.concatenate([np.ravel(x) for x in jax.tree.leaves(estimate)])
     b = np.concatenate([np.ravel(x) for x in jax.tree.leaves(exact)])
     # self-normalised: consistent, O(1/S) bias; the weights (p / q)^2 leave a few % of noise
@@ -78,10 +117,9 @@ def test_alpha2_gradient_matches_quadrature(n_steps):
 
 
 def test_start_weights_are_those_of_q():
-    # the paths' starts are plain draws of q: their log-weights estimate log Z_beta
-    target, flow, cond = _setup()
-    beta = 1.0
-    batch = latent_ais(flow, cond, jr.key(4), target, beta, 20_000, 2, 0.3, "p2/q")
+    # the paths' starts are plain draws of q: their log-weights estimate log Z_beta (the
+    # 40000 paths of 8 steps of test_alpha2_gradient_matches_quadrature[8]: one program)
+    batch = _fab_batch(4, 1.0, 40_000, 8, 0.3)
     w = np.exp(np.asarray(batch.start_log_weights))
     # ∫ exp(-beta u) over (X, Y) at beta = 1 is 1 (the mixture's energy is -log p)
     assert abs(w.mean() - 1.0) < 5 * w.std() / np.sqrt(w.size)
@@ -104,7 +142,7 @@ def test_replay_buffer_gradient_matches_quadrature_after_q_has_moved():
     exact = _exact_d2_gradient(flow_new, static, params, target, beta)
 
     n = 40_000
-    batch = latent_ais(flow_old, cond, jr.key(3), target, beta, n, 0, 0.1, "p2/q")
+    batch = _fab_batch(3, beta, n, 0, 0.1)  # from flow_old = _setup's flow
     buffer = replay_add(empty_buffer(n, 2, target.n_y, batch.X.dtype), batch)
     drawn = replay_draw(jr.key(7), buffer, n)
 
@@ -127,8 +165,8 @@ def test_replay_buffer_gradient_matches_quadrature_after_q_has_moved():
 
 def test_replay_update_rebases_the_drawn_entries_on_the_current_q():
     target, flow_old, cond = _setup()
-    beta = 0.3
-    batch = latent_ais(flow_old, cond, jr.key(3), target, beta, 64, 0, 0.1, "p2/q")
+    beta = 0.1
+    batch = _first(_fab_batch(3, beta, 40_000, 0, 0.1), 64)  # 64 paths from flow_old
     buffer = replay_add(empty_buffer(128, 2, target.n_y, batch.X.dtype), batch)
     flow_new = _moved(flow_old)
     drawn = replay_draw(jr.key(7), buffer, 32)
@@ -177,6 +215,11 @@ def _moved(flow, scale=0.1):
     """``flow`` with its trainable parameters (not its fixed box) moved randomly."""
     params, static = split_trainable(flow)
     return eqx.combine(_perturbed(params, jr.key(6), scale), static)
+
+
+def _first(batch: FabBatch, n: int) -> FabBatch:
+    """The batch's first ``n`` paths."""
+    return FabBatch(*(a[:n] for a in batch[:-1]), batch.n_evals)
 
 
 def _flat(tree):
@@ -252,10 +295,12 @@ def test_reverse_kl_conditional_keeps_fabs_flow_gradient_and_trains_q_y_by_its_r
     from coarseflow.training.settings import TrainingSettings
 
     target, flow, cond = _setup()
+    beta, S, key = 0.1, 64, jr.key(9)
+    # paths of 8 steps from q with the exact conditional, which is then perturbed: the AIS
+    # batch is only data here, fixed in the loss
+    batch = _first(_fab_batch(3, beta, 40_000, 8, 0.1), S)
     cond = _perturbed(cond, jr.key(8), 0.05)
-    beta, S, key = 0.5, 64, jr.key(9)
     params, static = split_trainable((flow, cond))
-    batch = latent_ais(flow, cond, jr.key(3), target, beta, S, 2, 0.1, "p2/q")
     if buffer:
         store = replay_add(
             empty_buffer(2 * S, target.partition.n_x, target.partition.n_y, batch.X.dtype), batch
