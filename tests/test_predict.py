@@ -142,6 +142,12 @@ def _quartic_mean_y1_squared():
     return integrate.quad(moments, -np.inf, np.inf)[0] / np.exp(_quartic_log_z())
 
 
+@eqx.filter_jit
+def _conditional_ais_at(target, X, beta, keys, settings):
+    """conditional_ais at one X for each of ``keys``, as one program."""
+    return jax.vmap(lambda k: conditional_ais(target, X, beta, k, settings))(keys)
+
+
 def test_several_ais_paths_per_x_stay_unbiased_and_divide_the_weights_variance():
     # short paths, so one path's weight is noisy. With 8 the mean weight is still unbiased for
     # Z(X), its relative variance at fixed X is that of one path / 8, and the Y picked in
@@ -153,9 +159,7 @@ def test_several_ais_paths_per_x_stay_unbiased_and_divide_the_weights_variance()
     rel_var = {}
     for paths in (1, 8):
         settings = PredictionSettings(ais_steps=5, ais_step_size=0.6, ais_paths=paths)
-        Y, log_q, _ = jax.vmap(lambda k, s=settings: conditional_ais(target, X, 1.0, k, s))(
-            jr.split(jr.key(paths), 4000)
-        )
+        Y, log_q, _ = _conditional_ais_at(target, X, 1.0, jr.split(jr.key(paths), 4000), settings)
         # the X part of u is 0.5 x0^2: log w = -u(X, Y) - log q(Y|X) estimates it plus log Z(X)
         w = np.exp(-jax.vmap(lambda y: target.energy_xy(X, y))(Y) - log_q + 0.5 * x0**2)
         assert abs(w.mean() - z_y) < 5 * w.std() / np.sqrt(len(w))
