@@ -47,7 +47,9 @@ def _perturbed(conditional, key, scale=0.3):
 def test_density_is_exact_normalised_and_matches_sampling(kind, target_class):
     target = target_class(n_x=2, n_y=2, seed=1)
     cond = make_conditional(jr.key(0), target, ConditionalSettings(kind=kind, nn_width=8))
-    cond = _perturbed(eqx.tree_at(lambda c: c.log_diag, cond, jnp.full(2, -0.5)), jr.key(1))
+    cond = _perturbed(
+        eqx.tree_at(lambda c: c.log_diag, cond, jnp.full(2, -0.5, cond.log_diag.dtype)), jr.key(1)
+    )
     X, beta = jnp.array([0.3, -0.2]), 0.7
     draws = jax.vmap(lambda k: cond.sample(k, target, X, beta))(jr.split(jr.key(2), 64))
     again = jax.vmap(lambda y: cond.log_prob(target, X, beta, y))(draws.Y)
@@ -85,7 +87,11 @@ def test_symmetrised_density_is_invariant():
 def _exact_conditional(target):
     """A learned Gaussian set to the mixture's exact p(Y|X) = N(B X, cond_width^2 / beta)."""
     cond = make_conditional(jr.key(0), target, ConditionalSettings(kind="gaussian", nn_width=8))
-    return eqx.tree_at(lambda c: c.log_diag, cond, jnp.full(target.n_y, jnp.log(target.cond_width)))
+    return eqx.tree_at(
+        lambda c: c.log_diag,
+        cond,
+        jnp.full(target.n_y, jnp.log(target.cond_width), cond.log_diag.dtype),
+    )
 
 
 def test_joint_gradient_equals_exact_marginal_gradient_when_the_conditional_is_exact():

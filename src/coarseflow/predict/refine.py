@@ -120,7 +120,7 @@ def refine(
             beta,
             rows,
             steps,
-            jnp.asarray(step),
+            jnp.asarray(np.float64(step)),  # typed as the pilot's: one compilation
             mesh,
         ),
         progress,

@@ -189,7 +189,9 @@ def _gradients(state: TrainState, static, key, beta, fab, target, settings):
     S = training.batch_size
     z = shard_batch(flow.base_dist.sample(jr.fold_in(key, 0), (S,)), mesh)
     X, log_det = jax.lax.stop_gradient(sample_with_log_det(flow, z))
-    nan = jnp.asarray(jnp.nan)
+    # strongly typed, as the means that replace it: an update with and one without an AIS batch
+    # (fab's replay) compile one _apply
+    nan = jnp.full((), jnp.nan, X.dtype)
     force, weights, evals = jnp.zeros_like(X), jnp.zeros(S), jnp.asarray(0)
     acceptance, heating, chain_energy = nan, nan, None
     drawn = None
