@@ -13,7 +13,7 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 def benchmarks_on_path(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     yield
-    for name in ("_markdown", "alanine_dipeptide", "importance_weights"):
+    for name in ("_markdown", "alanine_dipeptide", "importance_weights", "weight_variance"):
         sys.modules.pop(name, None)
 
 
@@ -82,3 +82,33 @@ def test_evaluation_count_from_the_settings():
     assert evaluations(raw, updates=10, n_betas=2, n_predict=100) == expected
     raw["prediction"]["conditional"] = "laplace"  # no AIS steps
     assert evaluations(raw, 10, 2, 100) == expected - 100 * 100 * 16
+
+
+def test_weight_variance_sees_an_exact_conditional_and_a_wrong_one():
+    """weight_variance's (M, K) log-weights: with q(Y|X) = p(Y|X) exactly (the mixture's
+    N(B X, cond_width^2 / beta)) the K weights of each X are equal, whatever q(X) is (an
+    untrained flow here), so the conditional ESS is 1; a conditional twice too wide is not."""
+    import equinox as eqx
+    import jax.numpy as jnp
+    import jax.random as jr
+    import numpy as np
+    from weight_variance import _ess_fraction, _log_weights
+
+    from coarseflow.model.conditional import ConditionalSettings, make_conditional
+    from coarseflow.model.flow import box_flow
+    from coarseflow.targets import GaussianMixture
+
+    target = GaussianMixture(n_x=2, seed=0)
+    lower, upper = target.x_bounds()
+    flow = box_flow(jr.key(0), lower=lower, upper=upper)
+    cond = make_conditional(jr.key(0), target, ConditionalSettings(kind="gaussian", nn_width=8))
+    log_width = jnp.full(target.n_y, np.log(target.cond_width), cond.log_diag.dtype)
+    exact = eqx.tree_at(lambda c: c.log_diag, cond, log_width)
+    wide = eqx.tree_at(lambda c: c.log_diag, cond, log_width + np.log(2.0))
+    beta = jnp.asarray(1.0)
+    log_w = np.asarray(_log_weights(flow, exact, target, jr.key(1), beta, 64, 16))
+    assert log_w.shape == (64, 16)
+    np.testing.assert_allclose(log_w - log_w[:, :1], 0.0, atol=1e-4)
+    assert min(_ess_fraction(row) for row in log_w) > 0.9999
+    log_w = np.asarray(_log_weights(flow, wide, target, jr.key(1), beta, 64, 16))
+    assert np.mean([_ess_fraction(row) for row in log_w]) < 0.9
