@@ -77,9 +77,9 @@ def test_relative_file_paths_become_absolute(tmp_path, monkeypatch):
     cfg = tmp_path / "c.toml"
     cfg.write_text('[target]\nkind = "double_well"\n')
     monkeypatch.chdir(tmp_path)
-    from coarseflow.config import _absolute_paths
+    from coarseflow.config import absolute_paths
 
-    raw = _absolute_paths(
+    raw = absolute_paths(
         {"target": {"kind": "molecule", "pdb": "mol.pdb", "reference": "alanine_dipeptide"}}
     )
     assert raw["target"]["pdb"] == str(pdb.resolve())

@@ -151,15 +151,15 @@ def test_shipped_config_builds_the_target(monkeypatch):
     import tomllib
 
     from coarseflow import config as config_module
-    from coarseflow.config import _target_classes, load_config
+    from coarseflow.config import load_config, target_classes
 
     path = Path(coarseflow.__file__).parent / "configs" / "many_well_32.toml"
     table = dict(tomllib.loads(path.read_text())["target"])
     assert table.pop("kind") == "many_well"
     assert ManyWell(**table).n == 32
     # the whole config parses once config.py registers the kind (patched in until then)
-    kinds = _target_classes()
-    monkeypatch.setattr(config_module, "_target_classes", lambda: kinds | {"many_well": ManyWell})
+    kinds = target_classes()
+    monkeypatch.setattr(config_module, "target_classes", lambda: kinds | {"many_well": ManyWell})
     config = load_config(path)
     assert config.tempering.first_beta() == 0.01
 

@@ -189,7 +189,7 @@ def load_config(path) -> Config:
         raw = tomllib.loads(read_text_file(path, "config file"))
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path}: not valid TOML ({e})") from None
-    return parse_config(_absolute_paths(raw))
+    return parse_config(absolute_paths(raw))
 
 
 MAX_CONFIG_BYTES = 1 << 20
@@ -225,7 +225,7 @@ def read_text_file(path: Path, what: str) -> str:
 PATH_KEYS = ("pdb", "reference")  # [target] keys that may name files
 
 
-def _absolute_paths(raw: dict) -> dict:
+def absolute_paths(raw: dict) -> dict:
     """[target] file paths made absolute (relative ones are relative to the working directory),
     so that the copy of the config in a run directory works from anywhere. Built-in names
     (e.g. pdb = "alanine_dipeptide") are not files and stay as they are."""
@@ -239,7 +239,7 @@ def _absolute_paths(raw: dict) -> dict:
     return {**raw, "target": target}
 
 
-def _target_classes() -> dict[str, type]:
+def target_classes() -> dict[str, type]:
     from coarseflow.targets import DoubleWell, GaussianMixture, ManyWell
 
     kinds = {"double_well": DoubleWell, "gaussian_mixture": GaussianMixture, "many_well": ManyWell}
@@ -256,7 +256,7 @@ def build_target(table: dict):
     kind = table.pop("kind")
     if not isinstance(kind, str):
         raise ConfigError(f"[target] kind: expected a string, got {checks.show(kind)}")
-    classes = _target_classes()
+    classes = target_classes()
     if kind not in classes:
         raise ConfigError(f"[target] kind: expected one of {sorted(classes)}, got {kind!r}")
     factory = classes[kind]

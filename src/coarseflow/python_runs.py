@@ -22,11 +22,11 @@ import numpy as np
 from coarseflow.checkpointing import train_into
 from coarseflow.config import (
     Config,
-    _absolute_paths,
-    _target_classes,
+    absolute_paths,
     build_target,
     load_config,
     parse_config,
+    target_classes,
 )
 from coarseflow.errors import ConfigError
 from coarseflow.model.conditional import ConditionalSettings
@@ -209,7 +209,7 @@ def _toml_value(value, annotation=typing.Any):
 def target_table(target) -> dict:
     """The [target] table that builds ``target`` again (checked by building it: equal up to
     the rounding of its dtype); ConfigError, one line, where none does."""
-    kind = next((k for k, cls in _target_classes().items() if type(target) is cls), None)
+    kind = next((k for k, cls in target_classes().items() if type(target) is cls), None)
     if kind is None:
         name = type(target).__name__
         why = (
@@ -241,7 +241,7 @@ def target_table(target) -> dict:
             + (" (made with another forcefield?)" if kind == "molecule" else "")
             + "; write its [target] in a config file and train with cf.train_from_config"
         )
-    return _absolute_paths({"target": table})["target"]  # as load_config reads a file
+    return absolute_paths({"target": table})["target"]  # as load_config reads a file
 
 
 def _molecule_table(molecule) -> dict:

@@ -22,7 +22,7 @@ from coarseflow.training.health import Streaks
 from coarseflow.training.ladder import LadderState, TrainResult, train
 from coarseflow.training.step import TrainState
 from coarseflow.training.step import init as init_train_state
-from coarseflow.workflow import _prepare_claimed, build_model
+from coarseflow.workflow import build_model, prepare_claimed
 
 
 def train_from_config(
@@ -65,7 +65,7 @@ def _train_claimed(
     config: Config, run: RunDir, resume: bool, progress: bool, max_betas: int | None, init, mesh
 ) -> TrainResult:
     """train_from_config once ``run`` is owned and locked."""
-    config, target, flow, conditional = _prepare_claimed(config, run, resume, init)
+    config, target, flow, conditional = prepare_claimed(config, run, resume, init)
     return train_into(
         run,
         target,
@@ -145,7 +145,7 @@ def _train_main(
     """Process 0's part of _train_processes, with ``run`` claimed: what train_into does, with
     the start sent to the other processes before training."""
     try:
-        config, target, flow, conditional = _prepare_claimed(config, run, resume, init)
+        config, target, flow, conditional = prepare_claimed(config, run, resume, init)
         start = resume_point(run, (flow, conditional), config.training) if resume else None
         if start is None:
             run.truncate_metrics(0)

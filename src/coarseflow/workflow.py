@@ -102,7 +102,7 @@ def _init_checkpoint(config: Config, model, init) -> tuple[dict, tuple]:
         ) from None
 
 
-def _prepare_claimed(config: Config, run: RunDir, resume: bool, init):
+def prepare_claimed(config: Config, run: RunDir, resume: bool, init):
     """(config as trained, target, flow, conditional) to train into the owned and locked
     ``run``, after its checks; config.toml, model.json and init.json written."""
     check_start(config, run, resume)
