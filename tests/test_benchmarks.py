@@ -13,7 +13,13 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 def benchmarks_on_path(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     yield
-    for name in ("_markdown", "alanine_dipeptide", "importance_weights", "weight_variance"):
+    for name in (
+        "_markdown",
+        "alanine_dipeptide",
+        "importance_weights",
+        "weight_variance",
+        "conditional_capacity",
+    ):
         sys.modules.pop(name, None)
 
 
@@ -92,6 +98,7 @@ def test_weight_variance_sees_an_exact_conditional_and_a_wrong_one():
     import jax.numpy as jnp
     import jax.random as jr
     import numpy as np
+    from conditional_capacity import conditional_ess
     from weight_variance import _ess_fraction, _log_weights
 
     from coarseflow.model.conditional import ConditionalSettings, make_conditional
@@ -112,3 +119,6 @@ def test_weight_variance_sees_an_exact_conditional_and_a_wrong_one():
     assert min(_ess_fraction(row) for row in log_w) > 0.9999
     log_w = np.asarray(_log_weights(flow, wide, target, jr.key(1), beta, 64, 16))
     assert np.mean([_ess_fraction(row) for row in log_w]) < 0.9
+    # conditional_capacity's per-X ESS: the same verdicts from its own draws
+    assert np.min(conditional_ess(exact, flow, target, jr.key(2), beta, 64, 16)) > 0.9999
+    assert np.mean(conditional_ess(wide, flow, target, jr.key(2), beta, 64, 16)) < 0.9
