@@ -9,6 +9,13 @@ import pytest
 jax.config.update("jax_enable_x64", True)
 # the CLI keeps compiled programs in ~/.cache unless told otherwise: not from the tests
 os.environ.setdefault("COARSEFLOW_JAX_CACHE", "")
+# Most of the suite's time is XLA compiling programs that then run for milliseconds: LLVM's
+# cheapest code generation (the same XLA program, unoptimised machine code) takes about a quarter
+# off the suite's CPU time. Subprocesses inherit it through the environment.
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "")
+    + " --xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+)
 
 
 @pytest.fixture(scope="module")

@@ -153,7 +153,7 @@ def _free_port() -> int:
 def _env() -> dict:
     return {
         **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2",
         "JAX_PLATFORMS": "cpu",
         "COARSEFLOW_JAX_CACHE": "",
     }

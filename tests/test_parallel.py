@@ -134,7 +134,10 @@ print("RESULT " + json.dumps(out))
 
 @pytest.fixture(scope="module")
 def verdicts():
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    env = {
+        **os.environ,
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4",
+    }
     proc = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(ROOT / "configs" / "gmm_2d.toml")],
         env=env,
@@ -271,7 +274,7 @@ print("RESULT " + json.dumps(out))
 def more_verdicts(tmp_path_factory):
     env = {
         **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "XLA_FLAGS": os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4",
         "COARSEFLOW_JAX_CACHE": "",
     }
     root = tmp_path_factory.mktemp("devices")

@@ -131,7 +131,7 @@ XLA_NOISE = "Could not create directory"  # an XLA LOG(ERROR), as "Very slow com
 @pytest.mark.parametrize("level, shown", [(None, False), ("0", True)])
 def test_xla_cpp_log_is_filtered_unless_asked_for(tmp_path, level, shown):
     env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
-    env["XLA_FLAGS"] = f"--xla_dump_to={tmp_path / 'file' / 'dump'}"
+    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + f" --xla_dump_to={tmp_path / 'file' / 'dump'}"
     (tmp_path / "file").write_text("a file, so XLA cannot dump under it")
     if level is not None:
         env["TF_CPP_MIN_LOG_LEVEL"] = level
