@@ -27,16 +27,22 @@ from coarseflow.errors import ConfigError
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
+CACHE_MAX_BYTES = 4 << 30  # the compilation cache's size; its least recently used go first
+
+
 def enable_compilation_cache() -> None:
     """Keep compiled programs on disk between processes, in $COARSEFLOW_JAX_CACHE (default
     ~/.cache/coarseflow/jax; empty: off). Without it, every `sample` or `evaluate` of a molecule
-    compiles again what `train` compiled already."""
+    compiles again what `train` compiled already. A size limit makes JAX lock the folder on
+    every read and write (without one it writes entries unlocked, which a second process, such
+    as another data-parallel rank, can read half-written)."""
     default = Path.home() / ".cache" / "coarseflow" / "jax"
     path = os.environ.get("COARSEFLOW_JAX_CACHE", str(default))
     if path:
         import jax
 
         jax.config.update("jax_compilation_cache_dir", path)
+        jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
 
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:
