@@ -35,6 +35,7 @@ import numpy as np
 from coarseflow.model.conditional import ConditionalSettings, make_conditional
 from coarseflow.objectives import conditional_terms, masked_mean
 from coarseflow.optim import adam_with_skip_clip
+from coarseflow.samplers.langevin import MALAState, mala_step
 from coarseflow.workflow import load_run
 
 
@@ -61,8 +62,12 @@ def reverse_kl_loss(params, static, key, flow, target, beta, batch: int):
     return masked_mean(terms.surrogate, terms.ok)
 
 
+def reverse_kl_gradient(params, static, key, flow, target, beta, batch: int, draws: int, args):
+    return _reverse_kl_gradient(params, static, key, flow, target, beta, batch)
+
+
 @eqx.filter_jit
-def reverse_kl_gradient(params, static, key, flow, target, beta, batch: int, draws: int):
+def _reverse_kl_gradient(params, static, key, flow, target, beta, batch: int):
     return jax.grad(reverse_kl_loss)(params, static, key, flow, target, beta, batch)
 
 
@@ -89,7 +94,7 @@ def _weighted_log_q_gradient(params, static, target, beta, Xk, Y, w, n_x: int):
     return jax.grad(loss)(params)
 
 
-def forward_kl_gradient(params, static, key, flow, target, beta, batch: int, draws: int):
+def forward_kl_gradient(params, static, key, flow, target, beta, batch: int, draws: int, args):
     """The gradient of E_q(X) KL(p_beta(Y|X) || q(Y|X)) by self-normalised importance sampling
     within each X: ``batch // draws`` X, ``draws`` Y ~ q(Y|X) each (held fixed), weights
     normalised over the draws of the same X, so p_beta(X) is never needed; energies only.
@@ -100,7 +105,57 @@ def forward_kl_gradient(params, static, key, flow, target, beta, batch: int, dra
     return _weighted_log_q_gradient(params, static, target, beta, Xk, Y, w, n_x)
 
 
-GRADIENTS = {"rkl": reverse_kl_gradient, "fkl": forward_kl_gradient}
+@eqx.filter_jit
+def _chain_draws(conditional, key, flow, target, beta, n_x: int, n_steps: int, step_size):
+    """(X (n_x, n_x dims), Y (n_x, n_y), mean acceptance ()): ``n_steps`` MALA steps on
+    p_beta(Y|X) from Y ~ q(Y|X), in q's own latent eps (where q(Y|X) is N(0, I), so one step
+    size suits every coordinate and every X), at n_x X ~ q(X)."""
+    X = flow.sample(jr.fold_in(key, 0), (n_x,))
+    eps0 = jr.normal(jr.fold_in(key, 1), (n_x, conditional.n_y), X.dtype)
+
+    def one(k, x, eps):
+        gaussian = conditional._gaussian(target, x)
+
+        def evaluate(e):
+            def log_pull(e):  # log p_beta(Y(e)|X) + log|dY/de| up to a constant
+                Y, log_q0, valid = conditional.transform(target, x, beta, e, gaussian)
+                value = -beta * target.energy_xy(x, Y) - log_q0 + jnp.sum(-0.5 * e**2)
+                return jnp.where(valid, value, -jnp.inf)
+
+            value, grad = jax.value_and_grad(log_pull)(e)
+            return MALAState(e, value, grad, ())
+
+        def body(state, k):
+            return mala_step(k, state, evaluate, step_size)
+
+        state, acc = jax.lax.scan(body, evaluate(eps), jr.split(k, n_steps))
+        return conditional.transform(target, x, beta, state.z, gaussian).Y, jnp.mean(acc)
+
+    Y, acc = jax.vmap(one)(jr.split(jr.fold_in(key, 2), n_x), X, eps0)
+    return X, Y, jnp.mean(acc)
+
+
+def mcmc_fit_gradient(params, static, key, flow, target, beta, batch: int, draws: int, args):
+    """The gradient of -E log q(Y|X) at Y moved toward p_beta(Y|X) by ``args.mcmc_steps``
+    MALA steps from q(Y|X) (maximum likelihood on the chains' end states: mass-covering, no
+    weights, so nothing collapses at few draws; q = p_beta(Y|X) is its fixed point). ``batch``
+    X, one chain each; (mcmc_steps + 1) energy + force evaluations per X. Drawing and
+    differentiating are two programs, as in :func:`forward_kl_gradient`."""
+    X, Y, _ = _chain_draws(
+        eqx.combine(params, static),
+        key,
+        flow,
+        target,
+        beta,
+        batch,
+        args.mcmc_steps,
+        args.mcmc_step_size,
+    )
+    w = jnp.full(batch, 1.0 / batch)
+    return _weighted_log_q_gradient(params, static, target, beta, X, Y, w, 1)
+
+
+GRADIENTS = {"rkl": reverse_kl_gradient, "fkl": forward_kl_gradient, "mcmc": mcmc_fit_gradient}
 
 
 def train_arm(conditional, flow, target, beta, args, seed: int, lr: float, batch: int, gradient):
@@ -116,7 +171,7 @@ def train_arm(conditional, flow, target, beta, args, seed: int, lr: float, batch
         return eqx.apply_updates(params, updates), opt_state
 
     def step(params, opt_state, key):
-        grads = gradient(params, static, key, flow, target, beta, batch, args.draws)
+        grads = gradient(params, static, key, flow, target, beta, batch, args.draws, args)
         return apply(params, opt_state, grads)
 
     rows, start = [], time.perf_counter()
@@ -153,9 +208,14 @@ def main(argv=None) -> None:
         "--arms",
         nargs="+",
         default=["gaussian:rkl", "flow:rkl"],
-        help="FORM:LOSS, FORM gaussian | flow, LOSS rkl (reverse KL) | fkl (forward KL)",
+        help="FORM:LOSS, FORM gaussian | flow, LOSS rkl (reverse KL) | fkl (forward KL) | "
+        "mcmc (maximum likelihood on MALA chains' end states)",
     )
     parser.add_argument("--draws", type=int, default=8, help="fkl: draws of Y per X")
+    parser.add_argument("--mcmc-steps", type=int, default=10, help="mcmc: MALA steps per X")
+    parser.add_argument(
+        "--mcmc-step-size", type=float, default=0.5, help="mcmc: MALA step in q's latent"
+    )
     parser.add_argument("--lr", type=float, default=None, help="default: the run's final one")
     parser.add_argument("-m", type=int, default=500, help="X draws for the ESS")
     parser.add_argument("-k", type=int, default=32, help="Y draws per X for the ESS")

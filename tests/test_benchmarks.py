@@ -122,3 +122,39 @@ def test_weight_variance_sees_an_exact_conditional_and_a_wrong_one():
     # conditional_capacity's per-X ESS: the same verdicts from its own draws
     assert np.min(conditional_ess(exact, flow, target, jr.key(2), beta, 64, 16)) > 0.9999
     assert np.mean(conditional_ess(wide, flow, target, jr.key(2), beta, 64, 16)) < 0.9
+
+
+def test_conditional_capacity_chains_keep_an_exact_conditional_and_correct_a_wide_one():
+    """conditional_capacity's mcmc arm: MALA chains in q's latent, started from q(Y|X), leave
+    the mixture's exact p(Y|X) = N(B X, cond_width^2) as it is and take draws of a
+    conditional twice too wide back to its width (the standardised residuals' sd from 2 to
+    about 1), with a sensible acceptance."""
+    import equinox as eqx
+    import jax.numpy as jnp
+    import jax.random as jr
+    import numpy as np
+    from conditional_capacity import _chain_draws
+
+    from coarseflow.model.conditional import ConditionalSettings, make_conditional
+    from coarseflow.model.flow import box_flow
+    from coarseflow.targets import GaussianMixture
+
+    target = GaussianMixture(n_x=2, seed=0)
+    lower, upper = target.x_bounds()
+    flow = box_flow(jr.key(0), lower=lower, upper=upper)
+    cond = make_conditional(jr.key(0), target, ConditionalSettings(kind="gaussian", nn_width=8))
+    log_width = jnp.full(target.n_y, np.log(target.cond_width), cond.log_diag.dtype)
+    beta = jnp.asarray(1.0)
+
+    def residual_sd(log_diag, n_steps):
+        q = eqx.tree_at(lambda c: c.log_diag, cond, log_diag)
+        X, Y, acceptance = _chain_draws(q, jr.key(3), flow, target, beta, 400, n_steps, 0.5)
+        mean = jnp.asarray(X) @ target.B.T
+        return float(np.std((Y - mean) / target.cond_width)), float(acceptance)
+
+    assert abs(residual_sd(log_width, 0)[0] - 1.0) < 0.05
+    sd, acceptance = residual_sd(log_width, 20)
+    assert abs(sd - 1.0) < 0.05 and acceptance > 0.8
+    assert abs(residual_sd(log_width + np.log(2.0), 0)[0] - 2.0) < 0.1
+    sd, acceptance = residual_sd(log_width + np.log(2.0), 40)
+    assert abs(sd - 1.0) < 0.1 and acceptance > 0.3
