@@ -165,22 +165,27 @@ def train_arm(conditional, flow, target, beta, args, seed: int, lr: float, batch
     params, static = eqx.partition(conditional, eqx.is_inexact_array)
     opt_state = optimiser.init(params)
 
-    @eqx.filter_jit
-    def apply(params, opt_state, grads):
-        updates, opt_state = optimiser.update(grads, opt_state, params)
-        return eqx.apply_updates(params, updates), opt_state
+    decay = args.ema
 
-    def step(params, opt_state, key):
+    @eqx.filter_jit
+    def apply(params, opt_state, average, grads):
+        updates, opt_state = optimiser.update(grads, opt_state, params)
+        params = eqx.apply_updates(params, updates)
+        average = jax.tree.map(lambda a, p: decay * a + (1.0 - decay) * p, average, params)
+        return params, opt_state, average
+
+    def step(params, opt_state, average, key):
         grads = gradient(params, static, key, flow, target, beta, batch, args.draws, args)
-        return apply(params, opt_state, grads)
+        return apply(params, opt_state, average, grads)
 
     rows, start = [], time.perf_counter()
     key = jr.key(seed)
+    average = params  # the parameters' exponential moving average (--ema; 0: the parameters)
     for i in range(args.updates + 1):
         if i % args.every == 0:
             e = np.asarray(
                 conditional_ess(
-                    eqx.combine(params, static), flow, target, jr.key(10_000), beta, args.m, args.k
+                    eqx.combine(average, static), flow, target, jr.key(10_000), beta, args.m, args.k
                 )
             )
             rows.append(
@@ -194,7 +199,7 @@ def train_arm(conditional, flow, target, beta, args, seed: int, lr: float, batch
             )
             print(f"  update {i}: conditional ESS {e.mean():.3f}", flush=True)
         if i < args.updates:
-            params, opt_state = step(params, opt_state, jr.fold_in(key, i))
+            params, opt_state, average = step(params, opt_state, average, jr.fold_in(key, i))
     return rows
 
 
@@ -215,6 +220,13 @@ def main(argv=None) -> None:
     parser.add_argument("--mcmc-steps", type=int, default=10, help="mcmc: MALA steps per X")
     parser.add_argument(
         "--mcmc-step-size", type=float, default=0.5, help="mcmc: MALA step in q's latent"
+    )
+    parser.add_argument(
+        "--ema",
+        type=float,
+        default=0.0,
+        help="measure the ESS at the exponential moving average of the parameters with this "
+        "decay per update (0: at the parameters themselves)",
     )
     parser.add_argument("--lr", type=float, default=None, help="default: the run's final one")
     parser.add_argument("-m", type=int, default=500, help="X draws for the ESS")
@@ -247,7 +259,8 @@ def main(argv=None) -> None:
                 start, flow, target, beta, args, seed, lr, training.batch_size, GRADIENTS[loss]
             )
     print(
-        f"\n{args.run.name}, beta {meta['beta']:g}, lr {lr:g}, batch {training.batch_size}, "
+        f"\n{args.run.name}, beta {meta['beta']:g}, lr {lr:g}, ema {args.ema:g}, "
+        f"batch {training.batch_size}, "
         f"ESS of {args.k} draws of q(Y|X) at each of {args.m} X\n"
     )
     print("| arm | updates | energy evals | conditional ESS (mean ± sd over seeds) | q10 |")

@@ -26,8 +26,8 @@ from coarseflow.training.step import (
     UpdateSettings,
     adapt_fab_step,
     init,
+    start_beta,
     update_step,
-    with_empty_buffer,
 )
 from coarseflow.workflow import initial_model
 
@@ -74,7 +74,7 @@ def main() -> None:
         state, info = update_step(state, static, jr.key(i), beta, one, one, target, settings)
         if i % 50 == 0 or i == args.joint - 1:
             show("joint", i, info)
-    state, step = with_empty_buffer(state, target, fab), fab.fab_step_size
+    state, step = start_beta(state, target, fab), fab.fab_step_size
     settings = UpdateSettings(fab, config.chains, config.prediction)
     for i in range(args.fab):
         refresh = i % fab.fab_reuse == 0

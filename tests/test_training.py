@@ -154,3 +154,61 @@ def test_heating_warning_only_for_clear_heating():
     assert heating_warning(0.5, list(0.05 + 0.3 * rng.standard_normal(100))) is None  # small
     assert heating_warning(0.5, [3.0, -2.0, 1.0]) is None  # not significant
     assert heating_warning(0.5, [float("nan")] * 10) is None
+
+
+def test_a_beta_ends_with_the_moving_average_of_its_parameters():
+    """average_decay = d: the model a beta hands on (and train returns) is the average
+    a <- d a + (1 - d) params over that beta's updates, started at its first parameters,
+    replayed here update by update with the same keys; d = 0 ends with the last iterate."""
+    import jax.random as jr
+
+    from coarseflow.targets import DoubleWell
+    from coarseflow.training.step import UpdateSettings, init, start_beta, update_step
+
+    target = DoubleWell()
+    lower, upper = target.x_bounds()
+    settings = FlowSettings(knots=4, layers=1, nn_width=8)
+    flow = box_flow(jax.random.key(0), lower=lower, upper=upper, settings=settings)
+    chains = ChainSettings(n_chains=1, n_burn=2, n_keep=2, warm_start_steps=1)
+    n, d = 14, 0.7  # the gradient guard skips the first 10 (calibration)
+    training = TrainingSettings(
+        batch_size=16, first_beta_updates=n, learning_rate=1e-2, average_decay=d, seed=3
+    )
+    state, static = init((flow, None), training)
+    state = start_beta(state, target, training)
+    average = state.params
+    beta_key = jr.fold_in(jr.key(training.seed), 0)
+    for i in range(n):
+        state, _ = update_step(
+            state,
+            static,
+            jr.fold_in(beta_key, i),
+            jnp.asarray(1.0),
+            jnp.asarray(training.lr_factor(i, n)),
+            jnp.asarray(training.fab_step_size),
+            target,
+            UpdateSettings(training, chains),
+        )
+        average = jax.tree.map(lambda a, p: d * a + (1 - d) * p, average, state.params)
+    by_hand = [np.asarray(a) for a in jax.tree.leaves(average[0])]
+    last = [np.asarray(a) for a in jax.tree.leaves(state.params[0])]
+
+    averaged = train(target, flow, Explicit([1.0]), training, chains, progress=False)
+    for a, b in zip(leaves(averaged.flow), by_hand, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+    assert (
+        max(np.max(np.abs(a - b), initial=0.0) for a, b in zip(by_hand, last, strict=True)) > 1e-4
+    )
+    plain = train(
+        target,
+        flow,
+        Explicit([1.0]),
+        TrainingSettings(**{**vars(training), "average_decay": 0.0}),
+        chains,
+        progress=False,
+    )
+    for a, b in zip(leaves(plain.flow), last, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-15)
+    for bad in (1.0, -0.1):
+        with pytest.raises(ConfigError, match=r"\[training\] average_decay: expected a number"):
+            TrainingSettings(average_decay=bad)

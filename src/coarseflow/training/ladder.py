@@ -36,9 +36,10 @@ from coarseflow.training.step import (
     TrainState,
     UpdateSettings,
     adapt_fab_step,
+    end_beta,
     init,
+    start_beta,
     update_step,
-    with_empty_buffer,
 )
 
 METRICS_FLUSH = 25  # updates between writes to metrics.jsonl (resume truncates past the checkpoint)
@@ -213,7 +214,7 @@ def _train_beta(
 ) -> LadderState:
     """The updates at ``ladder.beta``, then the ladder's samples there and the next beta."""
     training, chains, _, mesh = settings
-    state = with_empty_buffer(ladder.state, target, training)
+    state = start_beta(ladder.state, target, training)
     beta, index, step = ladder.beta, ladder.index, ladder.step
     evals, fab_step, streaks = ladder.energy_evals, ladder.fab_step, ladder.streaks
     n_updates = training.updates_at(index, beta)
@@ -260,6 +261,7 @@ def _train_beta(
         if len(records) >= METRICS_FLUSH:
             callbacks.on_updates(records)  # visible while a long beta trains
             records = []
+    state = end_beta(state)  # the model of this beta: the parameters' average, if any
     flow, conditional = eqx.combine(state.params, static)
     energies, ladder_evals = model_energies(
         flow,
@@ -274,7 +276,7 @@ def _train_beta(
     )
     next_beta = schedule.next_beta(beta, energies)
     ladder = LadderState(
-        state._replace(buffer=None),
+        state,
         next_beta,
         index + 1,
         step,

@@ -59,13 +59,15 @@ class StepInfo(NamedTuple):
 
 class TrainState(NamedTuple):
     """What one update carries to the next (a pytree): the trainable leaves of the model
-    (flow, conditional), the optimiser's state, and fab's replay buffer (None without it;
-    emptied at every beta, so a checkpoint needs only the first two). :func:`init` makes it,
-    :func:`update_step` advances it."""
+    (flow, conditional), the optimiser's state, fab's replay buffer (None without it) and the
+    moving average of the parameters (None without ``average_decay``). The last two start
+    afresh at every beta (:func:`start_beta`), so a checkpoint needs only the first two.
+    :func:`init` makes it, :func:`update_step` advances it."""
 
     params: object
     opt_state: object
     buffer: ReplayBuffer | None = None
+    average: object | None = None
 
 
 class UpdateSettings(NamedTuple):
@@ -85,17 +87,26 @@ def init(model, training: TrainingSettings) -> tuple[TrainState, object]:
     return TrainState(params, training.optimizer().init(params)), static
 
 
-def with_empty_buffer(state: TrainState, target, training: TrainingSettings) -> TrainState:
-    """``state`` with fab's replay buffer emptied (a new beta: the old end points' weights
-    were toward another p_beta), or without one where ``training`` has none."""
-    if not training.fab_buffer_size:
-        return state
-    dtype = jnp.result_type(float)
-    return state._replace(
-        buffer=empty_buffer(
+def start_beta(state: TrainState, target, training: TrainingSettings) -> TrainState:
+    """``state`` at the start of a beta: fab's replay buffer emptied (the old end points'
+    weights were toward another p_beta) and the parameters' average started at the
+    parameters, each where ``training`` has one."""
+    buffer, average = None, None
+    if training.fab_buffer_size:
+        dtype = jnp.result_type(float)
+        buffer = empty_buffer(
             training.fab_buffer_size, target.partition.n_x, target.partition.n_y, dtype
         )
-    )
+    if training.average_decay > 0:
+        average = state.params
+    return state._replace(buffer=buffer, average=average)
+
+
+def end_beta(state: TrainState) -> TrainState:
+    """``state`` at the end of a beta, as a checkpoint holds it: the parameters replaced by
+    their average (where there is one), without the buffer and the average."""
+    params = state.params if state.average is None else state.average
+    return TrainState(params, state.opt_state)
 
 
 def update_step(
@@ -158,12 +169,16 @@ def _apply(state: TrainState, grads, loss, info: StepInfo, lr_factor, training):
         grads, state.opt_state, state.params, lr_factor=lr_factor
     )
     params = eqx.apply_updates(state.params, updates)
+    average = state.average
+    if average is not None:
+        d = training.average_decay
+        average = jax.tree.map(lambda a, p: d * a + (1.0 - d) * p, average, params)
     info = info._replace(
         loss=loss,
         grad_norm=global_norm(grads),
         skipped=find_skip_clip_state(opt_state).last_skipped,
     )
-    return TrainState(params, opt_state, state.buffer), info
+    return TrainState(params, opt_state, state.buffer, average), info
 
 
 @eqx.filter_jit
@@ -184,7 +199,7 @@ def _gradients(state: TrainState, static, key, beta, fab, target, settings):
     joint samples (X, Y) or None, their log-weights (S,) or None) of the objective; ``fab``:
     the update's AIS batch (fab; None where the update draws only from the buffer)."""
     training, chains, prediction, mesh = settings
-    params, _, buffer = state
+    params, buffer = state.params, state.buffer
     flow, conditional = eqx.combine(params, static)
     S = training.batch_size
     z = shard_batch(flow.base_dist.sample(jr.fold_in(key, 0), (S,)), mesh)
