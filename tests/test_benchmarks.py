@@ -153,7 +153,7 @@ def test_conditional_capacity_chains_keep_an_exact_conditional_and_correct_a_wid
         return float(np.std((Y - mean) / target.cond_width)), float(acceptance)
 
     assert abs(residual_sd(log_width, 0)[0] - 1.0) < 0.05
-    sd, acceptance = residual_sd(log_width, 20)
+    sd, acceptance = residual_sd(log_width, 40)
     assert abs(sd - 1.0) < 0.05 and acceptance > 0.8
     assert abs(residual_sd(log_width + np.log(2.0), 0)[0] - 2.0) < 0.1
     sd, acceptance = residual_sd(log_width + np.log(2.0), 40)
