@@ -16,8 +16,12 @@ start, in two forms:
 
 Every ``--every`` updates the conditional ESS is measured as in ``weight_variance.py``: per X
 (M draws of q(X)) the ESS fraction of K weights of q(Y|X); with q(X) fixed it is the part of
-the one-shot ESS that q(Y|X) controls. Energy + force evaluations are counted (one per Y per
-update). Several ``--seeds`` (of the training draws) give a spread.
+the one-shot ESS that q(Y|X) controls. A third loss, ``mcmc``, fits q(Y|X) by maximum
+likelihood to the end states of ``--mcmc-steps`` MALA steps run in q's own latent from q(Y|X)
+toward p_beta(Y|X) (mass-covering without weights). Energy + force evaluations are counted
+where each loss makes them (one per Y for rkl and fkl, mcmc_steps + 1 per X for mcmc).
+Several ``--seeds`` (of the training draws) give a spread; ``--ema`` measures the ESS at the
+moving average of the parameters instead.
 """
 
 from __future__ import annotations
@@ -63,7 +67,8 @@ def reverse_kl_loss(params, static, key, flow, target, beta, batch: int):
 
 
 def reverse_kl_gradient(params, static, key, flow, target, beta, batch: int, draws: int, args):
-    return _reverse_kl_gradient(params, static, key, flow, target, beta, batch)
+    """(gradient, energy + force evaluations made: one per X)."""
+    return _reverse_kl_gradient(params, static, key, flow, target, beta, batch), batch
 
 
 @eqx.filter_jit
@@ -102,7 +107,8 @@ def forward_kl_gradient(params, static, key, flow, target, beta, batch: int, dra
     (idle, every thread waiting) on this system, as it did on Session 12's forward term."""
     n_x = batch // draws
     Xk, Y, w = _within_x_draws(eqx.combine(params, static), key, flow, target, beta, n_x, draws)
-    return _weighted_log_q_gradient(params, static, target, beta, Xk, Y, w, n_x)
+    grads = _weighted_log_q_gradient(params, static, target, beta, Xk, Y, w, n_x)
+    return grads, Xk.shape[0]  # one energy per draw
 
 
 @eqx.filter_jit
@@ -152,7 +158,8 @@ def mcmc_fit_gradient(params, static, key, flow, target, beta, batch: int, draws
         args.mcmc_step_size,
     )
     w = jnp.full(batch, 1.0 / batch)
-    return _weighted_log_q_gradient(params, static, target, beta, X, Y, w, 1)
+    grads = _weighted_log_q_gradient(params, static, target, beta, X, Y, w, 1)
+    return grads, batch * (args.mcmc_steps + 1)  # each chain's start and every step
 
 
 GRADIENTS = {"rkl": reverse_kl_gradient, "fkl": forward_kl_gradient, "mcmc": mcmc_fit_gradient}
@@ -175,10 +182,10 @@ def train_arm(conditional, flow, target, beta, args, seed: int, lr: float, batch
         return params, opt_state, average
 
     def step(params, opt_state, average, key):
-        grads = gradient(params, static, key, flow, target, beta, batch, args.draws, args)
-        return apply(params, opt_state, average, grads)
+        grads, evals = gradient(params, static, key, flow, target, beta, batch, args.draws, args)
+        return *apply(params, opt_state, average, grads), evals
 
-    rows, start = [], time.perf_counter()
+    rows, start, evals = [], time.perf_counter(), 0
     key = jr.key(seed)
     average = params  # the parameters' exponential moving average (--ema; 0: the parameters)
     for i in range(args.updates + 1):
@@ -191,7 +198,7 @@ def train_arm(conditional, flow, target, beta, args, seed: int, lr: float, batch
             rows.append(
                 (
                     i,
-                    i * batch,
+                    evals,
                     float(e.mean()),
                     float(np.quantile(e, 0.1)),
                     time.perf_counter() - start,
@@ -199,7 +206,8 @@ def train_arm(conditional, flow, target, beta, args, seed: int, lr: float, batch
             )
             print(f"  update {i}: conditional ESS {e.mean():.3f}", flush=True)
         if i < args.updates:
-            params, opt_state, average = step(params, opt_state, average, jr.fold_in(key, i))
+            params, opt_state, average, made = step(params, opt_state, average, jr.fold_in(key, i))
+            evals += made
     return rows
 
 
