@@ -19,6 +19,7 @@ def benchmarks_on_path(monkeypatch):
         "importance_weights",
         "weight_variance",
         "conditional_capacity",
+        "parameter_average",
     ):
         sys.modules.pop(name, None)
 
@@ -158,3 +159,34 @@ def test_conditional_capacity_chains_keep_an_exact_conditional_and_correct_a_wid
     assert abs(residual_sd(log_width + np.log(2.0), 0)[0] - 2.0) < 0.1
     sd, acceptance = residual_sd(log_width + np.log(2.0), 40)
     assert abs(sd - 1.0) < 0.1 and acceptance > 0.3
+
+
+def test_parameter_average_weights_are_exact_for_an_exact_conditional():
+    """parameter_average's one-shot log-weights: with the mixture's exact q(Y|X) they are
+    log p(X) - log q(X) of the same draws X (p normalised, Z = 1 at beta = 1), and its ESS
+    fraction is that of those weights."""
+    import equinox as eqx
+    import jax.numpy as jnp
+    import jax.random as jr
+    import numpy as np
+    from parameter_average import ess_fraction, one_shot_log_weights
+
+    from coarseflow.model.conditional import ConditionalSettings, make_conditional
+    from coarseflow.model.flow import box_flow, split_trainable
+    from coarseflow.targets import GaussianMixture
+
+    target = GaussianMixture(n_x=2, seed=0)
+    lower, upper = target.x_bounds()
+    flow = box_flow(jr.key(0), lower=lower, upper=upper)
+    cond = make_conditional(jr.key(0), target, ConditionalSettings(kind="gaussian", nn_width=8))
+    log_width = jnp.full(target.n_y, np.log(target.cond_width), cond.log_diag.dtype)
+    exact = eqx.tree_at(lambda c: c.log_diag, cond, log_width)
+    beta, key = jnp.asarray(1.0), jr.key(10**6)
+    log_w = np.asarray(one_shot_log_weights(flow, exact, key, target, beta, 500))
+    X, log_q = flow.sample_and_log_prob(jr.fold_in(key, 0), (500,))
+    np.testing.assert_allclose(log_w, target.log_marginal(X) - log_q, atol=1e-8)
+    w = np.exp(log_w - log_w.max())
+    params, static = split_trainable((flow, exact))
+    assert ess_fraction(params, static, target, beta, 500) == pytest.approx(
+        w.sum() ** 2 / (w**2).sum() / 500, rel=1e-9
+    )
