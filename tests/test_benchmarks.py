@@ -24,6 +24,26 @@ def benchmarks_on_path(monkeypatch):
         sys.modules.pop(name, None)
 
 
+def mixture_flow_and_conditional():
+    """The 2-d Gaussian mixture, an untrained flow q(X) on its box, an untrained Gaussian
+    q(Y|X) whose mean is already exact, and the log of p(Y|X)'s width (set it as log_diag for
+    the exact conditional)."""
+    import jax.numpy as jnp
+    import jax.random as jr
+    import numpy as np
+
+    from coarseflow.model.conditional import ConditionalSettings, make_conditional
+    from coarseflow.model.flow import box_flow
+    from coarseflow.targets import GaussianMixture
+
+    target = GaussianMixture(n_x=2, seed=0)
+    lower, upper = target.x_bounds()
+    flow = box_flow(jr.key(0), lower=lower, upper=upper)
+    cond = make_conditional(jr.key(0), target, ConditionalSettings(kind="gaussian", nn_width=8))
+    log_width = jnp.full(target.n_y, np.log(target.cond_width), cond.log_diag.dtype)
+    return target, flow, cond, log_width
+
+
 def test_replace_section_appends_then_replaces_only_its_own_block(tmp_path):
     from _markdown import replace_section
 
@@ -102,15 +122,7 @@ def test_weight_variance_sees_an_exact_conditional_and_a_wrong_one():
     from conditional_capacity import conditional_ess
     from weight_variance import _ess_fraction, _log_weights
 
-    from coarseflow.model.conditional import ConditionalSettings, make_conditional
-    from coarseflow.model.flow import box_flow
-    from coarseflow.targets import GaussianMixture
-
-    target = GaussianMixture(n_x=2, seed=0)
-    lower, upper = target.x_bounds()
-    flow = box_flow(jr.key(0), lower=lower, upper=upper)
-    cond = make_conditional(jr.key(0), target, ConditionalSettings(kind="gaussian", nn_width=8))
-    log_width = jnp.full(target.n_y, np.log(target.cond_width), cond.log_diag.dtype)
+    target, flow, cond, log_width = mixture_flow_and_conditional()
     exact = eqx.tree_at(lambda c: c.log_diag, cond, log_width)
     wide = eqx.tree_at(lambda c: c.log_diag, cond, log_width + np.log(2.0))
     beta = jnp.asarray(1.0)
@@ -136,15 +148,7 @@ def test_conditional_capacity_chains_keep_an_exact_conditional_and_correct_a_wid
     import numpy as np
     from conditional_capacity import _chain_draws
 
-    from coarseflow.model.conditional import ConditionalSettings, make_conditional
-    from coarseflow.model.flow import box_flow
-    from coarseflow.targets import GaussianMixture
-
-    target = GaussianMixture(n_x=2, seed=0)
-    lower, upper = target.x_bounds()
-    flow = box_flow(jr.key(0), lower=lower, upper=upper)
-    cond = make_conditional(jr.key(0), target, ConditionalSettings(kind="gaussian", nn_width=8))
-    log_width = jnp.full(target.n_y, np.log(target.cond_width), cond.log_diag.dtype)
+    target, flow, cond, log_width = mixture_flow_and_conditional()
     beta = jnp.asarray(1.0)
 
     def residual_sd(log_diag, n_steps):
@@ -171,15 +175,9 @@ def test_parameter_average_weights_are_exact_for_an_exact_conditional():
     import numpy as np
     from parameter_average import ess_fraction, one_shot_log_weights
 
-    from coarseflow.model.conditional import ConditionalSettings, make_conditional
-    from coarseflow.model.flow import box_flow, split_trainable
-    from coarseflow.targets import GaussianMixture
+    from coarseflow.model.flow import split_trainable
 
-    target = GaussianMixture(n_x=2, seed=0)
-    lower, upper = target.x_bounds()
-    flow = box_flow(jr.key(0), lower=lower, upper=upper)
-    cond = make_conditional(jr.key(0), target, ConditionalSettings(kind="gaussian", nn_width=8))
-    log_width = jnp.full(target.n_y, np.log(target.cond_width), cond.log_diag.dtype)
+    target, flow, cond, log_width = mixture_flow_and_conditional()
     exact = eqx.tree_at(lambda c: c.log_diag, cond, log_width)
     beta, key = jnp.asarray(1.0), jr.key(10**6)
     log_w = np.asarray(one_shot_log_weights(flow, exact, key, target, beta, 500))
