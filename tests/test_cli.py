@@ -167,6 +167,25 @@ def test_compilation_cache_follows_the_environment(tmp_path, monkeypatch):
         jax.config.update("jax_compilation_cache_dir", before)
 
 
+def test_cache_entries_without_access_time_are_dropped(tmp_path, monkeypatch):
+    # a cache written before the size limit has no "-atime" files, on which JAX's eviction fails
+    import jax
+
+    from coarseflow.cli import enable_compilation_cache
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for name in ("jit_old-1-cache", "jit_new-2-cache", "jit_new-2-atime"):
+        (cache / name).write_bytes(b"x")
+    before = jax.config.jax_compilation_cache_dir
+    try:
+        monkeypatch.setenv("COARSEFLOW_JAX_CACHE", str(cache))
+        enable_compilation_cache()
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)
+    assert sorted(p.name for p in cache.iterdir()) == ["jit_new-2-atime", "jit_new-2-cache"]
+
+
 def test_a_run_without_model_marker_loads_with_random_permutations(tiny_run, tmp_path):
     # runs trained before model.json had flowjax's random permutations: they load that way
     import json

@@ -41,8 +41,18 @@ def enable_compilation_cache() -> None:
     if path:
         import jax
 
+        _drop_entries_without_access_time(Path(path))
         jax.config.update("jax_compilation_cache_dir", path)
         jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
+
+
+def _drop_entries_without_access_time(folder: Path) -> None:
+    """Delete cached programs that have no access-time file beside them. coarseflow before the
+    size limit wrote none, and JAX's eviction fails on such an entry, warning at every write
+    after it; the dropped programs are compiled again once."""
+    for entry in folder.glob("*-cache"):
+        if not entry.with_name(entry.name[: -len("-cache")] + "-atime").exists():
+            entry.unlink(missing_ok=True)
 
 
 def _format_warning(message, category, filename, lineno, line=None) -> str:
