@@ -23,6 +23,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# two processes that each compile the training: about 1.5 min, so on demand (-m slow)
+pytestmark = pytest.mark.slow
+
 CONFIG = """
 [target]
 kind = "gaussian_mixture"

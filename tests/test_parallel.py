@@ -132,6 +132,8 @@ print("RESULT " + json.dumps(out))
 """
 
 
+# The training checks compile every objective on 1 and 4 devices in a subprocess (about 1.5
+# min): on demand, -m slow. evaluate and the replica exchange on 4 devices stay in the default run.
 @pytest.fixture(scope="module")
 def verdicts():
     env = {
@@ -150,10 +152,12 @@ def verdicts():
     return json.loads(lines[-1][len("RESULT ") :])
 
 
+@pytest.mark.slow
 def test_four_simulated_devices(verdicts):
     assert verdicts["devices"] == 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", ["joint", "fab"])
 def test_same_model_on_one_and_four_devices(verdicts, objective):
     # 12 updates in float32; only the order of the batch's sums differs (measured: <= 3e-8)
@@ -161,6 +165,7 @@ def test_same_model_on_one_and_four_devices(verdicts, objective):
         assert difference < 1e-5, (objective, n, difference)
 
 
+@pytest.mark.slow
 def test_resumes_on_another_device_count(verdicts):
     whole, resumed = verdicts["betas"]  # the ladder's next beta is computed from the model
     assert len(whole) == len(resumed) == 2
@@ -168,22 +173,26 @@ def test_resumes_on_another_device_count(verdicts):
     assert verdicts["resume"] < 1e-5
 
 
+@pytest.mark.slow
 def test_batch_split_parameters_copied(verdicts):
     assert verdicts["params_devices"] == 4 and verdicts["params_spec"] == []
     assert verdicts["samples_devices"] == 4
     assert verdicts["samples_spec"] == ["batch"]
 
 
+@pytest.mark.slow
 def test_batch_that_does_not_split_is_refused(verdicts):
     assert "batch_size = 62 does not split over 4 devices" in verdicts["indivisible"]
     assert "rows per batch" in verdicts["rows_indivisible"]
     assert "= 30 does not split over 4 devices" in verdicts["rows_indivisible"]
 
 
+@pytest.mark.slow
 def test_same_samples_on_one_and_four_devices(verdicts):
     assert verdicts["samples"] < 1e-4  # coordinates and log-weights, float32
 
 
+@pytest.mark.slow
 def test_same_refined_samples_on_one_and_four_devices(verdicts):
     assert verdicts["refined"] < 1e-4  # the AIS paths' end points and weights, float32
 
