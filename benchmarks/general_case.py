@@ -50,6 +50,7 @@ COLUMNS = (
     "err_raw",
     "err_reweighted",
     "log_Z",
+    "log_Z_err",
     "rama_js_reweighted",
     "basin_max_z",
 )
@@ -102,6 +103,7 @@ def run_one(raw: dict, out: Path, n_samples: int | None, resume: bool = False) -
     else:  # a molecule: log Z estimate, and the reference's divergences where it has one
         row.update(
             log_Z=final["log_Z_estimate"],
+            log_Z_err=final.get("log_Z_estimate_err"),
             rama_js_reweighted=final.get("ramachandran_js_reweighted"),
             basin_max_z=max_basin_z(final),
         )

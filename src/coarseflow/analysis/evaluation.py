@@ -39,6 +39,7 @@ def reference_metrics(target, samples: Samples, beta: float) -> dict:
         # -inf: zero weight (infinite energy, Y outside its domain); NaN: a broken sample
         "n_nonfinite_log_weights": int(np.sum(~np.isfinite(lw))),
         "log_Z_estimate": log_partition_estimate(lw),
+        "log_Z_estimate_err": metrics.log_partition_stderr(lw),
         "n_nonfinite_energy": int(np.sum(~np.isfinite(samples.energy))),
     }
     if np.any(np.isfinite(samples.ais_acceptance)):

@@ -149,6 +149,7 @@ def _trust_section(inputs: ReportInputs, log_w) -> tuple[str, Verdict | None]:
         ("largest weight / mean weight", entry.get("max_weight_ratio")),
         ("non-finite log-weights", entry.get("n_nonfinite_log_weights")),
         ("log Z estimate", entry.get("log_Z_estimate")),
+        ("log Z estimate, bootstrap standard error", entry.get("log_Z_estimate_err")),
         ("log Z exact", entry.get("log_Z_exact")),
     ]
     parts.append(_table(["diagnostic", "value"], [(k, _num(v)) for k, v in rows if v is not None]))
