@@ -1,16 +1,27 @@
 """Score trained molecule runs at beta = 1 against a reference file their configs do not name
-(e.g. one made after they were trained); prints a table.
+(e.g. one made after they were trained), every (phi, psi) residue; prints markdown tables.
 
     python benchmarks/against_reference.py RUN [RUN ...] --reference REF.npz [-n 20000]
         [--refine-steps K]
 
-For each run: ESS and Pareto k of ``-n`` samples of the last checkpoint (refined by AIS toward p
-with ``--refine-steps`` > 0 and a learned conditional), then per basin the reweighted population
-+- its standard error, the reference's +- its error and z = difference / combined error, and the
-Ramachandran divergences of the reweighted (phi, psi) against the reference's:
-KL(reference || model) and JS (nats) of 64 x 64 histograms with 0.5 pseudo-counts, as the
-evaluation computes them, and the total variation (1/2) sum |p_bin - q_bin| of the same
-histograms without pseudo-counts.
+``--reference``: a ``coarseflow reference`` npz or a built-in molecule's name. For each run: ESS
+and Pareto k of ``-n`` samples of the last checkpoint (refined by AIS toward p with
+``--refine-steps`` > 0 and a learned conditional), then two tables, one row per residue and one
+per residue and basin (the residue's class's basins: general, glycine, proline, pre-proline):
+
+* divergences of the residue's reweighted (phi, psi) from the reference's: KL(reference || model)
+  and JS (nats) of 64 x 64 histograms on [-pi, pi)^2 with 0.5 pseudo-counts, as the evaluation
+  computes them; the total variation (1/2) sum |p_bin - q_bin| of the same histograms without
+  pseudo-counts, reweighted and raw; the reference's split-half floor, the JS between its two
+  halves of ladders: all frames, n frames per half (n, n; n the model's finite samples) and one
+  half's frames against n of the other (half, n: what a perfect model of n samples would score,
+  split_half_js); and JS / floor (half, n) (the aim of issue 13: <= 2);
+* the reweighted population +- its standard error, the reference's +- its error (the larger of
+  the between-ladders and between-time-blocks errors, as ``coarseflow reference`` quotes them)
+  and z = difference / combined error.
+
+The floors and the reference's errors need the file's ``chain`` array (the floors two ladders or
+more); without it they are NaN.
 """
 
 from __future__ import annotations
@@ -23,33 +34,190 @@ import jax.random as jr
 import numpy as np
 
 from coarseflow.analysis.evaluation import reference_metrics
-from coarseflow.analysis.metrics import normalized_weights
-from coarseflow.analysis.molecule_report import MoleculeReport
+from coarseflow.analysis.metrics import histogram_kl_js, normalized_weights
+from coarseflow.analysis.molecule_report import REFERENCE_BINS, MoleculeReport
+from coarseflow.analysis.ramachandran import BasinSet
+from coarseflow.analysis.reports import is_one
 from coarseflow.config import build_target
 from coarseflow.predict.draw import draw_samples
 from coarseflow.predict.refine import refine
+from coarseflow.reference import ReferenceSettings, load_reference
 from coarseflow.sample_outputs import with_refine_steps
+from coarseflow.targets.molecule.registry import builtin_reference
 from coarseflow.workflow import load_run
 
-BINS = 64
+ANGLES = ((-math.pi, math.pi), (-math.pi, math.pi))  # the histograms' (phi, psi) range, radians
 
 
-def ramachandran_tv(target, samples, weights) -> float:
-    """Total variation between the reference's and the weighted samples' (phi, psi)
-    histograms (BINS x BINS on [-pi, pi)^2), first residue."""
-    obs = MoleculeReport(target).observables(samples.x)
-    ref = target.info.reference
-    edges = np.linspace(-math.pi, math.pi, BINS + 1)
-    finite = np.isfinite(weights) & np.isfinite(obs["phi"][:, 0]) & np.isfinite(obs["psi"][:, 0])
-    q, _, _ = np.histogram2d(
-        obs["phi"][finite, 0], obs["psi"][finite, 0], [edges, edges], weights=weights[finite]
-    )
-    p, _, _ = np.histogram2d(ref["phi"][:, 0], ref["psi"][:, 0], [edges, edges])
+def ramachandran_tv(a, b, weights_b=None) -> float:
+    """Total variation (1/2) sum |p_bin - q_bin| between the REFERENCE_BINS x REFERENCE_BINS
+    histograms on [-pi, pi)^2 of (phi, psi) sets a (M, 2) and b (N, 2) in radians, without
+    pseudo-counts; ``weights_b``: (N,) non-negative weights of b, None for equal ones."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    p, _, _ = np.histogram2d(a[:, 0], a[:, 1], REFERENCE_BINS, ANGLES)
+    q, _, _ = np.histogram2d(b[:, 0], b[:, 1], REFERENCE_BINS, ANGLES, weights=weights_b)
     return 0.5 * float(np.abs(p / p.sum() - q / q.sum()).sum())
 
 
-def score(run: Path, reference: Path, n: int, refine_steps: int, seed: int) -> dict:
+def split_half_js(
+    angles, chain, n_first: int | None = None, n_second: int | None = None, seed: int = 0
+) -> float:
+    """The reference's own JS floor (nats) for one residue: JS between the (phi, psi) histograms
+    (as the evaluation's, 0.5 pseudo-counts) of its two halves of independent ladders, ladders
+    0..C/2-1 against C/2..C-1.
+
+    ``angles``: (frames, 2) phi, psi in radians; ``chain``: (frames,) each frame's ladder,
+    0..C-1 with C >= 2. ``n_first``, ``n_second``: each half subsampled to that many frames
+    without replacement (``seed``) where it has more; None: all its frames. The floor at a
+    model's n samples scored against the whole reference is (None, n): the pseudo-counts weigh
+    more in a histogram of fewer frames, so a perfect model of n samples gets about that JS;
+    (n, n), two histograms under the same pseudo-counts, is lower and not monotone in n.
+    """
+    angles, chain = np.asarray(angles, np.float64), np.asarray(chain).reshape(-1)
+    n_ladders = int(chain.max()) + 1
+    if n_ladders < 2:
+        raise ValueError("chain: expected at least 2 ladders to split into halves")
+    first = chain < n_ladders // 2
+    rng = np.random.default_rng(seed)
+    halves = []
+    for half, n in ((angles[first], n_first), (angles[~first], n_second)):
+        if n is not None and n < len(half):
+            half = half[rng.choice(len(half), n, replace=False)]
+        halves.append(half)
+    return histogram_kl_js(*halves, REFERENCE_BINS, ANGLES)[1]
+
+
+def reference_population_errors(basins: BasinSet, angles, chain, n_blocks: int) -> np.ndarray:
+    """Standard errors (len(basins.names),) of one residue's reference populations, as
+    ``coarseflow reference`` quotes its first residue's (reference.statistics): the larger of
+    the between-ladders error (std of the C ladders' populations / sqrt(C); none for C = 1) and
+    the between-blocks one (``n_blocks`` contiguous time blocks, ladders pooled).
+
+    ``angles``: (frames, 2) phi, psi in radians and ``chain``: (frames,) in the file's
+    time-major order, frame k C + c being ladder c at record k.
+    """
+    chain = np.asarray(chain).reshape(-1)
+    n_ladders = int(chain.max()) + 1
+    if len(chain) % n_ladders or np.any(chain != np.arange(len(chain)) % n_ladders):
+        raise ValueError("chain: expected time-major frames, ladders 0..C-1 at every record")
+    frames = np.arange(len(chain)).reshape(-1, n_ladders)  # (records, C) frame indices
+
+    def errors(groups) -> np.ndarray:
+        pops = np.stack([basins.populations(angles[g, 0], angles[g, 1]) for g in groups])
+        return pops.std(axis=0, ddof=1) / math.sqrt(len(groups))
+
+    err = errors([b.reshape(-1) for b in np.array_split(frames, n_blocks)])
+    return np.fmax(err, errors(frames.T)) if n_ladders > 1 else err
+
+
+def z_score(value: float, err: float, reference: float, reference_err: float) -> float:
+    """(value - reference) / the combined error; NaN where that is 0 or unknown."""
+    combined = math.hypot(err, reference_err)
+    return (value - reference) / combined if combined > 0 else float("nan")
+
+
+def reference_angles(reference: dict) -> np.ndarray:
+    """(frames, m, 2) phi, psi in radians of the npz's arrays (phi, psi (frames,) for one
+    residue, (frames, m) for m)."""
+    frames = len(reference["phi"])
+    angles = [np.reshape(reference[k], (frames, -1)) for k in ("phi", "psi")]
+    return np.stack(angles, axis=-1).astype(np.float64)
+
+
+def basin_rows(record: dict, reference_err: np.ndarray) -> dict:
+    """name -> reweighted, reweighted_err, reference, reference_err of one residue's basins:
+    ``record`` is a ``ramachandran_basins`` record of the metrics, ``reference_err`` (S,)."""
+    out = {}
+    for (name, b), err in zip(record["basins"].items(), reference_err, strict=True):
+        # the metrics' records hold None for a number that is not finite
+        fields = ("reweighted", "reweighted_err", "reference")
+        out[name] = {f: math.nan if b[f] is None else b[f] for f in fields}
+        out[name]["reference_err"] = float(err)
+    return out
+
+
+def residue_scores(
+    report: MoleculeReport, samples, metrics: dict, reference: dict, seed: int
+) -> list[dict]:
+    """One record per (phi, psi) residue of ``report.target``: residue, class, n (the finite
+    samples), kl and js (reweighted, from ``metrics``: the report's metrics of ``samples``), tv,
+    tv_raw, the split_half_js floors (floor: all frames; floor_nn: n frames per half; floor_n:
+    one half's frames against n of the other), ratio = js / floor_n, and basins (basin_rows).
+    NaN where unknown. ``reference``: the npz's arrays (coarseflow.reference.load_reference);
+    the floors and its errors need its ``chain`` (the floors two ladders or more)."""
+    o = report.observables(samples.x)
+    w = np.asarray(normalized_weights(samples.log_weights), np.float64)
+    # the samples MoleculeReport.metrics keeps: every angle, Rg and weight finite
+    finite = np.isfinite(o["rg"]) & np.isfinite(w)
+    finite &= np.all(np.isfinite(o["phi"]) & np.isfinite(o["psi"]), axis=1)
+    ref_angles, chain = reference_angles(reference), reference.get("chain")
+    n_blocks = reference.get("settings", {}).get("n_blocks", ReferenceSettings().n_blocks)
+    labels = report.target.residue_labels
+    out = []
+    for k, basins in enumerate(report.basin_sets()):
+        model = np.stack([o["phi"][finite, k], o["psi"][finite, k]], axis=1)
+        ref = ref_angles[:, k]
+        # the metrics' keys carry the residue's label only when there are several
+        key = "ramachandran" if len(labels) == 1 else f"ramachandran_{labels[k]}"
+        row = {
+            "residue": labels[k],
+            "class": basins.kind,
+            "n": len(model),
+            "kl": metrics[f"{key}_kl_reweighted"],
+            "js": metrics[f"{key}_js_reweighted"],
+            "tv": ramachandran_tv(ref, model, w[finite]),
+            "tv_raw": ramachandran_tv(ref, model),
+            "floor": math.nan,
+            "floor_nn": math.nan,
+            "floor_n": math.nan,
+        }
+        ref_err = np.full(len(basins.names), math.nan)
+        if chain is not None:
+            ref_err = reference_population_errors(basins, ref, chain, n_blocks)
+        if chain is not None and chain.max() > 0:  # two ladders or more: two halves
+            row["floor"] = split_half_js(ref, chain)
+            row["floor_nn"] = split_half_js(ref, chain, len(model), len(model), seed)
+            row["floor_n"] = split_half_js(ref, chain, None, len(model), seed)
+        row["ratio"] = row["js"] / row["floor_n"] if row["floor_n"] > 0 else math.nan
+        row["basins"] = basin_rows(metrics["ramachandran_basins"][k], ref_err)
+        out.append(row)
+    return out
+
+
+def format_run(run, metrics: dict, residues: list[dict]) -> str:
+    """Markdown for one run: a line of ESS, Pareto k and n; the per-residue divergence table;
+    the per-residue basin table (``residues``: residue_scores' records)."""
+    n = residues[0]["n"] if residues else 0
+    lines = [
+        f"{run}: ESS {metrics['ess_fraction']:.3f} of {metrics['n_samples']}, "
+        f"Pareto k {metrics['pareto_k']:.2f}, n = {n} finite samples",
+        "",
+        "| residue | class | KL | JS | TV | TV raw | floor (halves) | floor (n, n) "
+        "| floor (half, n) | JS / floor (half, n) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in residues:
+        lines.append(
+            f"| {r['residue']} | {r['class']} | {r['kl']:.3f} | {r['js']:.4f} | {r['tv']:.3f} "
+            f"| {r['tv_raw']:.3f} | {r['floor']:.4f} | {r['floor_nn']:.4f} "
+            f"| {r['floor_n']:.4f} | {r['ratio']:.2f} |"
+        )
+    lines += ["", "| residue | basin | reweighted | reference | z |", "|---|---|---|---|---|"]
+    for r in residues:
+        for name, b in r["basins"].items():
+            z = z_score(b["reweighted"], b["reweighted_err"], b["reference"], b["reference_err"])
+            lines.append(
+                f"| {r['residue']} | {name} | {b['reweighted']:.4f} ± {b['reweighted_err']:.4f} "
+                f"| {b['reference']:.4f} ± {b['reference_err']:.4f} | {z:+.1f} |"
+            )
+    return "\n".join(lines)
+
+
+def score(run: Path, reference: Path, n: int, refine_steps: int, seed: int) -> str:
+    """The markdown of format_run for ``run``'s last checkpoint against ``reference``."""
     config, _, flow, conditional, meta = load_run(run)
+    if not is_one(meta["beta"]):  # the reference is at beta = 1 only
+        raise SystemExit(f"{run}: its last checkpoint is at beta {meta['beta']}, not 1")
     target = build_target({**config.target, "reference": str(reference)})
     target.x_bijection()  # the molecule scans its dihedral seams once, outside jit
     prediction = with_refine_steps(config.prediction, refine_steps)
@@ -59,11 +227,10 @@ def score(run: Path, reference: Path, n: int, refine_steps: int, seed: int) -> d
         samples = draw_samples(
             jr.key(seed), target, flow, meta["beta"], prediction, n=n, conditional=conditional
         )
-    out = reference_metrics(target, samples, meta["beta"])
-    w = np.asarray(normalized_weights(samples.log_weights))
-    out["ramachandran_tv_reweighted"] = ramachandran_tv(target, samples, w)
-    out["ramachandran_tv_raw"] = ramachandran_tv(target, samples, np.ones_like(w))
-    return out
+    metrics = reference_metrics(target, samples, meta["beta"])
+    arrays = load_reference(builtin_reference(str(reference)) or reference)
+    residues = residue_scores(MoleculeReport(target), samples, metrics, arrays, seed)
+    return format_run(run, metrics, residues)
 
 
 def main() -> None:
@@ -75,26 +242,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
     for run in args.runs:
-        m = score(run, args.reference, args.n, args.refine_steps, args.seed)
-        print(
-            f"\n{run}: ESS {m['ess_fraction']:.3f} of {m['n_samples']}, Pareto k "
-            f"{m['pareto_k']:.2f}, Ramachandran KL {m['ramachandran_kl_reweighted']:.3f} "
-            f"JS {m['ramachandran_js_reweighted']:.4f} TV {m['ramachandran_tv_reweighted']:.3f}"
-            f" (raw: TV {m['ramachandran_tv_raw']:.3f})"
-        )
-        print("| basin | reweighted | reference | z |")
-        print("|---|---|---|---|")
-        for key in m:
-            if key.startswith("basin_") and key.endswith("_reference"):
-                name = key[len("basin_") : -len("_reference")]
-                rw, ref = m[f"basin_{name}_reweighted"], m[key]
-                err_rw = m.get(f"basin_{name}_reweighted_err", 0.0)
-                err_ref = m.get(f"basin_{name}_reference_err", 0.0)
-                err = math.hypot(err_rw, err_ref)
-                z = (rw - ref) / err if err > 0 else float("nan")
-                print(
-                    f"| {name} | {rw:.4f} ± {err_rw:.4f} | {ref:.4f} ± {err_ref:.4f} | {z:+.1f} |"
-                )
+        print("\n" + score(run, args.reference, args.n, args.refine_steps, args.seed))
 
 
 if __name__ == "__main__":

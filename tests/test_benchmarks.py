@@ -21,6 +21,7 @@ def benchmarks_on_path(monkeypatch):
         "conditional_capacity",
         "parameter_average",
         "refinement",
+        "against_reference",
     ):
         sys.modules.pop(name, None)
 
@@ -225,3 +226,143 @@ def test_refinement_sets_are_unbiased_for_z_and_count_their_evaluations():
     assert one_set(loaded, 0, 1, 4000)["evals_per_sample"] == 1.0
     assert result["evals_per_sample"] == (6 * _PILOT_PATHS + 4000) * (4 + 2) / 4000
     assert 0.0 < result["acceptance"] < 1.0
+
+
+def wrapped(angles):
+    """Angles (any shape) wrapped to [-pi, pi) radians."""
+    import numpy as np
+
+    return (angles + np.pi) % (2 * np.pi) - np.pi
+
+
+def test_split_half_floor_is_small_for_one_distribution_shrinks_with_n_and_sees_a_shift():
+    """Four ladders of one (phi, psi) distribution: a small floor, larger at fewer frames of one
+    half; n fresh draws of it (a perfect model) score within the aim, 2x the (half, n) floor,
+    not within 2x the (n, n) one (the same pseudo-counts dominate both of its histograms at small
+    n); ladders 2 and 3 moved by pi in phi (disjoint from 0 and 1): a floor near log 2; the same
+    move of ladders 1 and 3 (one in each half) leaves the halves alike."""
+    import numpy as np
+    from against_reference import ANGLES, split_half_js
+
+    from coarseflow.analysis.metrics import histogram_kl_js
+
+    rng = np.random.default_rng(0)
+    chain = np.tile(np.arange(4), 5000)  # time-major, as coarseflow reference writes it
+
+    def draw(n):
+        return wrapped(rng.normal([-1.2, 2.4], 0.3, (n, 2)))
+
+    angles = draw(chain.size)
+    floor = split_half_js(angles, chain)
+    assert floor < 0.02
+    at_n = [split_half_js(angles, chain, None, n) for n in (500, 2000)]
+    assert at_n[0] > at_n[1] > floor
+    for n, half_n in zip((500, 2000), at_n, strict=True):
+        perfect = histogram_kl_js(angles, draw(n), 64, ANGLES)[1]
+        assert half_n / 2 < perfect < 2 * half_n
+        assert perfect > 2 * split_half_js(angles, chain, n, n)
+    assert split_half_js(angles, chain, 10**6, 10**6) == floor  # n above a half's: all frames
+
+    def moved(ladders):
+        out = angles.copy()
+        out[np.isin(chain, ladders), 0] = wrapped(out[np.isin(chain, ladders), 0] + np.pi)
+        return out
+
+    assert 0.5 < split_half_js(moved([2, 3]), chain) <= np.log(2)
+    assert split_half_js(moved([1, 3]), chain) < 0.02
+    with pytest.raises(ValueError, match="2 ladders"):
+        split_half_js(angles, np.zeros(len(angles), int))
+
+
+def test_histogram_tv_is_zero_for_identical_sets_and_one_for_disjoint_ones():
+    import numpy as np
+    from against_reference import ramachandran_tv
+
+    rng = np.random.default_rng(1)
+    a = rng.uniform(-np.pi, 0.0, (1000, 2))  # phi < 0
+    b = a * [-1.0, 1.0] + [1e-3, 0.0]  # phi > 0, mirrored off the bin edge at 0
+    assert ramachandran_tv(a, a) == 0.0
+    assert ramachandran_tv(a, b) == pytest.approx(1.0, abs=1e-12)
+    # b weighted 0 and a's duplicates each half a weight: the same histogram as a
+    both = np.concatenate([a, a, b])
+    weights = np.concatenate([np.full(2000, 0.5), np.zeros(1000)])
+    assert ramachandran_tv(a, both, weights) == pytest.approx(0.0, abs=1e-12)
+    # half of the weight on the disjoint set
+    assert ramachandran_tv(a, np.concatenate([a, b])) == pytest.approx(0.5, abs=1e-12)
+
+
+def test_reference_errors_per_residue_are_the_files_own():
+    """The shipped dipeptide reference's quoted populations_err (reference.statistics, from
+    its run's labels) from its frames and chain array with the general basins; any basin set
+    gets one error per name; frames not in time-major order are refused."""
+    import numpy as np
+    from against_reference import reference_angles, reference_population_errors
+
+    from coarseflow.analysis import ramachandran as rama
+    from coarseflow.reference import load_reference
+
+    ref = load_reference()
+    angles = reference_angles(ref)[:, 0]
+    n_blocks = ref["settings"]["n_blocks"]
+    err = reference_population_errors(rama.GENERAL, angles, ref["chain"], n_blocks)
+    np.testing.assert_allclose(err, ref["populations_err"], rtol=1e-12)
+    for basins in (rama.GLYCINE, rama.PROLINE, rama.PRE_PROLINE):
+        got = reference_population_errors(basins, angles, ref["chain"], n_blocks)
+        assert got.shape == (len(basins.names),) and np.all(np.isfinite(got))
+    with pytest.raises(ValueError, match="time-major"):
+        reference_population_errors(rama.GENERAL, angles, np.sort(ref["chain"]), n_blocks)
+
+
+def test_every_residue_is_scored_and_samples_equal_to_the_reference_score_zero(tmp_path):
+    """ACE-GLY-ALA-PRO-NME (glycine, pre-proline, proline) whose samples are the reference's
+    own frames, equally weighted: per residue its class's basins, populations equal to the
+    reference's (z = 0), KL = JS = TV = 0; one table row per residue and per residue and
+    basin. Without a chain array the floors and the reference's errors are NaN."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    pytest.importorskip("openmm")
+    pytest.importorskip("PeptideBuilder")
+    pytest.importorskip("mdtraj")
+    from against_reference import format_run, residue_scores
+    from test_peptide_report import KINDS, P, SyntheticReport
+    from test_ramachandran import CENTRES, sample_basins
+
+    from coarseflow.reference import load_reference
+    from coarseflow.targets.molecule import Molecule, peptide
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(peptide.CACHE_ENV, str(tmp_path / "cache"))
+        pdb, _ = peptide.peptide_pdb(tmp_path / "gap.pdb", peptide.parse_sequence("GAP"))
+    rng = np.random.default_rng(2)
+    chain = np.tile(np.arange(4), 500)
+    drawn = [sample_basins(rng, CENTRES[kind], P[kind], chain.size)[:2] for kind in KINDS]
+    phi, psi = (np.stack([d[i] for d in drawn], axis=1) for i in (0, 1))
+    np.savez(tmp_path / "ref.npz", phi=phi, psi=psi, chain=chain)
+    report = SyntheticReport(Molecule(pdb=str(pdb), reference=str(tmp_path / "ref.npz")))
+    samples = SimpleNamespace(x=np.concatenate([phi, psi], axis=1), log_weights=np.zeros(2000))
+    metrics = report.metrics(samples, np.full(2000, 1 / 2000), 1.0)
+    residues = residue_scores(report, samples, metrics, load_reference(tmp_path / "ref.npz"), 0)
+
+    assert [r["residue"] for r in residues] == ["GLY2", "ALA3", "PRO4"]
+    assert [r["class"] for r in residues] == list(KINDS)
+    for r in residues:
+        # n above a half's 1000 frames: every floor is the all-frames one
+        assert r["n"] == 2000 and r["floor_n"] == r["floor_nn"] == r["floor"] > 0
+        zero = pytest.approx(0.0, abs=1e-12)
+        assert (r["kl"], r["js"], r["ratio"], r["tv"], r["tv_raw"]) == (zero,) * 5
+        for b in r["basins"].values():
+            assert b["reweighted"] == pytest.approx(b["reference"], abs=1e-12)
+            assert b["reference_err"] > 0 or b["reference"] == 0.0
+    assert list(residues[2]["basins"]) == ["C7eq/PII", "alpha_R", "other"]
+
+    header = {"ess_fraction": 1.0, "n_samples": 2000, "pareto_k": 0.0}
+    table = format_run("gap", metrics | header, residues)
+    rows = [line for line in table.splitlines() if line.startswith("| ")]
+    assert len(rows) == 2 + 3 + sum(len(r["basins"]) for r in residues)
+    assert "| ALA3 | zeta | " in table and "| +0.0 |" in table
+
+    bare = residue_scores(report, samples, metrics, {"phi": phi, "psi": psi}, 0)
+    assert all(np.isnan(r["floor"]) and np.isnan(r["ratio"]) for r in bare)
+    assert "± nan | +nan |" in format_run("gap", metrics | header, bare)
