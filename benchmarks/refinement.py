@@ -82,8 +82,9 @@ def main(argv=None) -> list[dict]:
             row[name] = float(values.mean())
             row[name + "_sd"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
         rows.append(row)
+        each = ", ".join(f"{s['ess']:.3f} (k {s['k']:.2f})" for s in sets)
         print(
-            f"  K = {steps}: ESS {row['ess']:.3f} ± {row['ess_sd']:.3f}, "
+            f"  K = {steps}: ESS {row['ess']:.3f} ± {row['ess_sd']:.3f} [{each}], "
             f"log Z {row['log_Z']:.3f} ± {row['log_Z_sd']:.3f} ({row['seconds']:.0f} s a set)",
             flush=True,
         )
