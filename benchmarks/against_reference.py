@@ -17,8 +17,8 @@ per residue and basin (the residue's class's basins: general, glycine, proline, 
   half's frames against n of the other (half, n: what a perfect model of n samples would score,
   split_half_js); and JS / floor (half, n) (the aim of issue 13: <= 2);
 * the reweighted population +- its standard error, the reference's +- its error (the larger of
-  the between-ladders and between-time-blocks errors, as ``coarseflow reference`` quotes them)
-  and z = difference / combined error.
+  the between-ladders and between-time-blocks errors: basin_statistics.reference_populations, as
+  ``coarseflow reference`` and the evaluation quote them) and z = difference / combined error.
 
 The floors and the reference's errors need the file's ``chain`` array (the floors two ladders or
 more); without it they are NaN.
@@ -33,15 +33,15 @@ from pathlib import Path
 import jax.random as jr
 import numpy as np
 
+from coarseflow.analysis.basin_statistics import N_BLOCKS, reference_populations
 from coarseflow.analysis.evaluation import reference_metrics
 from coarseflow.analysis.metrics import histogram_kl_js, normalized_weights
 from coarseflow.analysis.molecule_report import REFERENCE_BINS, MoleculeReport
-from coarseflow.analysis.ramachandran import BasinSet
 from coarseflow.analysis.reports import is_one
 from coarseflow.config import build_target
 from coarseflow.predict.draw import draw_samples
 from coarseflow.predict.refine import refine
-from coarseflow.reference import ReferenceSettings, load_reference
+from coarseflow.reference import load_reference
 from coarseflow.sample_outputs import with_refine_steps
 from coarseflow.targets.molecule.registry import builtin_reference
 from coarseflow.workflow import load_run
@@ -87,29 +87,6 @@ def split_half_js(
     return histogram_kl_js(*halves, REFERENCE_BINS, ANGLES)[1]
 
 
-def reference_population_errors(basins: BasinSet, angles, chain, n_blocks: int) -> np.ndarray:
-    """Standard errors (len(basins.names),) of one residue's reference populations, as
-    ``coarseflow reference`` quotes its first residue's (reference.statistics): the larger of
-    the between-ladders error (std of the C ladders' populations / sqrt(C); none for C = 1) and
-    the between-blocks one (``n_blocks`` contiguous time blocks, ladders pooled).
-
-    ``angles``: (frames, 2) phi, psi in radians and ``chain``: (frames,) in the file's
-    time-major order, frame k C + c being ladder c at record k.
-    """
-    chain = np.asarray(chain).reshape(-1)
-    n_ladders = int(chain.max()) + 1
-    if len(chain) % n_ladders or np.any(chain != np.arange(len(chain)) % n_ladders):
-        raise ValueError("chain: expected time-major frames, ladders 0..C-1 at every record")
-    frames = np.arange(len(chain)).reshape(-1, n_ladders)  # (records, C) frame indices
-
-    def errors(groups) -> np.ndarray:
-        pops = np.stack([basins.populations(angles[g, 0], angles[g, 1]) for g in groups])
-        return pops.std(axis=0, ddof=1) / math.sqrt(len(groups))
-
-    err = errors([b.reshape(-1) for b in np.array_split(frames, n_blocks)])
-    return np.fmax(err, errors(frames.T)) if n_ladders > 1 else err
-
-
 def z_score(value: float, err: float, reference: float, reference_err: float) -> float:
     """(value - reference) / the combined error; NaN where that is 0 or unknown."""
     combined = math.hypot(err, reference_err)
@@ -151,7 +128,7 @@ def residue_scores(
     finite = np.isfinite(o["rg"]) & np.isfinite(w)
     finite &= np.all(np.isfinite(o["phi"]) & np.isfinite(o["psi"]), axis=1)
     ref_angles, chain = reference_angles(reference), reference.get("chain")
-    n_blocks = reference.get("settings", {}).get("n_blocks", ReferenceSettings().n_blocks)
+    n_blocks = reference.get("settings", {}).get("n_blocks", N_BLOCKS)
     labels = report.target.residue_labels
     out = []
     for k, basins in enumerate(report.basin_sets()):
@@ -173,7 +150,7 @@ def residue_scores(
         }
         ref_err = np.full(len(basins.names), math.nan)
         if chain is not None:
-            ref_err = reference_population_errors(basins, ref, chain, n_blocks)
+            ref_err = reference_populations(basins, ref[:, 0], ref[:, 1], chain, n_blocks).err
         if chain is not None and chain.max() > 0:  # two ladders or more: two halves
             row["floor"] = split_half_js(ref, chain)
             row["floor_nn"] = split_half_js(ref, chain, len(model), len(model), seed)

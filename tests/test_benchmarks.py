@@ -291,33 +291,12 @@ def test_histogram_tv_is_zero_for_identical_sets_and_one_for_disjoint_ones():
     assert ramachandran_tv(a, np.concatenate([a, b])) == pytest.approx(0.5, abs=1e-12)
 
 
-def test_reference_errors_per_residue_are_the_files_own():
-    """The shipped dipeptide reference's quoted populations_err (reference.statistics, from
-    its run's labels) from its frames and chain array with the general basins; any basin set
-    gets one error per name; frames not in time-major order are refused."""
-    import numpy as np
-    from against_reference import reference_angles, reference_population_errors
-
-    from coarseflow.analysis import ramachandran as rama
-    from coarseflow.reference import load_reference
-
-    ref = load_reference()
-    angles = reference_angles(ref)[:, 0]
-    n_blocks = ref["settings"]["n_blocks"]
-    err = reference_population_errors(rama.GENERAL, angles, ref["chain"], n_blocks)
-    np.testing.assert_allclose(err, ref["populations_err"], rtol=1e-12)
-    for basins in (rama.GLYCINE, rama.PROLINE, rama.PRE_PROLINE):
-        got = reference_population_errors(basins, angles, ref["chain"], n_blocks)
-        assert got.shape == (len(basins.names),) and np.all(np.isfinite(got))
-    with pytest.raises(ValueError, match="time-major"):
-        reference_population_errors(rama.GENERAL, angles, np.sort(ref["chain"]), n_blocks)
-
-
 def test_every_residue_is_scored_and_samples_equal_to_the_reference_score_zero(tmp_path):
     """ACE-GLY-ALA-PRO-NME (glycine, pre-proline, proline) whose samples are the reference's
     own frames, equally weighted: per residue its class's basins, populations equal to the
-    reference's (z = 0), KL = JS = TV = 0; one table row per residue and per residue and
-    basin. Without a chain array the floors and the reference's errors are NaN."""
+    reference's (z = 0), KL = JS = TV = 0, the reference's errors the evaluation's; one table
+    row per residue and per residue and basin. Without a chain array the floors and the
+    reference's errors are NaN."""
     from types import SimpleNamespace
 
     import numpy as np
@@ -347,7 +326,7 @@ def test_every_residue_is_scored_and_samples_equal_to_the_reference_score_zero(t
 
     assert [r["residue"] for r in residues] == ["GLY2", "ALA3", "PRO4"]
     assert [r["class"] for r in residues] == list(KINDS)
-    for r in residues:
+    for r, record in zip(residues, metrics["ramachandran_basins"], strict=True):
         # n above a half's 1000 frames: every floor is the all-frames one
         assert r["n"] == 2000 and r["floor_n"] == r["floor_nn"] == r["floor"] > 0
         zero = pytest.approx(0.0, abs=1e-12)
@@ -355,6 +334,8 @@ def test_every_residue_is_scored_and_samples_equal_to_the_reference_score_zero(t
         for b in r["basins"].values():
             assert b["reweighted"] == pytest.approx(b["reference"], abs=1e-12)
             assert b["reference_err"] > 0 or b["reference"] == 0.0
+        errors = [b["reference_err"] for b in record["basins"].values()]
+        assert [b["reference_err"] for b in r["basins"].values()] == pytest.approx(errors)
     assert list(residues[2]["basins"]) == ["C7eq/PII", "alpha_R", "other"]
 
     header = {"ess_fraction": 1.0, "n_samples": 2000, "pareto_k": 0.0}

@@ -1,6 +1,7 @@
 """A peptide of three (phi, psi) residues of three classes (ACE-GLY-ALA-PRO-NME: glycine,
 pre-proline, proline) through MoleculeReport and the HTML report, on synthetic (phi, psi) of
-known basin populations and a per-residue reference file."""
+known basin populations and a per-residue reference file (with its ladders: errors per
+residue)."""
 
 import json
 
@@ -13,6 +14,7 @@ pytest.importorskip("mdtraj")
 
 from test_ramachandran import CENTRES, sample_basins  # noqa: E402
 
+from coarseflow.analysis import basin_statistics as bs  # noqa: E402
 from coarseflow.analysis import html_report  # noqa: E402
 from coarseflow.analysis import ramachandran as rama  # noqa: E402
 from coarseflow.analysis.molecule_report import MoleculeReport  # noqa: E402
@@ -26,6 +28,7 @@ P = {  # true populations per residue
     "proline": {"C7eq/PII": 0.65, "alpha_R": 0.35},
 }
 N = 3000
+LADDERS, N_BLOCKS = 4, 5  # of the reference file: its chain array and settings
 
 
 class SyntheticReport(MoleculeReport):
@@ -62,15 +65,22 @@ def _draw(rng, masses_of):
 
 @pytest.fixture(scope="module")
 def gap(tmp_path_factory):
-    """The peptide's Molecule with a reference file drawn from P, and synthetic samples drawn
-    with uniform basin masses and weighted to P."""
+    """The peptide's Molecule with a reference file drawn from P (independent frames, labelled
+    as LADDERS time-major ladders, settings naming N_BLOCKS), and synthetic samples drawn with
+    uniform basin masses and weighted to P."""
     root = tmp_path_factory.mktemp("gap")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(peptide.CACHE_ENV, str(root / "cache"))
         path, _ = peptide.peptide_pdb(root / "gap.pdb", peptide.parse_sequence("GAP"))
     rng = np.random.default_rng(11)
     ref, _ = _draw(rng, lambda kind: P[kind])
-    np.savez(root / "ref.npz", phi=ref[:, :3], psi=ref[:, 3:])
+    np.savez(
+        root / "ref.npz",
+        phi=ref[:, :3],
+        psi=ref[:, 3:],
+        chain=np.tile(np.arange(LADDERS), N // LADDERS),
+        settings=json.dumps({"n_blocks": N_BLOCKS}),
+    )
     molecule = Molecule(pdb=str(path), reference=str(root / "ref.npz"))
     x, log_w = _draw(rng, lambda kind: {k: 1 / len(P[kind]) for k in P[kind]})
     return SyntheticReport(molecule), _Samples(x, log_w)
@@ -117,6 +127,31 @@ def test_residues_get_their_class_basins_and_populations(gap, tmp_path):
     for label in report.target.residue_labels:
         assert f"ramachandran_{label}_reweighted.png" in names
         assert f"ramachandran_{label}_beta_0.5.png" in names
+
+
+def test_every_residue_gets_reference_errors_from_the_files_ladders(gap):
+    """Every residue's basins carry basin_<residue>_<name>_reference_err, in the metrics and in
+    its summary record: its class's basin_statistics.reference_populations of the file's frames
+    with the file's chain and n_blocks. The same frames without chain give a peptide none."""
+    report, samples = gap
+    w = np.exp(samples.log_weights - samples.log_weights.max())
+    out = report.metrics(samples, w / w.sum(), 1.0)
+    ref = report.target.info.reference
+    assert int(ref["n_blocks"]) == N_BLOCKS
+    records = out["ramachandran_basins"]
+    for k, (label, basins) in enumerate(
+        zip(report.target.residue_labels, report.basin_sets(), strict=True)
+    ):
+        stats = bs.reference_populations(
+            basins, ref["phi"][:, k], ref["psi"][:, k], ref["chain"], N_BLOCKS
+        )
+        for name, err in zip(basins.names, stats.err, strict=True):
+            assert out[f"basin_{label}_{name.replace('/', '_')}_reference_err"] == err
+            assert records[k]["basins"][name]["reference_err"] == pytest.approx(err)
+        populated = stats.populations > 0
+        assert np.all(stats.err[populated] > 0) and np.all(stats.err[~populated] == 0)
+    bare = {key: a for key, a in ref.items() if key != "chain"}
+    assert report._reference_errors(bare, 1) is None
 
 
 def test_html_report_has_a_block_per_residue_and_the_warning(gap):

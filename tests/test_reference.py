@@ -196,27 +196,53 @@ def test_reference_settings_errors_name_the_key(table, key):
 
 
 def test_reference_settings_defaults_are_valid():
+    from coarseflow.analysis.basin_statistics import N_BLOCKS
     from coarseflow.reference import QUICK_SETTINGS, ReferenceSettings
 
     settings = settings_from_table(ReferenceSettings, {"n_chains": 4}, "reference")
     assert settings.n_chains == 4 and settings.time_step_ps == 0.001
+    # evaluation's block count for a reference file that does not name its own
+    assert ReferenceSettings().n_blocks == N_BLOCKS
     assert QUICK_SETTINGS.n_steps < 1000
 
 
-def test_population_statistics_errors():
-    """Chains 0, 1 all in basin 0, chains 2, 3 all in basin 1: populations 1/2 each, the
-    between-chain error std([1, 1, 0, 0], ddof=1) / sqrt(4); every time block looks alike, so
-    the block error is 0; the quoted error is the larger."""
-    from coarseflow.reference import block_mean, population_statistics
+def test_reference_populations_errors():
+    """Ladders 0, 1 all in alpha_R, ladders 2, 3 all in C5 (time-major frames): populations 1/2
+    each, the between-ladder error std([1, 1, 0, 0], ddof=1) / sqrt(4); every time block looks
+    alike, so the block error is 0; the quoted error is the larger. One ladder drifting from
+    alpha_R to C5: no between-ladder error, the block one quoted. Frames out of time-major
+    order, or more blocks than records, are refused."""
+    from coarseflow.analysis.basin_statistics import reference_populations
+    from coarseflow.analysis.ramachandran import GENERAL
 
-    labels = np.repeat(np.array([[0, 0, 1, 1]]), 40, axis=0)  # (n_records, C)
-    stats = population_statistics(labels, n_blocks=4)
-    assert stats["populations"][:2] == pytest.approx([0.5, 0.5])
-    assert stats["populations"].sum() == pytest.approx(1.0, abs=1e-12)
+    def angles(in_alpha_r):  # (phi, psi) radians at alpha_R's centre, else at C5's
+        phi = np.where(in_alpha_r, -70.0, -150.0)
+        psi = np.where(in_alpha_r, -40.0, 155.0)
+        return np.radians(phi), np.radians(psi)
+
+    chain = np.tile(np.arange(4), 40)  # 40 records of 4 ladders
+    stats = reference_populations(GENERAL, *angles(chain < 2), chain, n_blocks=4)
+    pair = [GENERAL.names.index("alpha_R"), GENERAL.names.index("C5")]
+    assert stats.populations[pair] == pytest.approx([0.5, 0.5])
+    assert stats.populations.sum() == pytest.approx(1.0, abs=1e-12)
     expected = np.std([1, 1, 0, 0], ddof=1) / 2
-    assert stats["err_chains"][:2] == pytest.approx([expected, expected])
-    assert stats["err_blocks"][:2] == pytest.approx([0.0, 0.0])
-    assert stats["err"][:2] == pytest.approx([expected, expected])
+    assert stats.err_chains[pair] == pytest.approx([expected, expected])
+    assert stats.err_blocks[pair] == pytest.approx([0.0, 0.0])
+    assert stats.err[pair] == pytest.approx([expected, expected])
+
+    one = reference_populations(GENERAL, *angles(np.arange(40) < 20), np.zeros(40, int), 4)
+    assert np.all(np.isnan(one.err_chains))
+    np.testing.assert_array_equal(one.err, one.err_blocks)
+    assert one.err[pair] == pytest.approx([expected, expected])  # blocks 1, 1, 0, 0 in alpha_R
+    with pytest.raises(ValueError, match="time-major"):
+        reference_populations(GENERAL, *angles(chain < 2), np.sort(chain))
+    with pytest.raises(ValueError, match="n_blocks"):
+        reference_populations(GENERAL, *angles(chain < 2), chain, n_blocks=41)
+
+
+def test_block_mean():
+    from coarseflow.reference import block_mean
+
     values = np.arange(40.0)[:, None] * np.ones((1, 4))
     mean, err = block_mean(values, values >= 0, n_blocks=4)
     assert mean == pytest.approx(19.5)
@@ -250,7 +276,61 @@ def test_short_alanine_dipeptide_run(tmp_path):
     assert data["settings"]["n_steps"] == QUICK_SETTINGS.n_steps
     assert data["openmm_check"]["n_steps"] == QUICK_SETTINGS.openmm_check_steps
     assert data["n_energy_evals"] == summary["n_energy_evals"] == 4 * (1 + 240)
-    assert "alpha_R" in summary["table"]
+    # one residue of the general class: its record is the npz's populations, printed once
+    (residue,) = summary["residues"]
+    assert residue["residue"] == "ALA2" and residue["class"] == "general"
+    for key in ("populations", "populations_err", "populations_err_chains"):
+        assert residue[key] == summary[key]
+        assert list(residue[key].values()) == pytest.approx(data[key], nan_ok=True)
+    assert "ALA2 (general residue basins)" in summary["table"]
+    assert "npz's populations" not in summary["table"] and "alpha_R" in summary["table"]
+
+
+def test_short_peptide_run_has_every_residues_populations(tmp_path, monkeypatch):
+    """ACE-GLY-ALA-NME: the summary has GLY2 in the glycine basins and ALA3 in the general
+    ones, each recomputed from the npz's frames (basin_statistics.reference_populations); the
+    npz keeps GLY2 in the general basins, printed apart."""
+    pytest.importorskip("openmm")
+    pytest.importorskip("mdtraj")
+    pytest.importorskip("PeptideBuilder")
+    import dataclasses
+
+    from coarseflow.analysis import ramachandran as rama
+    from coarseflow.analysis.basin_statistics import reference_populations
+    from coarseflow.reference import QUICK_SETTINGS, load_reference, run_reference
+    from coarseflow.targets.molecule import peptide
+
+    monkeypatch.setenv(peptide.CACHE_ENV, str(tmp_path / "cache"))
+    config = {"target": {"kind": "molecule", "sequence": "GA", "temperature": 300.0}}
+    settings = dataclasses.replace(QUICK_SETTINGS, openmm_check_steps=0)
+    summary = run_reference(config, tmp_path / "ga.npz", progress=False, settings=settings)
+    data = load_reference(tmp_path / "ga.npz")
+    assert data["phi"].shape == (40, 2) and list(data["basins"]) == list(rama.GENERAL.names)
+    residues = summary["residues"]
+    assert [(r["residue"], r["class"]) for r in residues] == [
+        ("GLY2", "glycine"),
+        ("ALA3", "general"),
+    ]
+    for k, r in enumerate(residues):
+        basins = rama.BASIN_SETS[r["class"]]
+        stats = reference_populations(
+            basins, data["phi"][:, k], data["psi"][:, k], data["chain"], 2
+        )
+        assert list(r["populations"]) == list(basins.names)
+        np.testing.assert_array_equal(list(r["populations"].values()), stats.populations)
+        np.testing.assert_array_equal(list(r["populations_err"].values()), stats.err)
+    first = reference_populations(
+        rama.GENERAL, data["phi"][:, 0], data["psi"][:, 0], data["chain"], 2
+    )
+    np.testing.assert_array_equal(data["populations_err"], first.err)
+    table = summary["table"]
+    for title in (
+        "GLY2 in the general basins (the npz's populations)",
+        "GLY2 (glycine residue basins)",
+        "ALA3 (general residue basins)",
+    ):
+        assert title in table
+    assert "beta_PR" in table
 
 
 def test_reference_reads_the_field_alanine_dipeptide():
@@ -299,3 +379,41 @@ def test_shipped_reference_loads_with_sane_populations():
     assert json.loads(json.dumps(data["settings"]))["time_step_ps"] == 0.001
     comparison = data["openmm_check"]["comparison"]
     assert abs(comparison["energy"]["z"]) < 4 and abs(comparison["rg"]["z"]) < 4
+
+
+@pytest.mark.parametrize("name", ["alanine_dipeptide", "alanine_dipeptide_implicit"])
+def test_shipped_reference_populations_are_recomputed_exactly(name):
+    """Each shipped reference's quoted populations and errors from its frames and chain array
+    with the general basins and its own n_blocks (basin_statistics.reference_populations, the
+    rule for every residue); any basin set gets one error per name."""
+    from coarseflow.analysis import ramachandran as rama
+    from coarseflow.analysis.basin_statistics import reference_populations
+    from coarseflow.reference import load_reference
+    from coarseflow.targets.molecule.registry import builtin_reference
+
+    ref = load_reference(builtin_reference(name))
+    frames = (ref["phi"], ref["psi"], ref["chain"], ref["settings"]["n_blocks"])
+    stats = reference_populations(rama.GENERAL, *frames)
+    np.testing.assert_array_equal(stats.populations, ref["populations"])
+    np.testing.assert_array_equal(stats.err_chains, ref["populations_err_chains"])
+    np.testing.assert_array_equal(stats.err_blocks, ref["populations_err_blocks"])
+    np.testing.assert_array_equal(stats.err, ref["populations_err"])
+    for basins in (rama.GLYCINE, rama.PROLINE, rama.PRE_PROLINE):
+        err = reference_populations(basins, *frames).err
+        assert err.shape == (len(basins.names),) and np.all(np.isfinite(err))
+
+
+def test_evaluation_recomputes_the_shipped_references_errors_exactly():
+    """MoleculeReport's reference errors of alanine dipeptide, from the shipped file's frames,
+    chain and n_blocks (the [target] reference's arrays), are its stored populations_err."""
+    pytest.importorskip("openmm")
+    pytest.importorskip("mdtraj")
+    from coarseflow.analysis.molecule_report import MoleculeReport
+    from coarseflow.reference import load_reference
+    from coarseflow.targets.molecule import Molecule
+
+    molecule = Molecule(reference="alanine_dipeptide")
+    ref = molecule.info.reference
+    assert ref["chain"].shape == ref["phi"][:, 0].shape and int(ref["n_blocks"]) == 10
+    errors = MoleculeReport(molecule)._reference_errors(ref, 0)
+    np.testing.assert_array_equal(errors, load_reference()["populations_err"])

@@ -6,6 +6,9 @@ Free energies are dF_i = -kT log(p_i / p_anchor) in the units of ``kT`` (kJ/mol 
 molecule), all relative to one anchor basin so that model and reference compare on one footing:
 the reference's most populated basin where there is a reference, else the reweighted estimate's
 (else the raw one's).
+
+A ``coarseflow reference`` file's populations carry errors from its independent ladders and
+time blocks (:func:`reference_populations`, the one rule for every residue).
 """
 
 from __future__ import annotations
@@ -18,6 +21,72 @@ from jaxtyping import ArrayLike, Float
 
 from coarseflow.analysis import free_energy as fe
 from coarseflow.analysis.ramachandran import BasinSet
+
+N_BLOCKS = 10
+"""Time blocks of the block error for a reference file that does not name its own (the default
+of ``[reference] n_blocks``)."""
+
+
+class ReferencePopulations(NamedTuple):
+    """One residue's populations in a reference run, each (S,) over a basin set's names:
+    ``populations`` (fractions of all frames), ``err_chains`` (std over the C ladders'
+    populations / sqrt(C); NaN for C = 1), ``err_blocks`` (std over n_blocks contiguous time
+    blocks, ladders pooled, / sqrt(n_blocks)) and ``err`` (the larger; the quoted error)."""
+
+    populations: np.ndarray
+    err_chains: np.ndarray
+    err_blocks: np.ndarray
+    err: np.ndarray
+
+
+def reference_populations(
+    basins: BasinSet,
+    phi: Float[ArrayLike, " frames"],
+    psi: Float[ArrayLike, " frames"],
+    chain: ArrayLike,
+    n_blocks: int = N_BLOCKS,
+) -> ReferencePopulations:
+    """Populations of one residue's reference frames in ``basins`` and their standard errors.
+
+    ``phi``, ``psi``: (frames,) radians; ``chain``: (frames,) each frame's ladder, in the
+    time-major order ``coarseflow reference`` writes (frame k C + c is ladder c at record k,
+    ladders 0..C-1 at every record); ``n_blocks``: 2 to the number of records. The C ladders
+    are independent runs, so their spread is one error; the time blocks catch drifts that every
+    ladder shares; the larger of the two is quoted (docs/reference.md, "Uncertainties").
+    """
+    labels = basins.labels(phi, psi).reshape(-1)
+    chain = np.asarray(chain).reshape(-1)
+    if chain.shape != labels.shape:
+        raise ValueError(f"chain: expected {labels.size} frames as phi, psi, got {chain.size}")
+    by_record = labels.reshape(-1, _n_ladders(chain))  # (records, C)
+    n_records, n_ladders = by_record.shape
+    if not 2 <= n_blocks <= n_records:
+        raise ValueError(f"n_blocks: expected 2 to the {n_records} records, got {n_blocks}")
+    n_names = len(basins.names)
+
+    def fractions(groups) -> np.ndarray:  # (len(groups), S): each group's populations
+        return np.stack([np.bincount(g.reshape(-1), minlength=n_names) / g.size for g in groups])
+
+    def stderr(groups) -> np.ndarray:
+        return fractions(groups).std(axis=0, ddof=1) / np.sqrt(len(groups))
+
+    err_chains = stderr(by_record.T) if n_ladders > 1 else np.full(n_names, np.nan)
+    err_blocks = stderr(np.array_split(by_record, n_blocks))
+    return ReferencePopulations(
+        fractions([labels])[0], err_chains, err_blocks, np.fmax(err_chains, err_blocks)
+    )
+
+
+def _n_ladders(chain: np.ndarray) -> int:
+    """C of a time-major ``chain`` (frames,); a ValueError saying so where it is not."""
+    n_ladders = int(chain.max()) + 1 if chain.size else 0
+    whole = n_ladders > 0 and chain.size % n_ladders == 0  # every record has every ladder
+    if not (whole and np.array_equal(chain, np.arange(chain.size) % n_ladders)):
+        raise ValueError(
+            "chain: expected time-major frames, frame k C + c being ladder c at record k "
+            "(ladders 0..C-1 at every record, as coarseflow reference writes them)"
+        )
+    return n_ladders
 
 
 class ResidueBasins(NamedTuple):

@@ -14,7 +14,7 @@ from coarseflow.analysis import observables as obs
 from coarseflow.analysis import panel_free_energy as pfe
 from coarseflow.analysis import plots
 from coarseflow.analysis.metrics import histogram_kl_js, normalized_weights
-from coarseflow.analysis.ramachandran import BASIN_SETS, BasinSet, residue_class
+from coarseflow.analysis.ramachandran import BASIN_SETS, BasinSet, backbone_classes
 from coarseflow.analysis.reports import AbstractReport, Panel, States, Variable, is_one
 from coarseflow.targets.molecule import Molecule, selection
 
@@ -82,11 +82,7 @@ class MoleculeReport(AbstractReport):
         glycine, proline or pre-proline (ramachandran.residue_class, from the residue's name and
         the next one's: the residue of psi's last atom)."""
         info = self.target.info
-        top = info.topology
-        return [
-            residue_class(top.atom(int(phi[1])).residue.name, top.atom(int(psi[3])).residue.name)
-            for phi, psi in zip(info.phi_quads, info.psi_quads, strict=True)
-        ]
+        return backbone_classes(info.topology, info.phi_quads, info.psi_quads)
 
     def basin_sets(self) -> list[BasinSet]:
         """The basin set of each (phi, psi) residue."""
@@ -187,9 +183,18 @@ class MoleculeReport(AbstractReport):
 
     def _reference_errors(self, ref: dict, k: int = 0) -> np.ndarray | None:
         """Basin population errors (len(names),) of a ``coarseflow reference`` file for residue
-        k: only for a molecule of one residue whose basins are the file's."""
+        k in its class's basins. With the file's ``chain`` (and n_blocks): from its frames, by
+        the reference's own rule (basin_statistics.reference_populations); without: the file's
+        populations_err, only for a molecule of one residue whose basins are the file's."""
+        basins = self.basin_sets()[k]
+        if "chain" in ref:
+            n_blocks = int(ref.get("n_blocks", bs.N_BLOCKS))
+            stats = bs.reference_populations(
+                basins, ref["phi"][:, k], ref["psi"][:, k], ref["chain"], n_blocks
+            )
+            return stats.err
         names = [str(b) for b in ref.get("basins", ())]
-        if len(self.target.residue_labels) != 1 or names != list(self.basin_sets()[k].names):
+        if len(self.target.residue_labels) != 1 or names != list(basins.names):
             return None
         return np.asarray(ref["populations_err"], dtype=np.float64)
 
@@ -207,8 +212,9 @@ class MoleculeReport(AbstractReport):
         standard error ``basin_<name>_reweighted_err``, metrics.weighted_mean_stderr) for each
         basin of the residue's set and "other" ("/" in names becomes "_"), ``rg_mean_raw``,
         ``rg_mean_reweighted`` (nm). At beta = 1 with a reference file also
-        ``basin_<name>_reference`` (and ``basin_<name>_reference_err`` if the file has
-        populations_err for these basins), ``rg_mean_reference`` (if it has rg),
+        ``basin_<name>_reference`` (and ``basin_<name>_reference_err``, every residue's when
+        the file has ``chain``, else only a one-residue molecule's whose basins are the file's
+        populations_err's: :meth:`_reference_errors`), ``rg_mean_reference`` (if it has rg),
         ``ramachandran_kl_raw`` / ``_reweighted`` = KL(reference || model) and
         ``ramachandran_js_raw`` / ``_reweighted`` (nats) of 64 x 64 (phi, psi) histograms on
         [-pi, pi)^2 with 0.5 pseudo-counts per bin (metrics.histogram_kl_js), plus

@@ -41,6 +41,7 @@ __all__ = [
     "PRE_PROLINE",
     "PROLINE",
     "BasinSet",
+    "backbone_classes",
     "residue_class",
 ]
 
@@ -212,3 +213,15 @@ def residue_class(resname: str, next_resname: str | None = None) -> str:
     if _base_name(next_resname) in _PROLINE:
         return "pre-proline"
     return "general"
+
+
+def backbone_classes(topology, phi_quads, psi_quads) -> list[str]:
+    """The class (:func:`residue_class`) of each (phi, psi) residue of an mdtraj ``topology``;
+    ``phi_quads``, ``psi_quads``: (m, 4) atoms (targets.backbone.phi_psi_indices). The residue
+    is that of phi's N, the next one that of psi's last atom."""
+    return [
+        residue_class(
+            topology.atom(int(phi[1])).residue.name, topology.atom(int(psi[3])).residue.name
+        )
+        for phi, psi in zip(phi_quads, psi_quads, strict=True)
+    ]

@@ -11,7 +11,8 @@ Modules, one job each:
 * ``settings``: :class:`ReferenceSettings` (the [reference] table), the config's tables;
 * ``molecule``: :class:`ReferenceMolecule`, the [target] molecule as an OpenMM System, minimised,
   with its pure-JAX force field and what is recorded of a frame;
-* ``statistics``: basin populations with chain and block errors, the left-half statistics;
+* ``statistics``: every residue's basin populations with chain and block errors (by
+  :func:`coarseflow.analysis.basin_statistics.reference_populations`), the left-half statistics;
 * ``openmm_check``: the same System run by OpenMM's integrator, compared with the JAX run;
 * ``npz``: the reference file, written atomically, read without pickles;
 * ``command``: :func:`run_reference` and ``coarseflow reference`` (:func:`reference_main`).
@@ -22,7 +23,7 @@ from coarseflow.reference.molecule import ReferenceMolecule, openmm_minimise
 from coarseflow.reference.npz import NPZ_KEYS, SHIPPED_REFERENCE, load_reference
 from coarseflow.reference.openmm_check import openmm_check
 from coarseflow.reference.settings import QUICK_SETTINGS, ReferenceSettings
-from coarseflow.reference.statistics import COMPARED, block_mean, population_statistics
+from coarseflow.reference.statistics import COMPARED, block_mean
 
 __all__ = [
     "COMPARED",
@@ -36,7 +37,6 @@ __all__ = [
     "load_reference",
     "openmm_check",
     "openmm_minimise",
-    "population_statistics",
     "reference_main",
     "run_reference",
 ]

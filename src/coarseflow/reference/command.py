@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from coarseflow.analysis.observables import BASINS, basin_labels
+from coarseflow.analysis.basin_statistics import reference_populations
+from coarseflow.analysis.ramachandran import GENERAL
 from coarseflow.errors import ConfigError
 from coarseflow.parallel import check_divisible
 from coarseflow.progress import compiling
@@ -28,7 +29,11 @@ from coarseflow.reference.settings import (
     config_tables,
     settings_from_config,
 )
-from coarseflow.reference.statistics import left_half_statistics, population_statistics
+from coarseflow.reference.statistics import (
+    left_half_statistics,
+    population_record,
+    residue_populations,
+)
 from coarseflow.samplers.replica_exchange import run_replica_exchange, temperature_ladder
 
 
@@ -87,13 +92,15 @@ def run_reference(
     unweighted, as mdtraj.compute_rg); energy (frames,) kJ/mol; chain (frames,) int16 ladder
     index; time_ps (frames,) production time; temperature () K; temperatures (R,) K ladder;
     basins (B+1,) names, "other" last; populations, populations_err, populations_err_chains,
-    populations_err_blocks (B+1,); swap_acceptance (R-1,); wall_time_s, n_energy_evals,
-    evals_per_s, simulated_time_ns (all walkers), n_reverted; cis, inverted (frames,) bool:
-    a peptide bond cis (|omega| < 90 deg), a C-alpha of inverted chirality; settings, target,
-    openmm_check (JSON strings); created (ISO date), machine. Float data are float32.
+    populations_err_blocks (B+1,) of the first phi/psi pair in the general basins (BASINS);
+    swap_acceptance (R-1,); wall_time_s, n_energy_evals, evals_per_s, simulated_time_ns (all
+    walkers), n_reverted; cis, inverted (frames,) bool: a peptide bond cis (|omega| < 90 deg),
+    a C-alpha of inverted chirality; settings, target, openmm_check (JSON strings); created
+    (ISO date), machine. Float data are float32.
 
-    Returns the summary: a JSON-able dict of the scalars, populations and the OpenMM comparison,
-    with a printable table under "table".
+    Returns the summary: a JSON-able dict of the scalars, populations (the npz's) and the OpenMM
+    comparison, "residues" (every phi/psi residue's populations in its class's basins,
+    statistics.residue_populations), with a printable table under "table".
     """
     settings = settings_from_config(config, settings)
     check_divisible(settings.n_chains, mesh, "[reference] n_chains")
@@ -122,9 +129,13 @@ def run_reference(
     m = phi.shape[-1]
     if m == 0:
         raise ConfigError(f"[target] pdb: {mol.pdb_path} has no residue with both phi and psi")
-    # basins: of the first (phi, psi) pair (alanine dipeptide's only one)
-    labels = basin_labels(phi[..., 0], psi[..., 0])
-    pop = population_statistics(labels, settings.n_blocks)
+    frames = n_records * n_chains
+    chain = np.tile(np.arange(n_chains, dtype=np.int16), n_records)  # time-major, as phi / psi
+    phi_f, psi_f = phi.reshape(frames, m), psi.reshape(frames, m)
+    # the npz's populations: the first (phi, psi) pair's (alanine dipeptide's only one) in the
+    # general basins, what its readers expect; every residue's in its own class's: "residues"
+    pop = reference_populations(GENERAL, phi_f[:, 0], psi_f[:, 0], chain, settings.n_blocks)
+    residues = residue_populations(mol, phi_f, psi_f, chain, settings.n_blocks)
     jax_left = left_half_statistics(phi[..., 0], psi[..., 0], energy, rg, settings.n_blocks)
 
     check: dict[str, Any] = {}
@@ -144,8 +155,6 @@ def run_reference(
         check["jax"] = jax_left
         check["comparison"] = compare_with_openmm(jax_left, check["openmm"])
 
-    names = (*BASINS, "other")
-    frames = n_records * n_chains
     dt = settings.time_step_ps
     n_walkers = settings.n_replicas * n_chains
     simulated_ns = n_walkers * (settings.burn_in_steps + settings.n_steps) * dt / 1000.0
@@ -153,10 +162,8 @@ def run_reference(
         "molecule": str(mol.pdb_path.name),
         "temperature": mol.temperature,
         "temperatures": result.temperatures.tolist(),
-        "populations": dict(zip(names, pop["populations"].tolist(), strict=True)),
-        "populations_err": dict(zip(names, pop["err"].tolist(), strict=True)),
-        "populations_err_chains": dict(zip(names, pop["err_chains"].tolist(), strict=True)),
-        "populations_err_blocks": dict(zip(names, pop["err_blocks"].tolist(), strict=True)),
+        **population_record(GENERAL.names, pop),
+        "residues": residues,
         "swap_acceptance": result.swap_acceptance.tolist(),
         "wall_time_s": result.wall_time_s,
         "n_energy_evals": result.n_energy_evals,
@@ -173,28 +180,28 @@ def run_reference(
     }
     summary["table"] = format_summary(summary)
 
-    def flat(a):
-        return a.reshape(frames) if m == 1 else a.reshape(frames, m)
+    def flat(a):  # (frames,) for one residue, as the npz has always stored it
+        return a[:, 0] if m == 1 else a
 
     arrays = {
-        "phi": flat(phi).astype(np.float32),
-        "psi": flat(psi).astype(np.float32),
+        "phi": flat(phi_f).astype(np.float32),
+        "psi": flat(psi_f).astype(np.float32),
         "rg": rg.reshape(frames).astype(np.float32),
         "energy": energy.reshape(frames).astype(np.float32),
         "cis": rec["cis"].reshape(frames).astype(bool),
         "inverted": rec["inverted"].reshape(frames).astype(bool),
-        "chain": np.tile(np.arange(n_chains, dtype=np.int16), n_records),
+        "chain": chain,
         "time_ps": np.repeat(
             (np.arange(1, n_records + 1) * settings.record_every * dt).astype(np.float32),
             n_chains,
         ),
         "temperature": np.float64(mol.temperature),
         "temperatures": result.temperatures,
-        "basins": np.array(names),
-        "populations": pop["populations"],
-        "populations_err": pop["err"],
-        "populations_err_chains": pop["err_chains"],
-        "populations_err_blocks": pop["err_blocks"],
+        "basins": np.array(GENERAL.names),
+        "populations": pop.populations,
+        "populations_err": pop.err,
+        "populations_err_chains": pop.err_chains,
+        "populations_err_blocks": pop.err_blocks,
         "swap_acceptance": result.swap_acceptance.astype(np.float64),
         "wall_time_s": np.float64(result.wall_time_s),
         "n_energy_evals": np.int64(result.n_energy_evals),
@@ -211,21 +218,38 @@ def run_reference(
     return summary
 
 
+def _population_lines(title: str, record: dict) -> list[str]:
+    """``title``, then a row per basin of a population_record: population ± larger standard
+    error (between chains, between blocks)."""
+    lines = [
+        title,
+        f"  {'basin':<10} {'population':>10} {'± err':>8} {'(chains':>8} {'blocks)':>8}",
+    ]
+    for name, p in record["populations"].items():
+        lines.append(
+            f"  {name:<10} {p:>10.4f} {record['populations_err'][name]:>8.4f} "
+            f"{record['populations_err_chains'][name]:>8.4f} "
+            f"{record['populations_err_blocks'][name]:>8.4f}"
+        )
+    return lines
+
+
 def format_summary(summary: dict) -> str:
-    """The summary as a text table: basin populations (± larger standard error), swap
-    acceptance, cost, and the OpenMM comparison when present."""
+    """The summary as a text table: every residue's basin populations (± larger standard
+    error), swap acceptance, cost, and the OpenMM comparison when present."""
     lines = [
         f"reference: {summary['molecule']} at {summary['temperature']:g} K, ladder "
         + ", ".join(f"{t:.0f}" for t in summary["temperatures"])
-        + " K",
-        f"{'basin':<10} {'population':>10} {'± err':>8} {'(chains':>8} {'blocks)':>8}",
+        + " K"
     ]
-    for name, p in summary["populations"].items():
-        lines.append(
-            f"{name:<10} {p:>10.4f} {summary['populations_err'][name]:>8.4f} "
-            f"{summary['populations_err_chains'][name]:>8.4f} "
-            f"{summary['populations_err_blocks'][name]:>8.4f}"
-        )
+    first = summary["residues"][0]
+    # the npz's populations are the first residue's in the general basins: shown apart only
+    # where its own class is another
+    if first["class"] != GENERAL.kind:
+        title = f"{first['residue']} in the general basins (the npz's populations)"
+        lines += _population_lines(title, summary)
+    for r in summary["residues"]:
+        lines += _population_lines(f"{r['residue']} ({r['class']} residue basins)", r)
     lines.append(
         f"frames with a cis peptide bond: {summary['cis_fraction']:.4f}; with an "
         f"inverted C-alpha: {summary['inverted_fraction']:.4f}"

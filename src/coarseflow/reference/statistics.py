@@ -1,19 +1,22 @@
-"""Basin populations with their errors and block means over the left half of the Ramachandran
-plane, of frames recorded at the target temperature (n_records, C chains).
+"""Basin populations with their errors, per residue, and block means over the left half of the
+Ramachandran plane, of frames recorded at the target temperature (n_records, C chains).
 
 Uncertainties. The C chains are C independent replica-exchange simulations (exchanges happen only
 within a chain's own ladder), all started from the same minimised structure and decorrelated by
-the burn-in. A basin population is reported as the mean over all recorded frames of the target
-temperature with two standard errors: between chains (std over the C per-chain populations /
-sqrt(C)) and between ``n_blocks`` contiguous blocks in time (all chains pooled per block); the
-quoted error ``populations_err`` is the larger of the two.
+the burn-in. A basin population is the mean over all recorded frames of the target temperature
+with two standard errors, between chains and between time blocks; the quoted one is the larger
+(:func:`coarseflow.analysis.basin_statistics.reference_populations`, which evaluation uses on
+the file's frames too).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from coarseflow.analysis.basin_statistics import ReferencePopulations, reference_populations
 from coarseflow.analysis.observables import BASINS, basin_labels
+from coarseflow.analysis.ramachandran import BASIN_SETS, backbone_classes
+from coarseflow.targets.backbone import residue_labels
 
 LEFT_BASINS = ("C5", "C7eq/PII", "alpha_R")  # phi < 0 (and the wrapped beta region)
 
@@ -37,30 +40,34 @@ def basin_fractions(labels: np.ndarray) -> np.ndarray:
     return np.bincount(labels, minlength=len(BASINS) + 1) / max(labels.size, 1)
 
 
-def population_statistics(labels: np.ndarray, n_blocks: int) -> dict[str, np.ndarray]:
-    """Basin populations of labels (n_records, C) (one basin label per frame and chain).
-
-    Returns populations (B+1,) over all frames ("other" last) and their standard errors:
-    ``err_chains`` (std over the C chains / sqrt(C); NaN for C = 1), ``err_blocks`` (std over
-    n_blocks contiguous time blocks of all chains / sqrt(n_blocks)) and ``err`` = the larger.
-    """
-    labels = np.asarray(labels)
-    n_records, n_chains = labels.shape
-    pops = basin_fractions(labels)
-    if n_chains > 1:
-        per_chain = np.stack([basin_fractions(labels[:, c]) for c in range(n_chains)])
-        err_chains = per_chain.std(axis=0, ddof=1) / np.sqrt(n_chains)
-    else:
-        err_chains = np.full_like(pops, np.nan)
-    blocks = np.array_split(np.arange(n_records), n_blocks)
-    per_block = np.stack([basin_fractions(labels[b]) for b in blocks])
-    err_blocks = per_block.std(axis=0, ddof=1) / np.sqrt(n_blocks)
-    return {
-        "populations": pops,
-        "err_chains": err_chains,
-        "err_blocks": err_blocks,
-        "err": np.fmax(err_chains, err_blocks),
+def population_record(names, stats: ReferencePopulations) -> dict[str, dict[str, float]]:
+    """The summary's populations, populations_err, populations_err_chains and
+    populations_err_blocks, each name -> value, of ``stats`` over the basin ``names``."""
+    fields = {
+        "populations": stats.populations,
+        "populations_err": stats.err,
+        "populations_err_chains": stats.err_chains,
+        "populations_err_blocks": stats.err_blocks,
     }
+    return {key: dict(zip(names, v.tolist(), strict=True)) for key, v in fields.items()}
+
+
+def residue_populations(mol, phi, psi, chain, n_blocks: int) -> list[dict]:
+    """Every (phi, psi) residue's populations in its class's basins (ramachandran.BASIN_SETS),
+    one record each: residue (its label, "ALA2"), class and :func:`population_record`'s keys.
+
+    ``mol``: the ReferenceMolecule (its topology names the residues); ``phi``, ``psi``:
+    (frames, m) rad, time-major; ``chain``: (frames,) each frame's ladder.
+    """
+    top = mol.mdtraj_topology
+    labels = residue_labels(top, mol.phi_atoms)
+    classes = backbone_classes(top, mol.phi_atoms, mol.psi_atoms)
+    out = []
+    for k, (label, kind) in enumerate(zip(labels, classes, strict=True)):
+        basins = BASIN_SETS[kind]
+        stats = reference_populations(basins, phi[:, k], psi[:, k], chain, n_blocks)
+        out.append({"residue": label, "class": kind, **population_record(basins.names, stats)})
+    return out
 
 
 def block_mean(values: np.ndarray, mask: np.ndarray, n_blocks: int) -> tuple[float, float]:

@@ -29,3 +29,10 @@ def phi_psi_indices(topology) -> tuple[np.ndarray, np.ndarray]:
                 phi.append((prev["C"], cur["N"], cur["CA"], cur["C"]))
                 psi.append((cur["N"], cur["CA"], cur["C"], nxt["N"]))
     return np.asarray(phi, np.int64).reshape(-1, 4), np.asarray(psi, np.int64).reshape(-1, 4)
+
+
+def residue_labels(topology, phi_quads) -> tuple[str, ...]:
+    """The label (residue name + number, "ALA2") of each (phi, psi) residue of an mdtraj
+    ``topology``: the residue of phi's N; ``phi_quads`` (m, 4) from :func:`phi_psi_indices`."""
+    residues = (topology.atom(int(q[1])).residue for q in phi_quads)
+    return tuple(f"{r.name}{r.resSeq}" for r in residues)

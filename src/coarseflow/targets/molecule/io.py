@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import mdtraj
@@ -41,7 +42,9 @@ def load_reference(reference: str, n_residues: int) -> dict[str, np.ndarray]:
     ``reference``: a path to an .npz, or a built-in molecule's name (its shipped reference).
     Returns read-only arrays: phi, psi (frames, n_residues) radians; rg (frames,) nm if the
     file has it; basins (names) and populations_err (len(basins),) if the file has both, as
-    ``coarseflow reference`` writes them.
+    ``coarseflow reference`` writes them; chain (frames,) int64, each frame's ladder, if the file
+    has it, with n_blocks () if its ``settings`` JSON names one (the reference's errors of every
+    residue come from these: analysis.basin_statistics.reference_populations).
     """
     where = f"[target] reference '{reference}'"
     if not isinstance(reference, str) or not reference:
@@ -81,6 +84,30 @@ def load_reference(reference: str, n_residues: int) -> dict[str, np.ndarray]:
         err = np.asarray(arrays["populations_err"], dtype=np.float64).reshape(-1)
         if err.shape == names.shape:
             out["basins"], out["populations_err"] = names, err
+    if "chain" in arrays:
+        out |= _ladders(arrays, len(out["phi"]), where)
     for a in out.values():
         a.setflags(write=False)  # shared by every copy of the Molecule's static record
+    return out
+
+
+def _ladders(arrays: dict, n_frames: int, where: str) -> dict[str, np.ndarray]:
+    """chain (n_frames,) int64 of a reference file's arrays, and n_blocks () where its
+    settings JSON names it."""
+    chain = np.asarray(arrays["chain"])
+    if chain.shape != (n_frames,) or not np.issubdtype(chain.dtype, np.integer):
+        raise ConfigError(
+            f"{where}: chain has shape {chain.shape} and dtype {chain.dtype}; expected "
+            f"({n_frames},) integers, each frame's ladder"
+        )
+    out = {"chain": chain.astype(np.int64)}
+    try:
+        settings = json.loads(str(arrays["settings"])) if "settings" in arrays else {}
+    except ValueError:
+        raise ConfigError(f"{where}: settings is not a JSON string") from None
+    n_blocks = settings.get("n_blocks") if isinstance(settings, dict) else None
+    if n_blocks is not None:
+        if isinstance(n_blocks, bool) or not isinstance(n_blocks, int) or n_blocks < 2:
+            raise ConfigError(f"{where}: settings n_blocks: expected an integer >= 2")
+        out["n_blocks"] = np.asarray(n_blocks, np.int64)
     return out

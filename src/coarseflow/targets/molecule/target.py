@@ -127,7 +127,8 @@ class Molecule(AbstractTarget):
         box_margin: half-width (nm) of the flow's Cartesian box around the reference CG
             coordinates (used only when the CG atoms have no Z-matrix; see x_bounds).
         reference: optional .npz with ``phi``, ``psi`` (radians, (frames,) or (frames, m)) and
-            optional ``rg`` (nm), ``basins`` + ``populations_err`` at ``temperature`` (as
+            optional ``rg`` (nm), ``basins`` + ``populations_err``, ``chain`` (+ ``settings``
+            with n_blocks: every residue's reference errors) at ``temperature`` (as
             ``coarseflow reference`` writes it; a built-in name such as "alanine_dipeptide"
             means the shipped ``data/<name>_reference.npz``); evaluation then compares the
             beta = 1 model with it.

@@ -16,7 +16,7 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import shortest_path
 
 from coarseflow.errors import ConfigError
-from coarseflow.targets.backbone import phi_psi_indices
+from coarseflow.targets.backbone import phi_psi_indices, residue_labels
 
 
 def select_cg_atoms(topology, selection: str, n_atoms: int) -> np.ndarray:
@@ -218,7 +218,6 @@ class MoleculeInfo:
     ) -> MoleculeInfo:
         """The record of an mdtraj ``topology`` and the selections made on it."""
         phi_q, psi_q = phi_psi_indices(topology)
-        residues = [topology.atom(int(q[1])).residue for q in phi_q]
         heavy = [a.index for a in topology.atoms if a.element is None or a.element.symbol != "H"]
         return cls(
             pdb_path=pdb_path,
@@ -227,7 +226,7 @@ class MoleculeInfo:
             heavy_atoms=_ints(heavy),
             phi_quads=_ints(phi_q),
             psi_quads=_ints(psi_q),
-            residue_labels=tuple(f"{r.name}{r.resSeq}" for r in residues),
+            residue_labels=residue_labels(topology, phi_q),
             rotors=rotors,
             reference_positions=tuple(tuple(float(v) for v in p) for p in reference_positions),
             reference_path=reference_path,
