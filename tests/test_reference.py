@@ -331,6 +331,14 @@ def test_short_peptide_run_has_every_residues_populations(tmp_path, monkeypatch)
     ):
         assert title in table
     assert "beta_PR" in table
+    # an OpenMM check of several residues is said to be a trajectory's, not the force field's
+    from coarseflow.reference.command import MANY_RESIDUES_CHECK, format_summary
+
+    c = {"jax": 1.0, "jax_err": 0.1, "openmm": 2.0, "openmm_err": 0.1, "z": 7.1}
+    check = {"n_steps": 100, "steps_per_s": 10.0, "comparison": {"rg": c}}
+    assert MANY_RESIDUES_CHECK in format_summary({**summary, "openmm_check": check})
+    one = {**summary, "openmm_check": check, "residues": summary["residues"][:1]}
+    assert "z = +7.10" in format_summary(one) and MANY_RESIDUES_CHECK not in format_summary(one)
 
 
 def test_reference_reads_the_field_alanine_dipeptide():

@@ -274,7 +274,16 @@ def format_summary(summary: dict) -> str:
                 f"  {name:<20} JAX {c['jax']:.4f} ± {c['jax_err']:.4f}   OpenMM "
                 f"{c['openmm']:.4f} ± {c['openmm_err']:.4f}   z = {c['z']:+.2f}"
             )
+        if len(summary["residues"]) > 1:
+            lines.append(MANY_RESIDUES_CHECK)
     return "\n".join(lines)
+
+
+MANY_RESIDUES_CHECK = (
+    "  (several residues: one OpenMM trajectory stays in its start's states of the other "
+    "residues, on which these statistics also depend, so a large z here says that the "
+    "trajectory is trapped, not that the force fields differ; docs/reference.md)"
+)
 
 
 def reference_main(
