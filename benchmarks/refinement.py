@@ -9,15 +9,14 @@ densities), K > 0 the refinement (``[prediction] refine_steps = K``, ``coarseflo
 MALA steps per sample, each weight unbiased for Z). Several ``--draws`` (independent sets of
 samples, the same keys for every K) give the spread of the ESS fraction and of log Z, which on a
 few thousand weights is itself noisy. Energy evaluations per sample are those the refinement
-counts (its pilot included, spread over the samples); the run's training evaluations are read
-from its metrics.jsonl, so the last column is what the whole estimate cost at 20,000 samples.
+counts (its pilot included, spread over the samples); the run's training evaluations are its
+last checkpoint's count, so the last column is what the whole estimate cost at 20,000 samples.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import time
 from pathlib import Path
 
@@ -28,12 +27,6 @@ from coarseflow.analysis.metrics import ess_fraction, pareto_k
 from coarseflow.predict.draw import draw_samples, log_partition_estimate
 from coarseflow.predict.refine import refine
 from coarseflow.workflow import load_run
-
-
-def training_evals(run: Path) -> int:
-    """The energy evaluations the run's training made: metrics.jsonl's last cumulative count."""
-    last = (run / "metrics.jsonl").read_text().splitlines()[-1]
-    return int(json.loads(last)["energy_evals"])
 
 
 def one_set(loaded, steps: int, seed: int, n: int) -> dict:
@@ -72,7 +65,7 @@ def main(argv=None) -> list[dict]:
     loaded = load_run(args.run)
     if loaded.conditional is None:
         raise SystemExit(f"{args.run}: needs a run with a learned [conditional]")
-    trained = training_evals(args.run)
+    trained = int(loaded.meta["energy_evals"])  # the checkpoint's count: updates and ladder
     rows = []
     for steps in args.steps:
         sets = [one_set(loaded, steps, seed, args.n) for seed in args.draws]
