@@ -21,9 +21,8 @@ class PredictionSettings:
     model one samples, is evaluated with ``n_samples``.
     ``refine_steps`` > 0 (a learned conditional only):
     :func:`~coarseflow.predict.refine.refine` the samples by AIS from q toward p_beta in that
-    many MALA steps per sample, in q's latent space, with the step size
-    nearest 60 % acceptance among ``refine_step_size`` x 2^(-3 ... 2) (a pilot of 256 paths
-    each).
+    many MALA steps per sample, in q's latent space, with the step size at 60 % acceptance,
+    interpolated between the pilot's ``refine_step_size`` x 2^(-3 ... 2) (256 paths each).
     """
 
     n_samples: int = 10000
