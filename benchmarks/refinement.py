@@ -1,16 +1,19 @@
 """How far does the AIS refinement lift a learned model's ESS, and at what cost? Prints a table.
 
-    python benchmarks/refinement.py RUN [--steps 0 10 30 100] [--draws 0 1 2] [-n 5000]
+    python benchmarks/refinement.py RUN [--steps 0 10 30 100] [--leapfrog 1] [--draws 0 1 2]
+        [-n 5000]
 
 From the newest checkpoint of a trained run with a learned q(Y|X) (its beta, normally 1), each
 ``--steps`` K draws ``-n`` samples: K = 0 the one-shot model (X ~ q(X), Y ~ q(Y|X), exact
 densities), K > 0 the refinement (``[prediction] refine_steps = K``, ``coarseflow evaluate
 --refine-steps K``: annealed importance sampling from q toward p_beta in q's latent space, K
-MALA steps per sample, each weight unbiased for Z). Several ``--draws`` (independent sets of
-samples, the same keys for every K) give the spread of the ESS fraction and of log Z, which on a
-few thousand weights is itself noisy. Energy evaluations per sample are those the refinement
-counts (its pilot included, spread over the samples); the run's training evaluations are its
-last checkpoint's count, so the last column is what the whole estimate cost at 20,000 samples.
+MALA steps per sample, each weight unbiased for Z); each ``--leapfrog`` L > 1 adds rows with HMC
+steps of L leapfrog steps instead (``refine_leapfrog = L``, K x L evaluations per path). Several
+``--draws`` (independent sets of samples, the same keys for every K) give the spread of the ESS
+fraction and of log Z, which on a few thousand weights is itself noisy. Energy evaluations per
+sample are those the refinement counts (its pilot included, spread over the samples); the run's
+training evaluations are its last checkpoint's count, so the last column is what the whole
+estimate cost at 20,000 samples.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from coarseflow.predict.refine import refine
 from coarseflow.workflow import load_run
 
 
-def one_set(loaded, steps: int, seed: int, n: int) -> dict:
+def one_set(loaded, steps: int, seed: int, n: int, leapfrog: int = 1) -> dict:
     """ESS fraction, Pareto k, log Z, acceptance and evaluations per sample of one draw set."""
     config, target, flow, conditional, meta = loaded
     key = jr.key(1000 + seed)
@@ -40,7 +43,9 @@ def one_set(loaded, steps: int, seed: int, n: int) -> dict:
         )
         acceptance, evals = float("nan"), 1.0  # one energy per sample (its weight)
     else:
-        settings = dataclasses.replace(config.prediction, refine_steps=steps)
+        settings = dataclasses.replace(
+            config.prediction, refine_steps=steps, refine_leapfrog=leapfrog
+        )
         samples, info = refine(key, target, flow, conditional, meta["beta"], settings, n=n)
         acceptance, evals = info["refine_acceptance"], info["refine_energy_evals"] / n
     log_w = np.asarray(samples.log_weights)
@@ -58,6 +63,7 @@ def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path)
     parser.add_argument("--steps", type=int, nargs="+", default=[0, 10, 30, 100])
+    parser.add_argument("--leapfrog", type=int, nargs="+", default=[1])
     parser.add_argument("--draws", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("-n", type=int, default=5000, help="samples per draw set")
     args = parser.parse_args(argv)
@@ -67,9 +73,10 @@ def main(argv=None) -> list[dict]:
         raise SystemExit(f"{args.run}: needs a run with a learned [conditional]")
     trained = int(loaded.meta["energy_evals"])  # the checkpoint's count: updates and ladder
     rows = []
-    for steps in args.steps:
-        sets = [one_set(loaded, steps, seed, args.n) for seed in args.draws]
-        row = {"steps": steps, "sets": sets}
+    pairs = [(k, L) for k in args.steps for L in args.leapfrog if k > 0 or L == args.leapfrog[0]]
+    for steps, leapfrog in pairs:
+        sets = [one_set(loaded, steps, seed, args.n, leapfrog) for seed in args.draws]
+        row = {"steps": steps, "leapfrog": leapfrog, "sets": sets}
         for name in ("ess", "k", "log_Z", "acceptance", "evals_per_sample", "seconds"):
             values = np.array([s[name] for s in sets])
             row[name] = float(values.mean())
@@ -77,7 +84,7 @@ def main(argv=None) -> list[dict]:
         rows.append(row)
         each = ", ".join(f"{s['ess']:.3f} (k {s['k']:.2f})" for s in sets)
         print(
-            f"  K = {steps}: ESS {row['ess']:.3f} ± {row['ess_sd']:.3f} [{each}], "
+            f"  K = {steps}, L = {leapfrog}: ESS {row['ess']:.3f} ± {row['ess_sd']:.3f} [{each}], "
             f"log Z {row['log_Z']:.3f} ± {row['log_Z_sd']:.3f} ({row['seconds']:.0f} s a set)",
             flush=True,
         )
@@ -86,17 +93,17 @@ def main(argv=None) -> list[dict]:
         f"over draw sets {args.draws}; training: {trained:,} energy evaluations\n"
     )
     print(
-        "| refine steps K | ESS fraction | Pareto k | log Z | MALA acceptance | evals per sample "
-        "| training + 20,000 samples |"
+        "| refine steps K | leapfrog L | ESS fraction | Pareto k | log Z | acceptance "
+        "| evals per sample | training + 20,000 samples |"
     )
-    print("|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         total = trained + 20_000 * r["evals_per_sample"]
         acc = "-" if r["steps"] == 0 else f"{r['acceptance']:.2f}"
         print(
-            f"| {r['steps']} | {r['ess']:.3f} ± {r['ess_sd']:.3f} | {r['k']:.2f} | "
-            f"{r['log_Z']:.3f} ± {r['log_Z_sd']:.3f} | {acc} | {r['evals_per_sample']:.1f} | "
-            f"{total:.3g} |"
+            f"| {r['steps']} | {r['leapfrog']} | {r['ess']:.3f} ± {r['ess_sd']:.3f} | "
+            f"{r['k']:.2f} | {r['log_Z']:.3f} ± {r['log_Z_sd']:.3f} | {acc} | "
+            f"{r['evals_per_sample']:.1f} | {total:.3g} |"
         )
     return rows
 

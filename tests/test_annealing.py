@@ -10,11 +10,11 @@ from scipy import integrate
 from coarseflow.samplers.annealing import annealed_importance
 
 
-def _run(log_gamma, d, n_steps, step_size, n=4000, seed=0):
-    keys = jr.split(jr.key(seed), n)
-    out = jax.jit(jax.vmap(lambda k: annealed_importance(k, log_gamma, d, n_steps, step_size)))(
-        keys
-    )
+def _run(log_gamma, d, n_steps, step_size, n=4000, seed=0, n_leapfrog=1):
+    def one(k):
+        return annealed_importance(k, log_gamma, d, n_steps, step_size, n_leapfrog=n_leapfrog)
+
+    out = jax.jit(jax.vmap(one))(jr.split(jr.key(seed), n))
     return np.asarray(out.z), np.asarray(out.log_weight), np.asarray(out.acceptance)
 
 
@@ -41,11 +41,11 @@ def _quartic_exact(d):
     return d * np.log(one), mean_s2
 
 
-@pytest.mark.parametrize("n_steps", [0, 10, 60])
-def test_unbiased_normalising_constant_and_moments(n_steps):
+@pytest.mark.parametrize("n_steps, n_leapfrog", [(0, 1), (10, 1), (60, 1), (10, 4)])
+def test_unbiased_normalising_constant_and_moments(n_steps, n_leapfrog):
     d = 3
     log_z, mean_s2 = _quartic_exact(d)
-    z, lw, _ = _run(_quartic, d, n_steps, 0.6, n=8000)
+    z, lw, _ = _run(_quartic, d, n_steps, 0.6, n=8000, n_leapfrog=n_leapfrog)
     w = np.exp(lw - log_z)
     # E[w] = 1 exactly; compare within 5 standard errors
     assert abs(np.mean(w) - 1.0) < 5 * np.std(w) / np.sqrt(len(w))
@@ -59,6 +59,8 @@ def test_unbiased_normalising_constant_and_moments(n_steps):
 def test_variance_of_the_log_weight_falls_as_the_path_lengthens():
     stds = [np.std(_run(_quartic, 4, k, 0.6, n=2000)[1]) for k in (0, 10, 100)]
     assert stds[0] > 2 * stds[1] > 0 and stds[1] > 2 * stds[2]
+    # HMC's leapfrog steps carry a path further than MALA's single step at each temperature
+    assert np.std(_run(_quartic, 4, 10, 0.6, n=2000, n_leapfrog=4)[1]) < stds[1]
 
 
 def test_a_start_outside_the_support_has_zero_weight():

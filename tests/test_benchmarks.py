@@ -193,8 +193,9 @@ def test_parameter_average_weights_are_exact_for_an_exact_conditional():
 
 
 def test_refinement_sets_are_unbiased_for_z_and_count_their_evaluations():
-    """refinement's one-shot (K = 0) and refined (K = 4) draw sets on a wide mixture (Z = 1 at
-    beta = 1; its exact q(Y|X) and an untrained q(X): ESS about 0.8, 0.89 refined): log Z
+    """refinement's one-shot (K = 0) and refined (K = 4, MALA and HMC) draw sets on a wide
+    mixture (Z = 1 at beta = 1; its exact q(Y|X) and an untrained q(X): ESS about 0.8, 0.89
+    refined): log Z
     within 4 standard errors of 0, and the refinement's evaluations per sample are its paths'
     (pilot included) over the samples."""
     from types import SimpleNamespace
@@ -226,6 +227,9 @@ def test_refinement_sets_are_unbiased_for_z_and_count_their_evaluations():
     assert one_set(loaded, 0, 1, 4000)["evals_per_sample"] == 1.0
     assert result["evals_per_sample"] == (6 * _PILOT_PATHS + 4000) * (4 + 2) / 4000
     assert 0.0 < result["acceptance"] < 1.0
+    hmc = one_set(loaded, 4, 0, 4000, leapfrog=3)  # HMC steps of 3 leapfrog steps
+    assert abs(hmc["log_Z"]) < 4 * np.sqrt((1.0 / hmc["ess"] - 1.0) / 4000), hmc
+    assert hmc["evals_per_sample"] == (6 * _PILOT_PATHS + 4000) * (4 * 3 + 2) / 4000
 
 
 def wrapped(angles):

@@ -11,6 +11,7 @@ import pytest
 
 from coarseflow.samplers.annealing import anneal
 from coarseflow.samplers.kernels import baoab_kernel, mala_kernel
+from coarseflow.samplers.langevin import MALAState, hmc_step, mala_step
 from coarseflow.samplers.molecular_dynamics import baoab_step, md_init
 
 RTOL = 1e-10
@@ -214,3 +215,27 @@ def test_anneal_reproduces_its_old_mala():
     np.testing.assert_allclose(new.log_weight, log_w, rtol=RTOL)
     np.testing.assert_allclose(new.acceptance, acc, rtol=RTOL)
     assert np.all((0.2 < acc) & (acc < 1.0))
+
+
+def test_hmc_with_one_leapfrog_step_is_mala():
+    """The same key gives MALA's proposal and test (identity mass), through a density with a
+    hole (non-finite log pi for z_0 > 1.2) so that rejections are exercised too."""
+
+    def evaluate(z):
+        value, grad = jax.value_and_grad(
+            lambda z: -jnp.sum((z - jnp.array([1.0, -0.5])) ** 2 / jnp.array([0.3, 2.0]))
+        )(z)
+        value = jnp.where(z[0] > 1.2, -jnp.inf, value)
+        return MALAState(z, value, grad, value)
+
+    def both(key, z):
+        state = evaluate(z)
+        return mala_step(key, state, evaluate, 0.7), hmc_step(key, state, evaluate, 0.7, 1)
+
+    keys = jax.random.split(jax.random.key(3), 64)
+    z0 = 0.5 * jax.vmap(lambda k: jax.random.normal(jax.random.fold_in(k, 1), (2,)))(keys)
+    (mala, acc_mala), (hmc, acc_hmc) = jax.jit(jax.vmap(both))(keys, z0)
+    np.testing.assert_allclose(hmc.z, mala.z, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(acc_hmc, acc_mala, rtol=1e-10, atol=1e-12)
+    moved = np.any(np.asarray(mala.z) != np.asarray(z0), axis=1)
+    assert 0.2 < moved.mean() < 1.0  # accepted and rejected proposals both occur

@@ -85,7 +85,16 @@ TOWARD = ("p2/q", "p")
 
 
 def latent_ais(
-    flow, conditional, key, target, beta, n: int, n_steps: int, step_size: float, toward: str
+    flow,
+    conditional,
+    key,
+    target,
+    beta,
+    n: int,
+    n_steps: int,
+    step_size: float,
+    toward: str,
+    n_leapfrog: int = 1,
 ) -> FabBatch:
     """``n`` AIS paths in q's latent space from q(X) q(Y|X) toward ``toward``: "p2/q" (fab's
     g of the module docstring; called outside the gradient, the loss holds the end points
@@ -93,7 +102,8 @@ def latent_ais(
     exactly (p / q is the same for every relabeling of a draw): the weights are then unbiased
     for Z and the end points x = T(u), self-normalised, estimate any observable that the
     relabelings leave unchanged (prediction's refinement,
-    :func:`coarseflow.predict.refine.refine`)."""
+    :func:`coarseflow.predict.refine.refine`). ``n_leapfrog`` > 1: HMC steps of that many
+    leapfrog steps instead of MALA (:func:`~coarseflow.samplers.annealing.anneal`)."""
     if toward not in TOWARD:
         raise ValueError(f"toward: expected one of {TOWARD}, got {toward!r}")
     n_x, n_y = target.partition.n_x, target.partition.n_y
@@ -114,7 +124,7 @@ def latent_ais(
     k_z, k_eps, k_path = jr.split(key, 3)
     z0 = flow.base_dist.sample(k_z, (n,))
     u0 = jnp.concatenate([z0, jr.normal(k_eps, (n, n_y), z0.dtype)], -1)
-    out = jax.vmap(lambda k, u: anneal(k, log_base, log_gamma, u, n_steps, step_size))(
+    out = jax.vmap(lambda k, u: anneal(k, log_base, log_gamma, u, n_steps, step_size, n_leapfrog))(
         jr.split(k_path, n), u0
     )
     X, Y, _, log_q, valid = jax.vmap(lambda u: _latent(flow, conditional, target, beta, u))(out.z)
@@ -129,7 +139,7 @@ def latent_ais(
         out.acceptance,
         start_log_w,
         start_u,
-        jnp.asarray(n * (n_steps + 1)),
+        jnp.asarray(n * (n_steps * n_leapfrog + 1)),
     )
 
 

@@ -1,6 +1,6 @@
 """A learned model's samples refined: annealed importance sampling from q(X) q(Y|X) toward
-p_beta in q's latent space (:func:`coarseflow.fab.latent_ais`), its MALA step size chosen by
-a pilot."""
+p_beta in q's latent space (:func:`coarseflow.fab.latent_ais`), its MALA (or HMC) step size
+chosen by a pilot."""
 
 from __future__ import annotations
 
@@ -18,12 +18,14 @@ from coarseflow.predict.settings import PredictionSettings
 from coarseflow.progress import Progress
 from coarseflow.targets.base import AbstractTarget
 
-REFINE_ACCEPTANCE = 0.6  # MALA's optimal acceptance is about 0.57 in high dimension
+REFINE_ACCEPTANCE = 0.6  # optimal in high dimension: about 0.57 for MALA, 0.65 for HMC
 _PILOT_PATHS = 256
 
 
 @eqx.filter_jit
-def _refine_batch(flow, conditional, target, key, beta, n: int, n_steps: int, step_size, mesh):
+def _refine_batch(
+    flow, conditional, target, key, beta, n: int, n_steps: int, n_leapfrog: int, step_size, mesh
+):
     from coarseflow.fab import latent_ais
 
     batch = latent_ais(
@@ -36,6 +38,7 @@ def _refine_batch(flow, conditional, target, key, beta, n: int, n_steps: int, st
         n_steps=n_steps,
         step_size=step_size,
         toward="p",
+        n_leapfrog=n_leapfrog,
     )
     # the end point, relabeled at random: p is the same for every relabeling
     perms = jnp.asarray(conditional.relabelings)
@@ -82,12 +85,14 @@ def refine(
 ) -> tuple[Samples, dict]:
     """N = ``n`` (default settings.n_samples) samples of p_beta by annealed importance sampling
     from q(X) q(Y|X) (a learned conditional) in q's latent space, ``settings.refine_steps``
-    MALA steps per sample (:func:`coarseflow.fab.latent_ais` toward "p"). Each weight is
+    MALA steps per sample, or HMC steps of ``settings.refine_leapfrog`` leapfrog steps
+    (:func:`coarseflow.fab.latent_ais` toward "p"). Each weight is
     unbiased for Z(beta), whatever the step size; the steps only lower their variance.
 
     Returns (Samples, info): log_q is the density the AIS weight implies, -beta u - log w
     (as for ``ais``), ais_acceptance each path's; info has ``refine_steps``,
-    ``refine_step_size`` (chosen by a pilot, see PredictionSettings), ``refine_acceptance``
+    ``refine_leapfrog``, ``refine_step_size`` (chosen by a pilot, see PredictionSettings),
+    ``refine_acceptance``
     and ``refine_energy_evals`` (pilot included). ``batch``, ``progress``, ``mesh``: as
     :func:`~coarseflow.predict.draw.draw_samples`'s (each batch's paths split over the mesh).
     """
@@ -102,7 +107,7 @@ def refine(
     rows = batch_rows(n, settings, batch)
     check_divisible(rows, mesh, "rows per batch (min([prediction] batch_size, n))")
     progress = Progress(n, "refine", show=False) if progress is None else progress
-    steps = settings.refine_steps
+    steps, leapfrog = settings.refine_steps, settings.refine_leapfrog
     beta = jnp.asarray(beta)
     k_pilot, key = jr.split(key)
     candidates = settings.refine_step_size * 2.0 ** np.arange(-3, 3)
@@ -118,6 +123,7 @@ def refine(
                         beta,
                         _PILOT_PATHS,
                         steps,
+                        leapfrog,
                         jnp.asarray(h),
                         mesh,
                     )[-1]
@@ -137,18 +143,20 @@ def refine(
             beta,
             rows,
             steps,
+            leapfrog,
             jnp.asarray(np.float64(step)),  # typed as the pilot's: one compilation
             mesh,
         ),
         progress,
         "the refinement",
     )
-    # each path (pilot ones and the last batch's padding too): steps + 1 evaluations with
-    # gradient, and its end's energy
+    # each path (pilot ones and the last batch's padding too): steps x leapfrog + 1
+    # evaluations with gradient, and its end's energy
     drawn = -(-n // rows) * rows
-    evals = (len(candidates) * _PILOT_PATHS + drawn) * (steps + 2)
+    evals = (len(candidates) * _PILOT_PATHS + drawn) * (steps * leapfrog + 2)
     info = {
         "refine_steps": steps,
+        "refine_leapfrog": leapfrog,
         "refine_step_size": step,
         "refine_acceptance": float(np.mean(acceptance)),
         "refine_energy_evals": int(evals),

@@ -23,6 +23,8 @@ class PredictionSettings:
     :func:`~coarseflow.predict.refine.refine` the samples by AIS from q toward p_beta in that
     many MALA steps per sample, in q's latent space, with the step size at 60 % acceptance,
     interpolated between the pilot's ``refine_step_size`` x 2^(-3 ... 2) (256 paths each).
+    ``refine_leapfrog`` > 1: each step is an HMC step of that many leapfrog steps instead of
+    one MALA step (refine_steps x refine_leapfrog evaluations per sample).
     """
 
     n_samples: int = 10000
@@ -37,12 +39,13 @@ class PredictionSettings:
     batch_size: int = 1000
     refine_steps: int = 0
     refine_step_size: float = 0.2
+    refine_leapfrog: int = 1
 
     def __post_init__(self):
         from coarseflow import checks
 
         checks.choice("[prediction] conditional", self.conditional, _CONDITIONALS)
-        for name in ("n_samples", "batch_size", "ais_paths"):
+        for name in ("n_samples", "batch_size", "ais_paths", "refine_leapfrog"):
             checks.integer(f"[prediction] {name}", getattr(self, name), 1)
         if self.ladder_samples is not None:
             checks.integer("[prediction] ladder_samples", self.ladder_samples, 1)

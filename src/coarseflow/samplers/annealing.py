@@ -6,7 +6,9 @@ k = 0 ... K. z_0 ~ q0; at each k = 1 ... K the log-weight gains
     (t_k - t_{k-1}) * (log gamma(z_{k-1}) - log q0(z_{k-1}))
 
 and z_k is one MALA step (:func:`coarseflow.samplers.langevin.mala_step`, identity mass
-matrix, step ``step_size``) that leaves pi_{t_k} invariant. Then E[exp(log w)] = ∫ gamma
+matrix, step ``step_size``) that leaves pi_{t_k} invariant, or with ``n_leapfrog`` L > 1 one
+HMC step of L leapfrog steps (:func:`coarseflow.samplers.langevin.hmc_step`), which moves
+further per evaluation. Then E[exp(log w)] = ∫ gamma
 exactly (for any K, any step size), and (z_K, w) is a properly weighted sample of
 gamma / ∫ gamma: E[w f(z_K)] = ∫ gamma f. K = 0 is plain importance sampling from q0.
 :func:`annealed_importance` starts from N(0, I) (``predict`` whitens Y|X by its Laplace fit, so
@@ -23,7 +25,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, PRNGKeyArray
 
-from coarseflow.samplers.langevin import MALAState, mala_step
+from coarseflow.samplers.langevin import MALAState, hmc_step, mala_step
 
 
 class Annealed(NamedTuple):
@@ -49,15 +51,19 @@ def annealed_importance(
     n_steps: int,
     step_size: float,
     dtype=jnp.float64,
+    n_leapfrog: int = 1,
 ) -> Annealed:
-    """AIS from N(0, I_d) to ``log_gamma`` (one z (d,) -> scalar) in ``n_steps`` MALA steps.
+    """AIS from N(0, I_d) to ``log_gamma`` (one z (d,) -> scalar) in ``n_steps`` MALA steps
+    (or HMC steps of ``n_leapfrog`` leapfrog steps, as :func:`anneal`).
 
     A non-finite log gamma or gradient at a proposal rejects it; at z_0 it makes the weight
     zero (log_weight = -inf).
     """
     key0, key_path = jax.random.split(key)
     z0 = jax.random.normal(key0, (d,), dtype)
-    return anneal(key_path, _log_normal, lambda z: (log_gamma(z), ()), z0, n_steps, step_size)
+    return anneal(
+        key_path, _log_normal, lambda z: (log_gamma(z), ()), z0, n_steps, step_size, n_leapfrog
+    )
 
 
 def anneal(
@@ -67,9 +73,11 @@ def anneal(
     z0: Array,
     n_steps: int,
     step_size: float,
+    n_leapfrog: int = 1,
 ) -> Annealed:
     """AIS from the base q0 (``log_base``: normalised, z (d,) -> scalar) to ``log_gamma``
-    (z -> (value, aux)), starting at z0 (d,) ~ q0, in ``n_steps`` MALA steps.
+    (z -> (value, aux)), starting at z0 (d,) ~ q0, in ``n_steps`` MALA steps (``n_leapfrog``
+    = 1) or HMC steps of ``n_leapfrog`` leapfrog steps: n_steps * n_leapfrog + 1 evaluations.
 
     A proposal where log q0, log gamma or a gradient is not finite is rejected; a start where
     log gamma is not finite has weight zero (log_weight = -inf). ``aux`` at z0 is returned.
@@ -111,9 +119,12 @@ def anneal(
         z, lg, lb, g, gb, log_w = carry
         t_prev, t, k = inputs
         log_w = log_w + (t - t_prev) * (lg - lb)
-        state, p_accept = mala_step(
-            k, at(t, z, lg, lb, g, gb), lambda z: at(t, z, *evaluate(z)), step_size
-        )
+        state = at(t, z, lg, lb, g, gb)
+        under_t = lambda z: at(t, z, *evaluate(z))  # noqa: E731
+        if n_leapfrog == 1:
+            state, p_accept = mala_step(k, state, under_t, step_size)
+        else:
+            state, p_accept = hmc_step(k, state, under_t, step_size, n_leapfrog)
         return (state.z, *state.aux, log_w), p_accept
 
     t = jnp.linspace(0.0, 1.0, n_steps + 1, dtype=dtype)
