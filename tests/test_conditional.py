@@ -269,7 +269,7 @@ def test_a_joint_run_resumes_exactly_and_samples_with_its_conditional(
         main(["evaluate", str(tmp_path / "full"), "--quiet", "-n", "256", "--refine-steps", "2"])
         == 0
     )
-    assert "refined by AIS toward p (2 steps" in capsys.readouterr().out
+    assert "refined by AIS toward p (2 MALA steps" in capsys.readouterr().out
     summary = json.loads((tmp_path / "full" / "summary.json").read_text())
     assert summary["final"]["refined"]["refine_energy_evals"] == (6 * 256 + 256) * 4
 

@@ -36,8 +36,11 @@ def _print_summary(summary: dict) -> None:
         print(f"  {warning}")
     if "refined" in final:
         r = final["refined"]
+        leapfrog = r.get("refine_leapfrog", 1)  # runs evaluated before HMC steps lack it
+        kind = "MALA" if leapfrog == 1 else f"HMC ({leapfrog} leapfrog)"
         print(
-            f"refined by AIS toward p ({r['refine_steps']} steps of {r['refine_step_size']:.3g},"
+            f"refined by AIS toward p ({r['refine_steps']} {kind} steps of "
+            f"{r['refine_step_size']:.3g},"
             f" acceptance {r['refine_acceptance']:.2f}, {r['refine_energy_evals']} "
             f"evaluations): ESS fraction {r['ess_fraction']:.4g}, Pareto k "
             f"{_number(r['pareto_k'])}, log Z {_number(r['log_Z_estimate'])}"

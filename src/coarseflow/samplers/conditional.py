@@ -248,13 +248,11 @@ def _run_chains(key, energy_xy, X, beta, y0, settings: ChainSettings, mass, with
     keys = jax.random.split(key, settings.n_chains)
     y_last, acceptance, out = jax.vmap(chain)(keys, starts)
     # what the loops above ran: the descent (f0 and one per step, once per distinct start),
-    # each chain's init and steps (HMC: its leapfrog steps, and one more per step to observe
-    # grad_X, which the scan computes at every step)
+    # each chain's init and steps (HMC: its leapfrog steps; grad_X comes with every pass)
     n_warm = (settings.warm_start_steps + 1) * (1 if y0.ndim == 1 else settings.n_chains)
     per_step = settings.hmc_leapfrog if settings.kernel == "hmc" else 1
-    observe = settings.n_steps if (settings.kernel == "hmc" and with_force) else 0
     n_evals = n_warm * (settings.warm_start_steps > 0) + settings.n_chains * (
-        1 + settings.n_steps * per_step + observe
+        1 + settings.n_steps * per_step
     )
     if with_force:
         gx, gy, u, finite = out  # every step of every chain; zeros where not kept or not finite

@@ -15,9 +15,9 @@ dynamics of u at k_B T = 1 / beta.
 * ``mala``: Metropolis-adjusted Langevin with a diagonal mass matrix
   (:func:`coarseflow.samplers.langevin.mala_step`). One joint ``value_and_grad`` over (X, Y)
   gives d u / d X at every state for free, so the mean force costs no extra energy evaluation.
-* ``hmc``: ``blackjax.hmc`` (velocity Verlet, ``hmc_leapfrog`` steps, Metropolis test) with
-  ``inverse_mass_matrix = 1 / m`` and the step jittered by +-20% per proposal. d u / d X is
-  evaluated separately, at kept states only.
+* ``hmc``: Hamiltonian Monte Carlo (:func:`~coarseflow.samplers.langevin.hmc_step`: leapfrog,
+  ``hmc_leapfrog`` steps, Metropolis test) with the same mass matrix and the step jittered by
+  +-20% per proposal. Its last leapfrog step's pass gives d u / d X, as for mala.
 * ``baoab``: underdamped Langevin dynamics, B-A-O-A-B splitting
   (:func:`coarseflow.samplers.langevin.baoab_step`), time step ``step_size``, friction
   ``friction`` (1 / time). No Metropolis test: it samples p(Y | X) up to an O(dt^2) bias in
@@ -33,12 +33,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-import blackjax
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
-from coarseflow.samplers.langevin import BAOABState, MALAState, baoab_step, mala_step
+from coarseflow.samplers.langevin import BAOABState, MALAState, baoab_step, hmc_step, mala_step
 
 EnergyXY = Callable[[Array, Array], Array]
 
@@ -140,36 +139,29 @@ def hmc_kernel(
     step_size: float | Array,
     n_leapfrog: int,
 ) -> Kernel:
-    """``blackjax.hmc`` on log p(y) = -beta u(X, y), inverse mass matrix ``inv_mass``.
+    """Hamiltonian Monte Carlo (:func:`~coarseflow.samplers.langevin.hmc_step`) on
+    exp(-beta u(X, .)) with diagonal mass matrix 1 / inv_mass.
 
-    Momenta ~ N(0, M); ``n_leapfrog`` velocity-Verlet steps; Metropolis test (a non-finite energy
-    is rejected by blackjax). The step of each proposal is drawn uniformly from
-    ``step_size * [1 - JITTER, 1 + JITTER]``: with a fixed trajectory length, a near-harmonic
-    coordinate whose half period matches it would be sent back and forth without mixing. The
-    acceptance reported is blackjax's min(1, exp(-dH)). ``observe`` costs one extra gradient
-    evaluation (d u / d X).
+    Momenta ~ N(0, M); ``n_leapfrog`` leapfrog steps; Metropolis test (a trajectory through a
+    non-finite energy or gradient is rejected). The step of each proposal is drawn uniformly
+    from ``step_size * [1 - JITTER, 1 + JITTER]``: with a fixed trajectory length, a
+    near-harmonic coordinate whose half period matches it would be sent back and forth without
+    mixing. The acceptance reported is min(1, alpha). The state is a MALAState whose aux is
+    (u, d u / d X, d u / d Y), as mala's: observing it costs no evaluation.
     """
-    kernel = blackjax.hmc.build_kernel()
 
-    def logdensity(y):
-        return -beta * energy_xy(X, y)
+    def evaluate(y):
+        u, grad_y, grad_x = energy_and_grads(energy_xy, X, y)
+        return MALAState(y, -beta * u, -beta * grad_y, (u, grad_x, grad_y))
 
     def init(key, y):
         del key
-        return blackjax.hmc.init(y, logdensity)
+        return evaluate(y)
 
     def step(key, state):
         key_jitter, key_step = jax.random.split(key)
-        dtype = state.position.dtype
+        dtype = state.z.dtype
         h = step_size * jax.random.uniform(key_jitter, (), dtype, 1.0 - JITTER, 1.0 + JITTER)
-        state, info = kernel(key_step, state, logdensity, h, inv_mass, n_leapfrog)
-        return state, jnp.asarray(info.acceptance_rate, dtype)
+        return hmc_step(key_step, state, evaluate, h, n_leapfrog, inv_mass)
 
-    def position(state):
-        return state.position
-
-    def observe(state):
-        u, (grad_x, grad_y) = jax.value_and_grad(energy_xy, argnums=(0, 1))(X, state.position)
-        return u, grad_x, grad_y
-
-    return Kernel(init, step, position, observe)
+    return Kernel(init, step, lambda state: state.z, lambda state: state.aux)

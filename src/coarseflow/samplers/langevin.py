@@ -12,9 +12,9 @@ state, so nothing is evaluated twice.
 * :func:`mala_step`: Metropolis-adjusted Langevin with a diagonal mass matrix. Written here
   rather than taken from ``blackjax.mala`` because blackjax's MALA has no mass matrix and keeps
   no ``aux``.
-* :func:`hmc_step`: Hamiltonian Monte Carlo (identity mass) on the same states, for annealed
-  importance sampling with several leapfrog steps per temperature; one leapfrog step is MALA.
-  (The conditional chains' ``hmc`` kernel is ``blackjax.hmc``, which keeps no ``aux``.)
+* :func:`hmc_step`: Hamiltonian Monte Carlo with a diagonal mass matrix on the same states
+  (the chains' ``hmc`` kernel, and annealed importance sampling with several leapfrog steps
+  per temperature); one leapfrog step is MALA exactly.
 * :func:`baoab_step`: underdamped Langevin dynamics, B-A-O-A-B splitting (Leimkuhler and
   Matthews 2013). No Metropolis test: it samples exp(-U / k_B T) up to an O(dt^2) bias in
   configurational averages (exact for a harmonic potential).
@@ -85,22 +85,23 @@ def hmc_step(
     evaluate: Callable[[Array], MALAState],
     step_size: float | Array,
     n_leapfrog: int,
+    inv_mass: float | Float[Array, " d"] = 1.0,
 ) -> tuple[MALAState, Array]:
-    """One Hamiltonian Monte Carlo step on pi (identity mass): momentum p ~ N(0, I),
-    ``n_leapfrog`` leapfrog steps of size h = ``step_size``, a Metropolis test on
-    H = -log pi(z) + |p|^2 / 2. ``evaluate`` and ``state`` as :func:`mala_step`'s; each leapfrog
-    step costs one evaluation. A trajectory that meets a non-finite log pi or gradient is
-    rejected. With one leapfrog step it is :func:`mala_step` (identity mass) exactly: the same
-    proposal from the same key, the same test. Returns (the new state, min(1, alpha) ()).
+    """One Hamiltonian Monte Carlo step on pi with mass matrix M = diag(1 / inv_mass): momentum
+    p ~ N(0, M), ``n_leapfrog`` leapfrog steps of size h = ``step_size``, a Metropolis test on
+    H = -log pi(z) + p M^-1 p / 2. ``evaluate`` and ``state`` as :func:`mala_step`'s; each
+    leapfrog step costs one evaluation. A trajectory that meets a non-finite log pi or gradient
+    is rejected. With one leapfrog step it is :func:`mala_step` exactly: the same proposal from
+    the same key, the same test. Returns (the new state, min(1, alpha) ()).
     """
     h = step_size
     d = state.z.shape[0]
     draws = jax.random.normal(key, (d + 1,), state.z.dtype)  # as mala_step's: noise, then u
-    p0, u = draws[:d], draws[d]
+    p0, u = draws[:d] / jnp.sqrt(inv_mass), draws[d]
 
     def leapfrog(carry, _):
         s, p, finite = carry
-        new = evaluate(s.z + h * p)
+        new = evaluate(s.z + h * inv_mass * p)
         finite = finite & jnp.isfinite(new.log_p) & jnp.all(jnp.isfinite(new.grad))
         return (new, p + h * new.grad, finite), None
 
@@ -108,7 +109,8 @@ def hmc_step(
         leapfrog, (state, p0 + 0.5 * h * state.grad, jnp.asarray(True)), None, length=n_leapfrog
     )
     p = p - 0.5 * h * new.grad  # the last momentum step is a half step
-    log_alpha = new.log_p - state.log_p - 0.5 * jnp.sum(p**2) + 0.5 * jnp.sum(p0**2)
+    kinetic = lambda p: 0.5 * jnp.sum(inv_mass * p**2)  # noqa: E731
+    log_alpha = new.log_p - state.log_p - kinetic(p) + kinetic(p0)
     finite = finite & ~jnp.isnan(log_alpha)
     log_alpha = jnp.where(finite, log_alpha, -jnp.inf)
     accept = jax.scipy.special.log_ndtr(u) < log_alpha
