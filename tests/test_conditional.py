@@ -1,6 +1,8 @@
 """The learned conditional q(Y|X): exact density, symmetrisation, and the joint / hybrid
 estimators' gradients against exact ones on the Gaussian mixture (p(X), p(Y|X) known)."""
 
+from pathlib import Path
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -272,6 +274,8 @@ def test_a_joint_run_resumes_exactly_and_samples_with_its_conditional(
     assert "refined by AIS toward p (2 MALA steps" in capsys.readouterr().out
     summary = json.loads((tmp_path / "full" / "summary.json").read_text())
     assert summary["final"]["refined"]["refine_energy_evals"] == (6 * 256 + 256) * 4
+    refined_figures = [f for f in summary["figures"] if Path(f).parent.name == "refined"]
+    assert refined_figures and all(Path(f).is_file() for f in refined_figures)
 
 
 def test_objective_and_conditional_must_agree():

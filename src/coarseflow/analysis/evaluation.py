@@ -86,10 +86,11 @@ def evaluate_run(
     The last checkpoint gets ``n_samples`` (default: [prediction] n_samples), the ones before it
     at most [prediction] ladder_samples. With a learned conditional and ``refine_steps``
     (default: [prediction] refine_steps) > 0, the last one's samples refined by AIS toward p
-    (``predict.refine``) are evaluated too, under "refined". ``mesh``: the devices each batch
-    of draws is split over (:func:`coarseflow.parallel.data_mesh`; its rows, min([prediction]
-    batch_size, ``n_samples``), a multiple of their number; not the refinement's AIS). The
-    samples equal one device's up to rounding.
+    (``predict.refine``) are evaluated too, under "refined", and drawn in figures/refined/.
+    ``mesh``: the devices each batch of draws is split over
+    (:func:`coarseflow.parallel.data_mesh`; its rows, min([prediction] batch_size,
+    ``n_samples``), a multiple of their number; not the refinement's AIS). The samples equal
+    one device's up to rounding.
     """
     run = RunDir(path).require_existing()
     with run.locked():  # it writes summary.json and figures/: one writer at a time
@@ -160,6 +161,8 @@ def _evaluate(
         per_beta[-1]["refined"] = reference_metrics(target, refined, beta) | info
     bar.close()
     figures = _figures(run, target, by_beta)
+    if refining:  # the last beta's figures again, of the refined samples
+        figures += report_for(target).figures(run.figures_dir / "refined", {beta: refined})
     samples_path = _save_samples(run, by_beta[meta["beta"]], meta["beta"])
     summary = {
         "final": per_beta[-1],
