@@ -1,7 +1,7 @@
 """How far does the AIS refinement lift a learned model's ESS, and at what cost? Prints a table.
 
     python benchmarks/refinement.py RUN [--steps 0 10 30 100] [--leapfrog 1] [--draws 0 1 2]
-        [-n 5000]
+        [--target-acceptance 0.6] [-n 5000]
 
 From the newest checkpoint of a trained run with a learned q(Y|X) (its beta, normally 1), each
 ``--steps`` K draws ``-n`` samples: K = 0 the one-shot model (X ~ q(X), Y ~ q(Y|X), exact
@@ -32,7 +32,9 @@ from coarseflow.predict.refine import refine
 from coarseflow.workflow import load_run
 
 
-def one_set(loaded, steps: int, seed: int, n: int, leapfrog: int = 1) -> dict:
+def one_set(
+    loaded, steps: int, seed: int, n: int, leapfrog: int = 1, target_acceptance: float = 0.6
+) -> dict:
     """ESS fraction, Pareto k, log Z, acceptance and evaluations per sample of one draw set."""
     config, target, flow, conditional, meta = loaded
     key = jr.key(1000 + seed)
@@ -44,7 +46,10 @@ def one_set(loaded, steps: int, seed: int, n: int, leapfrog: int = 1) -> dict:
         acceptance, evals = float("nan"), 1.0  # one energy per sample (its weight)
     else:
         settings = dataclasses.replace(
-            config.prediction, refine_steps=steps, refine_leapfrog=leapfrog
+            config.prediction,
+            refine_steps=steps,
+            refine_leapfrog=leapfrog,
+            refine_target_acceptance=target_acceptance,
         )
         samples, info = refine(key, target, flow, conditional, meta["beta"], settings, n=n)
         acceptance, evals = info["refine_acceptance"], info["refine_energy_evals"] / n
@@ -64,6 +69,12 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("run", type=Path)
     parser.add_argument("--steps", type=int, nargs="+", default=[0, 10, 30, 100])
     parser.add_argument("--leapfrog", type=int, nargs="+", default=[1])
+    parser.add_argument(
+        "--target-acceptance",
+        type=float,
+        default=0.6,
+        help="the pilot's (refine_target_acceptance)",
+    )
     parser.add_argument("--draws", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("-n", type=int, default=5000, help="samples per draw set")
     args = parser.parse_args(argv)
@@ -75,7 +86,10 @@ def main(argv=None) -> list[dict]:
     rows = []
     pairs = [(k, L) for k in args.steps for L in args.leapfrog if k > 0 or L == args.leapfrog[0]]
     for steps, leapfrog in pairs:
-        sets = [one_set(loaded, steps, seed, args.n, leapfrog) for seed in args.draws]
+        sets = [
+            one_set(loaded, steps, seed, args.n, leapfrog, args.target_acceptance)
+            for seed in args.draws
+        ]
         row = {"steps": steps, "leapfrog": leapfrog, "sets": sets}
         for name in ("ess", "k", "log_Z", "acceptance", "evals_per_sample", "seconds"):
             values = np.array([s[name] for s in sets])
@@ -90,7 +104,8 @@ def main(argv=None) -> list[dict]:
         )
     print(
         f"\n{args.run.name}, beta {loaded.meta['beta']:g}, {args.n} samples per set, mean ± sd "
-        f"over draw sets {args.draws}; training: {trained:,} energy evaluations\n"
+        f"over draw sets {args.draws}; pilot's target acceptance {args.target_acceptance}; "
+        f"training: {trained:,} energy evaluations\n"
     )
     print(
         "| refine steps K | leapfrog L | ESS fraction | Pareto k | log Z | acceptance "

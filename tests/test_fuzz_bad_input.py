@@ -108,6 +108,9 @@ SPEC = {
         "ais_step_size": ("num", 0.0, math.inf, True, True),
         "ais_paths": ("int", 1, INT_MAX),
         "batch_size": ("int", 1, INT_MAX),
+        "refine_step_size": ("num", 0.0, math.inf, True, True),
+        "refine_leapfrog": ("int", 1, INT_MAX),
+        "refine_target_acceptance": ("num", 0.0, 1.0, True, True),
     },
     "reference": {
         "n_replicas": ("int", 1, STEPS),

@@ -64,16 +64,22 @@ def test_refinement_needs_a_learned_conditional():
         refine(jr.key(0), target, flow, None, 1.0, PredictionSettings(refine_steps=2))
     with pytest.raises(ConfigError, match="refine_steps"):
         PredictionSettings(refine_steps=-1)
+    with pytest.raises(ConfigError, match="refine_target_acceptance"):
+        PredictionSettings(refine_target_acceptance=1.0)
 
 
 def test_the_pilot_interpolates_the_step_between_the_candidates_that_bracket_the_target():
     candidates = 0.2 * 2.0 ** np.arange(-3, 3)
     # acceptance linear in log h, crossing 0.6 a third of the way (in log h) from 0.1 to 0.2
     acceptances = np.array([0.95, 0.9, 0.7, 0.4, 0.2, 0.1])
-    step = pilot_step(candidates, acceptances)
+    step = pilot_step(candidates, acceptances, 0.6)
     np.testing.assert_allclose(step, 0.1 * 2.0 ** (1 / 3), rtol=1e-12)
+    # a higher target: halfway (in log h) from 0.05 (0.9) to 0.1 (0.7)
+    np.testing.assert_allclose(pilot_step(candidates, acceptances, 0.8), 0.05 * 2**0.5, rtol=1e-12)
     # no bracket (every step accepted too often, or a noisy, non-monotone pilot): the nearest
-    np.testing.assert_allclose(pilot_step(candidates, np.full(6, 0.9) - 0.01 * np.arange(6)), 0.8)
     np.testing.assert_allclose(
-        pilot_step(candidates, np.array([0.9, 0.5, 0.7, 0.58, 0.3, 0.1])), 0.2
+        pilot_step(candidates, np.full(6, 0.9) - 0.01 * np.arange(6), 0.6), 0.8
+    )
+    np.testing.assert_allclose(
+        pilot_step(candidates, np.array([0.9, 0.5, 0.7, 0.58, 0.3, 0.1]), 0.6), 0.2
     )

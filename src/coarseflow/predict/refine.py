@@ -18,7 +18,6 @@ from coarseflow.predict.settings import PredictionSettings
 from coarseflow.progress import Progress
 from coarseflow.targets.base import AbstractTarget
 
-REFINE_ACCEPTANCE = 0.6  # optimal in high dimension: about 0.57 for MALA, 0.65 for HMC
 _PILOT_PATHS = 256
 
 
@@ -53,21 +52,21 @@ def _refine_batch(
     return shard_batch((x, batch.X, log_qX, -beta * u - log_w, u, log_w, batch.acceptance), mesh)
 
 
-def pilot_step(candidates: np.ndarray, acceptances: np.ndarray) -> float:
-    """The step size at REFINE_ACCEPTANCE: log-linear interpolation between the two pilot
+def pilot_step(candidates: np.ndarray, acceptances: np.ndarray, target: float) -> float:
+    """The step size at acceptance ``target``: log-linear interpolation between the two pilot
     ``candidates`` (increasing, (C,)) whose mean ``acceptances`` (C,) bracket it (acceptance
     falls as the step grows); the nearest candidate where none do. The candidates are a factor
     2 apart, and the nearest of them alone left the acceptance at 0.74 on alanine dipeptide."""
-    above = np.flatnonzero(acceptances >= REFINE_ACCEPTANCE)
-    below = np.flatnonzero(acceptances < REFINE_ACCEPTANCE)
+    above = np.flatnonzero(acceptances >= target)
+    below = np.flatnonzero(acceptances < target)
     if above.size and below.size and above[-1] + 1 == below[0]:
         i = above[-1]
         a0, a1 = acceptances[i], acceptances[i + 1]
-        fraction = (a0 - REFINE_ACCEPTANCE) / (a0 - a1)
+        fraction = (a0 - target) / (a0 - a1)
         return float(
             np.exp(np.log(candidates[i]) + fraction * np.log(candidates[i + 1] / candidates[i]))
         )
-    return float(candidates[int(np.argmin(np.abs(acceptances - REFINE_ACCEPTANCE)))])
+    return float(candidates[int(np.argmin(np.abs(acceptances - target)))])
 
 
 def refine(
@@ -131,7 +130,7 @@ def refine(
             )
             for i, h in enumerate(candidates)
         ]
-    step = pilot_step(candidates, np.asarray(pilot))
+    step = pilot_step(candidates, np.asarray(pilot), settings.refine_target_acceptance)
     x, X, log_qX, log_q, u, log_w, acceptance = _in_batches(
         n,
         rows,

@@ -21,8 +21,10 @@ class PredictionSettings:
     model one samples, is evaluated with ``n_samples``.
     ``refine_steps`` > 0 (a learned conditional only):
     :func:`~coarseflow.predict.refine.refine` the samples by AIS from q toward p_beta in that
-    many MALA steps per sample, in q's latent space, with the step size at 60 % acceptance,
-    interpolated between the pilot's ``refine_step_size`` x 2^(-3 ... 2) (256 paths each).
+    many MALA steps per sample, in q's latent space, with the step size at
+    ``refine_target_acceptance`` (0.6; optimal for sampling in high dimension: about 0.57 for
+    MALA, 0.65 for HMC), interpolated between the pilot's ``refine_step_size`` x 2^(-3 ... 2)
+    (256 paths each).
     ``refine_leapfrog`` > 1: each step is an HMC step of that many leapfrog steps instead of
     one MALA step (refine_steps x refine_leapfrog evaluations per sample).
     """
@@ -40,6 +42,7 @@ class PredictionSettings:
     refine_steps: int = 0
     refine_step_size: float = 0.2
     refine_leapfrog: int = 1
+    refine_target_acceptance: float = 0.6
 
     def __post_init__(self):
         from coarseflow import checks
@@ -53,3 +56,10 @@ class PredictionSettings:
             checks.integer(f"[prediction] {name}", getattr(self, name), 0)
         for name in ("minimize_lr", "ais_step_size", "refine_step_size"):
             checks.number(f"[prediction] {name}", getattr(self, name), 0.0)
+        checks.number(
+            "[prediction] refine_target_acceptance",
+            self.refine_target_acceptance,
+            0.0,
+            1.0,
+            high_open=True,
+        )
