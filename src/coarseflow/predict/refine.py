@@ -85,14 +85,13 @@ def refine(
     """N = ``n`` (default settings.n_samples) samples of p_beta by annealed importance sampling
     from q(X) q(Y|X) (a learned conditional) in q's latent space, ``settings.refine_steps``
     MALA steps per sample, or HMC steps of ``settings.refine_leapfrog`` leapfrog steps
-    (:func:`coarseflow.fab.latent_ais` toward "p"). Each weight is
-    unbiased for Z(beta), whatever the step size; the steps only lower their variance.
+    (:func:`coarseflow.fab.latent_ais` toward "p"). Each weight is unbiased for Z(beta),
+    whatever the step size; the steps only lower their variance.
 
     Returns (Samples, info): log_q is the density the AIS weight implies, -beta u - log w
     (as for ``ais``), ais_acceptance each path's; info has ``refine_steps``,
     ``refine_leapfrog``, ``refine_step_size`` (chosen by a pilot, see PredictionSettings),
-    ``refine_acceptance``
-    and ``refine_energy_evals`` (pilot included). ``batch``, ``progress``, ``mesh``: as
+    ``refine_acceptance`` and ``refine_energy_evals`` (pilot included). ``batch``, ``progress``, ``mesh``: as
     :func:`~coarseflow.predict.draw.draw_samples`'s (each batch's paths split over the mesh).
     """
     if conditional is None:
