@@ -91,8 +91,9 @@ def refine(
     Returns (Samples, info): log_q is the density the AIS weight implies, -beta u - log w
     (as for ``ais``), ais_acceptance each path's; info has ``refine_steps``,
     ``refine_leapfrog``, ``refine_step_size`` (chosen by a pilot, see PredictionSettings),
-    ``refine_acceptance`` and ``refine_energy_evals`` (pilot included). ``batch``, ``progress``, ``mesh``: as
-    :func:`~coarseflow.predict.draw.draw_samples`'s (each batch's paths split over the mesh).
+    ``refine_acceptance`` and ``refine_energy_evals`` (pilot included). ``batch``,
+    ``progress``, ``mesh``: as :func:`~coarseflow.predict.draw.draw_samples`'s (each batch's
+    paths split over the mesh).
     """
     if conditional is None:
         raise ConfigError(
