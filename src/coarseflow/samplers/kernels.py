@@ -66,6 +66,17 @@ def energy_and_grads(
     return u, grad_y, grad_x
 
 
+def _state_of(energy_xy: EnergyXY, X, beta) -> Callable[[Array], MALAState]:
+    """y -> the MALAState of exp(-beta u(X, y)), aux (u, d u / d X, d u / d Y): what mala and
+    hmc evaluate, from one reverse-mode pass."""
+
+    def evaluate(y):
+        u, grad_y, grad_x = energy_and_grads(energy_xy, X, y)
+        return MALAState(y, -beta * u, -beta * grad_y, (u, grad_x, grad_y))
+
+    return evaluate
+
+
 def mala_kernel(
     energy_xy: EnergyXY,
     X: Float[Array, " n_x"],
@@ -82,9 +93,7 @@ def mala_kernel(
     MALAState whose aux is (u, d u / d X, d u / d Y).
     """
 
-    def evaluate(y):
-        u, grad_y, grad_x = energy_and_grads(energy_xy, X, y)
-        return MALAState(y, -beta * u, -beta * grad_y, (u, grad_x, grad_y))
+    evaluate = _state_of(energy_xy, X, beta)
 
     def init(key, y):
         del key
@@ -150,9 +159,7 @@ def hmc_kernel(
     (u, d u / d X, d u / d Y), as mala's: observing it costs no evaluation.
     """
 
-    def evaluate(y):
-        u, grad_y, grad_x = energy_and_grads(energy_xy, X, y)
-        return MALAState(y, -beta * u, -beta * grad_y, (u, grad_x, grad_y))
+    evaluate = _state_of(energy_xy, X, beta)
 
     def init(key, y):
         del key
