@@ -214,9 +214,7 @@ def score(
     defensive = load_defensive(run, meta["beta"], prediction)
     key = jr.key(seed)
     if conditional is not None and prediction.refine_steps > 0:
-        samples, _ = refine(
-            key, target, flow, conditional, meta["beta"], prediction, n=n, defensive=defensive
-        )
+        samples, _ = refine(key, target, flow, conditional, meta["beta"], prediction, n=n)
     else:
         samples = draw_samples(
             key,

@@ -13,9 +13,10 @@ steps of L leapfrog steps instead (``refine_leapfrog = L``, K x L evaluations pe
 fraction and of log Z, which on a few thousand weights is itself noisy. Energy evaluations per
 sample are those the refinement counts (its pilot included, spread over the samples); the run's
 training evaluations are its last checkpoint's count, so the last column is what the whole
-estimate cost at 20,000 samples. ``--defensive-fraction`` a > 0 draws X (and the refinement's
-starts) from the defensive mixture (1 - a) q(X) + a q_low(X), q_low the run's checkpoint
-nearest ``--defensive-beta`` ([prediction] defensive_fraction, defensive_beta).
+estimate cost at 20,000 samples. ``--defensive-fraction`` a > 0 draws the one-shot X (K = 0)
+from the defensive mixture (1 - a) q(X) + a q_low(X), q_low the run's checkpoint nearest
+``--defensive-beta`` ([prediction] defensive_fraction, defensive_beta); the refinement starts
+from q.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def one_set(
     defensive=None,
 ) -> dict:
     """ESS fraction, Pareto k, log Z, acceptance and evaluations per sample of one draw set
-    (``defensive``: the mixture X are drawn from, None for q)."""
+    (``defensive``: the mixture the one-shot X are drawn from, None for q)."""
     config, target, flow, conditional, meta = loaded
     key = jr.key(1000 + seed)
     t0 = time.perf_counter()
@@ -67,9 +68,7 @@ def one_set(
             refine_leapfrog=leapfrog,
             refine_target_acceptance=target_acceptance,
         )
-        samples, info = refine(
-            key, target, flow, conditional, meta["beta"], settings, n=n, defensive=defensive
-        )
+        samples, info = refine(key, target, flow, conditional, meta["beta"], settings, n=n)
         acceptance, evals = info["refine_acceptance"], info["refine_energy_evals"] / n
     log_w = np.asarray(samples.log_weights)
     return {

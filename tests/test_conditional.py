@@ -276,8 +276,8 @@ def test_a_joint_run_resumes_exactly_and_samples_with_its_conditional(
     assert summary["final"]["refined"]["refine_energy_evals"] == (6 * 256 + 256) * 4
     refined_figures = [f for f in summary["figures"] if Path(f).parent.name == "refined"]
     assert refined_figures and all(Path(f).is_file() for f in refined_figures)
-    # [prediction] set after training: X from the defensive mixture with the beta 0.3
-    # checkpoint (tests/test_defensive.py checks its numbers), one-shot and refined
+    # [prediction] set after training: the one-shot X from the defensive mixture with the
+    # beta 0.3 checkpoint (tests/test_defensive.py checks its numbers); the refinement beside
     config_path = tmp_path / "full" / "config.toml"
     config_path.write_text(
         config_path.read_text().replace(

@@ -35,8 +35,6 @@ import jax.random as jr
 import paramax
 from jaxtyping import Array, Float
 
-from coarseflow.predict.defensive import log_base as mixture_log_base
-from coarseflow.predict.defensive import sample_latent
 from coarseflow.samplers.annealing import anneal
 
 
@@ -97,7 +95,6 @@ def latent_ais(
     step_size: float,
     toward: str,
     n_leapfrog: int = 1,
-    defensive=None,
 ) -> FabBatch:
     """``n`` AIS paths in q's latent space from q(X) q(Y|X) toward ``toward``: "p2/q" (fab's
     g of the module docstring; called outside the gradient, the loss holds the end points
@@ -106,18 +103,13 @@ def latent_ais(
     for Z and the end points x = T(u), self-normalised, estimate any observable that the
     relabelings leave unchanged (prediction's refinement,
     :func:`coarseflow.predict.refine.refine`). ``n_leapfrog`` > 1: HMC steps of that many
-    leapfrog steps instead of MALA (:func:`~coarseflow.samplers.annealing.anneal`).
-    ``defensive`` (:class:`~coarseflow.predict.defensive.Defensive`): the paths start from the
-    defensive mixture q_a(X) q(Y|X) instead, pulled back to q's latent space (X ~ q_a mapped
-    through q's inverse flow); the weights are then toward ``toward`` over q_a."""
+    leapfrog steps instead of MALA (:func:`~coarseflow.samplers.annealing.anneal`)."""
     if toward not in TOWARD:
         raise ValueError(f"toward: expected one of {TOWARD}, got {toward!r}")
     n_x, n_y = target.partition.n_x, target.partition.n_y
 
     def log_base(u):
-        if defensive is None:
-            return flow.base_dist.log_prob(u[:n_x]) + _log_normal(u[n_x:])
-        return mixture_log_base(flow, defensive, u[:n_x]) + _log_normal(u[n_x:])
+        return flow.base_dist.log_prob(u[:n_x]) + _log_normal(u[n_x:])
 
     def log_gamma(u):
         X, Y, log_q0, log_q, valid = _latent(flow, conditional, target, beta, u)
@@ -130,10 +122,7 @@ def latent_ais(
         return value, (jnp.where(valid & jnp.isfinite(log_w), log_w, -jnp.inf), energy)
 
     k_z, k_eps, k_path = jr.split(key, 3)
-    if defensive is None:
-        z0 = flow.base_dist.sample(k_z, (n,))
-    else:
-        z0 = sample_latent(k_z, flow, defensive, n)
+    z0 = flow.base_dist.sample(k_z, (n,))
     u0 = jnp.concatenate([z0, jr.normal(k_eps, (n, n_y), z0.dtype)], -1)
     out = jax.vmap(lambda k, u: anneal(k, log_base, log_gamma, u, n_steps, step_size, n_leapfrog))(
         jr.split(k_path, n), u0

@@ -35,14 +35,13 @@ def sample_run(
     refine_steps) > 0 and the run has a learned conditional. Sample i is the same for every
     n > i. ``progress``: the compiling stage and a bar on stderr. ``outputs``: the files they
     are for, checked against the target (:func:`check_sample_outputs`) before drawing.
-    ``mesh``: the devices the draws (or the refinement's AIS paths) are split over. X come
-    from the defensive mixture of [prediction] defensive_fraction when it is > 0
-    (:func:`coarseflow.workflow.load_defensive`)."""
+    ``mesh``: the devices the draws (or the refinement's AIS paths) are split over. The
+    one-shot X come from the defensive mixture of [prediction] defensive_fraction when it is
+    > 0 (:func:`coarseflow.workflow.load_defensive`); the refinement starts from q."""
     config, target, flow, conditional, meta = load_run(path, beta)
     check_sample_outputs(outputs, target)
     prediction = with_refine_steps(config.prediction, refine_steps)
     n = config.prediction.n_samples if n is None else n
-    defensive = load_defensive(path, meta["beta"], prediction)
     bar = Progress(n, "sample", show=progress)
     if conditional is not None and prediction.refine_steps > 0:
         samples, _ = refine(
@@ -55,7 +54,6 @@ def sample_run(
             n=n,
             progress=bar,
             mesh=mesh,
-            defensive=defensive,
         )
     else:
         samples = draw_samples(
@@ -68,7 +66,7 @@ def sample_run(
             conditional=conditional,
             progress=bar,
             mesh=mesh,
-            defensive=defensive,
+            defensive=load_defensive(path, meta["beta"], prediction),
         )
     bar.close()
     return target, samples, meta["beta"]

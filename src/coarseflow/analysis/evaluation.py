@@ -117,7 +117,8 @@ def _evaluate(
     refining = flows[-1][1][1] is not None and prediction.refine_steps > 0
     total = n_ladder * (len(flows) - 1) + n_final * (1 + refining)
     bar = Progress(total, "evaluate", show=progress)
-    # the sampled (last) checkpoint's X from the defensive mixture, when one is set
+    # the sampled (last) checkpoint's one-shot X from the defensive mixture, when one is set
+    # (the refinement starts from q: predict.defensive says why)
     betas = [meta["beta"] for meta, _ in flows]
     low = defensive_checkpoint(betas, betas[-1], prediction)
     defensive = None if low is None else Defensive(flows[low][1][0], prediction.defensive_fraction)
@@ -164,7 +165,6 @@ def _evaluate(
             n=n_final,
             progress=bar,
             mesh=mesh,
-            defensive=defensive,
         )
         per_beta[-1]["refined"] = reference_metrics(target, refined, beta) | info
     if defensive is not None:

@@ -13,7 +13,6 @@ import numpy as np
 from coarseflow.errors import ConfigError
 from coarseflow.model.linear_map import check_linear_map, model_map
 from coarseflow.parallel import check_divisible, shard_batch
-from coarseflow.predict.defensive import mixture_log_prob
 from coarseflow.predict.draw import Samples, _in_batches, batch_rows
 from coarseflow.predict.settings import PredictionSettings
 from coarseflow.progress import Progress
@@ -24,17 +23,7 @@ _PILOT_PATHS = 256
 
 @eqx.filter_jit
 def _refine_batch(
-    flow,
-    conditional,
-    target,
-    key,
-    beta,
-    n: int,
-    n_steps: int,
-    n_leapfrog: int,
-    step_size,
-    mesh,
-    defensive,
+    flow, conditional, target, key, beta, n: int, n_steps: int, n_leapfrog: int, step_size, mesh
 ):
     from coarseflow.fab import latent_ais
 
@@ -49,7 +38,6 @@ def _refine_batch(
         step_size=step_size,
         toward="p",
         n_leapfrog=n_leapfrog,
-        defensive=defensive,
     )
     # the end point, relabeled at random: p is the same for every relabeling
     perms = jnp.asarray(conditional.relabelings)
@@ -60,8 +48,6 @@ def _refine_batch(
         jnp.isfinite(batch.log_weights) & jnp.isfinite(u), batch.log_weights, -jnp.inf
     )
     log_qX = flow.log_prob(batch.X)
-    if defensive is not None:
-        log_qX = mixture_log_prob(defensive, batch.X, log_qX)
     # the paths are independent: split over the mesh, XLA carries the split back through them
     return shard_batch((x, batch.X, log_qX, -beta * u - log_w, u, log_w, batch.acceptance), mesh)
 
@@ -95,7 +81,6 @@ def refine(
     batch: int | None = None,
     progress: Progress | None = None,
     mesh=None,
-    defensive=None,
 ) -> tuple[Samples, dict]:
     """N = ``n`` (default settings.n_samples) samples of p_beta by annealed importance sampling
     from q(X) q(Y|X) (a learned conditional) in q's latent space, ``settings.refine_steps``
@@ -108,9 +93,7 @@ def refine(
     ``refine_leapfrog``, ``refine_step_size`` (chosen by a pilot, see PredictionSettings),
     ``refine_acceptance`` and ``refine_energy_evals`` (pilot included). ``batch``,
     ``progress``, ``mesh``: as :func:`~coarseflow.predict.draw.draw_samples`'s (each batch's
-    paths split over the mesh). ``defensive``
-    (:class:`~coarseflow.predict.defensive.Defensive`): the paths start from the defensive
-    mixture q_a(X) q(Y|X) (its draws mapped into q's latent space), the weights over it.
+    paths split over the mesh).
     """
     if conditional is None:
         raise ConfigError(
@@ -142,7 +125,6 @@ def refine(
                         leapfrog,
                         jnp.asarray(h),
                         mesh,
-                        defensive,
                     )[-1]
                 )
             )
@@ -163,7 +145,6 @@ def refine(
             leapfrog,
             jnp.asarray(np.float64(step)),  # typed as the pilot's: one compilation
             mesh,
-            defensive,
         ),
         progress,
         "the refinement",
