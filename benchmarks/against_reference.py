@@ -2,7 +2,7 @@
 (e.g. one made after they were trained), every (phi, psi) residue; prints markdown tables.
 
     python benchmarks/against_reference.py RUN [RUN ...] --reference REF.npz [-n 20000]
-        [--refine-steps K] [--defensive-fraction A] [--defensive-beta B]
+        [--refine-steps K]
 
 ``--reference``: a ``coarseflow reference`` npz or a built-in molecule's name. For each run: ESS
 and Pareto k of ``-n`` samples of the last checkpoint (refined by AIS toward p with
@@ -27,7 +27,6 @@ more); without it they are NaN.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 from pathlib import Path
 
@@ -45,7 +44,7 @@ from coarseflow.predict.refine import refine
 from coarseflow.reference import load_reference
 from coarseflow.sample_outputs import with_refine_steps
 from coarseflow.targets.molecule.registry import builtin_reference
-from coarseflow.workflow import load_defensive, load_run
+from coarseflow.workflow import load_run
 
 ANGLES = ((-math.pi, math.pi), (-math.pi, math.pi))  # the histograms' (phi, psi) range, radians
 
@@ -191,40 +190,19 @@ def format_run(run, metrics: dict, residues: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def score(
-    run: Path,
-    reference: Path,
-    n: int,
-    refine_steps: int,
-    seed: int,
-    defensive_fraction: float = 0.0,
-    defensive_beta: float = 0.5,
-) -> str:
+def score(run: Path, reference: Path, n: int, refine_steps: int, seed: int) -> str:
     """The markdown of format_run for ``run``'s last checkpoint against ``reference``."""
     config, _, flow, conditional, meta = load_run(run)
     if not is_one(meta["beta"]):  # the reference is at beta = 1 only
         raise SystemExit(f"{run}: its last checkpoint is at beta {meta['beta']}, not 1")
     target = build_target({**config.target, "reference": str(reference)})
     target.x_bijection()  # the molecule scans its dihedral seams once, outside jit
-    prediction = dataclasses.replace(
-        with_refine_steps(config.prediction, refine_steps),
-        defensive_fraction=defensive_fraction,
-        defensive_beta=defensive_beta,
-    )
-    defensive = load_defensive(run, meta["beta"], prediction)
-    key = jr.key(seed)
+    prediction = with_refine_steps(config.prediction, refine_steps)
     if conditional is not None and prediction.refine_steps > 0:
-        samples, _ = refine(key, target, flow, conditional, meta["beta"], prediction, n=n)
+        samples, _ = refine(jr.key(seed), target, flow, conditional, meta["beta"], prediction, n=n)
     else:
         samples = draw_samples(
-            key,
-            target,
-            flow,
-            meta["beta"],
-            prediction,
-            n=n,
-            conditional=conditional,
-            defensive=defensive,
+            jr.key(seed), target, flow, meta["beta"], prediction, n=n, conditional=conditional
         )
     metrics = reference_metrics(target, samples, meta["beta"])
     arrays = load_reference(builtin_reference(str(reference)) or reference)
@@ -239,20 +217,9 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=20000)
     parser.add_argument("--refine-steps", type=int, default=0)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--defensive-fraction", type=float, default=0.0)
-    parser.add_argument("--defensive-beta", type=float, default=0.5)
     args = parser.parse_args()
     for run in args.runs:
-        markdown = score(
-            run,
-            args.reference,
-            args.n,
-            args.refine_steps,
-            args.seed,
-            args.defensive_fraction,
-            args.defensive_beta,
-        )
-        print("\n" + markdown)
+        print("\n" + score(run, args.reference, args.n, args.refine_steps, args.seed))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """How far does the AIS refinement lift a learned model's ESS, and at what cost? Prints a table.
 
     python benchmarks/refinement.py RUN [--steps 0 10 30 100] [--leapfrog 1] [--draws 0 1 2]
-        [--target-acceptance 0.6] [--defensive-fraction 0] [--defensive-beta 0.5] [-n 5000]
+        [--target-acceptance 0.6] [-n 5000]
 
 From the newest checkpoint of a trained run with a learned q(Y|X) (its beta, normally 1), each
 ``--steps`` K draws ``-n`` samples: K = 0 the one-shot model (X ~ q(X), Y ~ q(Y|X), exact
@@ -13,10 +13,7 @@ steps of L leapfrog steps instead (``refine_leapfrog = L``, K x L evaluations pe
 fraction and of log Z, which on a few thousand weights is itself noisy. Energy evaluations per
 sample are those the refinement counts (its pilot included, spread over the samples); the run's
 training evaluations are its last checkpoint's count, so the last column is what the whole
-estimate cost at 20,000 samples. ``--defensive-fraction`` a > 0 draws the one-shot X (K = 0)
-from the defensive mixture (1 - a) q(X) + a q_low(X), q_low the run's checkpoint nearest
-``--defensive-beta`` ([prediction] defensive_fraction, defensive_beta); the refinement starts
-from q.
+estimate cost at 20,000 samples.
 """
 
 from __future__ import annotations
@@ -32,33 +29,19 @@ import numpy as np
 from coarseflow.analysis.metrics import ess_fraction, pareto_k
 from coarseflow.predict.draw import draw_samples, log_partition_estimate
 from coarseflow.predict.refine import refine
-from coarseflow.workflow import load_defensive, load_run
+from coarseflow.workflow import load_run
 
 
 def one_set(
-    loaded,
-    steps: int,
-    seed: int,
-    n: int,
-    leapfrog: int = 1,
-    target_acceptance: float = 0.6,
-    defensive=None,
+    loaded, steps: int, seed: int, n: int, leapfrog: int = 1, target_acceptance: float = 0.6
 ) -> dict:
-    """ESS fraction, Pareto k, log Z, acceptance and evaluations per sample of one draw set
-    (``defensive``: the mixture the one-shot X are drawn from, None for q)."""
+    """ESS fraction, Pareto k, log Z, acceptance and evaluations per sample of one draw set."""
     config, target, flow, conditional, meta = loaded
     key = jr.key(1000 + seed)
     t0 = time.perf_counter()
     if steps == 0:
         samples = draw_samples(
-            key,
-            target,
-            flow,
-            meta["beta"],
-            config.prediction,
-            n=n,
-            conditional=conditional,
-            defensive=defensive,
+            key, target, flow, meta["beta"], config.prediction, n=n, conditional=conditional
         )
         acceptance, evals = float("nan"), 1.0  # one energy per sample (its weight)
     else:
@@ -92,8 +75,6 @@ def main(argv=None) -> list[dict]:
         default=0.6,
         help="the pilot's (refine_target_acceptance)",
     )
-    parser.add_argument("--defensive-fraction", type=float, default=0.0)
-    parser.add_argument("--defensive-beta", type=float, default=0.5)
     parser.add_argument("--draws", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("-n", type=int, default=5000, help="samples per draw set")
     args = parser.parse_args(argv)
@@ -102,17 +83,11 @@ def main(argv=None) -> list[dict]:
     if loaded.conditional is None:
         raise SystemExit(f"{args.run}: needs a run with a learned [conditional]")
     trained = int(loaded.meta["energy_evals"])  # the checkpoint's count: updates and ladder
-    prediction = dataclasses.replace(
-        loaded.config.prediction,
-        defensive_fraction=args.defensive_fraction,
-        defensive_beta=args.defensive_beta,
-    )
-    defensive = load_defensive(args.run, loaded.meta["beta"], prediction)
     rows = []
     pairs = [(k, L) for k in args.steps for L in args.leapfrog if k > 0 or L == args.leapfrog[0]]
     for steps, leapfrog in pairs:
         sets = [
-            one_set(loaded, steps, seed, args.n, leapfrog, args.target_acceptance, defensive)
+            one_set(loaded, steps, seed, args.n, leapfrog, args.target_acceptance)
             for seed in args.draws
         ]
         row = {"steps": steps, "leapfrog": leapfrog, "sets": sets}
@@ -130,7 +105,6 @@ def main(argv=None) -> list[dict]:
     print(
         f"\n{args.run.name}, beta {loaded.meta['beta']:g}, {args.n} samples per set, mean ± sd "
         f"over draw sets {args.draws}; pilot's target acceptance {args.target_acceptance}; "
-        f"defensive fraction {args.defensive_fraction} (beta {args.defensive_beta}); "
         f"training: {trained:,} energy evaluations\n"
     )
     print(

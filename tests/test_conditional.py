@@ -276,19 +276,6 @@ def test_a_joint_run_resumes_exactly_and_samples_with_its_conditional(
     assert summary["final"]["refined"]["refine_energy_evals"] == (6 * 256 + 256) * 4
     refined_figures = [f for f in summary["figures"] if Path(f).parent.name == "refined"]
     assert refined_figures and all(Path(f).is_file() for f in refined_figures)
-    # [prediction] set after training: the one-shot X from the defensive mixture with the
-    # beta 0.3 checkpoint (tests/test_defensive.py checks its numbers); the refinement beside
-    config_path = tmp_path / "full" / "config.toml"
-    config_path.write_text(
-        config_path.read_text().replace(
-            "[prediction]\n", "[prediction]\ndefensive_fraction = 0.2\ndefensive_beta = 0.3\n"
-        )
-    )
-    evaluate = ["evaluate", str(tmp_path / "full"), "--quiet", "-n", "256", "--refine-steps", "2"]
-    assert main(evaluate) == 0
-    final = json.loads((tmp_path / "full" / "summary.json").read_text())["final"]
-    assert (final["defensive_beta"], final["defensive_fraction"]) == (0.3, 0.2)
-    assert final["ess_fraction"] > 0 and final["refined"]["ess_fraction"] > 0
 
 
 def test_objective_and_conditional_must_agree():

@@ -111,8 +111,6 @@ SPEC = {
         "refine_step_size": ("num", 0.0, math.inf, True, True),
         "refine_leapfrog": ("int", 1, INT_MAX),
         "refine_target_acceptance": ("num", 0.0, 1.0, True, True),
-        "defensive_fraction": ("num", 0.0, 1.0, False, True),
-        "defensive_beta": ("num", 0.0, 1.0, True, False),
     },
     "reference": {
         "n_replicas": ("int", 1, STEPS),

@@ -16,7 +16,7 @@ from coarseflow.predict.draw import Samples, draw_samples
 from coarseflow.predict.refine import refine
 from coarseflow.predict.settings import PredictionSettings
 from coarseflow.progress import Progress
-from coarseflow.workflow import load_defensive, load_run
+from coarseflow.workflow import load_run
 
 
 def sample_run(
@@ -35,9 +35,7 @@ def sample_run(
     refine_steps) > 0 and the run has a learned conditional. Sample i is the same for every
     n > i. ``progress``: the compiling stage and a bar on stderr. ``outputs``: the files they
     are for, checked against the target (:func:`check_sample_outputs`) before drawing.
-    ``mesh``: the devices the draws (or the refinement's AIS paths) are split over. The
-    one-shot X come from the defensive mixture of [prediction] defensive_fraction when it is
-    > 0 (:func:`coarseflow.workflow.load_defensive`); the refinement starts from q."""
+    ``mesh``: the devices the draws (or the refinement's AIS paths) are split over."""
     config, target, flow, conditional, meta = load_run(path, beta)
     check_sample_outputs(outputs, target)
     prediction = with_refine_steps(config.prediction, refine_steps)
@@ -66,7 +64,6 @@ def sample_run(
             conditional=conditional,
             progress=bar,
             mesh=mesh,
-            defensive=load_defensive(path, meta["beta"], prediction),
         )
     bar.close()
     return target, samples, meta["beta"]

@@ -21,7 +21,6 @@ from coarseflow.errors import ConfigError
 from coarseflow.model.conditional import make_conditional
 from coarseflow.model.flow import make_flow, split_trainable
 from coarseflow.predict.conditional import fit_to_laplace
-from coarseflow.predict.defensive import Defensive
 from coarseflow.runs import DamagedCheckpoint, RunDir, all_finite, warn_once
 
 
@@ -212,31 +211,6 @@ def load_run(path, beta: float | None = None) -> LoadedRun:
     meta = None if beta is None else run.find_checkpoint(beta)
     meta, (flow, conditional) = load(run, meta)
     return LoadedRun(config, target, flow, conditional, meta)
-
-
-def defensive_checkpoint(betas: list[float], beta: float, prediction) -> int | None:
-    """Index in ``betas`` (the run's checkpoints) of the component q_low of the defensive
-    mixture for sampling at ``beta`` (:mod:`coarseflow.predict.defensive`): the checkpoint
-    below ``beta`` nearest ``prediction.defensive_beta``; None when ``defensive_fraction`` is 0
-    or no checkpoint lies below ``beta``."""
-    below = [i for i, b in enumerate(betas) if b < beta]
-    if prediction.defensive_fraction == 0 or not below:
-        return None
-    return min(below, key=lambda i: abs(betas[i] - prediction.defensive_beta))
-
-
-def load_defensive(path, beta: float, prediction) -> Defensive | None:
-    """The defensive mixture for sampling run ``path`` at ``beta`` with the settings
-    ``prediction`` (its component: :func:`defensive_checkpoint`); None when they set none."""
-    if prediction.defensive_fraction == 0:
-        return None
-    run, _, _, load = _open_run(path)
-    metas = run.checkpoints()
-    i = defensive_checkpoint([m["beta"] for m in metas], beta, prediction)
-    if i is None:
-        return None
-    _, (flow, _) = load(run, metas[i])
-    return Defensive(flow, prediction.defensive_fraction)
 
 
 def write_summary(run: RunDir, summary: dict) -> Path:

@@ -11,7 +11,6 @@ from coarseflow.analysis import metrics, plots
 from coarseflow.analysis.reports import report_for
 from coarseflow.atomic_files import atomic_write_bytes
 from coarseflow.parallel import check_divisible
-from coarseflow.predict.defensive import Defensive
 from coarseflow.predict.draw import Samples, draw_samples, log_partition_estimate
 from coarseflow.predict.refine import refine
 from coarseflow.progress import Progress
@@ -103,7 +102,7 @@ def _evaluate(
 ) -> dict:
     """evaluate_run, with ``run`` locked."""
     from coarseflow.sample_outputs import with_refine_steps
-    from coarseflow.workflow import defensive_checkpoint, run_flows, write_summary
+    from coarseflow.workflow import run_flows, write_summary
 
     config, target, flows = run_flows(run.root)
     prediction = with_refine_steps(config.prediction, refine_steps)
@@ -117,14 +116,8 @@ def _evaluate(
     refining = flows[-1][1][1] is not None and prediction.refine_steps > 0
     total = n_ladder * (len(flows) - 1) + n_final * (1 + refining)
     bar = Progress(total, "evaluate", show=progress)
-    # the sampled (last) checkpoint's one-shot X from the defensive mixture, when one is set
-    # (the refinement starts from q: predict.defensive says why)
-    betas = [meta["beta"] for meta, _ in flows]
-    low = defensive_checkpoint(betas, betas[-1], prediction)
-    defensive = None if low is None else Defensive(flows[low][1][0], prediction.defensive_fraction)
     for i, (meta, (flow, conditional)) in enumerate(flows):
-        last = i == len(flows) - 1
-        n = n_final if last else n_ladder
+        n = n_final if i == len(flows) - 1 else n_ladder
         s = draw_samples(
             jr.key(seed),
             target,
@@ -136,7 +129,6 @@ def _evaluate(
             batch=rows,
             progress=bar,
             mesh=mesh,
-            defensive=defensive if last else None,
         )
         per_beta.append(
             reference_metrics(target, s, meta["beta"])
@@ -167,8 +159,6 @@ def _evaluate(
             mesh=mesh,
         )
         per_beta[-1]["refined"] = reference_metrics(target, refined, beta) | info
-    if defensive is not None:
-        per_beta[-1] |= {"defensive_beta": betas[low], "defensive_fraction": defensive.fraction}
     bar.close()
     figures = _figures(run, target, by_beta)
     if refining:  # the last beta's figures again, of the refined samples

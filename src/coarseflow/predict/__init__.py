@@ -6,5 +6,4 @@ conditional  q(Y|X) of the samples: the target's exact one, a Laplace fit, AIS f
              a learned conditional's start from the Laplace fits (fit_to_laplace)
 draw         draw_samples: X ~ q(X), Y ~ q(Y|X), log-weights, in batches of one shape; log Z
 refine       refine: a learned model's samples by AIS toward p_beta in q's latent space
-defensive    the defensive mixture (1 - a) q(X) + a q_low(X) with a lower-beta checkpoint
 """

@@ -21,7 +21,6 @@ from jaxtyping import Array, Float
 from coarseflow.model.linear_map import physical_samples
 from coarseflow.parallel import check_divisible, shard_batch
 from coarseflow.predict.conditional import resolve_conditional, sample_learned, sample_q_y
-from coarseflow.predict.defensive import mixture_log_prob, sample_mixture
 from coarseflow.predict.settings import PredictionSettings
 from coarseflow.progress import Progress
 from coarseflow.targets.base import AbstractTarget
@@ -32,7 +31,7 @@ class Samples(NamedTuple):
 
     x: np.ndarray  # (N, n) every coordinate, in the target's own order
     X: np.ndarray  # (N, n_x)
-    log_qX: np.ndarray  # (N,) log q(X) of the flow (of the defensive mixture, when drawn from one)
+    log_qX: np.ndarray  # (N,) log q(X) of the flow
     log_q: np.ndarray  # (N,) log q(X) + log q(Y|X) (ais: the implied one, see predict.conditional)
     energy: np.ndarray  # (N,) reduced energy u(x) (beta = 1 units)
     log_weights: np.ndarray  # (N,) -beta u - log_q, unnormalised
@@ -50,13 +49,8 @@ def _batch(
     settings: PredictionSettings,
     learned=None,
     mesh=None,
-    defensive=None,
 ):
-    if defensive is None:
-        X, log_qX = shard_batch(flow.sample_and_log_prob(jr.fold_in(key, 0), (n,)), mesh)
-    else:
-        X = shard_batch(sample_mixture(jr.fold_in(key, 0), flow, defensive, n), mesh)
-        log_qX = mixture_log_prob(defensive, X, flow.log_prob(X))
+    X, log_qX = shard_batch(flow.sample_and_log_prob(jr.fold_in(key, 0), (n,)), mesh)
     if learned is not None:
         Y, log_qY, acceptance = sample_learned(jr.fold_in(key, 1), target, X, beta, learned)
     else:
@@ -104,7 +98,6 @@ def draw_samples(
     batch: int | None = None,
     progress: Progress | None = None,
     mesh=None,
-    defensive=None,
 ) -> Samples:
     """N = ``n`` (default settings.n_samples) one-shot samples at ``beta`` with log-weights.
 
@@ -112,9 +105,7 @@ def draw_samples(
     ``batch``: rows per compiled batch (:func:`batch_rows`). Sample i is the same for every
     n > i (the same key and batch). ``progress``: the compiling stage and bar to report to.
     ``mesh``: the devices each batch is split over (:mod:`coarseflow.parallel`; the samples
-    equal one device's up to rounding); its rows must split evenly. ``defensive``
-    (:class:`~coarseflow.predict.defensive.Defensive`): X from the defensive mixture q_a(X)
-    instead of q(X), the weights over q_a.
+    equal one device's up to rounding); its rows must split evenly.
     """
     n = settings.n_samples if n is None else n
     rows = batch_rows(n, settings, batch)
@@ -137,7 +128,6 @@ def draw_samples(
             settings,
             learned,
             mesh,
-            defensive,
         ),
         progress,
         "the sampler",

@@ -27,10 +27,6 @@ class PredictionSettings:
     (256 paths each).
     ``refine_leapfrog`` > 1: each step is an HMC step of that many leapfrog steps instead of
     one MALA step (refine_steps x refine_leapfrog evaluations per sample).
-    ``defensive_fraction`` a > 0: the sampled model's X come from the defensive mixture
-    (1 - a) q(X) + a q_low(X), q_low the ladder's checkpoint nearest ``defensive_beta`` below
-    the sampled beta (:mod:`coarseflow.predict.defensive`), for the one-shot draws and the
-    refinement's starts; the weights use the mixture's exact density.
     """
 
     n_samples: int = 10000
@@ -47,8 +43,6 @@ class PredictionSettings:
     refine_step_size: float = 0.2
     refine_leapfrog: int = 1
     refine_target_acceptance: float = 0.6
-    defensive_fraction: float = 0.0
-    defensive_beta: float = 0.5
 
     def __post_init__(self):
         from coarseflow import checks
@@ -69,12 +63,3 @@ class PredictionSettings:
             1.0,
             high_open=True,
         )
-        checks.number(
-            "[prediction] defensive_fraction",
-            self.defensive_fraction,
-            0.0,
-            1.0,
-            low_open=False,
-            high_open=True,
-        )
-        checks.number("[prediction] defensive_beta", self.defensive_beta, 0.0, 1.0)
