@@ -22,6 +22,7 @@ def benchmarks_on_path(monkeypatch):
         "parameter_average",
         "refinement",
         "against_reference",
+        "conditional_by_basin",
     ):
         sys.modules.pop(name, None)
 
@@ -351,3 +352,20 @@ def test_every_residue_is_scored_and_samples_equal_to_the_reference_score_zero(t
     bare = residue_scores(report, samples, metrics, {"phi": phi, "psi": psi}, 0)
     assert all(np.isnan(r["floor"]) and np.isnan(r["ratio"]) for r in bare)
     assert "± nan | +nan |" in format_run("gap", metrics | header, bare)
+
+
+def test_basin_rows_share_energy_and_weights_per_basin():
+    import numpy as np
+    from conditional_by_basin import basin_rows
+
+    labels = np.array([0, 0, 1, 1, 1, 2])
+    energy = np.array([1.0, 3.0, 10.0, 20.0, 30.0, 5.0])
+    log_w = np.array([0.0, -2.0, -10.0, -20.0, -30.0, 1.0])
+    rows = basin_rows(("a", "b", "c", "empty"), labels, energy, log_w)
+    assert [r["n"] for r in rows] == [2, 3, 1, 0]
+    np.testing.assert_allclose([r["share"] for r in rows], [2 / 6, 3 / 6, 1 / 6, 0])
+    np.testing.assert_allclose([r["energy"] for r in rows[:3]], [2.0, 20.0, 5.0])
+    # log-weights relative to the largest of all (1.0, in basin c)
+    np.testing.assert_allclose([r["log_w_max"] for r in rows[:3]], [-1.0, -11.0, 0.0])
+    np.testing.assert_allclose([r["log_w_median"] for r in rows[:3]], [-2.0, -21.0, 0.0])
+    assert np.isnan(rows[3]["energy"]) and np.isnan(rows[3]["log_w_max"])
