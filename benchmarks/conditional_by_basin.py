@@ -54,8 +54,9 @@ def basin_rows(
     return rows
 
 
-def laplace_energies(loaded, X: np.ndarray) -> np.ndarray:
-    """Reduced energies (M,) at X (M, n_x) with Y at the mode of p(Y|X) (the Laplace fit)."""
+def laplace_energies(loaded):
+    """A jitted X (M, n_x) -> reduced energies (M,) with Y at the mode of p(Y|X) (the Laplace
+    fit), built once for every basin."""
     config, target, _, _, meta = loaded
 
     @jax.jit
@@ -63,7 +64,7 @@ def laplace_energies(loaded, X: np.ndarray) -> np.ndarray:
         Y, _, _ = sample_q_y(jr.key(0), target, X, meta["beta"], "laplace", config.prediction)
         return jax.vmap(target.energy)(target.partition.merge(X, Y))
 
-    return np.asarray(energies(jnp.asarray(X)))
+    return energies
 
 
 def main(argv=None) -> list[dict]:
@@ -80,9 +81,14 @@ def main(argv=None) -> list[dict]:
         raise SystemExit(f"{args.run}: needs a run with a learned [conditional]")
     target.x_bijection()  # the molecule scans its dihedral seams once, outside jit
     samples = draw_samples(
-        jr.key(args.seed), target, flow, meta["beta"], config.prediction, n=args.n,
+        jr.key(args.seed),
+        target,
+        flow,
+        meta["beta"],
+        config.prediction,
+        n=args.n,
         conditional=conditional,
-    )  # fmt: skip
+    )
     report = MoleculeReport(target)
     angles = report.observables(samples.x)
     basins = report.basin_sets()[0]
@@ -97,13 +103,12 @@ def main(argv=None) -> list[dict]:
         "| u, learned Y | u, Laplace Y |"
     )
     print("|---|---|---|---|---|---|---|")
+    at_mode = laplace_energies(loaded)
     for k, row in enumerate(rows):
         first = np.flatnonzero(labels == k)[: args.per_basin]
         learned = float(np.mean(samples.energy[first])) if first.size else float("nan")
         laplace = (
-            float(np.mean(laplace_energies(loaded, samples.X[first])))
-            if first.size
-            else float("nan")
+            float(np.mean(at_mode(jnp.asarray(samples.X[first])))) if first.size else float("nan")
         )
         row |= {"energy_learned": learned, "energy_laplace": laplace}
         print(
