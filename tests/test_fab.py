@@ -367,3 +367,77 @@ def test_fab_conditional_is_fabs_setting():
         TrainingSettings(objective="fab", fab_conditional="forward")
     with pytest.raises(ConfigError, match="says how fab trains q"):
         TrainingSettings(objective="joint", fab_conditional="reverse_kl")
+
+
+class _AngledMixture(GaussianMixture):
+    """_setup's mixture with its first coordinate declared an angle (for the spread X)."""
+
+    def x_periodic(self):
+        return np.array([True, False])
+
+
+def test_conditional_coverage_adds_spread_x_to_the_conditionals_reverse_kl():
+    """conditional_coverage = 0.25: q(Y|X)'s reverse KL is averaged over the batch's X and
+    S / 4 more X of q with spread angles (spread_angles, the key folded with 7, their draws
+    with 8), each one more evaluation; fab's gradient of q(X) is unchanged."""
+    from coarseflow.model.flow import spread_angles
+    from coarseflow.objectives import conditional_terms
+    from coarseflow.training.losses import _Fixed, _loss
+    from coarseflow.training.settings import TrainingSettings
+
+    _, flow, cond = _setup()
+    target = _AngledMixture(n_x=2, seed=0, weights=[0.2, 0.3, 0.5])
+    beta, S, key = 0.1, 64, jr.key(9)
+    batch = _first(_fab_batch(3, beta, 40_000, 8, 0.1), S)
+    params, static = split_trainable((flow, cond))
+
+    @eqx.filter_jit
+    def gradients(params, key, beta):
+        def gradient(coverage):
+            training = TrainingSettings(
+                batch_size=S,
+                objective="fab",
+                fab_conditional="reverse_kl",
+                conditional_coverage=coverage,
+            )
+            fixed = _Fixed(None, None, None, batch)
+            loss = lambda p: _loss(p, static, key, beta, fixed, target, training)  # noqa: E731
+            (_, aux), grads = jax.value_and_grad(loss, has_aux=True)(params)
+            return grads, aux.evals
+
+        def union_reverse_kl(p):
+            c = eqx.combine(p, static[1])
+            spread = spread_angles(jr.fold_in(key, 7), flow, target, S // 4)
+            a = conditional_terms(c, key, target, batch.X, beta, 10.0)
+            b = conditional_terms(c, jr.fold_in(key, 8), target, spread, beta, 10.0)
+            surrogate = jnp.concatenate([a.surrogate, b.surrogate])
+            ok = jnp.concatenate([a.ok, b.ok])
+            return jnp.sum(jnp.where(ok, surrogate, 0.0)) / jnp.sum(ok)
+
+        return gradient(0.25), gradient(0.0), jax.grad(union_reverse_kl)(params[1])
+
+    ((flow_cov, cond_cov), evals), ((flow_plain, cond_plain), plain_evals), cond_union = gradients(
+        params, key, jnp.asarray(beta)
+    )
+    np.testing.assert_allclose(_flat(flow_cov), _flat(flow_plain), rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(_flat(cond_cov), _flat(cond_union), rtol=1e-5, atol=1e-7)
+    assert np.linalg.norm(_flat(cond_cov) - _flat(cond_plain)) > 1e-3 * np.linalg.norm(
+        _flat(cond_plain)
+    )
+    assert (int(evals), int(plain_evals)) == (S + S // 4, S)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"objective": "joint"}, "only objective = 'hybrid' and 'fab' with fab_conditional"),
+        ({"objective": "fab"}, "only objective = 'hybrid' and 'fab' with fab_conditional"),
+        ({"objective": "hybrid", "conditional_coverage": 1.5}, "expected a number in"),
+    ],
+)
+def test_conditional_coverage_is_checked(settings, message):
+    from coarseflow.errors import ConfigError
+    from coarseflow.training.settings import TrainingSettings
+
+    with pytest.raises(ConfigError, match=rf"\[training\] conditional_coverage: .*{message}"):
+        TrainingSettings(**{"conditional_coverage": 0.25, **settings})

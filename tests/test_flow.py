@@ -228,3 +228,50 @@ def test_make_flow_reads_the_target():
     assert np.all((X[:, 0] >= np.exp(-1.0)) & (X[:, 0] <= np.exp(1.0)))  # exp of the box
     counts, _ = np.histogram(X[:, 1], bins=4, range=(-np.pi, np.pi))
     assert np.all(np.abs(counts / 1000 - 1) < 0.15)  # the angle starts flat
+
+
+def test_spread_angles_draws_q_with_its_angles_uniform():
+    """spread_angles: q's draws with the declared angle uniform over its box range and the
+    other coordinate (here through the target's exp) distributed as q's; refused without
+    angles."""
+    import equinox as eqx
+
+    from coarseflow.model.flow import split_trainable, spread_angles
+
+    class Declared:
+        def x_bounds(self):
+            return np.array([-1.0, -np.pi]), np.array([1.0, np.pi])
+
+        def x_bijection(self):
+            return Stack([Exp(), Identity()])
+
+        def x_periodic(self):
+            return np.array([False, True])
+
+    target = Declared()
+    flow = make_flow(jr.key(3), target, FlowSettings(layers=2, nn_width=8, knots=4))
+    # a q far from flat in the angle: its splines' parameters perturbed
+    params, static = split_trainable(flow)
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jr.split(jr.key(5), len(leaves))
+    noisy = [a + 0.5 * jr.normal(k, a.shape, a.dtype) for a, k in zip(leaves, keys, strict=True)]
+    flow = eqx.combine(jax.tree.unflatten(treedef, noisy), static)
+    n = 8000
+    q = np.asarray(flow.sample(jr.key(4), (n,)))
+    spread = np.asarray(spread_angles(jr.key(6), flow, target, n))
+    assert spread.shape == (n, 2)
+    flat, _ = np.histogram(spread[:, 1], bins=8, range=(-np.pi, np.pi))
+    assert np.all(np.abs(flat / (n / 8) - 1) < 0.1)  # uniform: each of 8 bins within 10 %
+    skewed, _ = np.histogram(q[:, 1], bins=8, range=(-np.pi, np.pi))
+    assert np.max(np.abs(skewed / (n / 8) - 1)) > 0.3  # while q's angle is not
+    # the other coordinate keeps q's distribution (two-sample Kolmogorov-Smirnov distance)
+    grid = np.sort(np.concatenate([q[:, 0], spread[:, 0]]))
+    cdf = lambda v: np.searchsorted(np.sort(v), grid, side="right") / n  # noqa: E731
+    assert np.max(np.abs(cdf(q[:, 0]) - cdf(spread[:, 0]))) < 1.95 * np.sqrt(2 / n)  # 0.1 %
+
+    class NoAngles(Declared):
+        def x_periodic(self):
+            return np.array([False, False])
+
+    with pytest.raises(ConfigError, match="conditional_coverage: spreads the angles of X"):
+        spread_angles(jr.key(6), flow, NoAngles(), 4)

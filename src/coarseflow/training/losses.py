@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import jax.random as jr
 
 from coarseflow.fab import FabBatch, ReplayBuffer, alpha2_loss, replay_loss
-from coarseflow.model.flow import sample_with_log_det
+from coarseflow.model.flow import sample_with_log_det, spread_angles
 from coarseflow.objectives import (
     conditional_terms,
     forward_kl_loss,
@@ -107,15 +107,35 @@ def _loss(params, static, key, beta, fixed: _Fixed, target, training: TrainingSe
             jnp.sum(terms.ok),
             terms.log_weights,
         )
+        evals = terms.n_evals
     else:  # hybrid
         value, n_used = surrogate_loss(params[0], static[0], fixed.z, fixed.force)
         X = jax.lax.stop_gradient(sample_with_log_det(flow, fixed.z)[0])
-        terms = conditional_terms(conditional, key, target, X, beta, training.force_clip)
-        value = value + masked_mean(terms.surrogate, terms.ok)
+        conditional_value, terms, evals = conditional_reverse_kl(
+            conditional, flow, key, target, X, beta, training
+        )
+        value = value + conditional_value
         log_qX = jax.lax.stop_gradient(flow.log_prob(X))
         log_w = jnp.where(terms.ok, terms.log_weights - log_qX, -jnp.inf)
     samples = jax.lax.stop_gradient((terms.X, terms.Y))
-    return value, _Aux(n_used, log_w, terms.u, terms.n_evals, samples=samples)
+    return value, _Aux(n_used, log_w, terms.u, evals, samples=samples)
+
+
+def conditional_reverse_kl(conditional, flow, key, target, X, beta, training: TrainingSettings):
+    """(the conditional reverse KL's surrogate, averaged over X (S, n_x) and the
+    ``training.coverage_size()`` X of q with spread angles, the terms at X alone, their
+    energy + force evaluations): how q(Y|X) learns under hybrid and fab's "reverse_kl"."""
+    terms = conditional_terms(conditional, key, target, X, beta, training.force_clip)
+    surrogate, ok, evals = terms.surrogate, terms.ok, terms.n_evals
+    n_spread = training.coverage_size()
+    if n_spread:
+        spread = spread_angles(jr.fold_in(key, 7), flow, target, n_spread)
+        extra = conditional_terms(
+            conditional, jr.fold_in(key, 8), target, spread, beta, training.force_clip
+        )
+        surrogate = jnp.concatenate([surrogate, extra.surrogate])
+        ok, evals = jnp.concatenate([ok, extra.ok]), evals + extra.n_evals
+    return masked_mean(surrogate, ok), terms, evals
 
 
 def _fab_loss(flow, conditional, key, beta, fixed: _Fixed, target, training: TrainingSettings):
@@ -136,8 +156,8 @@ def _fab_loss(flow, conditional, key, beta, fixed: _Fixed, target, training: Tra
         start = (batch.start_log_weights, batch.start_u)
     evals = jnp.asarray(0)
     if split:
-        terms = conditional_terms(
-            conditional, key, target, jax.lax.stop_gradient(X), beta, training.force_clip
+        conditional_value, _, evals = conditional_reverse_kl(
+            conditional, flow, key, target, jax.lax.stop_gradient(X), beta, training
         )
-        value, evals = value + masked_mean(terms.surrogate, terms.ok), terms.n_evals
+        value = value + conditional_value
     return value, _Aux(n_used, *start, evals, log_q)
