@@ -267,7 +267,9 @@ def spread_angles(key: PRNGKeyArray, flow: Transformed, target, n: int) -> Float
     k_base, k_flat = jr.split(key)
     z = flow.base_dist.sample(k_base, (n,))
     box = jax.vmap(lambda v: to_box.transform(splines.transform(v)))(z)
-    lower, upper = (jnp.asarray(b, box.dtype) for b in target.x_bounds())
+    # the box from the flow itself (the target's x_bounds may not be traceable under jit)
+    edge = jnp.full(box.shape[1:], flow.base_dist.bound, box.dtype)
+    lower, upper = to_box.transform(-edge), to_box.transform(edge)
     flat = jr.uniform(k_flat, box.shape, box.dtype, lower, upper)
     box = jnp.where(periodic, flat, box)
     X = jax.vmap(output[0].transform)(box) if output else box
