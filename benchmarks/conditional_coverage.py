@@ -38,33 +38,37 @@ from conditional_capacity import train_arm
 from coarseflow.analysis.evaluation import reference_metrics
 from coarseflow.analysis.molecule_report import MoleculeReport
 from coarseflow.analysis.reports import is_one
+from coarseflow.model.flow import spread_angles
 from coarseflow.predict.draw import draw_samples
 from coarseflow.reference import load_reference
 from coarseflow.targets.molecule.registry import builtin_reference
 from coarseflow.training.losses import conditional_reverse_kl
-from coarseflow.training.settings import TrainingSettings
 from coarseflow.workflow import load_run
 
 
 def coverage_gradient(coverage: float, batch: int):
     """A ``train_arm`` gradient: the conditional reverse KL at ``batch`` X ~ q(X) plus
-    round(coverage * batch) X with spread angles; (gradient, evaluations counted by the loss)."""
-    training = TrainingSettings(batch_size=batch, objective="hybrid", conditional_coverage=coverage)
+    round(coverage * batch) X with spread angles (drawn as training draws them, in a program
+    of their own); (gradient, evaluations counted by the loss)."""
+    n_spread = round(coverage * batch)
 
     @eqx.filter_jit
-    def grad(params, static, key, flow, target, beta):
+    def grad(params, static, key, flow, target, beta, spread):
         X = jax.lax.stop_gradient(flow.sample(jr.fold_in(key, 0), (batch,)))
 
         def loss(p):
             value, _, evals = conditional_reverse_kl(
-                eqx.combine(p, static), flow, jr.fold_in(key, 1), target, X, beta, training
+                eqx.combine(p, static), jr.fold_in(key, 1), target, X, beta, 10.0, spread
             )
             return value, evals
 
         return jax.grad(loss, has_aux=True)(params)
 
     def gradient(params, static, key, flow, target, beta, batch, draws, args):
-        grads, evals = grad(params, static, key, flow, target, beta)
+        spread = None
+        if n_spread:
+            spread = eqx.filter_jit(spread_angles)(jr.fold_in(key, 7), flow, target, n_spread)
+        grads, evals = grad(params, static, key, flow, target, beta, spread)
         return grads, int(evals)
 
     return gradient

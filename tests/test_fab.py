@@ -377,9 +377,10 @@ class _AngledMixture(GaussianMixture):
 
 
 def test_conditional_coverage_adds_spread_x_to_the_conditionals_reverse_kl():
-    """conditional_coverage = 0.25: q(Y|X)'s reverse KL is averaged over the batch's X and
-    S / 4 more X of q with spread angles (spread_angles, the key folded with 7, their draws
-    with 8), each one more evaluation; fab's gradient of q(X) is unchanged."""
+    """With X of q with spread angles (conditional_coverage; made by spread_angles outside
+    the gradient and held fixed), q(Y|X)'s reverse KL is averaged over the batch's X and
+    them (their draws: the key folded with 8), each one more evaluation; fab's gradient of
+    q(X) is unchanged."""
     from coarseflow.model.flow import spread_angles
     from coarseflow.objectives import conditional_terms
     from coarseflow.training.losses import _Fixed, _loss
@@ -391,6 +392,8 @@ def test_conditional_coverage_adds_spread_x_to_the_conditionals_reverse_kl():
     batch = _first(_fab_batch(3, beta, 40_000, 8, 0.1), S)
     params, static = split_trainable((flow, cond))
 
+    spread = spread_angles(jr.key(7), flow, target, S // 4)
+
     @eqx.filter_jit
     def gradients(params, key, beta):
         def gradient(coverage):
@@ -400,14 +403,13 @@ def test_conditional_coverage_adds_spread_x_to_the_conditionals_reverse_kl():
                 fab_conditional="reverse_kl",
                 conditional_coverage=coverage,
             )
-            fixed = _Fixed(None, None, None, batch)
+            fixed = _Fixed(None, None, None, batch, spread=spread if coverage else None)
             loss = lambda p: _loss(p, static, key, beta, fixed, target, training)  # noqa: E731
             (_, aux), grads = jax.value_and_grad(loss, has_aux=True)(params)
             return grads, aux.evals
 
         def union_reverse_kl(p):
             c = eqx.combine(p, static[1])
-            spread = spread_angles(jr.fold_in(key, 7), flow, target, S // 4)
             a = conditional_terms(c, key, target, batch.X, beta, 10.0)
             b = conditional_terms(c, jr.fold_in(key, 8), target, spread, beta, 10.0)
             surrogate = jnp.concatenate([a.surrogate, b.surrogate])

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import jax.random as jr
 
 from coarseflow.fab import FabBatch, ReplayBuffer, alpha2_loss, replay_loss
-from coarseflow.model.flow import sample_with_log_det, spread_angles
+from coarseflow.model.flow import sample_with_log_det
 from coarseflow.objectives import (
     conditional_terms,
     forward_kl_loss,
@@ -66,6 +66,7 @@ class _Fixed(NamedTuple):
     fab: FabBatch | None = None  # the AIS end points of fab (without the replay buffer)
     buffer: ReplayBuffer | None = None  # fab's replay buffer, and the entries drawn from it
     drawn: jax.Array | None = None
+    spread: jax.Array | None = None  # (n, n_x) X with spread angles (conditional_coverage)
 
 
 class _Aux(NamedTuple):
@@ -112,7 +113,7 @@ def _loss(params, static, key, beta, fixed: _Fixed, target, training: TrainingSe
         value, n_used = surrogate_loss(params[0], static[0], fixed.z, fixed.force)
         X = jax.lax.stop_gradient(sample_with_log_det(flow, fixed.z)[0])
         conditional_value, terms, evals = conditional_reverse_kl(
-            conditional, flow, key, target, X, beta, training
+            conditional, key, target, X, beta, training.force_clip, fixed.spread
         )
         value = value + conditional_value
         log_qX = jax.lax.stop_gradient(flow.log_prob(X))
@@ -121,18 +122,15 @@ def _loss(params, static, key, beta, fixed: _Fixed, target, training: TrainingSe
     return value, _Aux(n_used, log_w, terms.u, evals, samples=samples)
 
 
-def conditional_reverse_kl(conditional, flow, key, target, X, beta, training: TrainingSettings):
-    """(the conditional reverse KL's surrogate, averaged over X (S, n_x) and the
-    ``training.coverage_size()`` X of q with spread angles, the terms at X alone, their
-    energy + force evaluations): how q(Y|X) learns under hybrid and fab's "reverse_kl"."""
-    terms = conditional_terms(conditional, key, target, X, beta, training.force_clip)
+def conditional_reverse_kl(conditional, key, target, X, beta, force_clip: float, spread=None):
+    """(the conditional reverse KL's surrogate averaged over X (S, n_x) and ``spread`` (n,
+    n_x; X of q with spread angles, :func:`coarseflow.model.flow.spread_angles`, or None),
+    the terms at X alone, their energy + force evaluations): how q(Y|X) learns under hybrid
+    and fab's "reverse_kl" (``[training] conditional_coverage``)."""
+    terms = conditional_terms(conditional, key, target, X, beta, force_clip)
     surrogate, ok, evals = terms.surrogate, terms.ok, terms.n_evals
-    n_spread = training.coverage_size()
-    if n_spread:
-        spread = spread_angles(jr.fold_in(key, 7), flow, target, n_spread)
-        extra = conditional_terms(
-            conditional, jr.fold_in(key, 8), target, spread, beta, training.force_clip
-        )
+    if spread is not None:
+        extra = conditional_terms(conditional, jr.fold_in(key, 8), target, spread, beta, force_clip)
         surrogate = jnp.concatenate([surrogate, extra.surrogate])
         ok, evals = jnp.concatenate([ok, extra.ok]), evals + extra.n_evals
     return masked_mean(surrogate, ok), terms, evals
@@ -157,7 +155,13 @@ def _fab_loss(flow, conditional, key, beta, fixed: _Fixed, target, training: Tra
     evals = jnp.asarray(0)
     if split:
         conditional_value, _, evals = conditional_reverse_kl(
-            conditional, flow, key, target, jax.lax.stop_gradient(X), beta, training
+            conditional,
+            key,
+            target,
+            jax.lax.stop_gradient(X),
+            beta,
+            training.force_clip,
+            fixed.spread,
         )
         value = value + conditional_value
     return value, _Aux(n_used, *start, evals, log_q)
