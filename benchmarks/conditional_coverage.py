@@ -5,11 +5,11 @@ it good in the basins that q(X) rarely visits? Prints markdown tables.
         [--updates 600] [--lr 1e-4] [--ema 0.99] [-n 20000] [--per-basin 32] [-k 32]
 
 q(X) of a molecule run's newest checkpoint is held fixed. From the run's learned q(Y|X), q(Y|X)
-is trained on at that beta by the training's own conditional reverse KL
-(:func:`coarseflow.training.losses.conditional_reverse_kl`: [training] batch_size X of q(X) and
-round(c * batch_size) X of q with their CG dihedrals spread uniformly, one energy + force
-evaluation each; Adam behind the gradient guard), each coverage c from the same start with the
-same seeds. Then, at the moving average of its parameters (``--ema``):
+is trained on at that beta as training trains it: the conditional reverse KL at [training]
+batch_size X of q(X), plus :func:`coarseflow.training.losses.coverage_loss` at round(c *
+batch_size) X of q with their CG dihedrals spread uniformly (one energy + force evaluation per
+X; Adam behind the gradient guard), each coverage c from the same start with the same seeds.
+Then, at the moving average of its parameters (``--ema``):
 
 * the conditional ESS: of K draws of q(Y|X) at each of M X ~ q(X) (conditional_capacity.py);
 * per basin of the first residue, at up to ``--per-basin`` X of q's draws there (the same X for
@@ -39,36 +39,45 @@ from coarseflow.analysis.evaluation import reference_metrics
 from coarseflow.analysis.molecule_report import MoleculeReport
 from coarseflow.analysis.reports import is_one
 from coarseflow.model.flow import spread_angles
+from coarseflow.objectives import conditional_terms, masked_mean
 from coarseflow.predict.draw import draw_samples
 from coarseflow.reference import load_reference
 from coarseflow.targets.molecule.registry import builtin_reference
-from coarseflow.training.losses import conditional_reverse_kl
+from coarseflow.training.losses import coverage_loss
+from coarseflow.training.settings import TrainingSettings
 from coarseflow.workflow import load_run
 
 
 def coverage_gradient(coverage: float, batch: int):
     """A ``train_arm`` gradient: the conditional reverse KL at ``batch`` X ~ q(X) plus
-    round(coverage * batch) X with spread angles (drawn as training draws them, in a program
-    of their own); (gradient, evaluations counted by the loss)."""
-    n_spread = round(coverage * batch)
+    conditional_coverage's term at round(coverage * batch) X with spread angles, as training
+    computes them (three programs); (gradient, evaluations counted where made)."""
+    training = TrainingSettings(batch_size=batch, objective="hybrid", conditional_coverage=coverage)
 
     @eqx.filter_jit
-    def grad(params, static, key, flow, target, beta, spread):
+    def plain(params, static, key, flow, target, beta):
         X = jax.lax.stop_gradient(flow.sample(jr.fold_in(key, 0), (batch,)))
 
         def loss(p):
-            value, _, evals = conditional_reverse_kl(
-                eqx.combine(p, static), jr.fold_in(key, 1), target, X, beta, 10.0, spread
-            )
-            return value, evals
+            terms = conditional_terms(eqx.combine(p, static), key, target, X, beta, 10.0)
+            return masked_mean(terms.surrogate, terms.ok), terms.n_evals
+
+        return jax.grad(loss, has_aux=True)(params)
+
+    @eqx.filter_jit
+    def spread_term(params, static, key, spread, target, beta):
+        def loss(p):
+            return coverage_loss(eqx.combine(p, static), key, target, spread, beta, training)
 
         return jax.grad(loss, has_aux=True)(params)
 
     def gradient(params, static, key, flow, target, beta, batch, draws, args):
-        spread = None
-        if n_spread:
-            spread = eqx.filter_jit(spread_angles)(jr.fold_in(key, 7), flow, target, n_spread)
-        grads, evals = grad(params, static, key, flow, target, beta, spread)
+        grads, evals = plain(params, static, key, flow, target, beta)
+        if training.coverage_size():
+            n = training.coverage_size()
+            spread = eqx.filter_jit(spread_angles)(jr.fold_in(key, 7), flow, target, n)
+            extra, more = spread_term(params, static, key, spread, target, beta)
+            grads, evals = jax.tree.map(jnp.add, grads, extra), evals + more
         return grads, int(evals)
 
     return gradient

@@ -376,57 +376,43 @@ class _AngledMixture(GaussianMixture):
         return np.array([True, False])
 
 
-def test_conditional_coverage_adds_spread_x_to_the_conditionals_reverse_kl():
-    """With X of q with spread angles (conditional_coverage; made by spread_angles outside
-    the gradient and held fixed), q(Y|X)'s reverse KL is averaged over the batch's X and
-    them (their draws: the key folded with 8), each one more evaluation; fab's gradient of
-    q(X) is unchanged."""
+def test_conditional_coverage_adds_the_conditionals_reverse_kl_at_spread_x():
+    """conditional_coverage's term (update_step's _coverage program): n / S times the mean of
+    the conditional reverse KL's per-X surrogate at the n X with spread angles (their draws:
+    the key folded with 8), so that q(Y|X) learns by the sum over the batch's X and them
+    divided by S; nothing for q(X); one evaluation per spread X."""
     from coarseflow.model.flow import spread_angles
     from coarseflow.objectives import conditional_terms
-    from coarseflow.training.losses import _Fixed, _loss
     from coarseflow.training.settings import TrainingSettings
+    from coarseflow.training.step import _coverage
 
     _, flow, cond = _setup()
     target = _AngledMixture(n_x=2, seed=0, weights=[0.2, 0.3, 0.5])
-    beta, S, key = 0.1, 64, jr.key(9)
-    batch = _first(_fab_batch(3, beta, 40_000, 8, 0.1), S)
+    beta, S, key = jnp.asarray(0.1), 64, jr.key(9)
+    training = TrainingSettings(
+        batch_size=S, objective="fab", fab_conditional="reverse_kl", conditional_coverage=0.25
+    )
+    spread = spread_angles(jr.key(7), flow, target, training.coverage_size())
     params, static = split_trainable((flow, cond))
-
-    spread = spread_angles(jr.key(7), flow, target, S // 4)
-
-    @eqx.filter_jit
-    def gradients(params, key, beta):
-        def gradient(coverage):
-            training = TrainingSettings(
-                batch_size=S,
-                objective="fab",
-                fab_conditional="reverse_kl",
-                conditional_coverage=coverage,
-            )
-            fixed = _Fixed(None, None, None, batch, spread=spread if coverage else None)
-            loss = lambda p: _loss(p, static, key, beta, fixed, target, training)  # noqa: E731
-            (_, aux), grads = jax.value_and_grad(loss, has_aux=True)(params)
-            return grads, aux.evals
-
-        def union_reverse_kl(p):
-            c = eqx.combine(p, static[1])
-            a = conditional_terms(c, key, target, batch.X, beta, 10.0)
-            b = conditional_terms(c, jr.fold_in(key, 8), target, spread, beta, 10.0)
-            surrogate = jnp.concatenate([a.surrogate, b.surrogate])
-            ok = jnp.concatenate([a.ok, b.ok])
-            return jnp.sum(jnp.where(ok, surrogate, 0.0)) / jnp.sum(ok)
-
-        return gradient(0.25), gradient(0.0), jax.grad(union_reverse_kl)(params[1])
-
-    ((flow_cov, cond_cov), evals), ((flow_plain, cond_plain), plain_evals), cond_union = gradients(
-        params, key, jnp.asarray(beta)
+    value, (flow_grad, cond_grad), evals = _coverage(
+        params, static, key, spread, beta, target, training
     )
-    np.testing.assert_allclose(_flat(flow_cov), _flat(flow_plain), rtol=1e-6, atol=1e-8)
-    np.testing.assert_allclose(_flat(cond_cov), _flat(cond_union), rtol=1e-5, atol=1e-7)
-    assert np.linalg.norm(_flat(cond_cov) - _flat(cond_plain)) > 1e-3 * np.linalg.norm(
-        _flat(cond_plain)
-    )
-    assert (int(evals), int(plain_evals)) == (S + S // 4, S)
+
+    @jax.jit
+    def per_x_sum(p):
+        terms = conditional_terms(
+            eqx.combine(p, static[1]), jr.fold_in(key, 8), target, spread, beta, 10.0
+        )
+        assert terms.ok.shape == (S // 4,)
+        return jnp.sum(jnp.where(terms.ok, terms.surrogate, 0.0)) / S, jnp.all(terms.ok)
+
+    (expected, all_ok), expected_grad = jax.value_and_grad(per_x_sum, has_aux=True)(params[1])
+    assert bool(all_ok)
+    np.testing.assert_allclose(float(value), float(expected), rtol=1e-5)
+    np.testing.assert_allclose(_flat(cond_grad), _flat(expected_grad), rtol=1e-5, atol=1e-7)
+    assert np.linalg.norm(_flat(expected_grad)) > 0
+    assert not np.any(_flat(flow_grad))
+    assert int(evals) == S // 4
 
 
 @pytest.mark.parametrize(
@@ -443,3 +429,45 @@ def test_conditional_coverage_is_checked(settings, message):
 
     with pytest.raises(ConfigError, match=rf"\[training\] conditional_coverage: .*{message}"):
         TrainingSettings(**{"conditional_coverage": 0.25, **settings})
+
+
+def test_training_with_conditional_coverage_counts_its_evaluations():
+    """train() with conditional_coverage = 0.25 at batch 16: every update adds 4 evaluations
+    (the spread X) to fab's AIS batch (16 paths x 2) and the conditional's 16."""
+    from coarseflow.samplers.conditional import ChainSettings
+    from coarseflow.tempering.schedules import Explicit
+    from coarseflow.training.ladder import Callbacks, train
+    from coarseflow.training.settings import TrainingSettings
+
+    class Records(Callbacks):
+        def __init__(self):
+            self.records = []
+
+        def on_updates(self, records):
+            self.records += records
+
+    _, flow, cond = _setup()
+    target = _AngledMixture(n_x=2, seed=0, weights=[0.2, 0.3, 0.5])
+    settings = TrainingSettings(
+        batch_size=16,
+        first_beta_updates=3,
+        tempering_samples=32,
+        objective="fab",
+        fab_steps=1,
+        fab_conditional="reverse_kl",
+        conditional_coverage=0.25,
+    )
+    seen = Records()
+    train(
+        target,
+        flow,
+        Explicit((1.0,)),
+        settings,
+        ChainSettings(),
+        conditional=cond,
+        callbacks=seen,
+        progress=False,
+    )
+    evals = np.diff([0] + [r["energy_evals"] for r in seen.records])
+    np.testing.assert_array_equal(evals, [32 + 16 + 4] * 3)
+    assert all(np.isfinite(r["loss"]) for r in seen.records)

@@ -66,7 +66,6 @@ class _Fixed(NamedTuple):
     fab: FabBatch | None = None  # the AIS end points of fab (without the replay buffer)
     buffer: ReplayBuffer | None = None  # fab's replay buffer, and the entries drawn from it
     drawn: jax.Array | None = None
-    spread: jax.Array | None = None  # (n, n_x) X with spread angles (conditional_coverage)
 
 
 class _Aux(NamedTuple):
@@ -108,32 +107,26 @@ def _loss(params, static, key, beta, fixed: _Fixed, target, training: TrainingSe
             jnp.sum(terms.ok),
             terms.log_weights,
         )
-        evals = terms.n_evals
     else:  # hybrid
         value, n_used = surrogate_loss(params[0], static[0], fixed.z, fixed.force)
         X = jax.lax.stop_gradient(sample_with_log_det(flow, fixed.z)[0])
-        conditional_value, terms, evals = conditional_reverse_kl(
-            conditional, key, target, X, beta, training.force_clip, fixed.spread
-        )
-        value = value + conditional_value
+        terms = conditional_terms(conditional, key, target, X, beta, training.force_clip)
+        value = value + masked_mean(terms.surrogate, terms.ok)
         log_qX = jax.lax.stop_gradient(flow.log_prob(X))
         log_w = jnp.where(terms.ok, terms.log_weights - log_qX, -jnp.inf)
     samples = jax.lax.stop_gradient((terms.X, terms.Y))
-    return value, _Aux(n_used, log_w, terms.u, evals, samples=samples)
+    return value, _Aux(n_used, log_w, terms.u, terms.n_evals, samples=samples)
 
 
-def conditional_reverse_kl(conditional, key, target, X, beta, force_clip: float, spread=None):
-    """(the conditional reverse KL's surrogate averaged over X (S, n_x) and ``spread`` (n,
-    n_x; X of q with spread angles, :func:`coarseflow.model.flow.spread_angles`, or None),
-    the terms at X alone, their energy + force evaluations): how q(Y|X) learns under hybrid
-    and fab's "reverse_kl" (``[training] conditional_coverage``)."""
-    terms = conditional_terms(conditional, key, target, X, beta, force_clip)
-    surrogate, ok, evals = terms.surrogate, terms.ok, terms.n_evals
-    if spread is not None:
-        extra = conditional_terms(conditional, jr.fold_in(key, 8), target, spread, beta, force_clip)
-        surrogate = jnp.concatenate([surrogate, extra.surrogate])
-        ok, evals = jnp.concatenate([ok, extra.ok]), evals + extra.n_evals
-    return masked_mean(surrogate, ok), terms, evals
+def coverage_loss(conditional, key, target, spread, beta, training: TrainingSettings):
+    """(n / batch_size times the conditional reverse KL's surrogate at ``spread`` (n, n_x), X
+    of q with spread angles (:func:`coarseflow.model.flow.spread_angles`), its energy + force
+    evaluations): ``[training] conditional_coverage``'s term, added to the objective's, so
+    that q(Y|X) learns by the sum of per-X terms over the batch's X and ``spread``, divided
+    by the batch size."""
+    terms = conditional_terms(conditional, key, target, spread, beta, training.force_clip)
+    share = spread.shape[0] / training.batch_size
+    return share * masked_mean(terms.surrogate, terms.ok), terms.n_evals
 
 
 def _fab_loss(flow, conditional, key, beta, fixed: _Fixed, target, training: TrainingSettings):
@@ -154,14 +147,8 @@ def _fab_loss(flow, conditional, key, beta, fixed: _Fixed, target, training: Tra
         start = (batch.start_log_weights, batch.start_u)
     evals = jnp.asarray(0)
     if split:
-        conditional_value, _, evals = conditional_reverse_kl(
-            conditional,
-            key,
-            target,
-            jax.lax.stop_gradient(X),
-            beta,
-            training.force_clip,
-            fixed.spread,
+        terms = conditional_terms(
+            conditional, key, target, jax.lax.stop_gradient(X), beta, training.force_clip
         )
-        value = value + conditional_value
+        value, evals = value + masked_mean(terms.surrogate, terms.ok), terms.n_evals
     return value, _Aux(n_used, *start, evals, log_q)

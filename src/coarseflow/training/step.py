@@ -35,6 +35,7 @@ from coarseflow.training.losses import (
     _loss,
     _normalised,
     chain_states,
+    coverage_loss,
 )
 from coarseflow.training.settings import TrainingSettings
 
@@ -127,23 +128,28 @@ def update_step(
     size (traced; ignored by the other objectives); ``refresh`` (static): with fab's replay
     buffer, whether this update makes a new AIS batch (without it, every update does).
 
-    Up to four compiled programs in a row: fab's AIS batch (fab, when one is made), the X with
-    spread angles (conditional_coverage > 0), the objective's gradient, the forward term's on
-    the joint (joint / hybrid with forward_kl_weight > 0); then the optimiser's step. As one
-    program, the gradient and the forward term sometimes never returned on the CPU (jaxlib
-    0.10.2, alanine dipeptide at batch >= 128: docs/benchmarks.md, Session 12); as separate
-    programs they did.
+    Compiled programs in a row: fab's AIS batch (fab, when one is made), the objective's
+    gradient, the forward term's on the joint (joint / hybrid with forward_kl_weight > 0), the
+    X with spread angles and their term (conditional_coverage > 0); then the optimiser's step.
+    As one program, the gradient and the forward term sometimes never returned on the CPU
+    (jaxlib 0.10.2, alanine dipeptide at batch >= 128: docs/benchmarks.md, Session 12); as
+    separate programs they did.
     """
     training = settings.training
     fab = None
     if training.objective == "fab" and (state.buffer is None or refresh):
         fab = _fab_batch(state.params, static, key, beta, fab_step, target, training, settings.mesh)
-    spread = None
+    grads, loss, info, buffer, samples, log_w = _gradients(
+        state, static, key, beta, fab, target, settings
+    )
     if training.coverage_size():
         spread = _spread_batch(state.params, static, key, target, training.coverage_size())
-    grads, loss, info, buffer, samples, log_w = _gradients(
-        state, static, key, beta, fab, spread, target, settings
-    )
+        value, coverage, evals = _coverage(
+            state.params, static, key, spread, beta, target, training
+        )
+        grads = jax.tree.map(jnp.add, grads, coverage)
+        info = info._replace(energy_evals=info.energy_evals + evals)
+        loss = loss + value
     if samples is not None and training.forward_kl_weight > 0:
         value, forward = _joint_forward(state.params, static, samples, log_w, beta, target)
         lam = training.forward_kl_weight
@@ -199,19 +205,31 @@ def _fab_batch(params, static, key, beta, fab_step, target, training, mesh) -> F
 
 @eqx.filter_jit
 def _spread_batch(params, static, key, target, n: int):
-    """``n`` X of q with spread angles for the conditional's reverse KL (conditional_coverage),
-    a program of its own: inside the gradient's, XLA's CPU runtime hung (idle) on alanine
-    dipeptide, as the forward term did."""
+    """``n`` X of q with spread angles for the conditional's reverse KL (conditional_coverage)."""
     flow, _ = eqx.combine(params, static)
     return spread_angles(jr.fold_in(key, 7), flow, target, n)
 
 
 @eqx.filter_jit
-def _gradients(state: TrainState, static, key, beta, fab, spread, target, settings):
+def _coverage(params, static, key, spread, beta, target, training):
+    """(value, gradient, evaluations) of conditional_coverage's term
+    (:func:`coarseflow.training.losses.coverage_loss`) at the X ``spread``: a program of its
+    own, because inside the objective's XLA's CPU runtime hung (idle) on alanine dipeptide, as
+    the forward term did."""
+
+    def loss(p):
+        _, conditional = eqx.combine(p, static)
+        return coverage_loss(conditional, jr.fold_in(key, 8), target, spread, beta, training)
+
+    (value, evals), grads = eqx.filter_value_and_grad(loss, has_aux=True)(params)
+    return value, grads, evals
+
+
+@eqx.filter_jit
+def _gradients(state: TrainState, static, key, beta, fab, target, settings):
     """(gradient, loss, StepInfo without loss / grad_norm / skipped, fab's buffer, the
     joint samples (X, Y) or None, their log-weights (S,) or None) of the objective; ``fab``:
-    the update's AIS batch (fab; None where the update draws only from the buffer);
-    ``spread``: X with spread angles for the conditional (None without coverage)."""
+    the update's AIS batch (fab; None where the update draws only from the buffer)."""
     training, chains, prediction, mesh = settings
     params, buffer = state.params, state.buffer
     flow, conditional = eqx.combine(params, static)
@@ -248,7 +266,7 @@ def _gradients(state: TrainState, static, key, beta, fab, spread, target, settin
             jr.fold_in(key, 2), flow, target, z, X, log_det, beta, prediction
         )
         weights, batch_ess = _normalised(log_w)
-    fixed = _Fixed(z, force, weights, fab, buffer, drawn, spread)
+    fixed = _Fixed(z, force, weights, fab, buffer, drawn)
     (loss, aux), grads = eqx.filter_value_and_grad(_loss, has_aux=True)(
         params, static, jr.fold_in(key, 4), beta, fixed, target, training
     )
