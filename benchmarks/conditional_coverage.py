@@ -48,10 +48,11 @@ from coarseflow.training.settings import TrainingSettings
 from coarseflow.workflow import load_run
 
 
-def coverage_gradient(coverage: float, batch: int):
+def coverage_gradient(coverage: float, batch: int, focus=None):
     """A ``train_arm`` gradient: the conditional reverse KL at ``batch`` X ~ q(X) plus
     conditional_coverage's term at round(coverage * batch) X with spread angles, as training
-    computes them (three programs); (gradient, evaluations counted where made)."""
+    computes them (three programs); (gradient, evaluations counted where made). ``focus``
+    (m, n_x): draw the term's X from these rows instead (with replacement; ``--focus``)."""
     training = TrainingSettings(batch_size=batch, objective="hybrid", conditional_coverage=coverage)
 
     @eqx.filter_jit
@@ -75,7 +76,10 @@ def coverage_gradient(coverage: float, batch: int):
         grads, evals = plain(params, static, key, flow, target, beta)
         if training.coverage_size():
             n = training.coverage_size()
-            spread = eqx.filter_jit(spread_angles)(jr.fold_in(key, 7), flow, target, n)
+            if focus is None:
+                spread = eqx.filter_jit(spread_angles)(jr.fold_in(key, 7), flow, target, n)
+            else:
+                spread = focus[jr.randint(jr.fold_in(key, 7), (n,), 0, len(focus))]
             extra, more = spread_term(params, static, key, spread, target, beta)
             grads, evals = jax.tree.map(jnp.add, grads, extra), evals + more
         return grads, int(evals)
@@ -140,6 +144,12 @@ def main(argv=None) -> None:
     parser.add_argument("--per-basin", type=int, default=32)
     parser.add_argument("-m", type=int, default=500, help="X draws for the conditional ESS")
     parser.add_argument("-k", type=int, default=32, help="Y draws per X for the ESS")
+    parser.add_argument(
+        "--focus",
+        default=None,
+        help="a basin of the first residue: the coverage term's X are q's draws in it (the "
+        "pool's) instead of spread X: can q(Y|X) be right there when it is trained there?",
+    )
     args = parser.parse_args(argv)
     args.every, args.draws = args.updates, 1  # train_arm's ESS only at the start and the end
 
@@ -174,7 +184,11 @@ def main(argv=None) -> None:
 
     rows = []
     for coverage in args.coverage:
-        gradient = coverage_gradient(coverage, batch)
+        focus = None
+        if args.focus is not None:
+            focus = jnp.asarray(pool.X[labels == list(basins.names).index(args.focus)])
+            print(f"--focus {args.focus}: {len(focus)} X of q in it", flush=True)
+        gradient = coverage_gradient(coverage, batch, focus)
         for seed in args.seeds:
             print(f"coverage {coverage:g}, seed {seed}:", flush=True)
             trace, trained = train_arm(
