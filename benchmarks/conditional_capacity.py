@@ -166,9 +166,8 @@ GRADIENTS = {"rkl": reverse_kl_gradient, "fkl": forward_kl_gradient, "mcmc": mcm
 
 
 def train_arm(conditional, flow, target, beta, args, seed: int, lr: float, batch: int, gradient):
-    """([(updates, energy evals, conditional ESS mean, q10, seconds)] along the training by
-    ``gradient`` (one of GRADIENTS; the optimiser's step is a compiled program of its own),
-    the trained conditional: its parameters' moving average with ``args.ema``)."""
+    """[(updates, energy evals, conditional ESS mean, q10, seconds)] along the training by
+    ``gradient`` (one of GRADIENTS; the optimiser's step is a compiled program of its own)."""
     optimiser = adam_with_skip_clip(lr)
     params, static = eqx.partition(conditional, eqx.is_inexact_array)
     opt_state = optimiser.init(params)
@@ -209,7 +208,7 @@ def train_arm(conditional, flow, target, beta, args, seed: int, lr: float, batch
         if i < args.updates:
             params, opt_state, average, made = step(params, opt_state, average, jr.fold_in(key, i))
             evals += made
-    return rows, eqx.combine(average, static)
+    return rows
 
 
 def main(argv=None) -> None:
@@ -264,7 +263,7 @@ def main(argv=None) -> None:
         )
         for seed in args.seeds:
             print(f"{arm}, seed {seed}:", flush=True)
-            results[arm, seed], _ = train_arm(
+            results[arm, seed] = train_arm(
                 start, flow, target, beta, args, seed, lr, training.batch_size, GRADIENTS[loss]
             )
     print(

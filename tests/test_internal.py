@@ -322,21 +322,3 @@ def test_methyl_relabelings_permute_the_internal_coordinates(ala2):
 
     fast = jax.jit(jax.vmap(lambda y_: cond.log_prob(ala2, X, 0.5, y_)))(draws.Y)
     np.testing.assert_allclose(fast, jax.jit(jax.vmap(slow))(draws.Y), rtol=1e-10)
-
-
-def test_spread_angles_under_jit_spreads_phi_and_psi_and_keeps_bonds_in_the_box(ala2):
-    """spread_angles on a molecule, traced with the molecule (as training calls it): phi and
-    psi of the draws uniform over the circle, the bonds and angles inside the flow's box."""
-    from coarseflow.model.flow import make_flow, spread_angles
-
-    flow = make_flow(jr.key(0), ala2, FlowSettings(layers=2, nn_width=8, knots=4))
-    n = 4000
-    X = eqx.filter_jit(spread_angles)(jr.key(1), flow, ala2, n)
-    q = np.asarray(jax.vmap(ala2.x_bijection().inverse)(X))
-    lo, hi = ala2.x_bounds()
-    dihedral = ala2.x_periodic()
-    inside = (q >= lo - 1e-4) & (q <= hi + 1e-4)
-    assert np.all(inside[:, ~dihedral])
-    for angle in q[:, dihedral].T:
-        counts, _ = np.histogram(np.mod(angle, 2 * math.pi), bins=8, range=(0, 2 * math.pi))
-        assert np.all(np.abs(counts / (n / 8) - 1) < 0.15)

@@ -250,27 +250,3 @@ def sample_with_log_det(flow: Transformed, z: Float[Array, "S n_x"]):
     """X = f(z) (S, n_x) and log|det df/dz| (S,) for base samples z."""
     bij = paramax.unwrap(flow.bijection)
     return jax.vmap(bij.transform_and_log_det)(z)
-
-
-def spread_angles(key: PRNGKeyArray, flow: Transformed, target, n: int) -> Float[Array, "n n_x"]:
-    """``n`` draws X of q(X) whose angle coordinates (``target.x_periodic()``: a molecule's CG
-    dihedrals) are redrawn uniformly over their range of the flow's box; the other coordinates
-    (bond lengths and angles) stay q's. They cover the whole Ramachandran plane, also where
-    q(X) rarely goes (``[training] conditional_coverage``). Not differentiated through."""
-    periodic = np.asarray(target.x_periodic(), bool)
-    if not periodic.any():
-        raise ConfigError(
-            "[training] conditional_coverage: spreads the angles of X, and this target has "
-            "none (x_periodic); set it to 0"
-        )
-    splines, to_box, *output = paramax.unwrap(flow.bijection).bijections
-    k_base, k_flat = jr.split(key)
-    z = flow.base_dist.sample(k_base, (n,))
-    box = jax.vmap(lambda v: to_box.transform(splines.transform(v)))(z)
-    # the box from the flow itself (the target's x_bounds may not be traceable under jit)
-    edge = jnp.full(box.shape[1:], flow.base_dist.bound, box.dtype)
-    lower, upper = to_box.transform(-edge), to_box.transform(edge)
-    flat = jr.uniform(k_flat, box.shape, box.dtype, lower, upper)
-    box = jnp.where(periodic, flat, box)
-    X = jax.vmap(output[0].transform)(box) if output else box
-    return jax.lax.stop_gradient(X)

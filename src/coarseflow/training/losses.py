@@ -118,17 +118,6 @@ def _loss(params, static, key, beta, fixed: _Fixed, target, training: TrainingSe
     return value, _Aux(n_used, log_w, terms.u, terms.n_evals, samples=samples)
 
 
-def coverage_loss(conditional, key, target, spread, beta, training: TrainingSettings):
-    """(n / batch_size times the conditional reverse KL's surrogate at ``spread`` (n, n_x), X
-    of q with spread angles (:func:`coarseflow.model.flow.spread_angles`), its energy + force
-    evaluations): ``[training] conditional_coverage``'s term, added to the objective's, so
-    that q(Y|X) learns by the sum of per-X terms over the batch's X and ``spread``, divided
-    by the batch size."""
-    terms = conditional_terms(conditional, key, target, spread, beta, training.force_clip)
-    share = spread.shape[0] / training.batch_size
-    return share * masked_mean(terms.surrogate, terms.ok), terms.n_evals
-
-
 def _fab_loss(flow, conditional, key, beta, fixed: _Fixed, target, training: TrainingSettings):
     """fab's (loss, _Aux): the alpha = 2 loss on the AIS batch or the replay buffer's drawn
     entries; with ``fab_conditional = "reverse_kl"`` its gradient reaches q(X) only and q(Y|X)

@@ -59,14 +59,6 @@ class TrainingSettings:
     and diverges (docs/benchmarks.md, Session 13); Y|X is unimodal, so the reverse KL loses
     nothing there.
 
-    ``conditional_coverage`` (c, default 0): where q(Y|X) learns by its conditional reverse KL
-    at fixed X (hybrid; fab with fab_conditional = "reverse_kl"), it learns also at
-    round(c * batch_size) more X, q's draws with their angles spread uniformly
-    (:func:`coarseflow.model.flow.spread_angles`; a molecule's CG dihedrals), one energy +
-    force evaluation each. The conditional is otherwise trained only where q(X) goes, and in
-    basins q(X) visits a few times in a thousand it extrapolates, up to 150 kT above the
-    mode of p(Y|X) (docs/benchmarks.md, Session 19).
-
     ``average_decay`` (0: off): within each beta, an exponential moving average of the
     parameters, average <- d average + (1 - d) params after every update, started at the
     beta's first parameters; at the end of the beta the model becomes that average (the next
@@ -93,7 +85,6 @@ class TrainingSettings:
     fab_reuse: int = 1
     fab_conditional: str = "alpha2"
     average_decay: float = 0.0
-    conditional_coverage: float = 0.0
     skip_window: int = 50
     skip_factor: float = 10.0
     clip_factor: float = 3.0
@@ -150,18 +141,6 @@ class TrainingSettings:
                 f"[training] fab_conditional: says how fab trains q(Y|X); objective is "
                 f"{self.objective!r} (leave it out)"
             )
-        checks.number(
-            key("conditional_coverage"), self.conditional_coverage, 0.0, 1.0, low_open=False
-        )
-        by_reverse_kl = self.objective == "hybrid" or (
-            self.objective == "fab" and self.fab_conditional == "reverse_kl"
-        )
-        if self.conditional_coverage > 0 and not by_reverse_kl:
-            raise ConfigError(
-                "[training] conditional_coverage: widens the X of the conditional's reverse "
-                "KL, which only objective = 'hybrid' and 'fab' with fab_conditional = "
-                f"'reverse_kl' use; objective is {self.objective!r} (set it to 0)"
-            )
         checks.seed(key("seed"), self.seed)
         if self.objective == "fab" and self.forward_kl_weight > 0:
             raise ConfigError(
@@ -173,11 +152,6 @@ class TrainingSettings:
             raise checks.fail(
                 key("skip_factor"), f"a finite number > clip_factor = {clip:g}", self.skip_factor
             )
-
-    def coverage_size(self) -> int:
-        """How many spread X the conditional's reverse KL adds per update
-        (``conditional_coverage``)."""
-        return round(self.conditional_coverage * self.batch_size)
 
     def updates_at(self, index: int, beta: float) -> int:
         """Updates at the ``index``-th beta of the ladder, ``beta``."""

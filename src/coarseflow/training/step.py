@@ -22,7 +22,7 @@ from coarseflow.fab import (
     replay_draw,
     replay_update,
 )
-from coarseflow.model.flow import sample_with_log_det, split_trainable, spread_angles
+from coarseflow.model.flow import sample_with_log_det, split_trainable
 from coarseflow.objectives import clip_forces, joint_forward_kl_loss
 from coarseflow.optim import find_skip_clip_state, global_norm
 from coarseflow.parallel import shard_batch
@@ -35,7 +35,6 @@ from coarseflow.training.losses import (
     _loss,
     _normalised,
     chain_states,
-    coverage_loss,
 )
 from coarseflow.training.settings import TrainingSettings
 
@@ -128,12 +127,11 @@ def update_step(
     size (traced; ignored by the other objectives); ``refresh`` (static): with fab's replay
     buffer, whether this update makes a new AIS batch (without it, every update does).
 
-    Compiled programs in a row: fab's AIS batch (fab, when one is made), the objective's
-    gradient, the forward term's on the joint (joint / hybrid with forward_kl_weight > 0), the
-    X with spread angles and their term (conditional_coverage > 0); then the optimiser's step.
-    As one program, the gradient and the forward term sometimes never returned on the CPU
-    (jaxlib 0.10.2, alanine dipeptide at batch >= 128: docs/benchmarks.md, Session 12); as
-    separate programs they did.
+    Up to three compiled programs in a row: fab's AIS batch (fab, when one is made), the
+    objective's gradient, the forward term's on the joint (joint / hybrid with
+    forward_kl_weight > 0); then the optimiser's step. As one program, the gradient and the
+    forward term sometimes never returned on the CPU (jaxlib 0.10.2, alanine dipeptide at
+    batch >= 128: docs/benchmarks.md, Session 12); as separate programs they did.
     """
     training = settings.training
     fab = None
@@ -142,14 +140,6 @@ def update_step(
     grads, loss, info, buffer, samples, log_w = _gradients(
         state, static, key, beta, fab, target, settings
     )
-    if training.coverage_size():
-        spread = _spread_batch(state.params, static, key, target, training.coverage_size())
-        value, coverage, evals = _coverage(
-            state.params, static, key, spread, beta, target, training
-        )
-        grads = jax.tree.map(jnp.add, grads, coverage)
-        info = info._replace(energy_evals=info.energy_evals + evals)
-        loss = loss + value
     if samples is not None and training.forward_kl_weight > 0:
         value, forward = _joint_forward(state.params, static, samples, log_w, beta, target)
         lam = training.forward_kl_weight
@@ -201,28 +191,6 @@ def _fab_batch(params, static, key, beta, fab_step, target, training, mesh) -> F
         flow, conditional, jr.fold_in(key, 5), target, beta, S, training.fab_steps, fab_step, "p2/q"
     )
     return shard_batch(batch, mesh)
-
-
-@eqx.filter_jit
-def _spread_batch(params, static, key, target, n: int):
-    """``n`` X of q with spread angles for the conditional's reverse KL (conditional_coverage)."""
-    flow, _ = eqx.combine(params, static)
-    return spread_angles(jr.fold_in(key, 7), flow, target, n)
-
-
-@eqx.filter_jit
-def _coverage(params, static, key, spread, beta, target, training):
-    """(value, gradient, evaluations) of conditional_coverage's term
-    (:func:`coarseflow.training.losses.coverage_loss`) at the X ``spread``: a program of its
-    own, because inside the objective's XLA's CPU runtime hung (idle) on alanine dipeptide, as
-    the forward term did."""
-
-    def loss(p):
-        _, conditional = eqx.combine(p, static)
-        return coverage_loss(conditional, jr.fold_in(key, 8), target, spread, beta, training)
-
-    (value, evals), grads = eqx.filter_value_and_grad(loss, has_aux=True)(params)
-    return value, grads, evals
 
 
 @eqx.filter_jit
