@@ -120,7 +120,7 @@ def _chain_draws(conditional, key, flow, target, beta, n_x: int, n_steps: int, s
     eps0 = jr.normal(jr.fold_in(key, 1), (n_x, conditional.n_y), X.dtype)
 
     def one(k, x, eps):
-        gaussian = conditional._gaussian(target, x)
+        gaussian = conditional._gaussian(target, x, beta)
 
         def evaluate(e):
             def log_pull(e):  # log p_beta(Y(e)|X) + log|dY/de| up to a constant

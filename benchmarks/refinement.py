@@ -1,14 +1,16 @@
 """How far does the AIS refinement lift a learned model's ESS, and at what cost? Prints a table.
 
-    python benchmarks/refinement.py RUN [--steps 0 10 30 100] [--leapfrog 1] [--draws 0 1 2]
-        [--target-acceptance 0.6] [-n 5000]
+    python benchmarks/refinement.py RUN [--steps 0 10 30 100] [--leapfrog 1] [--polish 0]
+        [--draws 0 1 2] [--target-acceptance 0.6] [-n 5000]
 
 From the newest checkpoint of a trained run with a learned q(Y|X) (its beta, normally 1), each
 ``--steps`` K draws ``-n`` samples: K = 0 the one-shot model (X ~ q(X), Y ~ q(Y|X), exact
 densities), K > 0 the refinement (``[prediction] refine_steps = K``, ``coarseflow evaluate
 --refine-steps K``: annealed importance sampling from q toward p_beta in q's latent space, K
 MALA steps per sample, each weight unbiased for Z); each ``--leapfrog`` L > 1 adds rows with HMC
-steps of L leapfrog steps instead (``refine_leapfrog = L``, K x L evaluations per path). Several
+steps of L leapfrog steps instead (``refine_leapfrog = L``, K x L evaluations per path); each
+``--polish`` P > 0 adds rows with q(Y|X)'s mean polished by P steps at each X
+(``[prediction] polish_steps = P``, P + 1 more evaluations per X, and per point of a path). Several
 ``--draws`` (independent sets of samples, the same keys for every K) give the spread of the ESS
 fraction and of log Z, which on a few thousand weights is itself noisy. Energy evaluations per
 sample are those the refinement counts (its pilot included, spread over the samples); the run's
@@ -33,24 +35,32 @@ from coarseflow.workflow import load_run
 
 
 def one_set(
-    loaded, steps: int, seed: int, n: int, leapfrog: int = 1, target_acceptance: float = 0.6
+    loaded,
+    steps: int,
+    seed: int,
+    n: int,
+    leapfrog: int = 1,
+    target_acceptance: float = 0.6,
+    polish: int = 0,
 ) -> dict:
     """ESS fraction, Pareto k, log Z, acceptance and evaluations per sample of one draw set."""
     config, target, flow, conditional, meta = loaded
     key = jr.key(1000 + seed)
     t0 = time.perf_counter()
+    settings = dataclasses.replace(
+        config.prediction,
+        refine_steps=steps,
+        refine_leapfrog=leapfrog,
+        refine_target_acceptance=target_acceptance,
+        polish_steps=polish,
+    )
     if steps == 0:
         samples = draw_samples(
-            key, target, flow, meta["beta"], config.prediction, n=n, conditional=conditional
+            key, target, flow, meta["beta"], settings, n=n, conditional=conditional
         )
-        acceptance, evals = float("nan"), 1.0  # one energy per sample (its weight)
+        # one energy per sample (its weight), and the polish's at its X
+        acceptance, evals = float("nan"), 1.0 + conditional.polished(polish).polish_evals
     else:
-        settings = dataclasses.replace(
-            config.prediction,
-            refine_steps=steps,
-            refine_leapfrog=leapfrog,
-            refine_target_acceptance=target_acceptance,
-        )
         samples, info = refine(key, target, flow, conditional, meta["beta"], settings, n=n)
         acceptance, evals = info["refine_acceptance"], info["refine_energy_evals"] / n
     log_w = np.asarray(samples.log_weights)
@@ -75,6 +85,7 @@ def main(argv=None) -> list[dict]:
         default=0.6,
         help="the pilot's (refine_target_acceptance)",
     )
+    parser.add_argument("--polish", type=int, nargs="+", default=[0])
     parser.add_argument("--draws", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("-n", type=int, default=5000, help="samples per draw set")
     args = parser.parse_args(argv)
@@ -84,13 +95,19 @@ def main(argv=None) -> list[dict]:
         raise SystemExit(f"{args.run}: needs a run with a learned [conditional]")
     trained = int(loaded.meta["energy_evals"])  # the checkpoint's count: updates and ladder
     rows = []
-    pairs = [(k, L) for k in args.steps for L in args.leapfrog if k > 0 or L == args.leapfrog[0]]
-    for steps, leapfrog in pairs:
+    cases = [
+        (k, L, p)
+        for p in args.polish
+        for k in args.steps
+        for L in args.leapfrog
+        if k > 0 or L == args.leapfrog[0]
+    ]
+    for steps, leapfrog, polish in cases:
         sets = [
-            one_set(loaded, steps, seed, args.n, leapfrog, args.target_acceptance)
+            one_set(loaded, steps, seed, args.n, leapfrog, args.target_acceptance, polish)
             for seed in args.draws
         ]
-        row = {"steps": steps, "leapfrog": leapfrog, "sets": sets}
+        row = {"steps": steps, "leapfrog": leapfrog, "polish": polish, "sets": sets}
         for name in ("ess", "k", "log_Z", "acceptance", "evals_per_sample", "seconds"):
             values = np.array([s[name] for s in sets])
             row[name] = float(values.mean())
@@ -98,7 +115,8 @@ def main(argv=None) -> list[dict]:
         rows.append(row)
         each = ", ".join(f"{s['ess']:.3f} (k {s['k']:.2f})" for s in sets)
         print(
-            f"  K = {steps}, L = {leapfrog}: ESS {row['ess']:.3f} ± {row['ess_sd']:.3f} [{each}], "
+            f"  K = {steps}, L = {leapfrog}, polish {polish}: "
+            f"ESS {row['ess']:.3f} ± {row['ess_sd']:.3f} [{each}], "
             f"log Z {row['log_Z']:.3f} ± {row['log_Z_sd']:.3f} ({row['seconds']:.0f} s a set)",
             flush=True,
         )
@@ -108,15 +126,16 @@ def main(argv=None) -> list[dict]:
         f"training: {trained:,} energy evaluations\n"
     )
     print(
-        "| refine steps K | leapfrog L | ESS fraction | Pareto k | log Z | acceptance "
+        "| refine steps K | leapfrog L | polish | ESS fraction | Pareto k | log Z | acceptance "
         "| evals per sample | training + 20,000 samples |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         total = trained + 20_000 * r["evals_per_sample"]
         acc = "-" if r["steps"] == 0 else f"{r['acceptance']:.2f}"
         print(
-            f"| {r['steps']} | {r['leapfrog']} | {r['ess']:.3f} ± {r['ess_sd']:.3f} | "
+            f"| {r['steps']} | {r['leapfrog']} | {r['polish']} "
+            f"| {r['ess']:.3f} ± {r['ess_sd']:.3f} | "
             f"{r['k']:.2f} | {r['log_Z']:.3f} ± {r['log_Z_sd']:.3f} | {acc} | "
             f"{r['evals_per_sample']:.1f} | {total:.3g} |"
         )

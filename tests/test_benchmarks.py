@@ -231,6 +231,15 @@ def test_refinement_sets_are_unbiased_for_z_and_count_their_evaluations():
     hmc = one_set(loaded, 4, 0, 4000, leapfrog=3)  # HMC steps of 3 leapfrog steps
     assert abs(hmc["log_Z"]) < 4 * np.sqrt((1.0 / hmc["ess"] - 1.0) / 4000), hmc
     assert hmc["evals_per_sample"] == (6 * _PILOT_PATHS + 4000) * (4 * 3 + 2) / 4000
+    # q(Y|X)'s mean moved off p's, polished by 2 steps at each X ([prediction] polish_steps):
+    # still unbiased, 3 more evaluations per X, one-shot and at each point of a path
+    shifted = eqx.tree_at(lambda c: c.loc, exact, jnp.full(target.n_y, 0.5))
+    loaded = (config, target, flow, shifted, {"beta": 1.0})
+    for steps in (0, 4):
+        polished = one_set(loaded, steps, 0, 4000, polish=2)
+        assert abs(polished["log_Z"]) < 4 * np.sqrt((1.0 / polished["ess"] - 1.0) / 4000)
+    assert one_set(loaded, 0, 1, 4000, polish=2)["evals_per_sample"] == 4.0
+    assert polished["evals_per_sample"] == (6 * _PILOT_PATHS + 4000) * (5 * 4 + 1) / 4000
 
 
 def wrapped(angles):

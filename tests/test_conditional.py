@@ -44,14 +44,15 @@ def _perturbed(conditional, key, scale=0.3):
 
 
 @pytest.mark.parametrize(
-    ("kind", "target_class"), [("gaussian", _Ring), ("flow", _Ring), ("flow", _Swap)]
+    ("kind", "target_class", "polish"),
+    [("gaussian", _Ring, 0), ("gaussian", _Ring, 3), ("flow", _Ring, 0), ("flow", _Swap, 2)],
 )
-def test_density_is_exact_normalised_and_matches_sampling(kind, target_class):
+def test_density_is_exact_normalised_and_matches_sampling(kind, target_class, polish):
     target = target_class(n_x=2, n_y=2, seed=1)
     cond = make_conditional(jr.key(0), target, ConditionalSettings(kind=kind, nn_width=8))
     cond = _perturbed(
         eqx.tree_at(lambda c: c.log_diag, cond, jnp.full(2, -0.5, cond.log_diag.dtype)), jr.key(1)
-    )
+    ).polished(polish)
     X, beta = jnp.array([0.3, -0.2]), 0.7
     draws = jax.vmap(lambda k: cond.sample(k, target, X, beta))(jr.split(jr.key(2), 64))
     again = jax.vmap(lambda y: cond.log_prob(target, X, beta, y))(draws.Y)
@@ -73,6 +74,26 @@ def test_density_is_exact_normalised_and_matches_sampling(kind, target_class):
         assert abs(mass - 1.0) < 2e-3
     else:
         assert abs(mass - 1.0) < 1e-3
+
+
+def test_polish_moves_the_mean_to_the_mode_in_one_newton_step_when_the_covariance_is_exact():
+    # p_beta(Y|X) = N(B X, cond_width^2 / beta): with L L^T / beta its covariance, a polish step
+    # is Newton's on a quadratic and lands on the mode from anywhere; a worse start is kept
+    target = GaussianMixture(n_x=2, n_y=3, seed=0)
+    cond = _exact_conditional(target)
+    cond = eqx.tree_at(lambda c: c.loc, cond, jnp.array([0.8, -1.5, 0.3]))
+    X, beta = jnp.array([0.4, -0.9]), 0.6
+    mode, _ = target.conditional_gaussian(X, beta)
+    off = cond._gaussian(target, X, beta)[1]
+    assert np.max(np.abs(off - mode)) > 0.5
+    for steps in (1, 3):
+        polished = cond.polished(steps)
+        np.testing.assert_allclose(polished._gaussian(target, X, beta)[1], mode, atol=1e-10)
+    # a covariance twice too wide overshoots: the step is halved, and the mean still improves
+    wide = eqx.tree_at(lambda c: c.log_diag, cond, cond.log_diag + 0.5 * np.log(2.0))
+    wide = wide.polished(4)
+    mu = wide._gaussian(target, X, beta)[1]
+    assert np.max(np.abs(mu - mode)) < 0.2 * np.max(np.abs(off - mode))
 
 
 def test_symmetrised_density_is_invariant():
@@ -130,7 +151,7 @@ def _gaussian_kl(cond, target, X, beta):
     """Closed form mean over X (S, n_x) of KL(q(Y|X) || p_beta(Y|X)) for a gaussian kind."""
 
     def one(x):
-        _, mu, L = cond._gaussian(target, x)
+        _, mu, L = cond._gaussian(target, x, beta)
         cov = L @ L.T / beta
         m_p, s_p = target.conditional_gaussian(x, beta)
         d = m_p - mu
@@ -171,24 +192,32 @@ def test_conditional_gradient_matches_the_closed_form_kl_gradient():
     assert np.linalg.norm(flat_mc - flat_exact) < 0.02 * np.linalg.norm(flat_exact)
 
 
-def test_learned_exact_conditional_gives_exact_weights():
+@pytest.mark.parametrize(("shift", "polish"), [(0.0, 0), (1.0, 0), (1.0, 1)])
+def test_learned_exact_conditional_gives_exact_weights(shift, polish):
     # with q(Y|X) = p(Y|X) the learned route's log-weights are log p(X) - log q(X): the same
-    # as the target's own exact conditional, sample for sample in distribution (log Z = 0)
+    # as the target's own exact conditional, sample for sample in distribution (log Z = 0).
+    # A mean shifted off p's breaks that; [prediction] polish_steps = 1 restores it (with the
+    # exact covariance one polish step is Newton's on a quadratic)
     target = GaussianMixture(n_x=2, seed=0)
     lower, upper = target.x_bounds()
     flow = box_flow(
         jr.key(1), lower=lower, upper=upper, settings=FlowSettings(knots=4, layers=2, nn_width=8)
     )
+    cond = _exact_conditional(target)
+    cond = eqx.tree_at(lambda c: c.loc, cond, jnp.full(target.n_y, shift))
     s = draw_samples(
         jr.key(2),
         target,
         flow,
         1.0,
-        PredictionSettings(n_samples=4000),
-        conditional=_exact_conditional(target),
+        PredictionSettings(n_samples=4000, polish_steps=polish),
+        conditional=cond,
     )
     expected = np.asarray(target.log_marginal(s.X)) - s.log_qX
-    np.testing.assert_allclose(s.log_weights, expected, rtol=1e-9, atol=1e-9)
+    if shift and not polish:
+        assert np.max(np.abs(s.log_weights - expected)) > 1.0
+    else:
+        np.testing.assert_allclose(s.log_weights, expected, rtol=1e-9, atol=1e-9)
 
 
 def test_settings_errors():
@@ -288,3 +317,5 @@ def test_objective_and_conditional_must_agree():
         parse_config(base | {"conditional": {"kind": "gaussian"}})
     with pytest.raises(ConfigError, match=r"\[training\] objective"):
         parse_config(base | {"training": {"objective": "fabulous"}})
+    with pytest.raises(ConfigError, match=r"\[prediction\] polish_steps: needs a learned"):
+        parse_config(base | {"prediction": {"polish_steps": 2}})

@@ -111,6 +111,7 @@ SPEC = {
         "refine_step_size": ("num", 0.0, math.inf, True, True),
         "refine_leapfrog": ("int", 1, INT_MAX),
         "refine_target_acceptance": ("num", 0.0, 1.0, True, True),
+        "polish_steps": ("int", 0, INT_MAX),
     },
     "reference": {
         "n_replicas": ("int", 1, STEPS),

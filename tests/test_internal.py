@@ -315,9 +315,9 @@ def test_methyl_relabelings_permute_the_internal_coordinates(ala2):
     draws = jax.jit(jax.vmap(lambda k: cond.sample(k, ala2, X, 0.5)))(jr.split(jr.key(2), 4))
 
     def slow(y_):
-        logs = jax.vmap(lambda p: cond._log_prob0(ala2, X, 0.5, y_[p], cond._gaussian(ala2, X)))(
-            perms
-        )
+        logs = jax.vmap(
+            lambda p: cond._log_prob0(ala2, X, 0.5, y_[p], cond._gaussian(ala2, X, 0.5))
+        )(perms)
         return jax.nn.logsumexp(logs) - math.log(len(perms))
 
     fast = jax.jit(jax.vmap(lambda y_: cond.log_prob(ala2, X, 0.5, y_)))(draws.Y)

@@ -172,6 +172,13 @@ def parse_config(raw: dict) -> Config:
         target,
         config.prediction.refine_steps,
     )
+    if config.prediction.polish_steps and (not learned or config.conditional.linear_map):
+        raise ConfigError(
+            "[prediction] polish_steps: needs a learned q(Y|X) without a linear map ([conditional] "
+            "kind = 'gaussian' or 'flow', linear_map = false): it moves q(Y|X) toward the "
+            f"unmapped p(Y|X); got kind = {config.conditional.kind!r}, linear_map = "
+            f"{str(config.conditional.linear_map).lower()}"
+        )
     return config
 
 

@@ -71,7 +71,7 @@ def _latent(flow, conditional, target, beta, u):
     z, eps = u[:n_x], u[n_x:]
     X, log_det = paramax.unwrap(flow.bijection).transform_and_log_det(z)
     log_qX = flow.base_dist.log_prob(z) - log_det
-    gaussian = conditional._gaussian(target, X)
+    gaussian = conditional._gaussian(target, X, beta)
     Y, log_q0Y, valid = conditional.transform(target, X, beta, eps, gaussian)
     log_qY = (
         log_q0Y

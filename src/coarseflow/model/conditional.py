@@ -43,6 +43,7 @@ estimates unbiased (q's mass outside p's support is only wasted).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import NamedTuple
 
@@ -178,14 +179,26 @@ class LearnedConditional(eqx.Module):
     xi_relabelings: tuple[tuple[int, ...], ...] | None = eqx.field(static=True, default=None)
     # the learnable linear map of the atoms behind the partition, or None (the partition)
     linear_map: LinearMap | None = None
+    # Newton-like steps that move mu(X) toward the mode of p_beta(xi|X) (``_polish``; set by
+    # [prediction] polish_steps through :meth:`polished`); 0: the network's mean
+    polish: int = eqx.field(static=True, default=0)
 
     @property
     def n_y(self) -> int:
         return len(self.periodic)
 
-    def _gaussian(self, target, X):
+    @property
+    def polish_evals(self) -> int:
+        """Energy + force evaluations the polish makes at each X: polish + 1, or 0."""
+        return self.polish + 1 if self.polish else 0
+
+    def polished(self, steps: int) -> LearnedConditional:
+        """The same conditional with its mean polished by ``steps`` steps at every X."""
+        return dataclasses.replace(self, polish=steps)
+
+    def _gaussian(self, target, X, beta):
         """(h (n_f,), mu (n_y,), L (n_y, n_y)) at X, L before the 1 / sqrt(beta): everything
-        that depends on X alone, computed once per X."""
+        that does not depend on Y, computed once per X (mu depends on beta where polished)."""
         n = self.n_y
         h = self.features(target, X)
         out = self.net(h)
@@ -194,7 +207,42 @@ class LearnedConditional(eqx.Module):
         rows, cols = np.tril_indices(n, -1)
         L = jnp.zeros((n, n), X.dtype).at[rows, cols].set(self.lower + out[2 * n :])
         L = L + jnp.diag(jnp.exp(self.log_diag + out[n : 2 * n]))
+        if self.polish:
+            mu = self._polish(target, X, beta, mu, L)
         return h, mu, L
+
+    def _polish(self, target, X, beta, mu, L):
+        """mu (n_y,) after ``polish`` steps toward the mode of p_beta(xi|X): on v(xi) = beta
+        u(X, Y(xi)) - log|dY/dxi|, the step -L L^T grad v / beta (Newton's where the model's
+        covariance is the inverse Hessian), taken if v falls, else halved for the next try.
+        A deterministic function of X, so q(Y|X) keeps its exact density; it repairs the mean
+        where the network extrapolates (rare basins of q(X)). polish + 1 energy + force
+        evaluations per X."""
+
+        def v_and_grad(xi):
+            def v(xi):
+                Y, log_det = target.y_cartesian(X, xi)
+                return beta * target.energy_xy(X, Y) - log_det
+
+            value, grad = jax.value_and_grad(v)(xi)
+            ok = jnp.isfinite(value) & jnp.all(jnp.isfinite(grad))
+            return jnp.where(ok, value, jnp.inf), jnp.where(ok, grad, 0.0)
+
+        def step(carry, _):
+            xi, value, grad, scale = carry
+            new = xi - scale * (L @ (L.T @ grad)) / beta
+            new_value, new_grad = v_and_grad(new)
+            better = new_value <= value
+            return (
+                jnp.where(better, new, xi),
+                jnp.where(better, new_value, value),
+                jnp.where(better, new_grad, grad),
+                jnp.where(better, scale, 0.5 * scale),
+            ), None
+
+        start = (mu, *v_and_grad(mu), jnp.asarray(1.0, mu.dtype))
+        (xi, *_), _ = jax.lax.scan(step, start, None, length=self.polish)
+        return xi
 
     def _from_eps(self, gaussian, beta, eps):
         """xi (n_y,) and log q0(xi | X) () for the base draw eps (n_y,); ``gaussian``: the
@@ -239,7 +287,7 @@ class LearnedConditional(eqx.Module):
 
     def log_prob(self, target, X, beta, Y, gaussian=None) -> Float[Array, ""]:
         """log q(Y | X) (), symmetrised over the relabelings."""
-        gaussian = self._gaussian(target, X) if gaussian is None else gaussian
+        gaussian = self._gaussian(target, X, beta) if gaussian is None else gaussian
         perms = np.asarray(self.relabelings)
         if len(perms) == 1:
             return self._log_prob0(target, X, beta, Y, gaussian)
@@ -257,7 +305,7 @@ class LearnedConditional(eqx.Module):
     def transform(self, target, X, beta, eps, gaussian=None) -> ConditionalSample:
         """Y (n_y,) for the base draw eps (n_y,) ~ N(0, I), with the unsymmetrised log q0(Y|X)
         and whether Y is valid (its internal coordinates give back xi)."""
-        gaussian = self._gaussian(target, X) if gaussian is None else gaussian
+        gaussian = self._gaussian(target, X, beta) if gaussian is None else gaussian
         xi, log_q0 = self._from_eps(gaussian, beta, eps)
         Y, log_det_y = target.y_cartesian(X, xi)
         periodic = np.asarray(self.periodic, bool)
@@ -270,7 +318,7 @@ class LearnedConditional(eqx.Module):
         """One Y ~ q(Y | X) with its exact log-density."""
         k_eps, k_perm = jr.split(key)
         eps = jr.normal(k_eps, (self.n_y,), X.dtype)
-        gaussian = self._gaussian(target, X)
+        gaussian = self._gaussian(target, X, beta)
         Y, log_q0, valid = self.transform(target, X, beta, eps, gaussian)
         perms = np.asarray(self.relabelings)
         if len(perms) == 1:

@@ -179,6 +179,14 @@ def sample_q_y(
     return jax.vmap(lambda x, k: one(target, x, beta, k, settings))(X, keys)
 
 
+def with_polish(learned, settings: PredictionSettings):
+    """A learned conditional as prediction uses it: its mean polished by [prediction]
+    polish_steps (None stays None)."""
+    if learned is None or settings.polish_steps == 0:
+        return learned
+    return learned.polished(settings.polish_steps)
+
+
 def sample_learned(key, target, X: Float[Array, "S n_x"], beta, learned):
     """(Y (S, n_y), log q(Y|X) (S,), NaN (S,)) from a learned conditional; samples outside its
     valid range get log q = +inf, i.e. weight zero (see :mod:`coarseflow.model.conditional`)."""

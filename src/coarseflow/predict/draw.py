@@ -20,7 +20,12 @@ from jaxtyping import Array, Float
 
 from coarseflow.model.linear_map import physical_samples
 from coarseflow.parallel import check_divisible, shard_batch
-from coarseflow.predict.conditional import resolve_conditional, sample_learned, sample_q_y
+from coarseflow.predict.conditional import (
+    resolve_conditional,
+    sample_learned,
+    sample_q_y,
+    with_polish,
+)
 from coarseflow.predict.settings import PredictionSettings
 from coarseflow.progress import Progress
 from coarseflow.targets.base import AbstractTarget
@@ -101,7 +106,8 @@ def draw_samples(
 ) -> Samples:
     """N = ``n`` (default settings.n_samples) one-shot samples at ``beta`` with log-weights.
 
-    ``conditional``: a learned q(Y|X) (exact density, no AIS); None: ``settings.conditional``.
+    ``conditional``: a learned q(Y|X) (exact density, no AIS; its mean polished by
+    ``settings.polish_steps``); None: ``settings.conditional``.
     ``batch``: rows per compiled batch (:func:`batch_rows`). Sample i is the same for every
     n > i (the same key and batch). ``progress``: the compiling stage and bar to report to.
     ``mesh``: the devices each batch is split over (:mod:`coarseflow.parallel`; the samples
@@ -111,7 +117,7 @@ def draw_samples(
     rows = batch_rows(n, settings, batch)
     check_divisible(rows, mesh, "rows per batch (min([prediction] batch_size, n))")
     progress = Progress(n, "sample", show=False) if progress is None else progress
-    learned = conditional
+    learned = with_polish(conditional, settings)
     conditional = (
         "learned" if learned is not None else resolve_conditional(target, settings.conditional)
     )

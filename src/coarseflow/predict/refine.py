@@ -13,6 +13,7 @@ import numpy as np
 from coarseflow.errors import ConfigError
 from coarseflow.model.linear_map import check_linear_map, model_map
 from coarseflow.parallel import check_divisible, shard_batch
+from coarseflow.predict.conditional import with_polish
 from coarseflow.predict.draw import Samples, _in_batches, batch_rows
 from coarseflow.predict.settings import PredictionSettings
 from coarseflow.progress import Progress
@@ -102,6 +103,7 @@ def refine(
         )
     # the CLI's --refine-steps bypasses the config's check
     check_linear_map(model_map(conditional) is not None, "joint", target, settings.refine_steps)
+    conditional = with_polish(conditional, settings)
     n = settings.n_samples if n is None else n
     rows = batch_rows(n, settings, batch)
     check_divisible(rows, mesh, "rows per batch (min([prediction] batch_size, n))")
@@ -150,9 +152,10 @@ def refine(
         "the refinement",
     )
     # each path (pilot ones and the last batch's padding too): steps x leapfrog + 1
-    # evaluations with gradient, and its end's energy
+    # evaluations with gradient, each with the polish's at its X, and its end's energy
     drawn = -(-n // rows) * rows
-    evals = (len(candidates) * _PILOT_PATHS + drawn) * (steps * leapfrog + 2)
+    per_path = (steps * leapfrog + 1) * (1 + conditional.polish_evals) + 1
+    evals = (len(candidates) * _PILOT_PATHS + drawn) * per_path
     info = {
         "refine_steps": steps,
         "refine_leapfrog": leapfrog,

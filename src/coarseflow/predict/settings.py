@@ -27,6 +27,11 @@ class PredictionSettings:
     (256 paths each).
     ``refine_leapfrog`` > 1: each step is an HMC step of that many leapfrog steps instead of
     one MALA step (refine_steps x refine_leapfrog evaluations per sample).
+    ``polish_steps`` > 0 (a learned conditional only): at each X, the learned q(Y|X)'s mean is
+    moved that many Newton-like steps toward the mode of p_beta(Y|X) before Y is drawn
+    (:meth:`~coarseflow.model.conditional.LearnedConditional.polished`): a deterministic
+    function of X, so the density stays exact; polish_steps + 1 more energy + force
+    evaluations per X (per point of a refinement's path).
     """
 
     n_samples: int = 10000
@@ -43,6 +48,7 @@ class PredictionSettings:
     refine_step_size: float = 0.2
     refine_leapfrog: int = 1
     refine_target_acceptance: float = 0.6
+    polish_steps: int = 0
 
     def __post_init__(self):
         from coarseflow import checks
@@ -52,7 +58,7 @@ class PredictionSettings:
             checks.integer(f"[prediction] {name}", getattr(self, name), 1)
         if self.ladder_samples is not None:
             checks.integer("[prediction] ladder_samples", self.ladder_samples, 1)
-        for name in ("minimize_steps", "newton_steps", "ais_steps", "refine_steps"):
+        for name in ("minimize_steps", "newton_steps", "ais_steps", "refine_steps", "polish_steps"):
             checks.integer(f"[prediction] {name}", getattr(self, name), 0)
         for name in ("minimize_lr", "ais_step_size", "refine_step_size"):
             checks.number(f"[prediction] {name}", getattr(self, name), 0.0)
