@@ -217,7 +217,9 @@ class LearnedConditional(eqx.Module):
         covariance is the inverse Hessian), taken if v falls, else halved for the next try.
         A deterministic function of X, so q(Y|X) keeps its exact density; it repairs the mean
         where the network extrapolates (rare basins of q(X)). polish + 1 energy + force
-        evaluations per X."""
+        evaluations per X. Gradients pass it straight through (the shift is held constant):
+        a sampler that moves X along a gradient (the refinement's MALA) stays exact through its
+        Metropolis test, whatever the gradient, and needs no second derivatives of u."""
 
         def v_and_grad(xi):
             def v(xi):
@@ -241,8 +243,8 @@ class LearnedConditional(eqx.Module):
             ), None
 
         start = (mu, *v_and_grad(mu), jnp.asarray(1.0, mu.dtype))
-        (xi, *_), _ = jax.lax.scan(step, start, None, length=self.polish)
-        return xi
+        (xi, *_), _ = jax.lax.scan(step, jax.lax.stop_gradient(start), None, length=self.polish)
+        return mu + jax.lax.stop_gradient(xi - mu)
 
     def _from_eps(self, gaussian, beta, eps):
         """xi (n_y,) and log q0(xi | X) () for the base draw eps (n_y,); ``gaussian``: the
