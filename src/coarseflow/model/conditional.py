@@ -59,6 +59,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 from coarseflow.errors import ConfigError
 from coarseflow.model.linear_map import LinearMap, check_linear_map
+from coarseflow.model.polish import polish_mean
 
 KINDS = ("chains", "gaussian", "flow")
 
@@ -179,7 +180,7 @@ class LearnedConditional(eqx.Module):
     xi_relabelings: tuple[tuple[int, ...], ...] | None = eqx.field(static=True, default=None)
     # the learnable linear map of the atoms behind the partition, or None (the partition)
     linear_map: LinearMap | None = None
-    # Newton-like steps that move mu(X) toward the mode of p_beta(xi|X) (``_polish``; set by
+    # Newton-like steps that move mu(X) toward the mode of p_beta(xi|X) (polish_mean; set by
     # [prediction] polish_steps through :meth:`polished`); 0: the network's mean
     polish: int = eqx.field(static=True, default=0)
 
@@ -208,43 +209,8 @@ class LearnedConditional(eqx.Module):
         L = jnp.zeros((n, n), X.dtype).at[rows, cols].set(self.lower + out[2 * n :])
         L = L + jnp.diag(jnp.exp(self.log_diag + out[n : 2 * n]))
         if self.polish:
-            mu = self._polish(target, X, beta, mu, L)
+            mu = polish_mean(target, X, beta, mu, L, self.polish)
         return h, mu, L
-
-    def _polish(self, target, X, beta, mu, L):
-        """mu (n_y,) after ``polish`` steps toward the mode of p_beta(xi|X): on v(xi) = beta
-        u(X, Y(xi)) - log|dY/dxi|, the step -L L^T grad v / beta (Newton's where the model's
-        covariance is the inverse Hessian), taken if v falls, else halved for the next try.
-        A deterministic function of X, so q(Y|X) keeps its exact density; it repairs the mean
-        where the network extrapolates (rare basins of q(X)). polish + 1 energy + force
-        evaluations per X. Gradients pass it straight through (the shift is held constant):
-        a sampler that moves X along a gradient (the refinement's MALA) stays exact through its
-        Metropolis test, whatever the gradient, and needs no second derivatives of u."""
-
-        def v_and_grad(xi):
-            def v(xi):
-                Y, log_det = target.y_cartesian(X, xi)
-                return beta * target.energy_xy(X, Y) - log_det
-
-            value, grad = jax.value_and_grad(v)(xi)
-            ok = jnp.isfinite(value) & jnp.all(jnp.isfinite(grad))
-            return jnp.where(ok, value, jnp.inf), jnp.where(ok, grad, 0.0)
-
-        def step(carry, _):
-            xi, value, grad, scale = carry
-            new = xi - scale * (L @ (L.T @ grad)) / beta
-            new_value, new_grad = v_and_grad(new)
-            better = new_value <= value
-            return (
-                jnp.where(better, new, xi),
-                jnp.where(better, new_value, value),
-                jnp.where(better, new_grad, grad),
-                jnp.where(better, scale, 0.5 * scale),
-            ), None
-
-        start = (mu, *v_and_grad(mu), jnp.asarray(1.0, mu.dtype))
-        (xi, *_), _ = jax.lax.scan(step, jax.lax.stop_gradient(start), None, length=self.polish)
-        return mu + jax.lax.stop_gradient(xi - mu)
 
     def _from_eps(self, gaussian, beta, eps):
         """xi (n_y,) and log q0(xi | X) () for the base draw eps (n_y,); ``gaussian``: the
