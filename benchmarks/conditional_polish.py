@@ -7,7 +7,7 @@ markdown tables.
 
 From a molecule run's newest checkpoint (beta 1) with a learned [conditional], nothing
 retrained: for each number of polish steps K the same q(X) and network, with mu(X) moved K
-Newton-like steps toward the mode of p_beta(xi|X) (``LearnedConditional._polish``; a
+Newton-like steps toward the mode of p_beta(xi|X) (``coarseflow.model.polish.polish_mean``; a
 deterministic function of X, so the density stays exact; K + 1 energy + force evaluations per
 X). Then:
 
