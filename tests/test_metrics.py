@@ -19,6 +19,7 @@ from coarseflow.analysis.metrics import (
     normalized_weights,
     pareto_k,
     weighted_mean_stderr,
+    weighted_proportion_stderr,
 )
 
 
@@ -78,6 +79,33 @@ def test_weighted_mean_stderr_equal_weights_and_repeated_importance_sampling():
         predicted.append(weighted_mean_stderr((x > 0.5).astype(float), w))
     assert np.mean(estimates) == pytest.approx(0.5, abs=3 * np.std(estimates) / 20)
     assert np.std(estimates) / np.mean(predicted) == pytest.approx(1.0, abs=0.1)  # 0.94
+
+
+def test_proportion_stderr_covers_a_state_that_no_sample_reached():
+    # a state of population 1e-3 seen by 500 equal-weight samples: no sample in it 61 % of the
+    # time. The delta method then says 0 +- 0 (z infinite); the floor keeps |z| < 2 in
+    # (nearly) every draw, and leaves the error of a sampled state as it was.
+    rng = np.random.default_rng(4)
+    z_delta, z_floor = [], []
+    for _ in range(400):
+        inside = (rng.random(500) < 1e-3).astype(float)
+        w = np.ones(500)
+        estimate = inside.mean()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z_delta.append(abs(estimate - 1e-3) / weighted_mean_stderr(inside, w))
+        z_floor.append(abs(estimate - 1e-3) / weighted_proportion_stderr(inside, w))
+    assert np.mean(np.isinf(z_delta)) > 0.5
+    assert np.mean(np.asarray(z_floor) < 2.0) > 0.97
+    half = (np.arange(500) < 250).astype(float)
+    assert weighted_proportion_stderr(half, np.ones(500)) == weighted_mean_stderr(
+        half, np.ones(500)
+    )
+    # the floor follows the weights' n_eff: four equal weights among zeros are n_eff = 4
+    w = np.r_[np.ones(4), np.zeros(96)]
+    p0 = 0.5 / 4
+    assert weighted_proportion_stderr(np.zeros(100), w) == pytest.approx(
+        math.sqrt(p0 * (1 - p0) / 4)
+    )
 
 
 def test_log_mean_exp():

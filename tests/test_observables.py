@@ -162,4 +162,7 @@ def test_basin_populations():
     err = obs.basin_population_errors(phi, psi, np.ones(6))
     assert list(err) == list(pops)
     assert all(e == pytest.approx(math.sqrt(1 / 6 * 5 / 6 / 6)) for e in err.values())
-    assert obs.basin_population_errors(phi, psi, w)["other"] == 0.0
+    # a basin no weighted sample reaches: the error of half an effective sample, not 0
+    n_eff = 1 / np.sum((w / w.sum()) ** 2)
+    floor = math.sqrt(0.5 / n_eff * (1 - 0.5 / n_eff) / n_eff)
+    assert obs.basin_population_errors(phi, psi, w)["other"] == pytest.approx(floor)

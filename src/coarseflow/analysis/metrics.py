@@ -127,6 +127,23 @@ def weighted_mean_stderr(values: ArrayLike, weights: Float[ArrayLike, " N"]) -> 
     return np.sqrt(np.sum(wn**2 * (f - mean) ** 2, axis=0))
 
 
+def weighted_proportion_stderr(indicator: ArrayLike, weights: Float[ArrayLike, " N"]) -> np.ndarray:
+    """Standard error of self-normalised importance-sampling proportions (a basin's
+    population): :func:`weighted_mean_stderr` of the 0 / 1 ``indicator`` (N,) or (N, k), but
+    never below sqrt(p0 (1 - p0) / n_eff) with p0 = 1 / (2 n_eff), n_eff = (sum w)^2 / sum w^2.
+
+    The delta method says 0 +- 0 for a state that no weighted sample reaches, which claims a
+    certainty that n_eff effective samples cannot give: a population under about 1 / n_eff
+    is unresolved. The floor is the binomial error at half an effective sample (the Jeffreys
+    prior's pseudo-count); it only binds below about one effective sample in the state, so
+    with equal weights it leaves every state that has a sample at sqrt(p (1 - p) / N).
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    n_eff = w.sum() ** 2 / np.sum(w**2)
+    p0 = 0.5 / n_eff
+    return np.fmax(weighted_mean_stderr(indicator, w), np.sqrt(p0 * (1.0 - p0) / n_eff))
+
+
 # ---- histograms (NumPy) ----
 
 

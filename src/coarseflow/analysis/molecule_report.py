@@ -209,7 +209,7 @@ class MoleculeReport(AbstractReport):
         (ramachandran.BASIN_SETS: general, glycine, proline, pre-proline). Keys (with
         ``_<resname><number>`` after "basin" / "ramachandran" when the molecule has several
         (phi, psi) residues): ``basin_<name>_raw`` and ``basin_<name>_reweighted`` (with its
-        standard error ``basin_<name>_reweighted_err``, metrics.weighted_mean_stderr) for each
+        standard error ``basin_<name>_reweighted_err``, metrics.weighted_proportion_stderr) for each
         basin of the residue's set and "other" ("/" in names becomes "_"), ``rg_mean_raw``,
         ``rg_mean_reweighted`` (nm). At beta = 1 with a reference file also
         ``basin_<name>_reference`` (and ``basin_<name>_reference_err``, every residue's when

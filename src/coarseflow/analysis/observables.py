@@ -184,6 +184,6 @@ def basin_population_errors(
     weights: Float[ArrayLike, " N"],
 ) -> dict[str, float]:
     """Standard error of each of :func:`basin_populations` (weighted, as for importance
-    weights): metrics.weighted_mean_stderr of the basin's indicator."""
+    weights): metrics.weighted_proportion_stderr of the basin's indicator."""
     err = GENERAL.population_errors(phi, psi, weights)
     return {name: float(e) for name, e in zip(GENERAL.names, err, strict=True)}

@@ -32,7 +32,7 @@ import dataclasses
 import numpy as np
 from jaxtyping import ArrayLike, Float
 
-from coarseflow.analysis.metrics import weighted_mean_stderr
+from coarseflow.analysis.metrics import weighted_proportion_stderr
 
 __all__ = [
     "BASIN_SETS",
@@ -94,10 +94,10 @@ class BasinSet:
         self, phi: Float[ArrayLike, " N"], psi: Float[ArrayLike, " N"], weights
     ) -> np.ndarray:
         """Standard error of each of :meth:`populations` (len(names),) under importance
-        weights: metrics.weighted_mean_stderr of the basin's indicator."""
+        weights: metrics.weighted_proportion_stderr of the basin's indicator."""
         labels = self.labels(phi, psi).reshape(-1)
         onehot = labels[:, None] == np.arange(len(self.names))[None, :]
-        return np.asarray(weighted_mean_stderr(onehot, weights), dtype=np.float64)
+        return np.asarray(weighted_proportion_stderr(onehot, weights), dtype=np.float64)
 
 
 def _wrap_degrees(angle_rad) -> np.ndarray:
