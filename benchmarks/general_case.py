@@ -56,7 +56,14 @@ COLUMNS = (
 )
 
 
-def variant(raw: dict, objective: str, seed: int, updates: dict, learned: str = "gaussian") -> dict:
+def variant(
+    raw: dict,
+    objective: str,
+    seed: int,
+    updates: dict,
+    learned: str = "gaussian",
+    network: tuple[int, int] | None = None,
+) -> dict:
     raw = copy.deepcopy(raw)
     raw.setdefault("training", {}).update(updates)
     raw.setdefault("training", {})["objective"] = objective
@@ -66,6 +73,8 @@ def variant(raw: dict, objective: str, seed: int, updates: dict, learned: str = 
     raw.setdefault("model", {})["seed"] = seed
     kind = "chains" if objective == "mean_force" else learned
     raw["conditional"] = {**raw.get("conditional", {}), "kind": kind, "seed": seed}
+    if network is not None and kind != "chains":
+        raw["conditional"]["nn_width"], raw["conditional"]["nn_depth"] = network
     return raw
 
 
@@ -142,9 +151,21 @@ def label(row: dict) -> str:
             if row.get("conditional", "gaussian") != "gaussian"
             else ""
         )
+        + (f", network {row['network'][0]}x{row['network'][1]}" if row.get("network") else "")
         + "".join(f", {k} = {v}" for k, v in row.get("settings", {}).items())
         + (" (random perm.)" if row.get("permutation") == "random" else "")
     )
+
+
+def network_size(text: str) -> tuple[int, int]:
+    """WIDTHxDEPTH (e.g. 512x3) as (width, depth)."""
+    try:
+        width, depth = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected WIDTHxDEPTH such as 512x3, got {text!r}"
+        ) from None
+    return width, depth
 
 
 def training_setting(text: str) -> tuple[str, int | float | str]:
@@ -225,6 +246,14 @@ def main() -> None:
         choices=("gaussian", "flow"),
         help="[conditional] kind of the learned objectives (mean_force keeps its chains)",
     )
+    p.add_argument(
+        "--network",
+        type=network_size,
+        default=None,
+        metavar="WIDTHxDEPTH",
+        help="[conditional] nn_width and nn_depth of the learned objectives, e.g. 512x3 "
+        "(default: the config's)",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "general_case")
     p.add_argument(
         "--resume",
@@ -259,14 +288,19 @@ def main() -> None:
         for objective in args.objectives:
             for seed in args.seeds:
                 learned = objective != "mean_force" and args.conditional != "gaussian"
+                sized = objective != "mean_force" and args.network is not None
                 tag = f"-{args.conditional}" if learned else ""
+                tag += f"-{args.network[0]}x{args.network[1]}" if sized else ""
                 out = args.out / f"{system}-{objective}{tag}-{seed}"
-                config = variant(raw, objective, seed, {**updates, **settings}, args.conditional)
+                config = variant(
+                    raw, objective, seed, {**updates, **settings}, args.conditional, args.network
+                )
                 row = {
                     "system": system,
                     "objective": objective,
                     "seed": seed,
                     **({"conditional": args.conditional} if learned else {}),
+                    **({"network": list(args.network)} if sized else {}),
                     **({"settings": settings} if settings else {}),
                     **run_one(config, out, args.n, args.resume),
                 }

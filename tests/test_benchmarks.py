@@ -19,6 +19,8 @@ def benchmarks_on_path(monkeypatch):
         "importance_weights",
         "weight_variance",
         "conditional_capacity",
+        "conditional_network",
+        "general_case",
         "parameter_average",
         "refinement",
         "against_reference",
@@ -378,3 +380,19 @@ def test_basin_rows_share_energy_and_weights_per_basin():
     np.testing.assert_allclose([r["log_w_max"] for r in rows[:3]], [-1.0, -11.0, 0.0])
     np.testing.assert_allclose([r["log_w_median"] for r in rows[:3]], [-2.0, -21.0, 0.0])
     assert np.isnan(rows[3]["energy"]) and np.isnan(rows[3]["log_w_max"])
+
+
+def test_general_case_network_size_reaches_the_learned_conditional_only():
+    import argparse
+
+    from general_case import network_size, variant
+
+    assert network_size("512x3") == (512, 3)
+    with pytest.raises(argparse.ArgumentTypeError, match="WIDTHxDEPTH"):
+        network_size("512")
+    raw = {"conditional": {"kind": "gaussian"}}
+    fab = variant(raw, "fab", 1, {}, "gaussian", (512, 3))["conditional"]
+    assert (fab["nn_width"], fab["nn_depth"], fab["seed"]) == (512, 3, 1)
+    chains = variant(raw, "mean_force", 1, {}, "gaussian", (512, 3))["conditional"]
+    assert chains == {"kind": "chains", "seed": 1}
+    assert "nn_width" not in variant(raw, "fab", 1, {})["conditional"]
