@@ -359,6 +359,39 @@ def test_reverse_kl_conditional_keeps_fabs_flow_gradient_and_trains_q_y_by_its_r
     assert int(aux.evals) == S  # one energy + gradient per entry for the conditional's KL
 
 
+@pytest.mark.parametrize("objective", ["fab", "hybrid"])
+def test_a_conditional_without_a_usable_draw_starves_the_update(objective):
+    """Where q(Y|X) learns by its own reverse KL (fab's "reverse_kl", hybrid), n_used counts
+    its usable draws too: a conditional whose every draw is NaN reports 0 (so the ladder's
+    starvation guard stops the run), although fab's AIS batch or hybrid's mean forces are all
+    finite. fab's "alpha2" has no draws of its own and keeps the batch's count."""
+    from coarseflow.training.losses import _Fixed, _loss
+    from coarseflow.training.settings import TrainingSettings
+
+    target, flow, cond = _setup()
+    S = 16
+    broken = eqx.tree_at(lambda c: c.loc, cond, jnp.full_like(cond.loc, jnp.nan))
+    if objective == "fab":
+        fixed = _Fixed(None, None, None, _first(_fab_batch(3, 0.1, 40_000, 8, 0.1), S))
+        modes = ("reverse_kl", "alpha2")
+    else:
+        z = jr.uniform(jr.key(2), (S, target.partition.n_x))
+        fixed, modes = _Fixed(z, jnp.zeros_like(z), jnp.ones(S)), ("alpha2",)  # hybrid's default
+
+    @eqx.filter_jit
+    def n_used(conditional, fab_conditional):
+        params, static = split_trainable((flow, conditional))
+        training = TrainingSettings(
+            batch_size=S, objective=objective, fab_conditional=fab_conditional
+        )
+        return _loss(params, static, jr.key(0), jnp.asarray(0.1), fixed, target, training)[1].n_used
+
+    assert int(n_used(cond, modes[0])) == S
+    assert int(n_used(broken, modes[0])) == 0
+    if objective == "fab":
+        assert int(n_used(broken, "alpha2")) == S
+
+
 def test_fab_conditional_is_fabs_setting():
     from coarseflow.errors import ConfigError
     from coarseflow.training.settings import TrainingSettings

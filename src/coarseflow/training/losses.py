@@ -112,6 +112,7 @@ def _loss(params, static, key, beta, fixed: _Fixed, target, training: TrainingSe
         X = jax.lax.stop_gradient(sample_with_log_det(flow, fixed.z)[0])
         terms = conditional_terms(conditional, key, target, X, beta, training.force_clip)
         value = value + masked_mean(terms.surrogate, terms.ok)
+        n_used = jnp.minimum(n_used, jnp.sum(terms.ok))  # either half starved starves the update
         log_qX = jax.lax.stop_gradient(flow.log_prob(X))
         log_w = jnp.where(terms.ok, terms.log_weights - log_qX, -jnp.inf)
     samples = jax.lax.stop_gradient((terms.X, terms.Y))
@@ -140,4 +141,7 @@ def _fab_loss(flow, conditional, key, beta, fixed: _Fixed, target, training: Tra
             conditional, key, target, jax.lax.stop_gradient(X), beta, training.force_clip
         )
         value, evals = value + masked_mean(terms.surrogate, terms.ok), terms.n_evals
+        # q(Y|X) learns only from its valid, finite draws: none of them starves the update
+        # (the ladder's guard stops a run that starves on), however healthy fab's half is
+        n_used = jnp.minimum(n_used, jnp.sum(terms.ok))
     return value, _Aux(n_used, *start, evals, log_q)
