@@ -95,6 +95,24 @@ def one_shot(conditional, loaded, report, arrays, n: int, seed: int):
     return metrics["ess_fraction"], metrics["pareto_k"], basins
 
 
+def x_by_basin(loaded, report, n: int, per_basin: int, seed: int) -> dict:
+    """{basin: X (m <= per_basin, n_x)}: the first X of ``n`` draws of the run's q(X) q(Y|X)
+    in each basin of the first residue (basins that no draw reaches are left out)."""
+    config, target, flow, conditional, meta = loaded
+    target.x_bijection()  # the molecule scans its dihedral seams once, outside jit
+    pool = draw_samples(
+        jr.key(seed), target, flow, meta["beta"], config.prediction, n=n, conditional=conditional
+    )
+    angles = report.observables(pool.x)
+    basins = report.basin_sets()[0]
+    labels = basins.labels(angles["phi"][:, 0], angles["psi"][:, 0])
+    found = {
+        b: jnp.asarray(pool.X[np.flatnonzero(labels == i)[:per_basin]])
+        for i, b in enumerate(basins.names)
+    }
+    return {b: X for b, X in found.items() if len(X)}
+
+
 def mean_sd(values) -> str:
     v = np.asarray(values, float)
     sd = v.std(ddof=1) if len(v) > 1 else 0.0
@@ -129,23 +147,15 @@ def main(argv=None) -> list[dict]:
     name = config.target.get("reference")
     if name is None:
         raise SystemExit(f"{args.run}: its [target] names no reference")
-    target.x_bijection()  # the molecule scans its dihedral seams once, outside jit
     report = MoleculeReport(target)
     arrays = load_reference(builtin_reference(str(name)) or name)
     beta = jnp.asarray(meta["beta"])
 
-    pool = draw_samples(
-        jr.key(5), target, flow, meta["beta"], config.prediction, n=args.n, conditional=conditional
-    )
-    angles = report.observables(pool.x)
-    basins = report.basin_sets()[0]
-    labels = basins.labels(angles["phi"][:, 0], angles["psi"][:, 0])
     at_mode = laplace_energies(loaded)
-    per_basin = {}
-    for i, basin in enumerate(basins.names):
-        X = jnp.asarray(pool.X[np.flatnonzero(labels == i)[: args.per_basin]])
-        if len(X):
-            per_basin[basin] = (X, np.asarray(at_mode(X)))
+    per_basin = {
+        basin: (X, np.asarray(at_mode(X)))
+        for basin, X in x_by_basin(loaded, report, args.n, args.per_basin, seed=5).items()
+    }
 
     rows = []
     for steps in args.polish:

@@ -25,6 +25,8 @@ def benchmarks_on_path(monkeypatch):
         "refinement",
         "against_reference",
         "conditional_by_basin",
+        "conditional_polish",
+        "conditional_ceiling",
     ):
         sys.modules.pop(name, None)
 
@@ -420,3 +422,35 @@ def test_conditional_network_fine_tune_brings_a_wide_conditional_back_on_pool_x(
     assert np.mean(conditional_ess(wide, flow, target, jr.key(2), beta, 64, 16)) < 0.9
     tuned = fine_tune(wide, target, beta, draw_X, 300, 3e-2, 0)
     assert np.mean(conditional_ess(tuned, flow, target, jr.key(2), beta, 64, 16)) > 0.97
+
+
+def test_conditional_ceiling_finds_the_mean_and_width_that_p_has():
+    """conditional_ceiling's figures on the mixture, whose p(Y|X) is Gaussian: the exact
+    q(Y|X) has ESS 1 and no offset; moved by two widths it loses most of its ESS, which
+    moving it to p's weighted mean gives back; too wide, the scale that undoes it is best."""
+    import equinox as eqx
+    import jax.numpy as jnp
+    import jax.random as jr
+    import numpy as np
+    from conditional_ceiling import ceiling
+
+    target, flow, cond, log_width = mixture_flow_and_conditional()
+    beta = jnp.asarray(1.0)
+    X = flow.sample(jr.key(3), (3,))
+    exact = eqx.tree_at(lambda c: c.log_diag, cond, log_width)
+    scales = (0.5, 1.0)
+    found = ceiling(exact, target, beta, X, jr.key(1), 2048, scales, 0.5)
+    np.testing.assert_allclose(found["ess"], 1.0, atol=1e-9)
+    assert np.all(found["offset"] < 0.01)  # the draws' own mean: about n_y / 2048
+    np.testing.assert_allclose(found["scaled"][:, 1], 1.0, atol=1e-9)
+
+    shift = np.full(target.n_y, 2.0 / np.sqrt(target.n_y)) * target.cond_width  # |m|^2 = 4
+    moved = eqx.tree_at(lambda c: c.loc, exact, exact.loc + shift)
+    found = ceiling(moved, target, beta, X, jr.key(1), 2048, scales, 0.5)
+    assert np.all(found["ess"] < 0.2) and np.all(found["mean"] > 0.9)
+    assert np.all(found["matched"] > 0.8)  # p's covariance (about 50 effective draws), shrunk
+    np.testing.assert_allclose(found["offset"], 4.0, rtol=0.3)
+
+    wide = eqx.tree_at(lambda c: c.log_diag, cond, log_width + np.log(2.0))
+    found = ceiling(wide, target, beta, X, jr.key(1), 2048, scales, 0.5)
+    assert np.all(found["scaled"][:, 0] > 0.999) and np.all(found["scaled"][:, 1] < 0.8)
