@@ -14,9 +14,14 @@ the conditional reverse KL (the objectives' ``conditional_terms``: one energy + 
 evaluation per X) for ``--updates`` Adam steps of ``--batch`` X from the rest of the pool:
 
 * ``run``: the run's q(Y|X) as it is (no training);
-* ``tune:SAMPLING``: the run's q(Y|X), trained further;
-* ``new:KIND:WIDTH:DEPTH:SAMPLING``: a new q(Y|X) of that ``[conditional]`` kind and network,
-  started at the Laplace fit (``predict.fit_to_laplace``) of ``laplace_fits`` pool X.
+* ``tune:SAMPLING[:LOSS]``: the run's q(Y|X), trained further;
+* ``new:KIND:WIDTH:DEPTH:SAMPLING[:LOSS]``: a new q(Y|X) of that ``[conditional]`` kind and
+  network, started at the Laplace fit (``predict.fit_to_laplace``) of ``laplace_fits`` pool X.
+
+LOSS is ``rkl`` (the default: the conditional reverse KL, one draw of Y at each of ``--batch``
+X) or ``a2xK``: the alpha = 2 divergence log E_q (p / q)^2 at each X, mass-covering, by its
+reparameterised gradient 2 sum_j w_j^2 grad log w_j / sum_j w_j^2 over K draws of Y at each of
+``--batch`` / K X (the same evaluations per update).
 
 SAMPLING is ``q`` (X uniform over the pool, i.e. as q(X): what training gives), ``balanced``
 (a basin uniformly at random, then X uniform within it) or ``mix`` (half of each). Equal
@@ -33,6 +38,7 @@ import time
 from pathlib import Path
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.random as jr
 import numpy as np
@@ -52,17 +58,37 @@ from coarseflow.targets.molecule.registry import builtin_reference
 from coarseflow.workflow import load_run
 
 
-def fine_tune(conditional, target, beta, draw_X, updates: int, lr: float, seed: int):
-    """q(Y|X) after ``updates`` Adam steps on the conditional reverse KL at X = draw_X(key)
-    (B, n_x); the learning rate decays linearly to a tenth."""
+def alpha2_surrogate(terms, draws: int):
+    """A surrogate whose gradient is that of mean over X of log E_q (p / q)^2 at each X,
+    from ``conditional_terms`` at each X repeated ``draws`` times (rows grouped by X): the
+    reverse KL's per-draw surrogate s_j (gradient -grad log w_j) weighted by -2 w_j^2 /
+    sum w^2 within the X (self-normalised; 0 where no draw is usable)."""
+    log_w = terms.log_weights.reshape(-1, draws)
+    usable = jnp.any(terms.ok.reshape(-1, draws), axis=1, keepdims=True)
+    tilt = jnp.where(usable, jax.nn.softmax(jnp.where(usable, 2 * log_w, 0.0), axis=1), 0.0)
+    s = jnp.where(terms.ok, terms.surrogate, 0.0).reshape(-1, draws)
+    return -2.0 * jnp.mean(jnp.sum(jax.lax.stop_gradient(tilt) * s, axis=1))
+
+
+def fine_tune(
+    conditional, target, beta, draw_X, updates: int, lr: float, seed: int, loss_name="rkl"
+):
+    """q(Y|X) after ``updates`` Adam steps on the conditional reverse KL (``rkl``) or the
+    alpha = 2 divergence with K draws per X (``a2xK``, at every K-th row of draw_X) at
+    X = draw_X(key) (B, n_x); the learning rate decays linearly to a tenth."""
     params, static = split_trainable(conditional)
     schedule = optax.linear_schedule(lr, lr / 10, updates)
     optimizer = optax.chain(optax.clip_by_global_norm(10.0), optax.adam(schedule))
     opt_state = optimizer.init(params)
+    draws = 1 if loss_name == "rkl" else int(loss_name.removeprefix("a2x"))
 
     def loss(p, key, X):
-        terms = conditional_terms(eqx.combine(p, static), key, target, X, beta, 1e6)
-        return masked_mean(terms.surrogate, terms.ok)
+        model = eqx.combine(p, static)
+        if draws == 1:
+            terms = conditional_terms(model, key, target, X, beta, 1e6)
+            return masked_mean(terms.surrogate, terms.ok)
+        X = jnp.repeat(X[::draws], draws, axis=0)
+        return alpha2_surrogate(conditional_terms(model, key, target, X, beta, 1e6), draws)
 
     @eqx.filter_jit
     def step(p, opt_state, key, X):
@@ -94,7 +120,7 @@ def main(argv=None) -> list[dict]:
         "--arms",
         nargs="+",
         default=["run", "tune:q", "tune:balanced"],
-        help="run | tune:{q,balanced,mix} | new:KIND:WIDTH:DEPTH:{q,balanced,mix}",
+        help="run | tune:{q,balanced,mix}[:LOSS] | new:KIND:WIDTH:DEPTH:{q,balanced,mix}[:LOSS]",
     )
     args = parser.parse_args(argv)
 
@@ -167,8 +193,10 @@ def main(argv=None) -> list[dict]:
         print(f"training {arm}", flush=True)
         if parts[0] == "tune":  # the run's q(Y|X), trained further
             model, draw_X = conditional, draws[parts[1]]
+            loss_name = parts[2] if len(parts) > 2 else "rkl"
         else:  # new:KIND:WIDTH:DEPTH:X, a new one started at the Laplace fit
             kind, width, depth, x_mode = parts[1], int(parts[2]), int(parts[3]), parts[4]
+            loss_name = parts[5] if len(parts) > 5 else "rkl"
             settings = ConditionalSettings(kind=kind, nn_width=width, nn_depth=depth)
             model = make_conditional(jr.key(0), target, settings)
             fit_X = everything[:: max(1, everything.shape[0] // settings.laplace_fits)]
@@ -176,7 +204,7 @@ def main(argv=None) -> list[dict]:
                 model, target, fit_X[: settings.laplace_fits], beta, config.prediction
             )
             draw_X = draws[x_mode]
-        models[arm] = fine_tune(model, target, beta, draw_X, args.updates, args.lr, 1)
+        models[arm] = fine_tune(model, target, beta, draw_X, args.updates, args.lr, 1, loss_name)
         print(f"  {time.perf_counter() - start:.0f} s", flush=True)
 
     rows = []

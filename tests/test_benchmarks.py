@@ -454,3 +454,41 @@ def test_conditional_ceiling_finds_the_mean_and_width_that_p_has():
     wide = eqx.tree_at(lambda c: c.log_diag, cond, log_width + np.log(2.0))
     found = ceiling(wide, target, beta, X, jr.key(1), 2048, scales, 0.5)
     assert np.all(found["scaled"][:, 0] > 0.999) and np.all(found["scaled"][:, 1] < 0.8)
+
+
+def test_conditional_networks_alpha2_surrogate_has_the_self_normalised_alpha2_gradient():
+    """conditional_network's alpha = 2 loss: its surrogate's gradient is exactly that of
+    mean over X of log (1/K) sum_j w_j^2 (w_j = p_beta(Y_j|X) / q(Y_j|X), the K draws
+    reparameterised), here for the mixture's q(Y|X) made too narrow; and following it widens q
+    (below a width ratio of 1 / sqrt(2), E_q (p / q)^2 would be infinite)."""
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import jax.random as jr
+    import numpy as np
+    from conditional_network import alpha2_surrogate
+
+    from coarseflow.model.flow import split_trainable
+    from coarseflow.objectives import conditional_terms
+
+    target, flow, cond, log_width = mixture_flow_and_conditional()
+    narrow = eqx.tree_at(lambda c: c.log_diag, cond, log_width + np.log(0.8))
+    params, static = split_trainable(narrow)
+    beta, K, key = jnp.asarray(1.0), 64, jr.key(4)
+    X = jnp.repeat(flow.sample(jr.key(3), (16,)), K, axis=0)
+
+    def surrogate(p):
+        terms = conditional_terms(eqx.combine(p, static), key, target, X, beta, 1e6)
+        return alpha2_surrogate(terms, K)
+
+    def direct(p):
+        model = eqx.combine(p, static)
+        draws = model.sample_batch(key, target, X, beta)
+        u = jax.vmap(target.energy_xy)(X, draws.Y)
+        log_w = (-beta * u - draws.log_q).reshape(-1, K)
+        return jnp.mean(jax.nn.logsumexp(2 * log_w, axis=1) - np.log(K))
+
+    flat = lambda t: np.concatenate([np.ravel(x) for x in jax.tree.leaves(t)])  # noqa: E731
+    expected = flat(jax.grad(direct)(params))
+    np.testing.assert_allclose(flat(jax.grad(surrogate)(params)), expected, rtol=1e-8, atol=1e-10)
+    assert np.all(jax.grad(direct)(params).log_diag < 0)  # descent widens the narrow q
