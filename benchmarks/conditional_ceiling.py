@@ -9,8 +9,9 @@ From a molecule run's newest checkpoint with a learned [conditional], nothing re
 ``--draws`` draws of q(Y|X) at each X (one energy each), the median over X of:
 
 * the conditional ESS fraction of the first 32 draws (what conditional_polish.py and
-  conditional_network.py report) and of all of them: a heavy-tailed weight is seen only
-  among many draws, so the first overstates;
+  conditional_network.py report) and of all of them, and the Pareto k of all their log-weights
+  (above 0.5 the weights' variance is infinite, and the ESS fraction falls as the draws grow):
+  a heavy-tailed weight is seen only among many draws, so the first overstates;
 * ``offset``: |m|^2, m the self-normalised mean of the base draws eps under p(Y|X), in units
   of q's own widths (0 where q's mean is p's);
 * the ESS of the same Gaussian moved by m (``mean of p``), and moved and reshaped to p's
@@ -37,6 +38,7 @@ import jax.random as jr
 import numpy as np
 from conditional_polish import x_by_basin  # benchmarks/ (run as a script)
 
+from coarseflow.analysis.metrics import pareto_k
 from coarseflow.analysis.molecule_report import MoleculeReport
 from coarseflow.workflow import load_run
 
@@ -62,7 +64,7 @@ def _ess(log_w):
 
 def ceiling_at(conditional, target, beta, x, key, draws: int, scales, shrink: float) -> dict:
     """The module's figures at one X (n_x,): ESS fractions ``ess_32``, ``ess``, ``mean``,
-    ``matched``, ``scaled`` (len(scales),) and ``offset`` (|m|^2)."""
+    ``matched``, ``scaled`` (len(scales),), ``offset`` (|m|^2) and the draws' ``log_w``."""
     h, mu, L = conditional._gaussian(target, x, beta)
     k_q, k_new = jr.split(key)
     eps = jr.normal(k_q, (draws, conditional.n_y), x.dtype)
@@ -82,6 +84,7 @@ def ceiling_at(conditional, target, beta, x, key, draws: int, scales, shrink: fl
     return {
         "ess_32": _ess(log_w[:32])[0],
         "ess": ess,
+        "log_w": log_w,
         "offset": jnp.sum(m**2),
         "mean": ess_of((h, moved, L)),
         "matched": ess_of((h, moved, L @ jnp.linalg.cholesky(cov))),
@@ -90,12 +93,15 @@ def ceiling_at(conditional, target, beta, x, key, draws: int, scales, shrink: fl
 
 
 def ceiling(conditional, target, beta, X, key, draws: int, scales, shrink: float) -> dict:
-    """:func:`ceiling_at` at each row of X (m, n_x), one X at a time: {name: (m, ...)}."""
+    """:func:`ceiling_at` at each row of X (m, n_x), one X at a time: {name: (m, ...)}, the
+    log-weights replaced by their Pareto k (m,)."""
     at = jax.jit(
         lambda k, x: ceiling_at(conditional, target, beta, x, k, draws, tuple(scales), shrink)
     )
     rows = [at(k, x) for k, x in zip(jr.split(key, X.shape[0]), X, strict=True)]
-    return {name: np.stack([np.asarray(r[name]) for r in rows]) for name in rows[0]}
+    found = {name: np.stack([np.asarray(r[name]) for r in rows]) for name in rows[0]}
+    found["pareto_k"] = np.array([pareto_k(log_w) for log_w in found.pop("log_w")])
+    return found
 
 
 def main(argv=None) -> list[dict]:
@@ -134,14 +140,15 @@ def main(argv=None) -> list[dict]:
     )
     scales = " | ".join(f"L x {s:g}" for s in args.scales)
     print(
-        f"| basin | X | polish | ESS, 32 draws | ESS | offset | mean of p "
+        f"| basin | X | polish | ESS, 32 draws | ESS | Pareto k | offset | mean of p "
         f"| mean and covariance of p | {scales} |"
     )
-    print("|---" * (8 + len(args.scales)) + "|")
+    print("|---" * (9 + len(args.scales)) + "|")
     for r in rows:
         scaled = " | ".join(f"{v:.3f}" for v in r["scaled"])
         print(
             f"| {r['basin']} | {r['X']} | {r['polish']} | {r['ess_32']:.3f} | {r['ess']:.3f} "
+            f"| {r['pareto_k']:.2f} "
             f"| {r['offset']:.2f} | {r['mean']:.3f} | {r['matched']:.3f} | {scaled} |"
         )
     return rows

@@ -443,6 +443,7 @@ def test_conditional_ceiling_finds_the_mean_and_width_that_p_has():
     np.testing.assert_allclose(found["ess"], 1.0, atol=1e-9)
     assert np.all(found["offset"] < 0.01)  # the draws' own mean: about n_y / 2048
     np.testing.assert_allclose(found["scaled"][:, 1], 1.0, atol=1e-9)
+    assert np.all(found["pareto_k"] == 0.0)  # equal weights: a flat tail
 
     shift = np.full(target.n_y, 2.0 / np.sqrt(target.n_y)) * target.cond_width  # |m|^2 = 4
     moved = eqx.tree_at(lambda c: c.loc, exact, exact.loc + shift)
@@ -454,6 +455,7 @@ def test_conditional_ceiling_finds_the_mean_and_width_that_p_has():
     wide = eqx.tree_at(lambda c: c.log_diag, cond, log_width + np.log(2.0))
     found = ceiling(wide, target, beta, X, jr.key(1), 2048, scales, 0.5)
     assert np.all(found["scaled"][:, 0] > 0.999) and np.all(found["scaled"][:, 1] < 0.8)
+    assert np.all(found["pareto_k"] < 0.5)  # q wider than p: bounded weights
 
 
 def test_conditional_networks_alpha2_surrogate_has_the_self_normalised_alpha2_gradient():
