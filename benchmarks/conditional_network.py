@@ -23,8 +23,8 @@ X), ``a2xK``: the alpha = 2 divergence log E_q (p / q)^2 at each X, mass-coverin
 reparameterised gradient 2 sum_j w_j^2 grad log w_j / sum_j w_j^2 over K draws of Y at each of
 ``--batch`` / K X (the same evaluations per update), or ``iwxK``: the importance-weighted bound
 log (1/K) sum_j w_j at each X (maximised), by its doubly reparameterised gradient (Tucker, Lawson,
-Gu and Maddison, ICLR 2019: sum_j wbar_j^2 times the path derivative of log w_j, q's density
-held fixed), which as K grows drives q toward the least variance of the weights.
+Gu and Maddison, ICLR 2019; ``objectives.conditional_importance_weighted``, what
+``[training] fab_conditional = "importance_weighted"`` trains q(Y|X) by).
 
 SAMPLING is ``q`` (X uniform over the pool, i.e. as q(X): what training gives), ``balanced``
 (a basin uniformly at random, then X uniform within it) or ``mix`` (half of each). Equal
@@ -53,7 +53,11 @@ from coarseflow.analysis.molecule_report import MoleculeReport
 from coarseflow.analysis.reports import is_one
 from coarseflow.model.conditional import ConditionalSettings, make_conditional
 from coarseflow.model.flow import split_trainable
-from coarseflow.objectives import conditional_terms, masked_mean
+from coarseflow.objectives import (
+    conditional_importance_weighted,
+    conditional_terms,
+    masked_mean,
+)
 from coarseflow.predict.conditional import fit_to_laplace
 from coarseflow.predict.draw import draw_samples
 from coarseflow.reference import load_reference
@@ -71,27 +75,6 @@ def alpha2_surrogate(terms, draws: int):
     tilt = jnp.where(usable, jax.nn.softmax(jnp.where(usable, 2 * log_w, 0.0), axis=1), 0.0)
     s = jnp.where(terms.ok, terms.surrogate, 0.0).reshape(-1, draws)
     return -2.0 * jnp.mean(jnp.sum(jax.lax.stop_gradient(tilt) * s, axis=1))
-
-
-def iwae_dreg_loss(model, key, target, X, beta, draws: int):
-    """A loss whose gradient is minus the doubly reparameterised gradient of the mean over X
-    of log (1/K) sum_j w_j, K = ``draws`` draws of q(Y|X) at each X of X (B, n_x) (each row
-    repeated K times, grouped): sum_j wbar_j^2 (beta u + log q)(Y_j), with q's parameters held
-    in log q and wbar_j normalised within the X; draws that are not usable count 0."""
-    frozen = jax.tree.map(lambda a: jax.lax.stop_gradient(a) if eqx.is_array(a) else a, model)
-    drawn = model.sample_batch(key, target, X, beta)
-    log_q = jax.vmap(lambda x, y: frozen.log_prob(target, x, beta, y))(X, drawn.Y)
-    u, grad_u = jax.vmap(jax.value_and_grad(target.energy_xy, argnums=1))(
-        X, jax.lax.stop_gradient(drawn.Y)
-    )
-    ok = drawn.valid & jnp.isfinite(log_q) & jnp.isfinite(u) & jnp.all(jnp.isfinite(grad_u), -1)
-    log_w = jnp.where(ok, jax.lax.stop_gradient(-beta * u - log_q), -jnp.inf).reshape(-1, draws)
-    usable = jnp.any(jnp.isfinite(log_w), axis=1, keepdims=True)
-    wbar = jnp.where(usable, jax.nn.softmax(jnp.where(usable, log_w, 0.0), axis=1), 0.0)
-    # beta u's path derivative through the fixed force (so no second derivative of u)
-    path = log_q + beta * jnp.sum(jnp.where(ok[:, None], grad_u, 0.0) * drawn.Y, -1)
-    path = jnp.where(ok, path, 0.0).reshape(-1, draws)
-    return jnp.mean(jnp.sum(jax.lax.stop_gradient(wbar**2) * path, axis=1))
 
 
 def fine_tune(
@@ -112,9 +95,9 @@ def fine_tune(
         if draws == 1:
             terms = conditional_terms(model, key, target, X, beta, 1e6)
             return masked_mean(terms.surrogate, terms.ok)
-        X = jnp.repeat(X[::draws], draws, axis=0)
         if loss_name.startswith("iwx"):
-            return iwae_dreg_loss(model, key, target, X, beta, draws)
+            return conditional_importance_weighted(model, key, target, X, beta, draws, 1e6)[0]
+        X = jnp.repeat(X[::draws], draws, axis=0)
         return alpha2_surrogate(conditional_terms(model, key, target, X, beta, 1e6), draws)
 
     @eqx.filter_jit
