@@ -429,22 +429,23 @@ def test_importance_weighted_conditional_gradient_is_zero_per_draw_where_q_is_ex
 
 
 def test_importance_weighted_conditional_keeps_fabs_flow_gradient():
-    """fab_conditional = "importance_weighted": the flow's gradient is fab's, the conditional's
-    that of the importance-weighted bound with conditional_draws draws at every
-    conditional_draws-th end point's X, for one evaluation per end point."""
+    """fab_conditional = "importance_weighted": the flow's gradient is fab's; the conditional's
+    is that of the importance-weighted bound (conditional_draws draws at every
+    conditional_draws-th end point's X) at beta = 1 and the reverse KL's below; one evaluation
+    per end point either way."""
     from coarseflow.objectives import conditional_importance_weighted
     from coarseflow.training.losses import _Fixed, _loss
     from coarseflow.training.settings import TrainingSettings
 
     target, flow, cond = _setup()
-    beta, S, K, key = jnp.asarray(0.1), 64, 8, jr.key(9)
+    S, K, key = 64, 8, jr.key(9)
     batch = _first(_fab_batch(3, 0.1, 40_000, 8, 0.1), S)
     cond = _perturbed(cond, jr.key(8), 0.05)
     params, static = split_trainable((flow, cond))
     fixed = _Fixed(None, None, None, batch)
 
     @eqx.filter_jit
-    def gradients(params):
+    def gradients(params, beta):
         def gradient(fab_conditional):
             training = TrainingSettings(
                 batch_size=S, objective="fab", fab_conditional=fab_conditional, conditional_draws=K
@@ -459,10 +460,13 @@ def test_importance_weighted_conditional_keeps_fabs_flow_gradient():
 
         return gradient("importance_weighted"), gradient("reverse_kl")[0], jax.grad(iw)(params[1])
 
-    ((flow_iw, cond_iw), aux), (flow_rkl, _), cond_direct = gradients(params)
+    ((flow_iw, cond_iw), aux), (flow_rkl, _), cond_direct = gradients(params, jnp.asarray(1.0))
     np.testing.assert_allclose(_flat(flow_iw), _flat(flow_rkl), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(_flat(cond_iw), _flat(cond_direct), rtol=1e-5, atol=1e-7)
     assert int(aux.evals) == S and int(aux.n_used) == S
+    ((_, cond_iw), aux), (_, cond_rkl), _ = gradients(params, jnp.asarray(0.1))
+    np.testing.assert_allclose(_flat(cond_iw), _flat(cond_rkl), rtol=1e-5, atol=1e-7)
+    assert int(aux.evals) == S
 
 
 def test_fab_conditional_is_fabs_setting():

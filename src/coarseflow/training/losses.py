@@ -123,7 +123,8 @@ def _loss(params, static, key, beta, fixed: _Fixed, target, training: TrainingSe
 def _fab_loss(flow, conditional, key, beta, fixed: _Fixed, target, training: TrainingSettings):
     """fab's (loss, _Aux): the alpha = 2 loss on the AIS batch or the replay buffer's drawn
     entries; with ``fab_conditional`` "reverse_kl" or "importance_weighted" its gradient
-    reaches q(X) only and q(Y|X) learns by that loss at the same X (one evaluation per entry)."""
+    reaches q(X) only and q(Y|X) learns by its own loss at the same X (one evaluation per
+    entry): the reverse KL, or at beta = 1 the importance-weighted bound."""
     split = training.fab_conditional != "alpha2"
     frozen = jax.tree.map(lambda a: jax.lax.stop_gradient(a) if eqx.is_array(a) else a, conditional)
     in_loss = frozen if split else conditional
@@ -139,13 +140,20 @@ def _fab_loss(flow, conditional, key, beta, fixed: _Fixed, target, training: Tra
     if not split:
         return value, _Aux(n_used, *start, jnp.asarray(0), log_q)
     X = jax.lax.stop_gradient(X)
-    if training.fab_conditional == "reverse_kl":
+
+    def reverse_kl():
         terms = conditional_terms(conditional, key, target, X, beta, training.force_clip)
-        loss, ok, evals = masked_mean(terms.surrogate, terms.ok), terms.ok, terms.n_evals
-    else:  # importance_weighted
-        loss, ok, evals = conditional_importance_weighted(
+        return masked_mean(terms.surrogate, terms.ok), terms.ok, terms.n_evals
+
+    def importance_weighted():
+        return conditional_importance_weighted(
             conditional, key, target, X, beta, training.conditional_draws, training.force_clip
         )
+
+    if training.fab_conditional == "reverse_kl":
+        loss, ok, evals = reverse_kl()
+    else:  # importance_weighted: at beta = 1 only (TrainingSettings says why)
+        loss, ok, evals = jax.lax.cond(beta >= 1.0, importance_weighted, reverse_kl)
     # q(Y|X) learns only from its valid, finite draws: none of them starves the update (the
     # ladder's guard stops a run that starves on), however healthy fab's half is
     n_used = jnp.minimum(n_used, jnp.sum(ok))

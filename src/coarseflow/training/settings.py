@@ -55,11 +55,15 @@ class TrainingSettings:
     evaluations per update fall by that factor. ``fab_conditional``: what trains q(Y|X) under
     fab: "alpha2" (fab's loss on the joint, FAB as published) or "reverse_kl" (fab's loss on
     q(X) only, q(Y|X) by its conditional reverse KL at the end points' X, as in hybrid) or
-    "importance_weighted" (q(Y|X) by the importance-weighted bound with ``conditional_draws``
-    draws of Y at every conditional_draws-th end point's X, the same evaluations:
+    "importance_weighted" (as "reverse_kl", but at beta = 1 q(Y|X) learns by the
+    importance-weighted bound with ``conditional_draws`` draws of Y at every
+    conditional_draws-th end point's X, the same evaluations:
     :func:`coarseflow.objectives.conditional_importance_weighted`, mass-covering where the
-    reverse KL leaves q's tails too light). On alanine dipeptide "alpha2" fits q(Y|X) to the
-    one end point that holds most of the weight and diverges (docs/benchmarks.md, Session 13).
+    reverse KL leaves q's tails too light for importance weights). On alanine dipeptide
+    "alpha2" fits q(Y|X) to the one end point that holds most of the weight and diverges
+    (docs/benchmarks.md, Session 13); the importance-weighted bound from the first beta (0.05)
+    widened q(Y|X) until its draws left the coordinates' range, which carry no gradient, and
+    the run starved (Session 23): at beta = 1, from the reverse KL's q(Y|X), it is stable.
 
     ``average_decay`` (0: off): within each beta, an exponential moving average of the
     parameters, average <- d average + (1 - d) params after every update, started at the
