@@ -23,8 +23,7 @@ X), ``a2xK``: the alpha = 2 divergence log E_q (p / q)^2 at each X, mass-coverin
 reparameterised gradient 2 sum_j w_j^2 grad log w_j / sum_j w_j^2 over K draws of Y at each of
 ``--batch`` / K X (the same evaluations per update), or ``iwxK``: the importance-weighted bound
 log (1/K) sum_j w_j at each X (maximised), by its doubly reparameterised gradient (Tucker, Lawson,
-Gu and Maddison, ICLR 2019; ``objectives.conditional_importance_weighted``, what
-``[training] fab_conditional = "importance_weighted"`` trains q(Y|X) by).
+Gu and Maddison, ICLR 2019; ``objectives.conditional_importance_weighted``).
 
 SAMPLING is ``q`` (X uniform over the pool, i.e. as q(X): what training gives), ``balanced``
 (a basin uniformly at random, then X uniform within it) or ``mix`` (half of each). Equal

@@ -294,10 +294,6 @@ def test_training_with_the_replay_buffer_makes_an_ais_batch_every_fab_reuse_upda
         ({"fab_buffer_size": 24}, "fab_buffer_size: expected a multiple of batch_size = 16"),
         ({"fab_reuse": 2}, "fab_reuse: reusing AIS batches needs the replay buffer"),
         ({"fab_buffer_size": 32, "objective": "joint"}, "the replay buffer is fab's"),
-        (
-            {"objective": "fab", "fab_conditional": "importance_weighted", "conditional_draws": 5},
-            "conditional_draws: expected a divisor of batch_size = 16",
-        ),
     ],
 )
 def test_replay_buffer_settings_are_checked(settings, message):
@@ -365,8 +361,8 @@ def test_reverse_kl_conditional_keeps_fabs_flow_gradient_and_trains_q_y_by_its_r
 
 @pytest.mark.parametrize("objective", ["fab", "hybrid"])
 def test_a_conditional_without_a_usable_draw_starves_the_update(objective):
-    """Where q(Y|X) learns by its own loss (fab's "reverse_kl" or "importance_weighted",
-    hybrid), n_used counts its usable draws too: a conditional whose every draw is NaN reports
+    """Where q(Y|X) learns by its own reverse KL (fab's "reverse_kl", hybrid), n_used counts
+    its usable draws too: a conditional whose every draw is NaN reports
     0 (so the ladder's starvation guard stops the run), although fab's AIS batch or hybrid's
     mean forces are all finite. fab's "alpha2" has no draws of its own and keeps the batch's
     count."""
@@ -387,14 +383,13 @@ def test_a_conditional_without_a_usable_draw_starves_the_update(objective):
     def n_used(conditional, fab_conditional):
         params, static = split_trainable((flow, conditional))
         training = TrainingSettings(
-            batch_size=S, objective=objective, fab_conditional=fab_conditional, conditional_draws=4
+            batch_size=S, objective=objective, fab_conditional=fab_conditional
         )
         return _loss(params, static, jr.key(0), jnp.asarray(0.1), fixed, target, training)[1].n_used
 
     assert int(n_used(cond, modes[0])) == S
     assert int(n_used(broken, modes[0])) == 0
     if objective == "fab":
-        assert int(n_used(broken, "importance_weighted")) == 0
         assert int(n_used(broken, "alpha2")) == S
 
 
@@ -426,47 +421,6 @@ def test_importance_weighted_conditional_gradient_is_zero_per_draw_where_q_is_ex
     np.testing.assert_allclose(iw, 0.0, atol=1e-9)
     assert np.linalg.norm(rkl) > 1e-3
     assert np.linalg.norm(_flat(gradients(_perturbed(cond, jr.key(8), 0.05))[0])) > 1e-3
-
-
-def test_importance_weighted_conditional_keeps_fabs_flow_gradient():
-    """fab_conditional = "importance_weighted": the flow's gradient is fab's; the conditional's
-    is that of the importance-weighted bound (conditional_draws draws at every
-    conditional_draws-th end point's X) at beta = 1 and the reverse KL's below; one evaluation
-    per end point either way."""
-    from coarseflow.objectives import conditional_importance_weighted
-    from coarseflow.training.losses import _Fixed, _loss
-    from coarseflow.training.settings import TrainingSettings
-
-    target, flow, cond = _setup()
-    S, K, key = 64, 8, jr.key(9)
-    batch = _first(_fab_batch(3, 0.1, 40_000, 8, 0.1), S)
-    cond = _perturbed(cond, jr.key(8), 0.05)
-    params, static = split_trainable((flow, cond))
-    fixed = _Fixed(None, None, None, batch)
-
-    @eqx.filter_jit
-    def gradients(params, beta):
-        def gradient(fab_conditional):
-            training = TrainingSettings(
-                batch_size=S, objective="fab", fab_conditional=fab_conditional, conditional_draws=K
-            )
-            loss = lambda p: _loss(p, static, key, beta, fixed, target, training)  # noqa: E731
-            (_, aux), grads = jax.value_and_grad(loss, has_aux=True)(params)
-            return grads, aux
-
-        def iw(p):
-            c = eqx.combine(p, static[1])
-            return conditional_importance_weighted(c, key, target, batch.X, beta, K, 10.0)[0]
-
-        return gradient("importance_weighted"), gradient("reverse_kl")[0], jax.grad(iw)(params[1])
-
-    ((flow_iw, cond_iw), aux), (flow_rkl, _), cond_direct = gradients(params, jnp.asarray(1.0))
-    np.testing.assert_allclose(_flat(flow_iw), _flat(flow_rkl), rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(_flat(cond_iw), _flat(cond_direct), rtol=1e-5, atol=1e-7)
-    assert int(aux.evals) == S and int(aux.n_used) == S
-    ((_, cond_iw), aux), (_, cond_rkl), _ = gradients(params, jnp.asarray(0.1))
-    np.testing.assert_allclose(_flat(cond_iw), _flat(cond_rkl), rtol=1e-5, atol=1e-7)
-    assert int(aux.evals) == S
 
 
 def test_fab_conditional_is_fabs_setting():

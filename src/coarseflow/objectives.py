@@ -205,6 +205,11 @@ def conditional_importance_weighted(
     where the reverse KL (K = 1) is mode-seeking and leaves q's tails too light for importance
     weights. Returns (a loss whose gradient is minus that of the mean of L over the X, usable
     (S,) bool, evaluations). Where q = p_beta(Y|X) every draw's gradient is exactly 0.
+
+    Measured (docs/benchmarks.md, Session 23): at a trained run's fixed q(X), from its q(Y|X),
+    at a learning rate of 3e-5 it raises the one-shot ESS by half; inside fab's ladder at the
+    ladder's 3e-4 it diverged, at beta 0.05 and at beta 1 (draws that leave the coordinates'
+    range carry no gradient), so no training setting uses it yet.
     """
     if model_map(conditional) is not None:
         raise ConfigError(

@@ -14,7 +14,6 @@ import jax.random as jr
 from coarseflow.fab import FabBatch, ReplayBuffer, alpha2_loss, replay_loss
 from coarseflow.model.flow import sample_with_log_det
 from coarseflow.objectives import (
-    conditional_importance_weighted,
     conditional_terms,
     forward_kl_loss,
     joint_terms,
@@ -122,10 +121,9 @@ def _loss(params, static, key, beta, fixed: _Fixed, target, training: TrainingSe
 
 def _fab_loss(flow, conditional, key, beta, fixed: _Fixed, target, training: TrainingSettings):
     """fab's (loss, _Aux): the alpha = 2 loss on the AIS batch or the replay buffer's drawn
-    entries; with ``fab_conditional`` "reverse_kl" or "importance_weighted" its gradient
-    reaches q(X) only and q(Y|X) learns by its own loss at the same X (one evaluation per
-    entry): the reverse KL, or at beta = 1 the importance-weighted bound."""
-    split = training.fab_conditional != "alpha2"
+    entries; with ``fab_conditional = "reverse_kl"`` its gradient reaches q(X) only and q(Y|X)
+    learns by its conditional reverse KL at the same X (one evaluation per entry)."""
+    split = training.fab_conditional == "reverse_kl"
     frozen = jax.tree.map(lambda a: jax.lax.stop_gradient(a) if eqx.is_array(a) else a, conditional)
     in_loss = frozen if split else conditional
     batch = fixed.fab  # the AIS batch made this update, if any
@@ -137,24 +135,13 @@ def _fab_loss(flow, conditional, key, beta, fixed: _Fixed, target, training: Tra
         value, log_q = alpha2_loss(flow, in_loss, target, beta, batch), None
         X, n_used = batch.X, jnp.sum(jnp.isfinite(batch.log_weights))
         start = (batch.start_log_weights, batch.start_u)
-    if not split:
-        return value, _Aux(n_used, *start, jnp.asarray(0), log_q)
-    X = jax.lax.stop_gradient(X)
-
-    def reverse_kl():
-        terms = conditional_terms(conditional, key, target, X, beta, training.force_clip)
-        return masked_mean(terms.surrogate, terms.ok), terms.ok, terms.n_evals
-
-    def importance_weighted():
-        return conditional_importance_weighted(
-            conditional, key, target, X, beta, training.conditional_draws, training.force_clip
+    evals = jnp.asarray(0)
+    if split:
+        terms = conditional_terms(
+            conditional, key, target, jax.lax.stop_gradient(X), beta, training.force_clip
         )
-
-    if training.fab_conditional == "reverse_kl":
-        loss, ok, evals = reverse_kl()
-    else:  # importance_weighted: at beta = 1 only (TrainingSettings says why)
-        loss, ok, evals = jax.lax.cond(beta >= 1.0, importance_weighted, reverse_kl)
-    # q(Y|X) learns only from its valid, finite draws: none of them starves the update (the
-    # ladder's guard stops a run that starves on), however healthy fab's half is
-    n_used = jnp.minimum(n_used, jnp.sum(ok))
-    return value + loss, _Aux(n_used, *start, evals, log_q)
+        value, evals = value + masked_mean(terms.surrogate, terms.ok), terms.n_evals
+        # q(Y|X) learns only from its valid, finite draws: none of them starves the update
+        # (the ladder's guard stops a run that starves on), however healthy fab's half is
+        n_used = jnp.minimum(n_used, jnp.sum(terms.ok))
+    return value, _Aux(n_used, *start, evals, log_q)

@@ -12,7 +12,7 @@ from coarseflow.errors import ConfigError
 from coarseflow.optim import adam_with_skip_clip
 
 OBJECTIVES = ("mean_force", "joint", "hybrid", "fab")
-FAB_CONDITIONALS = ("alpha2", "reverse_kl", "importance_weighted")  # what trains q(Y|X), fab
+FAB_CONDITIONALS = ("alpha2", "reverse_kl")  # what trains q(Y|X) under fab
 
 
 @dataclass(frozen=True)
@@ -54,16 +54,10 @@ class TrainingSettings:
     drawn from it, and a new AIS batch is made every ``fab_reuse`` updates: the energy
     evaluations per update fall by that factor. ``fab_conditional``: what trains q(Y|X) under
     fab: "alpha2" (fab's loss on the joint, FAB as published) or "reverse_kl" (fab's loss on
-    q(X) only, q(Y|X) by its conditional reverse KL at the end points' X, as in hybrid) or
-    "importance_weighted" (as "reverse_kl", but at beta = 1 q(Y|X) learns by the
-    importance-weighted bound with ``conditional_draws`` draws of Y at every
-    conditional_draws-th end point's X, the same evaluations:
-    :func:`coarseflow.objectives.conditional_importance_weighted`, mass-covering where the
-    reverse KL leaves q's tails too light for importance weights). On alanine dipeptide
-    "alpha2" fits q(Y|X) to the one end point that holds most of the weight and diverges
-    (docs/benchmarks.md, Session 13); the importance-weighted bound from the first beta (0.05)
-    widened q(Y|X) until its draws left the coordinates' range, which carry no gradient, and
-    the run starved (Session 23): at beta = 1, from the reverse KL's q(Y|X), it is stable.
+    q(X) only, q(Y|X) by its conditional reverse KL at the end points' X, as in hybrid). On
+    alanine dipeptide "alpha2" fits q(Y|X) to the one end point that holds most of the weight
+    and diverges (docs/benchmarks.md, Session 13); Y|X is unimodal, so the reverse KL loses
+    nothing there.
 
     ``average_decay`` (0: off): within each beta, an exponential moving average of the
     parameters, average <- d average + (1 - d) params after every update, started at the
@@ -90,7 +84,6 @@ class TrainingSettings:
     fab_buffer_size: int = 0
     fab_reuse: int = 1
     fab_conditional: str = "alpha2"
-    conditional_draws: int = 32
     average_decay: float = 0.0
     skip_window: int = 50
     skip_factor: float = 10.0
@@ -110,7 +103,6 @@ class TrainingSettings:
             "tempering_samples",
             "fab_steps",
             "fab_reuse",
-            "conditional_draws",
         ):
             checks.integer(key(name), getattr(self, name), 1)
         checks.integer(key("fab_buffer_size"), self.fab_buffer_size, 0)
@@ -148,15 +140,6 @@ class TrainingSettings:
             raise ConfigError(
                 f"[training] fab_conditional: says how fab trains q(Y|X); objective is "
                 f"{self.objective!r} (leave it out)"
-            )
-        if (
-            self.fab_conditional == "importance_weighted"
-            and self.batch_size % self.conditional_draws
-        ):
-            raise checks.fail(
-                key("conditional_draws"),
-                f"a divisor of batch_size = {self.batch_size}",
-                self.conditional_draws,
             )
         checks.seed(key("seed"), self.seed)
         if self.objective == "fab" and self.forward_kl_weight > 0:
