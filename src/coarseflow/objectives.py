@@ -207,7 +207,7 @@ def conditional_importance_weighted(
     (S,) bool, evaluations). Where q = p_beta(Y|X) every draw's gradient is exactly 0.
 
     Measured (docs/benchmarks.md, Session 23): at a trained run's fixed q(X), from its q(Y|X),
-    at a learning rate of 3e-5 it raises the one-shot ESS by half; inside fab's ladder at the
+    at a learning rate of 3e-5 it raises the one-shot ESS by two thirds; inside fab's ladder at the
     ladder's 3e-4 it diverged, at beta 0.05 and at beta 1 (draws that leave the coordinates'
     range carry no gradient), so no training setting uses it yet.
     """
