@@ -172,16 +172,21 @@ def joint_terms(
     return JointTerms(X, draws.Y, surrogate, log_w, ok, u, jnp.asarray(z.shape[0]))
 
 
-def conditional_terms(conditional, key, target, X, beta, force_clip: float) -> JointTerms:
-    """The conditional reverse KL E_{q(X)} KL(q(Y|X) || p_beta(Y|X)) at fixed X (S, n_x): the
-    ``hybrid`` objective's part for q(Y|X). log q(X) is not part of it (surrogate, log_weights
-    leave it out). Refused with the conditional's linear map: p_beta(Y|X) would be that of the
-    mapped configuration, which nothing here computes."""
+def _refuse_linear_map(conditional) -> None:
+    """The conditional losses at fixed X know p_beta(Y|X) of the unmapped configuration only."""
     if model_map(conditional) is not None:
         raise ConfigError(
             "[conditional] linear_map = true: needs [training] objective = 'joint' (the hybrid "
             "and fab objectives train q(Y|X) against the unmapped configuration)"
         )
+
+
+def conditional_terms(conditional, key, target, X, beta, force_clip: float) -> JointTerms:
+    """The conditional reverse KL E_{q(X)} KL(q(Y|X) || p_beta(Y|X)) at fixed X (S, n_x): the
+    ``hybrid`` objective's part for q(Y|X). log q(X) is not part of it (surrogate, log_weights
+    leave it out). Refused with the conditional's linear map: p_beta(Y|X) would be that of the
+    mapped configuration, which nothing here computes."""
+    _refuse_linear_map(conditional)
     X = jax.lax.stop_gradient(X)
     draws = conditional.sample_batch(key, target, X, beta)
     u, _, gy, _ = _energy_forces(target, X, draws.Y, beta, force_clip)
@@ -211,11 +216,7 @@ def conditional_importance_weighted(
     ladder's 3e-4 it diverged, at beta 0.05 and at beta 1 (draws that leave the coordinates'
     range carry no gradient), so no training setting uses it yet.
     """
-    if model_map(conditional) is not None:
-        raise ConfigError(
-            "[conditional] linear_map = true: needs [training] objective = 'joint' (the hybrid "
-            "and fab objectives train q(Y|X) against the unmapped configuration)"
-        )
+    _refuse_linear_map(conditional)
     X = jnp.repeat(jax.lax.stop_gradient(X)[::draws], draws, axis=0)
     frozen = jax.tree.map(lambda a: jax.lax.stop_gradient(a) if eqx.is_array(a) else a, conditional)
     drawn = conditional.sample_batch(key, target, X, beta)
