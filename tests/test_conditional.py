@@ -270,25 +270,36 @@ def test_a_joint_run_resumes_exactly_and_samples_with_its_conditional(
             "first_beta_updates": 6,
             "updates_per_beta": 4,
             "tempering_samples": 64,
+            # after the ladder: 12 updates of q(Y|X) alone (the guard skips the first 10)
+            "refit_updates": 12,
+            "refit_draws": 8,
         },
         "tempering": {"kind": "explicit", "betas": [0.3, 0.6, 1.0]},
         "prediction": {"n_samples": 200},
     }
     config = parse_config(raw)
     full = train_from_config(config, tmp_path / "full", progress=False)
-    train_from_config(config, tmp_path / "part", progress=False, max_betas=2)
-    resumed = train_from_config(config, tmp_path / "part", progress=False, resume=True)
-    for a, b in zip(
-        jax.tree.leaves(eqx.filter((full.flow, full.conditional), eqx.is_inexact_array)),
-        jax.tree.leaves(eqx.filter((resumed.flow, resumed.conditional), eqx.is_inexact_array)),
-        strict=True,
-    ):
-        np.testing.assert_array_equal(a, b)
+    # stopped inside the ladder, and after it before the refit: each resumes to the same model
+    for stop in (2, 3):
+        part = tmp_path / f"part{stop}"
+        train_from_config(config, part, progress=False, max_betas=stop)
+        assert RunDir(part).find_checkpoint()["refitted"] is False
+        resumed = train_from_config(config, part, progress=False, resume=True)
+        for a, b in zip(
+            jax.tree.leaves(eqx.filter((full.flow, full.conditional), eqx.is_inexact_array)),
+            jax.tree.leaves(eqx.filter((resumed.flow, resumed.conditional), eqx.is_inexact_array)),
+            strict=True,
+        ):
+            np.testing.assert_array_equal(a, b)
     loaded = load_run(tmp_path / "full")
     np.testing.assert_array_equal(loaded.conditional.loc, full.conditional.loc)
     # one energy + force evaluation per sample and update, plus the ladder's samples
-    meta = RunDir(tmp_path / "full").find_checkpoint()
-    assert meta["energy_evals"] == 32 * (6 + 4 + 4) + 3 * 64
+    run = RunDir(tmp_path / "full")
+    meta = run.find_checkpoint()
+    assert meta["refitted"] is True and meta["beta"] == 1.0 and meta["step"] == 6 + 4 + 4 + 12
+    assert meta["energy_evals"] == 32 * (6 + 4 + 4 + 12) + 3 * 64
+    refit = [r for r in run.read_metrics() if r.get("refit")]
+    assert [r["step"] for r in refit] == list(range(14, 26)) and not refit[-1]["skipped"]
     _, samples, beta = sample_run(tmp_path / "full", n=256)
     assert beta == 1.0 and np.all(np.isfinite(samples.log_weights))
     assert np.all(np.isnan(samples.ais_acceptance))  # no AIS: the density is exact

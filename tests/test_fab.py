@@ -419,6 +419,10 @@ def test_importance_weighted_conditional_gradient_is_zero_per_draw_where_q_is_ex
 
     iw, rkl = (_flat(g) for g in gradients(cond))
     np.testing.assert_allclose(iw, 0.0, atol=1e-9)
+    # its value is minus the bound, here log w of any one draw (constant in Y where q = p)
+    value = conditional_importance_weighted(cond, jr.key(3), target, X, beta, 8, 1e6)[0]
+    one_draw = conditional_terms(cond, jr.key(4), target, X[::8], beta, 1e6).log_weights
+    np.testing.assert_allclose(value, -np.mean(one_draw), rtol=1e-9)
     assert np.linalg.norm(rkl) > 1e-3
     assert np.linalg.norm(_flat(gradients(_perturbed(cond, jr.key(8), 0.05))[0])) > 1e-3
 

@@ -39,6 +39,27 @@ class RunRecorder(Callbacks):
                 "fab_step_size": ladder.fab_step,
                 "skipped_streak": ladder.streaks.skipped,
                 "starved_streak": ladder.streaks.starved,
+                "refitted": ladder.refitted,
+            },
+        )
+
+    def on_refit(self, ladder: LadderState, summary: dict) -> None:
+        """The refitted model in place of the last beta's checkpoint, its metadata kept and
+        brought up to date."""
+        meta = self.run.find_checkpoint()
+        beta = meta["beta"]
+        for key in ("path", "beta", "eqx_sha256"):
+            meta.pop(key, None)
+        self.run.save_checkpoint(
+            beta,
+            (ladder.state.params, ladder.state.opt_state),
+            meta
+            | summary
+            | {
+                "step": ladder.step,
+                "wall_time": ladder.wall_time,
+                "energy_evals": ladder.energy_evals,
+                "refitted": True,
             },
         )
 
@@ -68,6 +89,7 @@ def resume_point(run: RunDir, model, training) -> LadderState | None:
         meta.get("wall_time", 0.0),
         meta.get("fab_step_size", training.fab_step_size),
         Streaks(meta.get("skipped_streak", 0), meta.get("starved_streak", 0)),
+        meta.get("refitted", False),
     )
 
 
@@ -91,7 +113,7 @@ def train_into(
         start = resume_point(run, (flow, conditional), training) if resume else None
         if start is None:
             run.truncate_metrics(0)
-        elif start.beta is None:  # the ladder was finished
+        elif start.finished(training):
             flow, conditional = eqx.combine(
                 start.state.params, init((flow, conditional), training)[1]
             )
@@ -122,4 +144,5 @@ def training_programs(training) -> dict[str, str]:
         "_joint_forward": f"the forward term's gradient {update}",
         "_apply": "the optimiser step",
         "_energies_of_samples": f"the ladder's samples ({training.tempering_samples})",
+        "_refit_update": f"the refit of q(Y|X) (batch {training.batch_size})",
     }

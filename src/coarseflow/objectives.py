@@ -208,13 +208,15 @@ def conditional_importance_weighted(
     sum_j wbar_j^2 times the path derivative of log w_j, q's density held fixed (wbar normalised
     within the X). As K grows its optimum is the q(Y|X) of least weight variance: mass-covering,
     where the reverse KL (K = 1) is mode-seeking and leaves q's tails too light for importance
-    weights. Returns (a loss whose gradient is minus that of the mean of L over the X, usable
-    (S,) bool, evaluations). Where q = p_beta(Y|X) every draw's gradient is exactly 0.
+    weights. Returns (loss, usable (S,) bool, evaluations): the loss's value is minus the mean
+    of L over the X with a usable draw, its gradient that of the estimator above. Where
+    q = p_beta(Y|X) every draw's gradient is exactly 0.
 
     Measured (docs/benchmarks.md, Session 23): at a trained run's fixed q(X), from its q(Y|X),
     at a learning rate of 3e-5 it raises the one-shot ESS by two thirds; inside fab's ladder at the
     ladder's 3e-4 it diverged, at beta 0.05 and at beta 1 (draws that leave the coordinates'
-    range carry no gradient), so no training setting uses it yet.
+    range carry no gradient); ``[training] refit_updates`` uses it after the ladder, at its own
+    learning rate (:mod:`coarseflow.training.refit`).
     """
     _refuse_linear_map(conditional)
     X = jnp.repeat(jax.lax.stop_gradient(X)[::draws], draws, axis=0)
@@ -229,8 +231,10 @@ def conditional_importance_weighted(
     # beta u's path derivative through the fixed (clipped) force: no second derivative of u
     path = log_q + jnp.sum(jnp.where(ok[:, None], gy, 0.0) * drawn.Y, -1)
     path = jnp.where(ok, path, 0.0).reshape(-1, draws)
-    loss = jnp.mean(jnp.sum(jax.lax.stop_gradient(wbar**2) * path, axis=1))
-    return loss, ok, jnp.asarray(X.shape[0])
+    surrogate = jnp.mean(jnp.sum(jax.lax.stop_gradient(wbar**2) * path, axis=1))
+    bound = jax.nn.logsumexp(jnp.where(usable, log_w, 0.0), axis=1) - jnp.log(draws)
+    value = -masked_mean(bound, usable[:, 0])
+    return value + surrogate - jax.lax.stop_gradient(surrogate), ok, jnp.asarray(X.shape[0])
 
 
 def joint_forward_kl_loss(flow, conditional, target, X, Y, beta, weights):

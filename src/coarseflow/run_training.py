@@ -114,8 +114,6 @@ def _train_processes(
     )
     flow, conditional = eqx.combine(params, static)
     ladder = header["ladder"]
-    if ladder is not None and ladder["beta"] is None:  # the ladder was finished
-        return TrainResult(flow, conditional, list(ladder["betas"]))
     start = None
     if ladder is not None:
         start = LadderState(
@@ -124,6 +122,8 @@ def _train_processes(
             betas=tuple(ladder["betas"]),
             streaks=Streaks(*ladder["streaks"]),
         )
+        if start.finished(config.training):
+            return TrainResult(flow, conditional, list(start.betas))
     return train(
         target,
         flow,
@@ -157,7 +157,7 @@ def _train_main(
         state = start.state
     ladder = None if start is None else {**start._asdict(), "state": None}
     _send_start(config.model.permutation, ladder, (state.params, state.opt_state))
-    if start is not None and start.beta is None:  # the ladder was finished
+    if start is not None and start.finished(config.training):
         return TrainResult(*eqx.combine(start.state.params, static), list(start.betas))
     with compiling("training", progress, names=training_programs(config.training)):
         return train(

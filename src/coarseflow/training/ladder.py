@@ -31,6 +31,7 @@ from coarseflow.training.health import (
     stop_reason,
 )
 from coarseflow.training.losses import chain_states
+from coarseflow.training.refit import refit_updates
 from coarseflow.training.settings import TrainingSettings
 from coarseflow.training.step import (
     TrainState,
@@ -99,7 +100,8 @@ class LadderState(NamedTuple):
     ``beta``: the next beta to train (None: the ladder is done), ``index`` its place on the
     ladder; ``step``: updates made; ``betas``: the betas reached; ``energy_evals``: energy +
     gradient evaluations of all updates and ladder samples; ``wall_time``: seconds of training
-    (all processes); ``fab_step``: fab's adapted MALA step size; ``streaks``: for stop_reason.
+    (all processes); ``fab_step``: fab's adapted MALA step size; ``streaks``: for stop_reason;
+    ``refitted``: whether q(Y|X) was refitted after the ladder (``[training] refit_updates``).
     """
 
     state: TrainState
@@ -111,6 +113,11 @@ class LadderState(NamedTuple):
     wall_time: float = 0.0
     fab_step: float = 0.3
     streaks: Streaks = Streaks()
+    refitted: bool = False
+
+    def finished(self, training: TrainingSettings) -> bool:
+        """Whether nothing is left to train: the ladder done, and the refit too if any."""
+        return self.beta is None and (self.refitted or not training.refit_updates)
 
 
 class Callbacks:
@@ -124,6 +131,10 @@ class Callbacks:
     def on_beta(self, beta: float, ladder: LadderState, summary: dict) -> None:
         """After each beta: ``ladder`` is the state to resume from (its ``beta`` the next one);
         ``summary``: that beta's n_updates, mean_energy, chain_heating."""
+
+    def on_refit(self, ladder: LadderState, summary: dict) -> None:
+        """After the refit of q(Y|X) (``ladder.refitted``): the state to keep in place of the
+        last beta's; ``summary``: refit_updates, refit_loss (that of the last 10 updates)."""
 
 
 def train(
@@ -150,9 +161,12 @@ def train(
     from ``flow`` and ``conditional``), which gives exactly the result of an uninterrupted run:
     the random keys of each beta derive from (seed, index of the beta). ``callbacks`` receive
     the metrics and, after every beta, the state to resume from. ``max_betas`` stops after that
-    many betas (for tests and budgets). ``mesh``: the devices every update's batch is split
-    over (:func:`coarseflow.parallel.data_mesh`; None: one device). Raises TrainingStopped,
-    after that beta's ``on_beta``, when ``stop_reason`` says training is going nowhere.
+    many betas (for tests and budgets; the refit below is after them). ``mesh``: the devices
+    every update's batch is split over (:func:`coarseflow.parallel.data_mesh`; None: one
+    device). Raises TrainingStopped, after that beta's ``on_beta``, when ``stop_reason`` says
+    training is going nowhere. After the last beta, ``training.refit_updates`` updates refit
+    the conditional (:mod:`coarseflow.training.refit`); a start whose ladder is done but not
+    refitted does only that.
     """
     if (conditional is None) != (training.objective == "mean_force"):
         raise ConfigError(
@@ -166,6 +180,11 @@ def train(
             )
         )
     check_linear_map(model_map(conditional) is not None, training.objective, target)
+    if training.refit_updates and model_map(conditional) is not None:
+        raise ConfigError(
+            "[training] refit_updates: the refit of q(Y|X) does not train a learnable map "
+            "([conditional] linear_map); set one of them off"
+        )
     check_divisible(training.batch_size, mesh, "[training] batch_size")
     state, static = init((flow, conditional), training)
     if start is None:
@@ -200,6 +219,9 @@ def train(
         if max_betas is not None and ladder.index >= max_betas:
             break
     bar.close()
+    stopped = max_betas is not None and ladder.index >= max_betas  # before the refit, too
+    if ladder.beta is None and training.refit_updates and not ladder.refitted and not stopped:
+        ladder = _refit(ladder, static, target, training, mesh, callbacks, t0, progress)
     return TrainResult(*eqx.combine(ladder.state.params, static), list(ladder.betas))
 
 
@@ -299,4 +321,44 @@ def _train_beta(
     warning = heating_warning(beta, heating)
     if warning is not None:
         tqdm.write(warning, file=sys.stderr)
+    return ladder
+
+
+def _refit(ladder, static, target, training, mesh, callbacks, t0, progress) -> LadderState:
+    """The refit of q(Y|X) after the ladder, its updates recorded as a beta's are (their
+    records say ``"refit": true``); the state after it goes to ``on_refit``."""
+    params, step, evals = ladder.state.params, ladder.step, ladder.energy_evals
+    records, losses, n = [], [], training.refit_updates
+    updates = refit_updates(params, static, target, training, mesh)
+    for i, done in enumerate(tqdm(updates, total=n, disable=not progress, desc="refit q(Y|X)")):
+        params, info = done
+        evals += training.batch_size
+        losses.append(float(info.loss))
+        records.append(
+            {
+                "step": step,
+                "beta": ladder.betas[-1],
+                "loss": float(info.loss),
+                "grad_norm": float(info.grad_norm),
+                "skipped": bool(info.skipped),
+                "n_used": int(info.n_used),
+                "lr": training.refit_learning_rate * training.lr_factor(i, n),
+                "energy_evals": evals,
+                "wall_time": time.perf_counter() - t0,
+                "refit": True,
+            }
+        )
+        step += 1
+        if len(records) >= METRICS_FLUSH:
+            callbacks.on_updates(records)
+            records = []
+    callbacks.on_updates(records)
+    ladder = ladder._replace(
+        state=ladder.state._replace(params=params),
+        step=step,
+        energy_evals=evals,
+        wall_time=time.perf_counter() - t0,
+        refitted=True,
+    )
+    callbacks.on_refit(ladder, {"refit_updates": n, "refit_loss": _finite_mean(losses[-10:])})
     return ladder

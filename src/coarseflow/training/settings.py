@@ -67,6 +67,13 @@ class TrainingSettings:
     parameter and update, and importance weights feel that jitter (docs/benchmarks.md,
     Session 16); the average of the last ~1 / (1 - d) updates does not. 0.99 averages over
     about 100 updates.
+
+    ``refit_updates`` (0: none): after the ladder, that many updates of the learned q(Y|X)
+    alone at beta = 1, q(X) fixed, on the importance-weighted bound with ``refit_draws`` draws
+    of Y at each of batch_size / refit_draws X (batch_size evaluations per update; objectives'
+    ``conditional_importance_weighted``), at ``refit_learning_rate`` decaying as in a beta
+    (:mod:`coarseflow.training.refit`). The bound is mass-covering: q(Y|X) trained by a
+    reverse KL has tails too light for importance weights (docs/benchmarks.md, Session 23).
     """
 
     batch_size: int = 128
@@ -85,6 +92,9 @@ class TrainingSettings:
     fab_reuse: int = 1
     fab_conditional: str = "alpha2"
     average_decay: float = 0.0
+    refit_updates: int = 0
+    refit_draws: int = 64
+    refit_learning_rate: float = 3e-5
     skip_window: int = 50
     skip_factor: float = 10.0
     clip_factor: float = 3.0
@@ -106,6 +116,7 @@ class TrainingSettings:
         ):
             checks.integer(key(name), getattr(self, name), 1)
         checks.integer(key("fab_buffer_size"), self.fab_buffer_size, 0)
+        self._check_refit()
         if self.fab_buffer_size % self.batch_size:
             raise checks.fail(
                 key("fab_buffer_size"),
@@ -153,6 +164,26 @@ class TrainingSettings:
                 key("skip_factor"), f"a finite number > clip_factor = {clip:g}", self.skip_factor
             )
 
+    def _check_refit(self) -> None:
+        from coarseflow import checks
+
+        checks.integer("[training] refit_updates", self.refit_updates, 0)
+        checks.integer("[training] refit_draws", self.refit_draws, 2)
+        checks.number("[training] refit_learning_rate", self.refit_learning_rate, 0.0, 1.0)
+        if not self.refit_updates:
+            return
+        if self.objective == "mean_force":
+            raise ConfigError(
+                "[training] refit_updates: refits a learned q(Y|X); objective is "
+                "'mean_force' (the chains give Y|X): set it to 0"
+            )
+        if self.batch_size % self.refit_draws:
+            raise checks.fail(
+                "[training] refit_draws",
+                f"a divisor of batch_size = {self.batch_size}",
+                self.refit_draws,
+            )
+
     def updates_at(self, index: int, beta: float) -> int:
         """Updates at the ``index``-th beta of the ladder, ``beta``."""
         if index == 0:
@@ -161,12 +192,15 @@ class TrainingSettings:
             return self.final_beta_updates
         return self.updates_per_beta
 
-    def optimizer(self) -> optax.GradientTransformationExtraArgs:
-        """Adam behind the gradient guard, its steps scaled by the ``lr_factor`` that each
-        update passes (the decay within a beta, :func:`lr_factor`)."""
+    def optimizer(
+        self, learning_rate: float | None = None
+    ) -> optax.GradientTransformationExtraArgs:
+        """Adam at ``learning_rate`` (default: ``self.learning_rate``) behind the gradient
+        guard, its steps scaled by the ``lr_factor`` that each update passes (the decay within
+        a beta, :func:`lr_factor`)."""
         return optax.chain(
             adam_with_skip_clip(
-                self.learning_rate,
+                self.learning_rate if learning_rate is None else learning_rate,
                 window=self.skip_window,
                 skip_factor=self.skip_factor,
                 clip_factor=self.clip_factor,
