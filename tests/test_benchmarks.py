@@ -502,3 +502,14 @@ def test_conditional_network_fine_tune_brings_a_misfit_conditional_back_on_pool_
     assert np.mean(conditional_ess(misfit, flow, target, jr.key(2), beta, 64, 16)) < below
     tuned = fine_tune(misfit, target, beta, draw_X, 300, 3e-2, 0, loss)
     assert np.mean(conditional_ess(tuned, flow, target, jr.key(2), beta, 64, 16)) > 0.97
+
+
+def test_refit_run_refuses_other_settings_and_an_existing_folder(tmp_path):
+    """(Its refit of a finished run, equal to a run trained with the refit from the start, is
+    tested with the run: tests/test_conditional.py.)"""
+    from refit_run import refit_copy
+
+    with pytest.raises(SystemExit, match="only refit_"):
+        refit_copy(tmp_path / "run", tmp_path / "out", {"learning_rate": 0.1})
+    with pytest.raises(SystemExit, match="exists"):
+        refit_copy(tmp_path / "run", tmp_path, {"refit_updates": 12})

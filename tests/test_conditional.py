@@ -249,7 +249,7 @@ def test_gradients_stay_finite_where_the_angle_window_saturates_other_coordinate
 
 
 def test_a_joint_run_resumes_exactly_and_samples_with_its_conditional(
-    tmp_path, capsys, one_model_per_config
+    tmp_path, capsys, monkeypatch, one_model_per_config
 ):
     import json
 
@@ -279,18 +279,33 @@ def test_a_joint_run_resumes_exactly_and_samples_with_its_conditional(
     }
     config = parse_config(raw)
     full = train_from_config(config, tmp_path / "full", progress=False)
-    # stopped inside the ladder, and after it before the refit: each resumes to the same model
+    # stopped inside the ladder, and after it before the refit: each resumes to the same model,
+    # and so does benchmarks/refit_run.py's refit of a copy of the finished ladder
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    from refit_run import refit_copy
+
+    def assert_equal_to_full(model):
+        for a, b in zip(
+            jax.tree.leaves(eqx.filter((full.flow, full.conditional), eqx.is_inexact_array)),
+            jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array)),
+            strict=True,
+        ):
+            np.testing.assert_array_equal(a, b)
+
+    settings = {"refit_updates": 12, "refit_draws": 8}
     for stop in (2, 3):
         part = tmp_path / f"part{stop}"
         train_from_config(config, part, progress=False, max_betas=stop)
         assert RunDir(part).find_checkpoint()["refitted"] is False
+        if stop == 2:
+            with pytest.raises(SystemExit, match="ladder is not finished"):
+                refit_copy(part, tmp_path / "copy", settings, progress=False)
+        else:
+            assert refit_copy(part, tmp_path / "copy", settings, progress=False)["updates"] == 12
+            copy = load_run(tmp_path / "copy")
+            assert_equal_to_full((copy.flow, copy.conditional))
         resumed = train_from_config(config, part, progress=False, resume=True)
-        for a, b in zip(
-            jax.tree.leaves(eqx.filter((full.flow, full.conditional), eqx.is_inexact_array)),
-            jax.tree.leaves(eqx.filter((resumed.flow, resumed.conditional), eqx.is_inexact_array)),
-            strict=True,
-        ):
-            np.testing.assert_array_equal(a, b)
+        assert_equal_to_full((resumed.flow, resumed.conditional))
     loaded = load_run(tmp_path / "full")
     np.testing.assert_array_equal(loaded.conditional.loc, full.conditional.loc)
     # one energy + force evaluation per sample and update, plus the ladder's samples
