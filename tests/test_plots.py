@@ -85,6 +85,12 @@ def test_plot_training_curves(tmp_path):
     _check_png(four, 20_000)
     height = lambda p: int.from_bytes(p.read_bytes()[20:24], "big")  # noqa: E731 (PNG IHDR)
     assert height(four) == round(height(tmp_path / "curves.png") * 4 / 3)
+    # the refit of q(Y|X) after the ladder: its loss against an axis of its own
+    refit = [r | {"step": 200 + i, "loss": 150.0 - i, "refit": True} for i, r in enumerate(records)]
+    fig = plots.training_curves_figure(records + refit)
+    assert len(fig.axes) == len(plots.training_curves_figure(records).axes) + 1
+    twin = fig.axes[-1]
+    np.testing.assert_array_equal(twin.lines[0].get_xdata(), np.arange(200, 400))
     with pytest.raises(ValueError, match="grad_norm"):
         plots.plot_training_curves(
             tmp_path / "bad.png", [{"step": 0, "beta": 1.0, "loss": 0.0, "skipped": False}]

@@ -224,6 +224,8 @@ def training_curves_figure(records: Sequence[Mapping]) -> Figure:
     ``records`` are the lines of metrics.jsonl: dicts with keys 'step', 'beta', 'loss',
     'grad_norm', 'skipped'. Where they also carry 'chain_heating' (kT, None when not measured),
     a fourth panel shows it with its running mean over 25 updates: it should hover around 0.
+    Records marked 'refit' (the refit of q(Y|X) after the ladder) have another loss (minus the
+    importance-weighted bound): it is drawn against its own axis, on the right.
     """
     keys = ("step", "beta", "loss", "grad_norm", "skipped")
     if len(records) == 0:
@@ -246,15 +248,22 @@ def training_curves_figure(records: Sequence[Mapping]) -> Figure:
     ax_loss, ax_grad, ax_beta = axes[:3, 0]
     ax_grad.sharex(ax_loss)
     ax_beta.sharex(ax_loss)
-    ax_loss.plot(step, loss, lw=0.8, color=_MODEL)
+    refit = np.array([bool(r.get("refit")) for r in records])
+    ax_loss.plot(step[~refit], loss[~refit], lw=0.8, color=_MODEL)
     ax_loss.set_ylabel("loss")
+    ax_refit = ax_loss
+    if np.any(refit):
+        ax_refit = ax_loss.twinx()
+        ax_refit.plot(step[refit], loss[refit], lw=0.8, color="tab:purple")
+        ax_refit.set_ylabel("refit of q(Y|X):\n-bound", color="tab:purple", fontsize="small")
     positive = gnorm > 0
     ax_grad.plot(step[positive], gnorm[positive], lw=0.8, color=_MODEL)
     if np.any(positive):
         ax_grad.set_yscale("log")
     ax_grad.set_ylabel("grad norm")
     if np.any(skipped):
-        ax_loss.plot(step[skipped], loss[skipped], "x", color="tab:red", label="skipped")
+        for ax, part in ((ax_loss, skipped & ~refit), (ax_refit, skipped & refit)):
+            ax.plot(step[part], loss[part], "x", color="tab:red", label="skipped")
         ok = skipped & positive
         ax_grad.plot(step[ok], gnorm[ok], "x", color="tab:red", label="skipped")
         ax_loss.legend(fontsize="small")
