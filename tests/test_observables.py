@@ -87,6 +87,13 @@ def test_rmsd_agrees_with_mdtraj_and_ignores_rigid_motion():
     np.testing.assert_allclose(obs.rmsd(xyz, ref_xyz, heavy), want, atol=2e-5)
     got_jax = obs.rmsd(jnp.asarray(xyz), jnp.asarray(ref_xyz), heavy)
     np.testing.assert_allclose(np.asarray(got_jax), want, atol=2e-5)
+    # a structure with a NaN coordinate (a diverged model's) gets NaN, the others their value
+    broken = xyz.copy()
+    broken[1, heavy[2], 0] = np.nan
+    for xp in (np, jnp):
+        got = np.asarray(obs.rmsd(xp.asarray(broken), xp.asarray(ref_xyz), heavy))
+        assert np.isnan(got[1])
+        np.testing.assert_allclose(np.delete(got, 1), np.delete(want, 1), atol=2e-5)
     # a rotated, translated copy (a proper rotation) has RMSD 0; its mirror image does not
     c, s = np.cos(0.7), np.sin(0.7)
     rot = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]]) @ np.array(

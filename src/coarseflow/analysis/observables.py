@@ -114,7 +114,8 @@ def rmsd(
 
     Both structures are centred (unweighted centroid of the atoms used) and the best rotation is
     found by the Kabsch method (SVD of the 3x3 correlation matrix, reflections excluded), as in
-    mdtraj.rmsd. ``atom_indices`` restricts both the fit and the deviation to those atoms.
+    mdtraj.rmsd. ``atom_indices`` restricts both the fit and the deviation to those atoms. A
+    structure with a non-finite coordinate (a diverged model's) gets NaN, the others their value.
     """
     xp = _xp(positions, reference)
     pos = _positions(positions, xp)
@@ -129,13 +130,15 @@ def rmsd(
     n = pos.shape[-2]
     p = pos - xp.mean(pos, axis=-2, keepdims=True)
     r = ref - xp.mean(ref, axis=0)
+    finite = xp.all(xp.isfinite(p), axis=(-2, -1))
+    p = xp.where(finite[..., None, None], p, 0.0)  # NumPy's SVD refuses NaN outright
     corr = xp.einsum("...ni,nj->...ij", p, r)
     sv = xp.linalg.svd(corr, compute_uv=False)
     d = xp.sign(xp.linalg.det(corr))
     d = xp.where(d == 0, 1.0, d)
     s = sv[..., 0] + sv[..., 1] + d * sv[..., 2]
     msd = (xp.sum(p * p, axis=(-2, -1)) + xp.sum(r * r) - 2.0 * s) / n
-    return xp.sqrt(xp.maximum(msd, 0.0))
+    return xp.where(finite, xp.sqrt(xp.maximum(msd, 0.0)), xp.nan)
 
 
 # ---- Ramachandran basins -----------------------------------------------------------------------
