@@ -48,7 +48,8 @@ def test_the_refit_widens_a_too_narrow_conditional_to_the_exact_one_and_keeps_q_
     done = list(refit_updates(state.params, static, target, training))
     infos = [info for _, info in done]
     refitted_flow, refitted = eqx.combine(done[-1][0], static)
-    assert len(infos) == 300 and all(int(i.n_used) == 64 for i in infos)
+    assert len(infos) == 300
+    assert all(int(i.n_used) == 64 and int(i.energy_evals) == 64 for i in infos)
     assert np.mean(_conditional_ess(refitted, flow, target, jr.key(2), 64, 16)) > 0.97
     X = jnp.repeat(flow.sample(jr.key(4), (1,)), 4096, axis=0)
     Y = refitted.sample_batch(jr.key(5), target, X, 1.0).Y

@@ -332,7 +332,7 @@ def _refit(ladder, static, target, training, mesh, callbacks, t0, progress) -> L
     updates = refit_updates(params, static, target, training, mesh)
     for i, done in enumerate(tqdm(updates, total=n, disable=not progress, desc="refit q(Y|X)")):
         params, info = done
-        evals += training.batch_size
+        evals += int(info.energy_evals)
         losses.append(float(info.loss))
         records.append(
             {

@@ -29,12 +29,14 @@ REFIT_KEY = 2**21  # folded into the run's key: the refit's keys, apart from eve
 
 class RefitInfo(NamedTuple):
     """What one refit update reports: minus the mean bound over its X (the loss), the
-    gradient's norm, whether the guard skipped it, its usable draws (of batch_size)."""
+    gradient's norm, whether the guard skipped it, its usable draws (of batch_size), the
+    energy + force evaluations it made."""
 
     loss: jax.Array
     grad_norm: jax.Array
     skipped: jax.Array
     n_used: jax.Array
+    energy_evals: jax.Array
 
 
 def refit_updates(
@@ -76,14 +78,14 @@ def _refit_update(flow_params, params, opt_state, static, key, lr_factor, target
 
     def loss(p):
         _, conditional = eqx.combine((flow_params, p), static)
-        value, ok, _ = conditional_importance_weighted(
+        value, ok, evals = conditional_importance_weighted(
             conditional, jr.fold_in(key, 1), target, X, beta, draws, training.force_clip
         )
-        return value, jnp.sum(ok)
+        return value, (jnp.sum(ok), evals)
 
-    (value, n_used), grads = eqx.filter_value_and_grad(loss, has_aux=True)(params)
+    (value, (n_used, evals)), grads = eqx.filter_value_and_grad(loss, has_aux=True)(params)
     optimizer = training.optimizer(training.refit_learning_rate)
     updates, opt_state = optimizer.update(grads, opt_state, params, lr_factor=lr_factor)
     skipped = find_skip_clip_state(opt_state).last_skipped
-    info = RefitInfo(value, global_norm(grads), skipped, n_used)
+    info = RefitInfo(value, global_norm(grads), skipped, n_used, evals)
     return eqx.apply_updates(params, updates), opt_state, info
