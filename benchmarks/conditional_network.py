@@ -16,7 +16,12 @@ evaluation per X) for ``--updates`` Adam steps of ``--batch`` X from the rest of
 * ``run``: the run's q(Y|X) as it is (no training);
 * ``tune:SAMPLING[:LOSS]``: the run's q(Y|X), trained further;
 * ``new:KIND:WIDTH:DEPTH:SAMPLING[:LOSS]``: a new q(Y|X) of that ``[conditional]`` kind and
-  network, started at the Laplace fit (``predict.fit_to_laplace``) of ``laplace_fits`` pool X.
+  network, started at the Laplace fit (``predict.fit_to_laplace``) of ``laplace_fits`` pool X;
+* ``refit[:KEY=VALUE...]``: the run's q(Y|X) after the refit that training ships
+  (``[training] refit_updates``, :mod:`coarseflow.training.refit`) with the run's [training]
+  settings, refit_updates = ``--updates``, refit_learning_rate = ``--lr`` and any [training]
+  KEY=VALUE (e.g. ``refit:clip_factor=1e6:skip_factor=1e7``); its X are fresh draws of q(X)
+  and ``--batch`` is the run's batch_size.
 
 LOSS is ``rkl`` (the default: the conditional reverse KL, one draw of Y at each of ``--batch``
 X), ``a2xK``: the alpha = 2 divergence log E_q (p / q)^2 at each X, mass-covering, by its
@@ -36,6 +41,8 @@ populations against the reference, with z, over ``--sets`` sets of ``-n`` draws.
 from __future__ import annotations
 
 import argparse
+import collections
+import dataclasses
 import time
 from pathlib import Path
 
@@ -47,6 +54,7 @@ import numpy as np
 import optax
 from conditional_by_basin import laplace_energies  # benchmarks/ (run as a script)
 from conditional_polish import basin_conditional, mean_sd, one_shot, reference_population
+from general_case import training_setting
 
 from coarseflow.analysis.molecule_report import MoleculeReport
 from coarseflow.analysis.reports import is_one
@@ -61,6 +69,8 @@ from coarseflow.predict.conditional import fit_to_laplace
 from coarseflow.predict.draw import draw_samples
 from coarseflow.reference import load_reference
 from coarseflow.targets.molecule.registry import builtin_reference
+from coarseflow.training.refit import refit_updates
+from coarseflow.training.step import init
 from coarseflow.workflow import load_run
 
 
@@ -112,6 +122,15 @@ def fine_tune(
         if i % 250 == 0 or i == updates - 1:
             print(f"  update {i}: loss {float(value):.3f}", flush=True)
     return eqx.combine(params, static)
+
+
+def shipped_refit(flow, conditional, target, training, overrides: dict):
+    """The run's q(Y|X) after training's own refit with [training] ``training`` and
+    ``overrides``."""
+    training = dataclasses.replace(training, **overrides)
+    state, static = init((flow, conditional), training)
+    last = collections.deque(refit_updates(state.params, static, target, training), maxlen=1)
+    return eqx.combine(last[0][0], static)[1]
 
 
 def main(argv=None) -> list[dict]:
@@ -198,6 +217,13 @@ def main(argv=None) -> list[dict]:
         parts = arm.split(":")
         if arm == "run":
             models[arm] = conditional
+            continue
+        if parts[0] == "refit":
+            print(f"training {arm}", flush=True)
+            overrides = {"refit_updates": args.updates, "refit_learning_rate": args.lr}
+            overrides |= dict(training_setting(p) for p in parts[1:])
+            models[arm] = shipped_refit(flow, conditional, target, config.training, overrides)
+            print(f"  {time.perf_counter() - start:.0f} s", flush=True)
             continue
         print(f"training {arm}", flush=True)
         if parts[0] == "tune":  # the run's q(Y|X), trained further
