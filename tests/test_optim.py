@@ -240,3 +240,17 @@ def test_find_state_in_chain_and_stats():
 def test_validation(kwargs, match):
     with pytest.raises(ConfigError, match=match):
         skip_or_clip(optax.identity(), **kwargs)
+
+
+def test_normalize_by_global_norm_gives_unit_norm_keeps_zero_and_leaves_nan_to_the_guard():
+    from coarseflow.optim import global_norm, normalize_by_global_norm
+
+    t = normalize_by_global_norm()
+    tree = {"a": jnp.array([3.0, 0.0]), "b": jnp.array([[4.0]])}
+    out, _ = t.update(tree, t.init(tree))
+    np.testing.assert_allclose(global_norm(out), 1.0)
+    np.testing.assert_allclose(out["a"], [0.6, 0.0])
+    zero, _ = t.update(jax.tree.map(jnp.zeros_like, tree), None)
+    assert float(global_norm(zero)) == 0.0
+    bad, _ = t.update({"a": jnp.array([jnp.nan, 1.0]), "b": tree["b"]}, None)
+    assert not np.isfinite(float(global_norm(bad)))

@@ -35,6 +35,7 @@ __all__ = [
     "find_skip_clip_state",
     "global_norm",
     "history_median",
+    "normalize_by_global_norm",
     "skip_clip_stats",
     "skip_or_clip",
 ]
@@ -83,6 +84,21 @@ def global_norm(tree: Any) -> Float[Array, ""]:
     if not leaves:
         return jnp.zeros(())
     return jnp.sqrt(sum(jnp.sum(jnp.square(jnp.abs(x))) for x in leaves))
+
+
+def normalize_by_global_norm() -> optax.GradientTransformation:
+    """Each gradient divided by its global norm (a zero gradient stays zero; a non-finite one
+    stays non-finite, for the guard to skip). For estimators whose norms are heavy-tailed from
+    update to update: unnormalised, Adam's second moment follows the rare large gradients and
+    every other step shrinks by their size (the refit of q(Y|X): docs/benchmarks.md, Session 24).
+    """
+
+    def update(updates, state, params=None):
+        norm = global_norm(updates)
+        scale = jnp.where(norm > 0, 1.0 / jnp.where(norm > 0, norm, 1.0), 0.0)
+        return jax.tree.map(lambda u: u * scale, updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def history_median(state: SkipClipState) -> Float[Array, ""]:
