@@ -71,7 +71,8 @@ class TrainingSettings:
     ``refit_updates`` (0: none): after the ladder, that many updates of the learned q(Y|X)
     alone at beta = 1, q(X) fixed, on the importance-weighted bound with ``refit_draws`` draws
     of Y at each of batch_size / refit_draws X (batch_size evaluations per update; objectives'
-    ``conditional_importance_weighted``), at ``refit_learning_rate`` decaying as in a beta
+    ``conditional_importance_weighted``), each gradient normalised, by Adam at
+    ``refit_learning_rate`` decaying as in a beta
     (:mod:`coarseflow.training.refit`). The bound is mass-covering: q(Y|X) trained by a
     reverse KL has tails too light for importance weights (docs/benchmarks.md, Session 23).
     """
