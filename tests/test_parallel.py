@@ -29,6 +29,7 @@ from coarseflow.parallel import data_mesh, replicate
 from coarseflow.predict.draw import draw_samples
 from coarseflow.predict.refine import refine
 from coarseflow.training.ladder import Callbacks, train
+from coarseflow.training.refit import refit_updates
 from coarseflow.training.step import UpdateSettings, _gradients, init
 from coarseflow.workflow import initial_model
 
@@ -38,7 +39,8 @@ def config_of(objective):
     # compilations, one per objective and device count, are this script's run time)
     raw["model"].update(knots=4, layers=2, nn_width=8, nn_depth=1)
     raw["training"].update(objective=objective, batch_size=64, first_beta_updates=12,
-                           updates_per_beta=6, tempering_samples=128, fab_steps=2)
+                           updates_per_beta=6, tempering_samples=128, fab_steps=2,
+                           refit_updates=12, refit_draws=8)
     if objective == "fab":
         raw["training"]["forward_kl_weight"] = 0.0
     raw["conditional"] = {"kind": "gaussian"}
@@ -119,11 +121,21 @@ out["params_spec"] = list(jax.tree.leaves(state.params)[0].sharding.spec)
 out["samples_spec"] = list(samples[0].sharding.spec)
 out["samples_devices"] = len(samples[0].sharding.device_set)
 try:
-    run(parse_config({**config.raw, "training": {**config.raw["training"], "batch_size": 62}}),
-        built, 4, 1)
+    run(parse_config({**config.raw, "training": {**config.raw["training"], "batch_size": 62,
+                                                 "refit_updates": 0}}), built, 4, 1)
     out["indivisible"] = None
 except ConfigError as err:
     out["indivisible"] = str(err)
+
+# the refit of q(Y|X) after the ladder: the same on 1 and 4 devices (12 updates from whole)
+refitted = []
+for n in (1, 4):
+    start, static = init(whole, config.training)
+    params = replicate(start.params, data_mesh(n))
+    for params, _ in refit_updates(params, static, target, config.training, data_mesh(n)):
+        pass
+    refitted.append(eqx.combine(params, static))
+out["refit"] = largest_difference(*refitted)
 
 config = config_of("fab")  # the same model as joint's: only [training] differs
 one = run(config, built, 1, 1)[0]
@@ -185,6 +197,11 @@ def test_batch_that_does_not_split_is_refused(verdicts):
     assert "batch_size = 62 does not split over 4 devices" in verdicts["indivisible"]
     assert "rows per batch" in verdicts["rows_indivisible"]
     assert "= 30 does not split over 4 devices" in verdicts["rows_indivisible"]
+
+
+@pytest.mark.slow
+def test_same_refit_on_one_and_four_devices(verdicts):
+    assert verdicts["refit"] < 1e-5  # 12 updates of q(Y|X), float32
 
 
 @pytest.mark.slow
