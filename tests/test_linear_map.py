@@ -236,6 +236,16 @@ def test_the_map_is_refused_where_it_cannot_apply():
             check_linear_map(True, objective, atoms)
     with pytest.raises(ConfigError, match="refine_steps must be 0"):
         check_linear_map(True, "joint", atoms, refine_steps=4)
+    # the refit after the ladder trains q(Y|X) alone, against the unmapped configuration
+    from coarseflow.samplers.conditional import ChainSettings
+    from coarseflow.tempering.schedules import Explicit
+    from coarseflow.training.ladder import train
+    from coarseflow.training.settings import TrainingSettings
+
+    target, flow, mapped = _toy_model()
+    refit = TrainingSettings(objective="joint", batch_size=64, refit_updates=10)
+    with pytest.raises(ConfigError, match="refit_updates: the refit of q.Y.X. does not train"):
+        train(target, flow, Explicit([1.0]), refit, ChainSettings(), conditional=mapped)
     # the hybrid's conditional reverse KL would train against the unmapped configuration
     cond = make_conditional(jr.key(0), atoms, on)
     with pytest.raises(ConfigError, match="objective = 'joint'"):
