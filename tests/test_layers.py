@@ -40,6 +40,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
             "coarseflow.tempering",
             "coarseflow.optim",
             "coarseflow.parallel",
+            "coarseflow.triangular",
         ),
     ),
     # what is sampled and what samples it: a molecule's X is a model.internal Z-matrix, and

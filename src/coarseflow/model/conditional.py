@@ -60,6 +60,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 from coarseflow.errors import ConfigError
 from coarseflow.model.linear_map import LinearMap, check_linear_map
 from coarseflow.model.polish import polish_mean
+from coarseflow.triangular import solve_lower
 
 KINDS = ("chains", "gaussian", "flow")
 
@@ -239,7 +240,7 @@ class LearnedConditional(eqx.Module):
         ratio = jnp.clip(_wrap(d[angles]) / jnp.pi, -1 + tiny, 1 - tiny)
         t = d.at[angles].set(jnp.pi * jnp.arctanh(ratio))
         log_q = -jnp.sum(jnp.log1p(-(ratio**2)))
-        v = jax.scipy.linalg.solve_triangular(L, t, lower=True) * jnp.sqrt(beta)
+        v = solve_lower(L, t) * jnp.sqrt(beta)
         log_q = log_q - jnp.sum(jnp.log(jnp.diag(L))) + 0.5 * self.n_y * jnp.log(beta)
         eps = v
         if self.spline is not None:
