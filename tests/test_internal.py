@@ -321,4 +321,12 @@ def test_methyl_relabelings_permute_the_internal_coordinates(ala2):
         return jax.nn.logsumexp(logs) - math.log(len(perms))
 
     fast = jax.jit(jax.vmap(lambda y_: cond.log_prob(ala2, X, 0.5, y_)))(draws.Y)
-    np.testing.assert_allclose(fast, jax.jit(jax.vmap(slow))(draws.Y), rtol=1e-10)
+    want = jax.jit(jax.vmap(slow))(draws.Y)
+    np.testing.assert_allclose(fast, want, rtol=1e-10)
+    # and the grouped sum (model.gaussian), which a larger peptide takes: the same numbers
+    from coarseflow.model import conditional as module
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(module, "worth_it", lambda groups, n: True)
+        grouped = jax.jit(jax.vmap(lambda y_: cond.log_prob(ala2, X, 0.5, y_)))(draws.Y)
+    np.testing.assert_allclose(grouped, want, rtol=1e-10)

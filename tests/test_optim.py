@@ -254,3 +254,38 @@ def test_normalize_by_global_norm_gives_unit_norm_keeps_zero_and_leaves_nan_to_t
     assert float(global_norm(zero)) == 0.0
     bad, _ = t.update({"a": jnp.array([jnp.nan, 1.0]), "b": tree["b"]}, None)
     assert not np.isfinite(float(global_norm(bad)))
+
+
+def test_the_conditional_learning_rate_gives_q_y_given_x_its_own_adam_and_guard():
+    from coarseflow.optim import any_skipped
+    from coarseflow.training.settings import TrainingSettings
+
+    training = TrainingSettings(
+        learning_rate=1e-2, conditional_learning_rate=1e-4, objective="joint"
+    )
+    params = (PARAMS, {"c": jnp.zeros(4)})
+    opt = training.optimizer()
+    state = opt.init(params)
+
+    def step(params, state, flow_norm, conditional_norm):
+        grads = (grads_with_norm(flow_norm), {"c": jnp.full(4, conditional_norm / 2.0)})
+        updates, state = opt.update(grads, state, params, lr_factor=1.0)
+        return optax.apply_updates(params, updates), state
+
+    for _ in range(10):  # each guard's calibration
+        params, state = step(params, state, 1.0, 1e6)
+    assert all(float(jnp.max(jnp.abs(leaf))) == 0.0 for leaf in jax.tree.leaves(params))
+    params, state = step(params, state, 1.0, 1e6)
+    # Adam's first step: each parameter by its group's rate, in the sign of its gradient
+    np.testing.assert_allclose(jnp.abs(params[0]["a"]), 1e-2, rtol=1e-4)
+    np.testing.assert_allclose(params[1]["c"], -1e-4, rtol=1e-4)
+    assert not bool(any_skipped(state))
+    # a spike in q(Y|X)'s gradient is judged against its own history, and skips only its step
+    before = params
+    params, state = step(params, state, 1.0, 1e9)
+    assert bool(any_skipped(state))
+    np.testing.assert_array_equal(params[1]["c"], before[1]["c"])
+    assert float(jnp.max(jnp.abs(params[0]["a"] - before[0]["a"]))) > 1e-3
+    # and neither group's scale is the other's: a flow gradient 1e6 times smaller is not skipped
+    params, state = step(params, state, 1.0, 1e6)
+    assert not bool(any_skipped(state))

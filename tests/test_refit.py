@@ -72,6 +72,11 @@ def test_the_refit_widens_a_too_narrow_conditional_to_the_exact_one_and_keeps_q_
         ({"objective": "joint", "refit_draws": 1}, "refit_draws: expected an integer >= 2"),
         ({"objective": "joint", "refit_updates": -1}, "refit_updates: expected an integer"),
         ({"objective": "joint", "refit_learning_rate": 0.0}, "refit_learning_rate: expected"),
+        (
+            {"conditional_learning_rate": 1e-4},
+            "conditional_learning_rate: the rate of a learned q.Y.X.; objective is 'mean_force'",
+        ),
+        ({"objective": "fab", "conditional_learning_rate": 0.0}, "conditional_learning_rate: exp"),
     ],
 )
 def test_refit_settings_that_cannot_work_are_refused_in_one_line(settings, message):

@@ -30,7 +30,7 @@ def test_values_and_gradients_equal_lapacks():
 
     ours = jax.grad(loss(solve_lower), argnums=(0, 1))(L, b)
     theirs = jax.grad(loss(_lapack), argnums=(0, 1))(L, b)
-    for got, want in zip(ours, theirs):
+    for got, want in zip(ours, theirs, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
     assert np.all(np.asarray(ours[0])[:, 0, -1] == 0.0)  # nothing reaches the upper part
 

@@ -32,6 +32,7 @@ from coarseflow.errors import ConfigError
 __all__ = [
     "SkipClipState",
     "adam_with_skip_clip",
+    "any_skipped",
     "find_skip_clip_state",
     "global_norm",
     "history_median",
@@ -216,19 +217,28 @@ def find_skip_clip_state(opt_state: Any) -> SkipClipState:
 
 
 def _find(node: Any) -> SkipClipState | None:
+    return next(_all_states(node), None)
+
+
+def _all_states(node: Any):
+    """Every SkipClipState inside ``node``, depth-first."""
     if isinstance(node, SkipClipState):
-        return node
+        yield node
+        return
     if isinstance(node, dict):
         children = list(node.values())
     elif isinstance(node, tuple | list):
         children = list(node)
     else:
-        return None
+        return
     for child in children:
-        found = _find(child)
-        if found is not None:
-            return found
-    return None
+        yield from _all_states(child)
+
+
+def any_skipped(opt_state: Any) -> Bool[Array, ""]:
+    """Whether any gradient guard inside ``opt_state`` skipped its latest update (one guard
+    per parameter group in a partitioned optimiser)."""
+    return jnp.any(jnp.stack([s.last_skipped for s in _all_states(opt_state)]))
 
 
 def skip_clip_stats(opt_state: Any) -> dict[str, Any]:

@@ -58,9 +58,15 @@ from flowjax.flows import coupling_flow
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from coarseflow.errors import ConfigError
+from coarseflow.model.gaussian import (
+    normal_log_prob,
+    relabeling_groups,
+    summed_log_prob,
+    whiten,
+    worth_it,
+)
 from coarseflow.model.linear_map import LinearMap, check_linear_map
 from coarseflow.model.polish import polish_mean
-from coarseflow.triangular import solve_lower
 
 KINDS = ("chains", "gaussian", "flow")
 
@@ -217,7 +223,7 @@ class LearnedConditional(eqx.Module):
         """xi (n_y,) and log q0(xi | X) () for the base draw eps (n_y,); ``gaussian``: the
         output of ``_gaussian`` at X."""
         h, mu, L = gaussian
-        log_q = jnp.sum(-0.5 * eps**2 - 0.5 * math.log(2 * math.pi))
+        log_q = normal_log_prob(eps)
         v = eps
         if self.spline is not None:
             v, log_det = self.spline.transform_and_log_det(eps, h)
@@ -234,19 +240,11 @@ class LearnedConditional(eqx.Module):
     def _log_prob_xi(self, xi, beta, gaussian):
         """log q0(xi | X) (), the unsymmetrised density of xi (n_y,)."""
         h, mu, L = gaussian
-        angles = np.flatnonzero(np.asarray(self.periodic, bool))
-        d = xi - mu
-        tiny = jnp.finfo(d.dtype).eps
-        ratio = jnp.clip(_wrap(d[angles]) / jnp.pi, -1 + tiny, 1 - tiny)
-        t = d.at[angles].set(jnp.pi * jnp.arctanh(ratio))
-        log_q = -jnp.sum(jnp.log1p(-(ratio**2)))
-        v = solve_lower(L, t) * jnp.sqrt(beta)
-        log_q = log_q - jnp.sum(jnp.log(jnp.diag(L))) + 0.5 * self.n_y * jnp.log(beta)
-        eps = v
+        eps, log_q = whiten(xi, beta, mu, L, self.periodic)
         if self.spline is not None:
-            eps, log_det = self.spline.inverse_and_log_det(v, h)
+            eps, log_det = self.spline.inverse_and_log_det(eps, h)
             log_q = log_q + log_det
-        return log_q + jnp.sum(-0.5 * eps**2 - 0.5 * math.log(2 * math.pi))
+        return log_q + normal_log_prob(eps)
 
     def _log_prob0(self, target, X, beta, Y, gaussian):
         """log q0(Y | X) (), the unsymmetrised density, through xi = y_internal(X, Y)."""
@@ -266,10 +264,16 @@ class LearnedConditional(eqx.Module):
         # the relabelings permute xi and keep log|det dY/dxi|: one coordinate transform
         xi = target.y_internal(X, Y)
         _, log_det_y = target.y_cartesian(X, xi)
-        logs = jax.vmap(lambda p: self._log_prob_xi(xi[p], beta, gaussian))(
-            np.asarray(self.xi_relabelings)
-        )
-        return jax.nn.logsumexp(logs) - math.log(len(perms)) - log_det_y
+        groups = relabeling_groups(self.xi_relabelings)
+        if self.spline is None and worth_it(groups, self.n_y):
+            _, mu, L = gaussian
+            log_sum = summed_log_prob(xi, beta, mu, L, self.periodic, self.xi_relabelings, groups)
+        else:
+            logs = jax.vmap(lambda p: self._log_prob_xi(xi[p], beta, gaussian))(
+                np.asarray(self.xi_relabelings)
+            )
+            log_sum = jax.nn.logsumexp(logs)
+        return log_sum - math.log(len(perms)) - log_det_y
 
     def transform(self, target, X, beta, eps, gaussian=None) -> ConditionalSample:
         """Y (n_y,) for the base draw eps (n_y,) ~ N(0, I), with the unsymmetrised log q0(Y|X)

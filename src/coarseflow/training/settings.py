@@ -68,6 +68,14 @@ class TrainingSettings:
     Session 16); the average of the last ~1 / (1 - d) updates does not. 0.99 averages over
     about 100 updates.
 
+    ``conditional_learning_rate`` (default: none): the learned q(Y|X) gets an Adam and a gradient
+    guard of its own at this rate, q(X) keeps ``learning_rate`` (both decay as above). Adam's
+    first steps move every parameter by about the learning rate in the sign of its gradient; in
+    the 512 x 3 network of capped Ala3's 93-dimensional q(Y|X) that coherent step at 3e-4 put
+    its draws into clashes within two updates, and the run starved (docs/benchmarks.md,
+    Session 25). One guard for both also let the conditional's clash gradients (norm ~1e6) set
+    the scale against which q(X)'s were judged.
+
     ``refit_updates`` (0: none): after the ladder, that many updates of the learned q(Y|X)
     alone at beta = 1, q(X) fixed, on the importance-weighted bound with ``refit_draws`` draws
     of Y at each of batch_size / refit_draws X (batch_size evaluations per update; objectives'
@@ -93,6 +101,7 @@ class TrainingSettings:
     fab_reuse: int = 1
     fab_conditional: str = "alpha2"
     average_decay: float = 0.0
+    conditional_learning_rate: float | None = None
     refit_updates: int = 0
     refit_draws: int = 64
     refit_learning_rate: float = 3e-5
@@ -117,7 +126,7 @@ class TrainingSettings:
         ):
             checks.integer(key(name), getattr(self, name), 1)
         checks.integer(key("fab_buffer_size"), self.fab_buffer_size, 0)
-        self._check_refit()
+        self._check_conditional_training()
         if self.fab_buffer_size % self.batch_size:
             raise checks.fail(
                 key("fab_buffer_size"),
@@ -165,12 +174,21 @@ class TrainingSettings:
                 key("skip_factor"), f"a finite number > clip_factor = {clip:g}", self.skip_factor
             )
 
-    def _check_refit(self) -> None:
+    def _check_conditional_training(self) -> None:
         from coarseflow import checks
 
         checks.integer("[training] refit_updates", self.refit_updates, 0)
         checks.integer("[training] refit_draws", self.refit_draws, 2)
         checks.number("[training] refit_learning_rate", self.refit_learning_rate, 0.0, 1.0)
+        if self.conditional_learning_rate is not None:
+            checks.number(
+                "[training] conditional_learning_rate", self.conditional_learning_rate, 0.0, 1.0
+            )
+            if self.objective == "mean_force":
+                raise ConfigError(
+                    "[training] conditional_learning_rate: the rate of a learned q(Y|X); "
+                    "objective is 'mean_force' (the chains give Y|X): leave it out"
+                )
         if not self.refit_updates:
             return
         if self.objective == "mean_force":
@@ -198,22 +216,38 @@ class TrainingSettings:
     ) -> optax.GradientTransformationExtraArgs:
         """Adam at ``learning_rate`` (default: ``self.learning_rate``) behind the gradient
         guard, its steps scaled by the ``lr_factor`` that each update passes (the decay within
-        a beta, :func:`lr_factor`)."""
-        return optax.chain(
-            adam_with_skip_clip(
-                self.learning_rate if learning_rate is None else learning_rate,
+        a beta, :func:`lr_factor`). Without ``learning_rate`` and with a
+        ``conditional_learning_rate``, the model's parameters (flow, conditional) are two
+        groups, each with its own Adam and guard."""
+
+        def guarded_adam(rate):
+            return adam_with_skip_clip(
+                rate,
                 window=self.skip_window,
                 skip_factor=self.skip_factor,
                 clip_factor=self.clip_factor,
-            ),
-            scale_by_lr_factor(),
-        )
+            )
+
+        if learning_rate is not None or self.conditional_learning_rate is None:
+            rate = self.learning_rate if learning_rate is None else learning_rate
+            return optax.chain(guarded_adam(rate), scale_by_lr_factor())
+        parts = {
+            "flow": guarded_adam(self.learning_rate),
+            "conditional": guarded_adam(self.conditional_learning_rate),
+        }
+        return optax.chain(optax.partition(parts, _model_parts), scale_by_lr_factor())
 
     def lr_factor(self, i: int, n_updates: int) -> float:
         """The learning rate's factor at update ``i`` of a beta's ``n_updates``: linear from 1
         to ``lr_final_fraction``."""
         frac = i / max(n_updates - 1, 1)
         return 1.0 - (1.0 - self.lr_final_fraction) * frac
+
+
+def _model_parts(params) -> tuple:
+    """The group of every leaf of the model's parameters (flow, conditional)."""
+    flow, conditional = params
+    return jax.tree.map(lambda _: "flow", flow), jax.tree.map(lambda _: "conditional", conditional)
 
 
 def scale_by_lr_factor() -> optax.GradientTransformationExtraArgs:

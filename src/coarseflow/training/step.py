@@ -24,7 +24,7 @@ from coarseflow.fab import (
 )
 from coarseflow.model.flow import sample_with_log_det, split_trainable
 from coarseflow.objectives import clip_forces, joint_forward_kl_loss
-from coarseflow.optim import find_skip_clip_state, global_norm
+from coarseflow.optim import any_skipped, global_norm
 from coarseflow.parallel import shard_batch
 from coarseflow.predict.settings import PredictionSettings
 from coarseflow.samplers.conditional import ChainSettings
@@ -176,7 +176,7 @@ def _apply(state: TrainState, grads, loss, info: StepInfo, lr_factor, training):
     info = info._replace(
         loss=loss,
         grad_norm=global_norm(grads),
-        skipped=find_skip_clip_state(opt_state).last_skipped,
+        skipped=any_skipped(opt_state),
     )
     return TrainState(params, opt_state, state.buffer, average), info
 
