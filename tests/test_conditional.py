@@ -270,6 +270,8 @@ def test_a_joint_run_resumes_exactly_and_samples_with_its_conditional(
             "first_beta_updates": 6,
             "updates_per_beta": 4,
             "tempering_samples": 64,
+            # q(Y|X) with an Adam and a guard of its own: their states resume as well
+            "conditional_learning_rate": 3e-4,
             # after the ladder: 12 updates of q(Y|X) alone (the guard skips the first 10)
             "refit_updates": 12,
             "refit_draws": 8,
