@@ -286,6 +286,25 @@ def test_short_alanine_dipeptide_run(tmp_path):
     assert "npz's populations" not in summary["table"] and "alpha_R" in summary["table"]
 
 
+def test_the_replica_exchange_is_on_disk_before_the_openmm_check(tmp_path, monkeypatch):
+    """Stopped during the OpenMM trajectory (hours on a larger peptide), a reference keeps its
+    replica exchange: the npz is written before the check, with an empty check."""
+    pytest.importorskip("openmm")
+    from coarseflow.reference import QUICK_SETTINGS, command, load_reference, run_reference
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(command, "openmm_check", stopped)
+    config = {"target": {"kind": "molecule", "pdb": "alanine_dipeptide", "temperature": 300.0}}
+    out = tmp_path / "ref.npz"
+    with pytest.raises(KeyboardInterrupt):
+        run_reference(config, out, progress=False, settings=QUICK_SETTINGS)
+    data = load_reference(out)
+    assert data["openmm_check"] == {} and np.all(np.isfinite(data["phi"]))
+    assert data["n_energy_evals"] == 4 * (1 + 240)
+
+
 def test_short_peptide_run_has_every_residues_populations(tmp_path, monkeypatch):
     """ACE-GLY-ALA-NME: the summary has GLY2 in the glycine basins and ALA3 in the general
     ones, each recomputed from the npz's frames (basin_statistics.reference_populations); the
