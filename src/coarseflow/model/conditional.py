@@ -64,6 +64,7 @@ from coarseflow.model.gaussian import (
     summed_log_prob,
     whiten,
     worth_it,
+    wrap,
 )
 from coarseflow.model.linear_map import LinearMap, check_linear_map
 from coarseflow.model.polish import polish_mean
@@ -166,10 +167,6 @@ class XFeatures(eqx.Module):
         periodic = np.asarray(self.periodic, bool)
         scaled = (q - np.asarray(self.centre)) / np.asarray(self.half)
         return jnp.concatenate([scaled[~periodic], jnp.sin(q[periodic]), jnp.cos(q[periodic])])
-
-
-def _wrap(angle):
-    return jnp.mod(angle + jnp.pi, 2 * jnp.pi) - jnp.pi
 
 
 class LearnedConditional(eqx.Module):
@@ -283,7 +280,7 @@ class LearnedConditional(eqx.Module):
         Y, log_det_y = target.y_cartesian(X, xi)
         periodic = np.asarray(self.periodic, bool)
         back = target.y_internal(X, Y)
-        miss = jnp.where(periodic, _wrap(back - xi), back - xi)
+        miss = jnp.where(periodic, wrap(back - xi), back - xi)
         valid = jnp.all(jnp.abs(miss) <= 1e-3 * (1.0 + jnp.abs(xi)))
         return ConditionalSample(Y, log_q0 - log_det_y, valid)
 

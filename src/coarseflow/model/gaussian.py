@@ -88,12 +88,16 @@ def worth_it(groups: Groups, n: int) -> bool:
     return s + 2 + 2 * s * s / n < len(groups.pattern)
 
 
+def wrap(angle):
+    """``angle`` (rad, any shape) into [-pi, pi)."""
+    return jnp.mod(angle + jnp.pi, 2 * jnp.pi) - jnp.pi
+
+
 def gaussian_terms(d, periodic):
     """(t, log-Jacobian terms) of xi - mu = d (..., m) for the Gaussian: periodic coordinates
     through pi * arctanh(wrap(d) / pi), each with its -log(1 - ratio^2); the others as they are."""
     tiny = jnp.finfo(d.dtype).eps
-    wrapped = jnp.mod(d + jnp.pi, 2 * jnp.pi) - jnp.pi
-    ratio = jnp.clip(wrapped / jnp.pi, -1 + tiny, 1 - tiny)
+    ratio = jnp.clip(wrap(d) / jnp.pi, -1 + tiny, 1 - tiny)
     periodic = np.asarray(periodic, bool)
     t = jnp.where(periodic, jnp.pi * jnp.arctanh(jnp.where(periodic, ratio, 0.0)), d)
     return t, jnp.where(periodic, -jnp.log1p(-(ratio**2)), 0.0)
