@@ -219,3 +219,25 @@ def test_coarseflow_warnings_print_as_one_line():
     line = _format_warning("p(Y|X) is multimodal: chi1 SER2", MultimodalWarning, "x.py", 3)
     assert line == "coarseflow: warning: p(Y|X) is multimodal: chi1 SER2\n"
     assert "UserWarning" in _format_warning("other", UserWarning, "x.py", 3)
+
+
+def test_evaluate_with_some_non_finite_energies(tiny_run, tmp_path, monkeypatch, capsys):
+    """Samples whose energy is NaN (a clash, a force field's pole) get weight zero: evaluate
+    counts them, and its ESS and populations come from the others."""
+    import shutil
+
+    import jax.numpy as jnp
+
+    from coarseflow.targets import DoubleWell
+
+    well = DoubleWell.energy
+    monkeypatch.setattr(
+        DoubleWell, "energy", lambda self, x: jnp.where(x[0] > 1.2, jnp.nan, well(self, x))
+    )
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    assert main(["evaluate", str(run), "-n", "400", "--quiet"]) == 0
+    final = json.loads((run / "summary.json").read_text())["final"]
+    assert 0 < final["n_nonfinite_energy"] < 400
+    assert 0 < final["ess"] <= 400 - final["n_nonfinite_energy"]
+    assert np.isfinite(final["log_Z_estimate"])
