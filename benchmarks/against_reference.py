@@ -12,7 +12,10 @@ per residue and basin (the residue's class's basins: general, glycine, proline, 
 * divergences of the residue's reweighted (phi, psi) from the reference's: KL(reference || model)
   and JS (nats) of 64 x 64 histograms on [-pi, pi)^2 with 0.5 pseudo-counts, as the evaluation
   computes them; the total variation (1/2) sum |p_bin - q_bin| of the same histograms without
-  pseudo-counts, reweighted and raw; the reference's split-half floor, the JS between its two
+  pseudo-counts, reweighted and raw; CMT's Ramachandran TV (ICLR 2026, Table 1: the same TV of
+  100 x 100 histograms of the model's unweighted draws; its paper averages it over residues) with
+  its floor, the TV of one half of the reference against n frames of the other (what a perfect
+  model of n draws would score); the reference's split-half floor, the JS between its two
   halves of ladders: all frames, n frames per half (n, n; n the model's finite samples) and one
   half's frames against n of the other (half, n: what a perfect model of n samples would score,
   split_half_js); and JS / floor (half, n) (the aim of issue 13: <= 2);
@@ -47,16 +50,40 @@ from coarseflow.targets.molecule.registry import builtin_reference
 from coarseflow.workflow import load_run
 
 ANGLES = ((-math.pi, math.pi), (-math.pi, math.pi))  # the histograms' (phi, psi) range, radians
+CMT_BINS = 100  # CMT's Ramachandran TV: 100 x 100 bins on [-pi, pi)^2, unweighted draws
 
 
-def ramachandran_tv(a, b, weights_b=None) -> float:
-    """Total variation (1/2) sum |p_bin - q_bin| between the REFERENCE_BINS x REFERENCE_BINS
-    histograms on [-pi, pi)^2 of (phi, psi) sets a (M, 2) and b (N, 2) in radians, without
-    pseudo-counts; ``weights_b``: (N,) non-negative weights of b, None for equal ones."""
+def ramachandran_tv(a, b, weights_b=None, bins: int = REFERENCE_BINS) -> float:
+    """Total variation (1/2) sum |p_bin - q_bin| between the ``bins`` x ``bins`` histograms on
+    [-pi, pi)^2 of (phi, psi) sets a (M, 2) and b (N, 2) in radians, without pseudo-counts;
+    ``weights_b``: (N,) non-negative weights of b, None for equal ones."""
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    p, _, _ = np.histogram2d(a[:, 0], a[:, 1], REFERENCE_BINS, ANGLES)
-    q, _, _ = np.histogram2d(b[:, 0], b[:, 1], REFERENCE_BINS, ANGLES, weights=weights_b)
+    p, _, _ = np.histogram2d(a[:, 0], a[:, 1], bins, ANGLES)
+    q, _, _ = np.histogram2d(b[:, 0], b[:, 1], bins, ANGLES, weights=weights_b)
     return 0.5 * float(np.abs(p / p.sum() - q / q.sum()).sum())
+
+
+def _halves(angles, chain, n_first, n_second, seed):
+    """The frames (M, 2) of ladders 0..C/2-1 and of C/2..C-1, each subsampled to n frames
+    without replacement (``seed``) where it has more; n None: all its frames."""
+    angles, chain = np.asarray(angles, np.float64), np.asarray(chain).reshape(-1)
+    n_ladders = int(chain.max()) + 1
+    if n_ladders < 2:
+        raise ValueError("chain: expected at least 2 ladders to split into halves")
+    first = chain < n_ladders // 2
+    rng = np.random.default_rng(seed)
+    halves = []
+    for half, n in ((angles[first], n_first), (angles[~first], n_second)):
+        if n is not None and n < len(half):
+            half = half[rng.choice(len(half), n, replace=False)]
+        halves.append(half)
+    return halves
+
+
+def split_half_tv(angles, chain, n: int, seed: int = 0, bins: int = CMT_BINS) -> float:
+    """The reference's TV floor for one residue at n draws: ramachandran_tv (``bins``) of its
+    first half of ladders (every frame) against n frames of the second (as split_half_js)."""
+    return ramachandran_tv(*_halves(angles, chain, None, n, seed), bins=bins)
 
 
 def split_half_js(
@@ -73,17 +100,7 @@ def split_half_js(
     more in a histogram of fewer frames, so a perfect model of n samples gets about that JS;
     (n, n), two histograms under the same pseudo-counts, is lower and not monotone in n.
     """
-    angles, chain = np.asarray(angles, np.float64), np.asarray(chain).reshape(-1)
-    n_ladders = int(chain.max()) + 1
-    if n_ladders < 2:
-        raise ValueError("chain: expected at least 2 ladders to split into halves")
-    first = chain < n_ladders // 2
-    rng = np.random.default_rng(seed)
-    halves = []
-    for half, n in ((angles[first], n_first), (angles[~first], n_second)):
-        if n is not None and n < len(half):
-            half = half[rng.choice(len(half), n, replace=False)]
-        halves.append(half)
+    halves = _halves(angles, chain, n_first, n_second, seed)
     return histogram_kl_js(*halves, REFERENCE_BINS, ANGLES)[1]
 
 
@@ -118,8 +135,9 @@ def residue_scores(
 ) -> list[dict]:
     """One record per (phi, psi) residue of ``report.target``: residue, class, n (the finite
     samples), kl and js (reweighted, from ``metrics``: the report's metrics of ``samples``), tv,
-    tv_raw, the split_half_js floors (floor: all frames; floor_nn: n frames per half; floor_n:
-    one half's frames against n of the other), ratio = js / floor_n, and basins (basin_rows).
+    tv_raw, tv_cmt (raw, CMT_BINS) and tv_cmt_floor (split_half_tv at n), the split_half_js
+    floors (floor: all frames; floor_nn: n frames per half; floor_n: one half's frames against
+    n of the other), ratio = js / floor_n, and basins (basin_rows).
     NaN where unknown. ``reference``: the npz's arrays (coarseflow.reference.load_reference);
     the floors and its errors need its ``chain`` (the floors two ladders or more)."""
     o = report.observables(samples.x)
@@ -144,6 +162,8 @@ def residue_scores(
             "js": metrics[f"{key}_js_reweighted"],
             "tv": ramachandran_tv(ref, model, w[finite]),
             "tv_raw": ramachandran_tv(ref, model),
+            "tv_cmt": ramachandran_tv(ref, model, bins=CMT_BINS),
+            "tv_cmt_floor": math.nan,
             "floor": math.nan,
             "floor_nn": math.nan,
             "floor_n": math.nan,
@@ -155,6 +175,7 @@ def residue_scores(
             row["floor"] = split_half_js(ref, chain)
             row["floor_nn"] = split_half_js(ref, chain, len(model), len(model), seed)
             row["floor_n"] = split_half_js(ref, chain, None, len(model), seed)
+            row["tv_cmt_floor"] = split_half_tv(ref, chain, len(model), seed)
         row["ratio"] = row["js"] / row["floor_n"] if row["floor_n"] > 0 else math.nan
         row["basins"] = basin_rows(metrics["ramachandran_basins"][k], ref_err)
         out.append(row)
@@ -162,22 +183,26 @@ def residue_scores(
 
 
 def format_run(run, metrics: dict, residues: list[dict]) -> str:
-    """Markdown for one run: a line of ESS, Pareto k and n; the per-residue divergence table;
-    the per-residue basin table (``residues``: residue_scores' records)."""
+    """Markdown for one run: a line of ESS, Pareto k, n and the residues' mean CMT TV (with its
+    floor); the per-residue divergence table; the per-residue basin table (``residues``:
+    residue_scores' records)."""
     n = residues[0]["n"] if residues else 0
+    tv = np.mean([r["tv_cmt"] for r in residues]) if residues else math.nan
+    floor = np.mean([r["tv_cmt_floor"] for r in residues]) if residues else math.nan
     lines = [
         f"{run}: ESS {metrics['ess_fraction']:.3f} of {metrics['n_samples']}, "
-        f"Pareto k {metrics['pareto_k']:.2f}, n = {n} finite samples",
+        f"Pareto k {metrics['pareto_k']:.2f}, n = {n} finite samples, "
+        f"CMT's TV (mean over residues) {tv:.4f} (floor at n {floor:.4f})",
         "",
-        "| residue | class | KL | JS | TV | TV raw | floor (halves) | floor (n, n) "
-        "| floor (half, n) | JS / floor (half, n) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| residue | class | KL | JS | TV | TV raw | CMT's TV | its floor (half, n) "
+        "| floor (halves) | floor (n, n) | floor (half, n) | JS / floor (half, n) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in residues:
         lines.append(
             f"| {r['residue']} | {r['class']} | {r['kl']:.3f} | {r['js']:.4f} | {r['tv']:.3f} "
-            f"| {r['tv_raw']:.3f} | {r['floor']:.4f} | {r['floor_nn']:.4f} "
-            f"| {r['floor_n']:.4f} | {r['ratio']:.2f} |"
+            f"| {r['tv_raw']:.3f} | {r['tv_cmt']:.4f} | {r['tv_cmt_floor']:.4f} "
+            f"| {r['floor']:.4f} | {r['floor_nn']:.4f} | {r['floor_n']:.4f} | {r['ratio']:.2f} |"
         )
     lines += ["", "| residue | basin | reweighted | reference | z |", "|---|---|---|---|---|"]
     for r in residues:

@@ -292,6 +292,25 @@ def test_split_half_floor_is_small_for_one_distribution_shrinks_with_n_and_sees_
         split_half_js(angles, np.zeros(len(angles), int))
 
 
+def test_split_half_tv_falls_with_the_draws_and_sees_disjoint_halves():
+    """The TV floor of one (phi, psi) distribution at n draws: what n fresh draws score (within
+    a fifth), smaller at more draws; halves moved apart by pi in phi: TV 1 at every n."""
+    import numpy as np
+    from against_reference import CMT_BINS, ramachandran_tv, split_half_tv
+
+    rng = np.random.default_rng(3)
+    chain = np.tile(np.arange(4), 20000)
+    angles = wrapped(rng.normal([-1.2, 2.4], 0.3, (chain.size, 2)))
+    floors = [split_half_tv(angles, chain, n) for n in (1000, 10000)]
+    assert floors[0] > floors[1] > 0
+    for n, floor in zip((1000, 10000), floors, strict=True):
+        fresh = wrapped(rng.normal([-1.2, 2.4], 0.3, (n, 2)))
+        assert ramachandran_tv(angles, fresh, bins=CMT_BINS) == pytest.approx(floor, rel=0.2)
+    moved = angles.copy()
+    moved[chain >= 2, 0] = wrapped(moved[chain >= 2, 0] + np.pi)
+    assert split_half_tv(moved, chain, 1000) == pytest.approx(1.0)
+
+
 def test_histogram_tv_is_zero_for_identical_sets_and_one_for_disjoint_ones():
     import numpy as np
     from against_reference import ramachandran_tv
@@ -349,6 +368,7 @@ def test_every_residue_is_scored_and_samples_equal_to_the_reference_score_zero(t
         assert r["n"] == 2000 and r["floor_n"] == r["floor_nn"] == r["floor"] > 0
         zero = pytest.approx(0.0, abs=1e-12)
         assert (r["kl"], r["js"], r["ratio"], r["tv"], r["tv_raw"]) == (zero,) * 5
+        assert r["tv_cmt"] == zero and r["tv_cmt_floor"] > 0
         for b in r["basins"].values():
             assert b["reweighted"] == pytest.approx(b["reference"], abs=1e-12)
             assert b["reference_err"] > 0 or b["reference"] == 0.0
