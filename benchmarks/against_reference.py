@@ -123,9 +123,10 @@ def basin_rows(record: dict, reference_err: np.ndarray) -> dict:
     ``record`` is a ``ramachandran_basins`` record of the metrics, ``reference_err`` (S,)."""
     out = {}
     for (name, b), err in zip(record["basins"].items(), reference_err, strict=True):
-        # the metrics' records hold None for a number that is not finite
+        # the metrics' records hold None for a number that is not finite, and no reweighted
+        # numbers where no sample has weight
         fields = ("reweighted", "reweighted_err", "reference")
-        out[name] = {f: math.nan if b[f] is None else b[f] for f in fields}
+        out[name] = {f: math.nan if b.get(f) is None else b[f] for f in fields}
         out[name]["reference_err"] = float(err)
     return out
 
@@ -158,8 +159,9 @@ def residue_scores(
             "residue": labels[k],
             "class": basins.kind,
             "n": len(model),
-            "kl": metrics[f"{key}_kl_reweighted"],
-            "js": metrics[f"{key}_js_reweighted"],
+            # absent where no sample has weight (e.g. every draw of q(Y|X) invalid)
+            "kl": metrics.get(f"{key}_kl_reweighted", math.nan),
+            "js": metrics.get(f"{key}_js_reweighted", math.nan),
             "tv": ramachandran_tv(ref, model, w[finite]),
             "tv_raw": ramachandran_tv(ref, model),
             "tv_cmt": ramachandran_tv(ref, model, bins=CMT_BINS),

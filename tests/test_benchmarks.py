@@ -382,6 +382,11 @@ def test_every_residue_is_scored_and_samples_equal_to_the_reference_score_zero(t
     assert len(rows) == 2 + 3 + sum(len(r["basins"]) for r in residues)
     assert "| ALA3 | zeta | " in table and "| +0.0 |" in table
 
+    weightless = report.metrics(samples, np.zeros(2000), 1.0)  # no sample has weight
+    for r in residue_scores(report, samples, weightless, load_reference(tmp_path / "ref.npz"), 0):
+        assert np.isnan(r["kl"]) and np.isnan(r["js"]) and np.isnan(r["ratio"])
+        assert all(np.isnan(b["reweighted"]) for b in r["basins"].values())
+
     bare = residue_scores(report, samples, metrics, {"phi": phi, "psi": psi}, 0)
     assert all(np.isnan(r["floor"]) and np.isnan(r["ratio"]) for r in bare)
     assert "± nan | +nan |" in format_run("gap", metrics | header, bare)
