@@ -4,8 +4,8 @@ markdown tables. (conditional_capacity.py compares losses on the run's own q(Y|X
 overall conditional ESS; this one compares new networks and where their X come from, per basin.)
 
     python benchmarks/conditional_network.py RUN [--arms run tune:q new:gaussian:256:2:q ...]
-        [--updates 1500] [--batch 256] [--lr 1e-4] [--pool 60000] [--sets 3] [-n 20000]
-        [--per-basin 32] [-k 32]
+        [--updates 1500] [--batch 256] [--lr 1e-4] [--warmup 0] [--pool 60000] [--sets 3]
+        [-n 20000] [--per-basin 32] [-k 32]
 
 From a molecule run's newest checkpoint (beta 1) with a learned [conditional]; q(X) is never
 changed. A pool of ``--pool`` draws of q(X) is labelled by the first residue's Ramachandran
@@ -87,14 +87,26 @@ def alpha2_surrogate(terms, draws: int):
 
 
 def fine_tune(
-    conditional, target, beta, draw_X, updates: int, lr: float, seed: int, loss_name="rkl"
+    conditional,
+    target,
+    beta,
+    draw_X,
+    updates: int,
+    lr: float,
+    seed: int,
+    loss_name="rkl",
+    warmup: int = 0,
 ):
     """q(Y|X) after ``updates`` Adam steps on the conditional reverse KL (``rkl``), the
     alpha = 2 divergence or the importance-weighted bound with K draws per X (``a2xK``,
     ``iwxK``, at every K-th row of draw_X) at
-    X = draw_X(key) (B, n_x); the learning rate decays linearly to a tenth."""
+    X = draw_X(key) (B, n_x); the learning rate rises linearly from 0 over the first
+    ``warmup`` updates, then decays linearly to a tenth."""
     params, static = split_trainable(conditional)
-    schedule = optax.linear_schedule(lr, lr / 10, updates)
+    schedule = optax.linear_schedule(lr, lr / 10, updates - warmup)
+    if warmup > 0:
+        rise = optax.linear_schedule(0.0, lr, warmup)
+        schedule = optax.join_schedules([rise, schedule], [warmup])
     optimizer = optax.chain(optax.clip_by_global_norm(10.0), optax.adam(schedule))
     opt_state = optimizer.init(params)
     draws = 1 if loss_name == "rkl" else int(loss_name[3:])
@@ -139,6 +151,9 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--updates", type=int, default=1500)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument(
+        "--warmup", type=int, default=0, help="tune / new arms: updates of linear warm-up"
+    )
     parser.add_argument("--pool", type=int, default=60000, help="draws of q(X) to train on")
     parser.add_argument("--sets", type=int, default=3, help="one-shot sets of -n draws")
     parser.add_argument("-n", type=int, default=20000, help="one-shot draws per set")
@@ -239,7 +254,9 @@ def main(argv=None) -> list[dict]:
                 model, target, fit_X[: settings.laplace_fits], beta, config.prediction
             )
             draw_X = draws[x_mode]
-        models[arm] = fine_tune(model, target, beta, draw_X, args.updates, args.lr, 1, loss_name)
+        models[arm] = fine_tune(
+            model, target, beta, draw_X, args.updates, args.lr, 1, loss_name, args.warmup
+        )
         print(f"  {time.perf_counter() - start:.0f} s", flush=True)
 
     rows = []

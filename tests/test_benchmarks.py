@@ -498,17 +498,18 @@ def test_conditional_networks_alpha2_surrogate_has_the_self_normalised_alpha2_gr
 
 
 @pytest.mark.parametrize(
-    ("width", "loss", "below"),
-    [(2.0, "rkl", 0.9), (0.6, "iwx16", 0.7)],
-    ids=["wide-reverse-kl", "narrow-importance-weighted"],
+    ("width", "loss", "below", "warmup"),
+    [(2.0, "rkl", 0.9, 0), (0.6, "iwx16", 0.7, 100)],
+    ids=["wide-reverse-kl", "narrow-importance-weighted-warmed-up"],
 )
 def test_conditional_network_fine_tune_brings_a_misfit_conditional_back_on_pool_x(
-    width, loss, below
+    width, loss, below, warmup
 ):
     """conditional_network's fine_tune: the mixture's q(Y|X) with its exact mean but twice too
     wide (by the reverse KL) or 0.6 times too narrow (by the importance-weighted bound, 16
-    draws at each X), trained on X from a fixed pool of q(X), returns toward the exact width
-    (conditional ESS at those X from below ``below`` to above 0.97); q(X) is not touched."""
+    draws at each X, its rate warmed up over the first 100 updates), trained on X from a fixed
+    pool of q(X), returns toward the exact width (conditional ESS at those X from below
+    ``below`` to above 0.97); q(X) is not touched."""
     import equinox as eqx
     import jax.numpy as jnp
     import jax.random as jr
@@ -525,7 +526,7 @@ def test_conditional_network_fine_tune_brings_a_misfit_conditional_back_on_pool_
         return pool[jr.randint(key, (64,), 0, pool.shape[0])]
 
     assert np.mean(conditional_ess(misfit, flow, target, jr.key(2), beta, 64, 16)) < below
-    tuned = fine_tune(misfit, target, beta, draw_X, 300, 3e-2, 0, loss)
+    tuned = fine_tune(misfit, target, beta, draw_X, 300, 3e-2, 0, loss, warmup)
     assert np.mean(conditional_ess(tuned, flow, target, jr.key(2), beta, 64, 16)) > 0.97
 
 
