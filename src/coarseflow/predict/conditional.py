@@ -27,6 +27,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from coarseflow.errors import ConfigError
+from coarseflow.model.gaussian import wrap
 from coarseflow.predict.settings import PredictionSettings
 from coarseflow.samplers.annealing import annealed_importance
 from coarseflow.samplers.conditional import minimize_y
@@ -213,7 +214,7 @@ def fit_to_laplace(conditional, target, X, beta, settings: PredictionSettings):
 
     offsets, covs = jax.jit(jax.vmap(one))(X)
     periodic = np.asarray(conditional.periodic, bool)
-    offsets = jnp.where(periodic, jnp.mod(offsets + jnp.pi, 2 * jnp.pi) - jnp.pi, offsets)
+    offsets = jnp.where(periodic, wrap(offsets), offsets)
     ok = jnp.all(jnp.isfinite(offsets), -1) & jnp.all(jnp.isfinite(covs), (-2, -1))
     if not bool(jnp.any(ok)):
         return conditional

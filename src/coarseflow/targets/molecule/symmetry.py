@@ -9,6 +9,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float
 
 from coarseflow.forcefield.geometry import dihedrals
+from coarseflow.model.gaussian import wrap
 from coarseflow.model.internal import AtomPlacements
 from coarseflow.targets.molecule.topology import Rotor
 
@@ -74,6 +75,6 @@ def in_rotor_domain(
     for c, k, h, terminals in rotors:
         quads = np.asarray([(t, c, k, h) for t in terminals])
         d = dihedrals(pos, quads) - dihedrals(ref, quads[:1])
-        dist = jnp.abs(jnp.mod(d + jnp.pi, 2 * jnp.pi) - jnp.pi)
+        dist = jnp.abs(wrap(d))
         inside = inside & (dist[0] <= jnp.min(dist[1:]))
     return inside
